@@ -1,0 +1,57 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Each sets up .venv on its own.
+SHELL := /bin/bash
+PYTHON ?= python3
+# PyTorch is installed first and pinned, so pip never pulls a multi-GB CUDA build by accident.
+# GPU users: make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT ?= demo_outputs
+
+.PHONY: demo test venv export check-export check-clean lab docs readme clean bench
+
+$(STAMP): setup.py settings.ini
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v 'WARNING: Location' || true
+	$(BIN)/python -m pip install -q $(TORCH) 2>&1 | grep -v 'WARNING: Location' ; test $${PIPESTATUS[0]} -eq 0
+	$(BIN)/python -m pip install -q $(TORCH) -e '.[dev,ptychodus]' 2>&1 | grep -v 'WARNING: Location' ; test $${PIPESTATUS[0]} -eq 0
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m ptycho_torch_nb.demo --output_dir $(OUT)
+
+export: $(STAMP)
+	$(BIN)/nbdev_export
+
+# The package is generated from the notebooks: fail if a fresh export differs from what git holds.
+check-export: $(STAMP)
+	$(BIN)/nbdev_export
+	@git diff --exit-code --stat -- ptycho_torch_nb || { echo "ptycho_torch_nb/ differs from the notebooks: run 'make export' and commit" >&2; exit 1; }
+	@untracked=$$(git ls-files --others --exclude-standard -- ptycho_torch_nb); \
+	  if [ -n "$$untracked" ]; then echo "exported but not committed: $$untracked" >&2; exit 1; fi
+
+check-clean: $(STAMP)
+	$(BIN)/nbdev_clean
+	@git diff --exit-code --stat -- nbs || { echo "notebooks are not clean: run nbdev_clean and commit" >&2; exit 1; }
+
+test: check-export check-clean
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m pytest tests -q -p no:cacheprovider --durations=15 -ra
+
+bench: $(STAMP)
+	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+lab: $(STAMP)
+	$(BIN)/python -m pip install -q jupyterlab
+	$(BIN)/jupyter lab nbs
+
+docs: $(STAMP)
+	$(BIN)/python tools/build_docs.py
+
+readme: $(STAMP)
+	$(BIN)/python tools/make_readme.py
+
+clean:
+	rm -rf _docs _proc $(OUT) .pytest_cache
