@@ -1,0 +1,30 @@
+#!/usr/bin/env python3
+"""Write README.md from nbs/index.ipynb (the nbdev way, without Quarto): markdown cells verbatim,
+visible code cells as fenced Python; `#| hide` cells dropped.
+
+`--check` exits 1 if README.md is not what index.ipynb says (used by tests/test_package.py).
+"""
+import json, sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+def render(nb_path=ROOT / 'nbs' / 'index.ipynb') -> str:
+    cells = json.loads(Path(nb_path).read_text(encoding='utf-8'))['cells']
+    parts = []
+    for c in cells:
+        src = ''.join(c['source']).strip('\n')
+        if c['cell_type'] == 'markdown': parts.append(src)
+        elif c['cell_type'] == 'code' and not src.lstrip().startswith(('#| hide', '#|hide')):
+            parts.append('```python\n' + src + '\n```')
+    return '\n\n'.join(parts) + '\n\n<!-- generated from nbs/index.ipynb by tools/make_readme.py: ' \
+        'edit the notebook, then `make readme` -->\n'
+
+if __name__ == '__main__':
+    text, readme = render(), ROOT / 'README.md'
+    if '--check' in sys.argv:
+        ok = readme.exists() and readme.read_text(encoding='utf-8') == text
+        if not ok: print('README.md is out of date with nbs/index.ipynb: run `make readme`', file=sys.stderr)
+        sys.exit(0 if ok else 1)
+    readme.write_text(text, encoding='utf-8')
+    print(f'wrote {readme}')
