@@ -1,0 +1,147 @@
+"""CLI tests: every flag reaches its config field; bad paths and bad values give one clean line; a tiny
+train -> infer round trip writes the expected files (in-process, N=64, 16 patterns, 1 epoch)."""
+import json, os, subprocess, sys, warnings
+from pathlib import Path
+import pytest
+from ptycho_torch_nb import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env.pop('PTYCHO_TORCH_DEBUG', None)
+    return env
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+    from ptycho_torch_nb import workflow as W
+    d = tmp_path_factory.mktemp('cli')
+    train, test = W.simulate_run1084(16, 8, seed=5)
+    train.to_file(d / 'train.npz'); test.to_file(d / 'test.npz')
+    return d / 'train.npz', d / 'test.npz'
+
+def _parse(train_file, *extra):
+    return cli.build_train_configs(cli.train_parser().parse_args(['--train_data_file', str(train_file), *extra]))
+
+def test_every_training_flag_reaches_its_field(files, tmp_path):
+    train, test = files
+    tc, ec = _parse(train, '--test_data_file', str(test), '--output_dir', str(tmp_path), '--n_groups', '12',
+                    '--gridsize', '2', '--batch_size', '4', '--nepochs', '9', '--accelerator', 'cpu',
+                    '--no-deterministic', '--num-workers', '1', '--learning-rate', '3e-4', '--scheduler', 'WarmupCosine',
+                    '--accumulate-grad-batches', '2', '--logger', 'csv', '--disable-checkpointing',
+                    '--checkpoint-save-top-k', '2', '--checkpoint-monitor', 'train_loss', '--checkpoint-mode', 'max',
+                    '--early-stop-patience', '4', '--quiet', '--inference-batch-size', '64', '--nphotons', '1e6',
+                    '--n_subsample', '14', '--subsample_seed', '3', '--neighbor_count', '6', '--n_filters_scale', '1',
+                    '--gradient-clip-val', '1.5', '--gradient-clip-algorithm', 'value', '--precision', 'bf16-mixed',
+                    '--strategy', 'ddp', '--devices', '2', '--num-nodes', '3', '--pin-memory')
+    assert (tc.train_data_file, tc.test_data_file, tc.output_dir) == (train, test, tmp_path)
+    assert (tc.n_groups, tc.model.gridsize, tc.model.object_big, tc.batch_size, tc.nepochs) == (12, 2, True, 4, 9)
+    assert (tc.nphotons, tc.n_subsample, tc.subsample_seed, tc.neighbor_count, tc.model.n_filters_scale) == (1e6, 14, 3, 6, 1)
+    assert (tc.scheduler, tc.gradient_clip_val, tc.gradient_clip_algorithm, tc.backend, tc.model.N) == \
+           ('WarmupCosine', 1.5, 'value', 'pytorch', 64)
+    assert (ec.accelerator, ec.deterministic, ec.num_workers, ec.learning_rate, ec.scheduler, ec.accum_steps) == \
+           ('cpu', False, 1, 3e-4, 'WarmupCosine', 2)
+    assert (ec.logger_backend, ec.enable_checkpointing, ec.checkpoint_save_top_k, ec.checkpoint_monitor_metric,
+            ec.checkpoint_mode, ec.early_stop_patience) == ('csv', False, 2, 'train_loss', 'max', 4)
+    assert (ec.enable_progress_bar, ec.inference_batch_size, ec.gradient_clip_val, ec.gradient_clip_algorithm) == \
+           (False, 64, 1.5, 'value')
+    assert (ec.precision, ec.strategy, ec.devices, ec.num_nodes, ec.pin_memory) == ('bf16-mixed', 'ddp', 2, 3, True)
+
+def test_aliases_and_defaults(files):
+    train, _ = files
+    tc, ec = _parse(train, '--n_images', '7', '--max_epochs', '3', '--accelerator', 'cpu')
+    assert (tc.n_groups, tc.nepochs) == (7, 3)
+    tc, ec = _parse(train, '--accelerator', 'cpu')
+    assert (tc.model.gridsize, tc.batch_size, tc.nepochs, tc.n_groups) == (2, 16, 100, 512)
+    assert (ec.logger_backend, ec.enable_checkpointing, ec.deterministic, ec.enable_progress_bar) == ('csv', True, True, True)
+    tc, ec = _parse(train, '--accelerator', 'cpu', '--enable-checkpointing', '--logger', 'none')
+    assert ec.enable_checkpointing is True and ec.logger_backend is None
+
+def test_deprecated_flags_warn_and_map(files):
+    train, _ = files
+    with pytest.warns(DeprecationWarning, match='--device is deprecated'):
+        tc, ec = _parse(train, '--device', 'cpu')
+    assert ec.accelerator == 'cpu'
+    with pytest.warns(DeprecationWarning, match='--disable_mlflow is deprecated'):
+        tc, ec = _parse(train, '--accelerator', 'cpu', '--disable_mlflow')
+    assert ec.logger_backend is None and ec.enable_progress_bar is False
+
+def _run(fn, argv, capsys):
+    try: code = fn(argv)
+    except SystemExit as e: code = e.code
+    return code, capsys.readouterr().err.strip()
+
+@pytest.mark.parametrize('argv,needle', [
+    (['--train_data_file', '/no/such/train.npz'], '/no/such/train.npz'),
+    (['--batch_size', '0'], 'batch_size'),
+    (['--batch_size', 'many'], 'batch_size'),
+    (['--learning-rate', '-1'], 'learning-rate'),
+    (['--gridsize', '1.5'], 'gridsize'),
+    (['--accelerator', 'tpu'], 'tpu'),
+    (['--accelerator', 'abacus'], 'accelerator'),
+    (['--logger', 'wandb'], 'logger'),
+    (['--checkpoint-mode', 'median'], 'checkpoint-mode'),
+    (['--resume', '/no/such/last.ckpt', '--nepochs', '1'], '/no/such/last.ckpt'),
+])
+def test_bad_input_is_one_clean_line(files, argv, needle, capsys):
+    train, _ = files
+    full = argv if argv[0] == '--train_data_file' else ['--train_data_file', str(train), '--accelerator', 'cpu', *argv] \
+        if '--accelerator' not in argv else ['--train_data_file', str(train), *argv]
+    code, err = _run(cli.train_main, full, capsys)
+    assert code not in (0, None), err
+    last = err.splitlines()[-1]
+    assert needle in err and 'Traceback' not in err
+    assert last.startswith('ptycho-torch-train: error:')
+
+def test_missing_test_file_and_model(files, tmp_path, capsys):
+    train, test = files
+    code, err = _run(cli.train_main, ['--train_data_file', str(train), '--test_data_file', str(tmp_path / 'x.npz')], capsys)
+    assert code == 2 and str(tmp_path / 'x.npz') in err and len(err.splitlines()) == 1
+    code, err = _run(cli.infer_main, ['--model_path', str(tmp_path), '--test_data', str(test)], capsys)
+    assert code == 2 and 'wts.h5.zip' in err and len(err.splitlines()) == 1
+    code, err = _run(cli.infer_main, ['--model_path', str(tmp_path / 'none'), '--test_data', str(test)], capsys)
+    assert code == 2 and str(tmp_path / 'none') in err
+
+def test_help_documents_every_flag_subprocess():
+    p = subprocess.run([sys.executable, '-m', 'ptycho_torch_nb.cli', 'train', '--help'], capture_output=True, text=True,
+                       env=_env(), cwd=ROOT, timeout=60)
+    assert p.returncode == 0, p.stderr
+    for flag in ('--train_data_file', '--test_data_file', '--output_dir', '--n_groups', '--n_images', '--gridsize',
+                 '--batch_size', '--nepochs', '--max_epochs', '--accelerator', '--deterministic', '--no-deterministic',
+                 '--num-workers', '--learning-rate', '--scheduler', '--accumulate-grad-batches', '--logger',
+                 '--enable-checkpointing', '--disable-checkpointing', '--checkpoint-save-top-k', '--checkpoint-monitor',
+                 '--checkpoint-mode', '--early-stop-patience', '--quiet', '--inference-batch-size', '--device',
+                 '--disable_mlflow', '--resume'):
+        assert flag in p.stdout, flag
+    for parser in (cli.train_parser(), cli.infer_parser()):
+        assert all(a.help for a in parser._actions)
+    top = subprocess.run([sys.executable, '-m', 'ptycho_torch_nb.cli', '--help'], capture_output=True, text=True,
+                         env=_env(), cwd=ROOT, timeout=60)
+    assert top.returncode == 0 and all(c in top.stdout for c in ('train', 'infer', 'reconstruct'))
+
+def test_reconstruct_is_a_clear_stub(capsys):
+    code, err = _run(cli.reconstruct_main, [], capsys)
+    assert code == 2 and 'not implemented yet' in err
+
+def test_train_then_infer_round_trip(files, tmp_path, capsys):
+    train, test = files
+    out = tmp_path / 'train_out'
+    code = cli.train_main(['--train_data_file', str(train), '--test_data_file', str(test), '--output_dir', str(out),
+                           '--gridsize', '1', '--n_groups', '16', '--nepochs', '1', '--batch_size', '8',
+                           '--n_filters_scale', '1', '--accelerator', 'cpu', '--quiet'])
+    assert code == 0, capsys.readouterr().err
+    for name in ('wts.h5.zip', 'reconstructed_amplitude.png', 'reconstructed_phase.png', 'comparison.png',
+                 'loss_curve.png', 'metrics.json', 'stitched_object.npy', 'reconstruction.npz', 'checkpoints/last.ckpt'):
+        assert (out / name).is_file() and (out / name).stat().st_size > 100, name
+    m = json.loads((out / 'metrics.json').read_text())
+    assert m['backend'] == 'pytorch' and len(m['history']['train_loss']) == 1 and 'ssim' in m['metrics']
+    assert list((out / 'lightning_logs').glob('version_*/metrics.csv'))
+    inf = tmp_path / 'infer_out'
+    code = cli.infer_main(['--model_path', str(out), '--test_data', str(test), '--output_dir', str(inf),
+                           '--accelerator', 'cpu', '--inference-batch-size', '4'])
+    assert code == 0, capsys.readouterr().err
+    assert 'outputs in' in capsys.readouterr().out
+    for name in ('reconstructed_amplitude.png', 'reconstructed_phase.png', 'metrics.json', 'stitched_object.npy'):
+        assert (inf / name).is_file(), name
+    import numpy as np
+    np.testing.assert_allclose(np.load(inf / 'stitched_object.npy'), np.load(out / 'stitched_object.npy'), atol=1e-5)

@@ -1,0 +1,245 @@
+"""ptychodus 1.7.0 as the real client of ptycho_torch_nb.ptychodus (installed by the `[ptychodus]` extra).
+
+One tiny model (64 simulated positions, N=64, 2 epochs) is trained once through our TrainableReconstructor and
+shared by the tests below: in-process reconstruction, ptychodus' HDF5 product writer/reader, its training NPZ
+export read by our loader, ptychodus' SubprocessReconstructor (a spawned child running our entry point), and a
+full ptychodus ModelCore with our reconstructor enabled. HOME points at a temporary folder because ptychodus
+reads token files from it.
+"""
+import os, pickle
+from pathlib import Path
+import numpy as np
+import pytest
+
+pytest.importorskip('ptychodus', reason="needs the [ptychodus] extra: pip install -e '.[ptychodus]'")
+import ptycho_torch_nb.ptychodus as ptn
+from ptychodus.api.reconstruct import ReconstructInput, TrainableReconstructor
+
+EPOCHS = 2
+
+
+class _ListQueue(list):
+    "Stands in for the child's multiprocessing queue when an entry point is called in-process."
+    def put(self, item): self.append(item)
+
+
+@pytest.fixture(scope='module')
+def home(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        h = tmp_path_factory.mktemp('home')
+        mp.setenv('HOME', str(h))
+        yield h
+
+
+@pytest.fixture(scope='module')
+def trained(home, tmp_path_factory):
+    "A reconstructor trained in-process on ptychodus-exported data: (reconstructor, reconstruct_input, truth, dirs)."
+    root = tmp_path_factory.mktemp('ptychodus')
+    ri, truth = ptn.simulate_reconstruct_input(n_positions=64, nphotons=1e6, seed=3, probe_modes=2, n_bad_pixels=4)
+    rec = ptn.PtychoPINNTorchReconstructor(settings=ptn.ReconstructorSettings(nepochs=EPOCHS, batch_size=16, accelerator='cpu'))
+    (root / 'in').mkdir()
+    rec.export_training_data(root / 'in' / 'train_data.npz', ri)
+    outputs = list(rec.train(root / 'in', root / 'out'))
+    return rec, ri, truth, root, outputs
+
+
+def test_training_outputs(trained):
+    rec, ri, truth, root, outputs = trained
+    assert isinstance(rec, TrainableReconstructor)
+    assert rec.is_model_loaded() and (root / 'out' / ptn.ARCHIVE_NAME).is_file()
+    last = outputs[-1]
+    assert [l.epoch for l in last.training_loss] == list(range(EPOCHS))
+    assert all(np.isfinite(l.value) for l in last.training_loss)
+    assert last.progress == EPOCHS == rec.get_progress_goal()
+    assert rec.get_model_file_extension() == '.h5.zip' and '*.h5.zip' in rec.get_model_file_filter()
+    assert rec.get_training_data_file_filter() == 'NumPy Zipped Archive (*.npz)'
+    assert ptn.archive_history(root / 'out')['train_loss'] == [l.value for l in last.training_loss]
+
+
+def test_exported_npz_loads_with_our_loader(trained):
+    "ptychodus' save_ptychopinn_training_data (intensities, probe mode stack) -> RawDataTorch.from_file -> amplitudes."
+    from ptycho_torch_nb.raw_data import RawDataTorch
+    rec, ri, truth, root, _ = trained
+    npz = np.load(root / 'in' / 'train_data.npz')
+    assert npz['probeGuess'].ndim == 3 and npz['diff3d'].dtype == np.uint32       # what ptychodus writes
+    raw = RawDataTorch.from_file(root / 'in' / 'train_data.npz')
+    ours = ptn.arrays_from_reconstruct_input(ri)
+    np.testing.assert_allclose(raw.xcoords, ours['xcoords'])
+    np.testing.assert_allclose(raw.ycoords, ours['ycoords'])
+    np.testing.assert_allclose(raw.diff3d, ours['diff3d'], rtol=1e-5, atol=1e-3)   # same amplitudes either way
+    np.testing.assert_allclose(raw.probeGuess, ours['probeGuess'])                 # mode 0 of the stack
+    assert raw.probeGuess.shape == (64, 64)
+
+
+def _check_product(product, ri, losses):
+    obj_in = ri.product.object_
+    assert product.object_.get_array().shape == (1,) + obj_in.get_layer(0).shape
+    assert np.iscomplexobj(product.object_.get_array())
+    assert product.object_.get_pixel_geometry() == obj_in.get_pixel_geometry()
+    assert product.object_.get_center() == obj_in.get_center()
+    assert list(product.object_.layer_spacing_m) == []
+    np.testing.assert_array_equal(product.probe_positions.get_indexes(), ri.product.probe_positions.get_indexes())
+    np.testing.assert_allclose(product.probe_positions.get_coordinates_x_m(), ri.product.probe_positions.get_coordinates_x_m())
+    np.testing.assert_allclose(product.probe_positions.get_coordinates_y_m(), ri.product.probe_positions.get_coordinates_y_m())
+    np.testing.assert_allclose(product.probes.get_array(), ri.product.probes.get_array())
+    assert product.probes.get_pixel_geometry() == ri.product.probes.get_pixel_geometry()
+    assert product.metadata == ri.product.metadata
+    assert [(l.epoch, l.value) for l in product.losses] == [(l.epoch, l.value) for l in losses]
+
+
+def test_reconstruct_in_process_and_hdf5_roundtrip(trained, tmp_path):
+    "Our product survives ptychodus' own HDF5 product writer and reader (plugin registry 'HDF5')."
+    from ptychodus.api.plugins import PluginRegistry
+    rec, ri, truth, root, outputs = trained
+    out = list(rec.reconstruct(ri))
+    assert len(out) == 1 and out[0].progress == rec.get_progress_goal()
+    product = out[0].product
+    _check_product(product, ri, outputs[-1].training_loss)
+    registry = PluginRegistry.load_plugins()
+    path = tmp_path / 'product.h5'
+    registry.product_file_writers.get_strategy_by_name('HDF5').write(path, product)
+    back = registry.product_file_readers.get_strategy_by_name('HDF5').read(path)
+    _check_product(back, ri, outputs[-1].training_loss)
+    np.testing.assert_array_equal(back.object_.get_array(), product.object_.get_array())
+    assert back.object_.get_array().dtype == product.object_.get_array().dtype
+    assert back.object_.get_geometry() == product.object_.get_geometry()
+    # a saved model reopens and gives the same object
+    rec.save_model(tmp_path / 'model.h5.zip')
+    rec2 = ptn.PtychoPINNTorchReconstructor(settings=rec.settings)
+    assert not rec2.is_model_loaded()
+    rec2.load_model_from_file(tmp_path / 'model.h5.zip')
+    np.testing.assert_allclose(list(rec2.reconstruct(ri))[0].product.object_.get_array(), product.object_.get_array(), atol=1e-5)
+
+
+def test_errors_surface_clearly(trained, tmp_path):
+    rec, ri, truth, root, _ = trained
+    fresh = ptn.PtychoPINNTorchReconstructor()
+    with pytest.raises(RuntimeError, match='no model loaded'): list(fresh.reconstruct(ri))
+    with pytest.raises(RuntimeError, match='no model has been loaded or trained'): fresh.save_model(tmp_path / 'x.h5.zip')
+    with pytest.raises(FileNotFoundError, match='model archive not found'): fresh.load_model_from_file(tmp_path / 'none.h5.zip')
+    (tmp_path / 'bad.h5.zip').write_bytes(b'not a zip')
+    with pytest.raises(ValueError, match='not a valid zip'): fresh.load_model_from_file(tmp_path / 'bad.h5.zip')
+    with pytest.raises(FileNotFoundError, match='no training data'): list(fresh.train(tmp_path, tmp_path / 'o'))
+    with pytest.raises(ValueError, match='trained on 64x64'): ptn.reconstruct_scan(_raw32(ri), root / 'out')
+
+
+def _raw32(ri):
+    from ptycho_torch_nb.raw_data import RawDataTorch
+    a = ptn.arrays_from_reconstruct_input(ri)
+    return RawDataTorch.from_coords_without_pc(a['xcoords'], a['ycoords'], a['diff3d'][:, :32, :32], a['probeGuess'][:32, :32])
+
+
+def test_train_entry_point_and_payloads(trained, tmp_path):
+    "run_train called as ptychodus' child would call it: tagged results on the queue; payloads pickle."
+    rec, ri, truth, root, _ = trained
+    payload = ptn.TrainPayload(root / 'in', tmp_path / 'out', ptn.ReconstructorSettings(nepochs=1, accelerator='cpu'))
+    queue = _ListQueue()
+    ptn.run_train(pickle.loads(pickle.dumps(payload)), queue)
+    assert [t for t, _ in queue] == ['train_output', 'model_saved']
+    train_output = pickle.loads(queue[0][1])
+    assert len(train_output.training_loss) == 1 and train_output.progress == 1
+    assert Path(queue[1][1]) == tmp_path / 'out' / ptn.ARCHIVE_NAME and Path(queue[1][1]).is_file()
+    rp = ptn.ReconstructPayload(root / 'out' / ptn.ARCHIVE_NAME, ri, rec.settings)
+    queue = _ListQueue()
+    ptn.run_reconstruct(pickle.loads(pickle.dumps(rp)), queue)
+    assert [t for t, _ in queue] == ['output']
+    assert pickle.loads(queue[0][1]).product.object_.get_array().shape[0] == 1
+
+
+def test_subprocess_reconstructor(trained):
+    "ptychodus' SubprocessReconstructor spawns a child running our entry point; same object as in-process."
+    from ptychodus.model.processing._subprocess_protocol import ChildError
+    rec, ri, truth, root, outputs = trained
+    sub = ptn.build_subprocess_reconstructor('Unsupervised', ptn.ReconstructorSettings(nepochs=EPOCHS, accelerator='cpu'))
+    assert isinstance(sub, TrainableReconstructor) and sub.name == 'Unsupervised'
+    with pytest.raises(RuntimeError, match='no model archive has been loaded'): list(sub.reconstruct(ri))
+    sub.load_model_from_file(root / 'out' / ptn.ARCHIVE_NAME)
+    out = list(sub.reconstruct(ri))
+    assert len(out) == 1
+    expected = list(rec.reconstruct(ri))[0].product
+    _check_product(out[0].product, ri, outputs[-1].training_loss)
+    np.testing.assert_allclose(out[0].product.object_.get_array(), expected.object_.get_array(), atol=1e-4)
+    sub.load_model_from_file(root / 'missing.h5.zip')           # errors in the child reach us as ChildError
+    with pytest.raises(ChildError) as e: list(sub.reconstruct(ri))
+    assert e.value.child_exception_type == 'FileNotFoundError' and 'missing.h5.zip' in e.value.child_traceback
+
+
+def _amplitude_ssim(a, b, mask):
+    from skimage.metrics import structural_similarity
+    rows, cols = np.where(mask)
+    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    a, b = np.abs(a[box]).astype(np.float64), np.abs(b[box]).astype(np.float64)
+    return structural_similarity(a, b, data_range=float(b.max() - b.min()))
+
+
+def test_ssim_parity_with_direct_workflow(trained):
+    "Same data (ptychodus' exported NPZ), same weights: ptychodus-driven vs direct workflow, amplitude SSIM within 0.05."
+    from ptycho_torch_nb.backend import load_inference_bundle_with_backend
+    from ptycho_torch_nb.config import InferenceConfig, ModelConfig
+    from ptycho_torch_nb.raw_data import RawDataTorch
+    from ptycho_torch_nb.stitching import reassemble_position
+    from ptycho_torch_nb.workflow import reassemble_cdi_image_torch
+    rec, ri, truth, root, _ = trained
+    pty = list(rec.reconstruct(ri))[0].product.object_
+    cfg = InferenceConfig(model=ModelConfig(N=64, gridsize=1), model_path=root / 'out', test_data_file=root / 'in' / 'train_data.npz',
+                          n_groups=64, subsample_seed=rec.settings.seed, backend='pytorch')
+    model, params = load_inference_bundle_with_backend(root / 'out', cfg)
+    raw = RawDataTorch.from_file(root / 'in' / 'train_data.npz')
+    _, _, res = reassemble_cdi_image_torch(raw, cfg, model, M=20)
+    _, w = reassemble_position(res['obj_tensor_full'], res['global_offsets'], M=20, return_weights=True)
+    direct = ptn.object_from_stitched(res['stitched_obj'], w, res['global_offsets'], ri.product.object_, 20)
+    coverage = ptn.object_from_stitched(np.ones_like(w, np.complex64) * (w > 0), w, res['global_offsets'],
+                                        ptn.Object(np.zeros_like(ri.product.object_.get_layer(0)), ri.product.object_.get_pixel_geometry(),
+                                                   ri.product.object_.get_center()), 20).get_layer(0).real
+    mask = coverage > 0.999
+    gt = truth.object_.get_layer(0)
+    s_pty, s_direct = _amplitude_ssim(pty.get_layer(0), gt, mask), _amplitude_ssim(direct.get_layer(0), gt, mask)
+    s_between = _amplitude_ssim(pty.get_layer(0), direct.get_layer(0), mask)
+    print(f'amplitude SSIM vs truth: ptychodus-driven {s_pty:.4f}, direct workflow {s_direct:.4f}; between them {s_between:.4f}')
+    assert abs(s_pty - s_direct) <= 0.05
+    assert s_between >= 0.95
+
+
+def test_enable_checks_version(monkeypatch):
+    monkeypatch.setattr(ptn, 'ptychodus_version', lambda: '1.2.1')
+    with pytest.raises(RuntimeError, match='ptychodus 1.2.1 is not supported'): ptn.enable(object())
+    monkeypatch.setattr(ptn, 'ptychodus_version', lambda: '1.7.0')
+    with pytest.raises(RuntimeError, match='does not have the structure'): ptn.enable(object())
+    with pytest.raises(ValueError, match='slot='): ptn.enable(object(), slot='elsewhere')
+
+
+def test_model_core_reconstruct_local(trained, tmp_path, monkeypatch):
+    "A real ptychodus ModelCore (install() hook -> enable): load our model, reconstruct a registered product in a child."
+    from ptychodus.api.assemble import AssembledDiffractionData
+    from ptychodus.api.geometry import PixelGeometry
+    from ptychodus.api.io import save_diffraction_data, load_product
+    from ptychodus.model import core as core_module
+    rec, ri, truth, root, outputs = trained
+    monkeypatch.setattr(core_module.ModelCore, '__init__', core_module.ModelCore.__init__)   # undo install() afterwards
+    monkeypatch.setattr(ptn, '_INSTALLED', False)
+    ptn.install()
+    n = len(ri.diffraction_patterns)
+    save_diffraction_data(tmp_path / 'diffraction.h5', AssembledDiffractionData(
+        ri.product.probe_positions.get_indexes().astype(int), ri.diffraction_patterns, PixelGeometry(75e-6, 75e-6), ri.bad_pixels))
+    key = 'ptychopinn-torch-nb_unsupervised'
+    (tmp_path / 'out').mkdir()
+    with core_module.ModelCore() as core:
+        assert key in set(core.processing_core.processing_api.available_reconstructors())
+        # enabling again (or into ptychodus' own PtychoPINN-Torch slot) keeps one entry per key
+        assert ptn.enable(core) == [key]
+        assert ptn.enable(core, slot='ptychopinn-torch', subprocess=False) == ['ptychopinn-torch_unsupervised']
+        keys = list(core.processing_core.processing_api.available_reconstructors())
+        assert keys.count(key) == 1 and keys.count('ptychopinn-torch_unsupervised') == 1
+        processing = core.processing_core.processing_api
+        processing.load_model_from_file(root / 'out' / ptn.ARCHIVE_NAME, algorithm=key)
+        assert processing.get_model_file_extension(algorithm=key) == '.h5.zip'
+        diffraction = core.workflow_api.load_assembled_diffraction_data(tmp_path / 'diffraction.h5')
+        handle = core.workflow_api.register_product(ri.product, diffraction=diffraction)
+        out_handle = handle.reconstruct_local(algorithm=key, output_product_file=tmp_path / 'out' / 'product.h5', block=True)
+        product = out_handle.get_product()
+        assert product.object_.get_array().shape == (1,) + ri.product.object_.get_layer(0).shape
+        assert product.object_.get_geometry() == ri.product.object_.get_geometry()
+        assert len(product.probe_positions) == n
+        written = sorted((tmp_path / 'out').glob('product.*.h5'))
+        assert written, 'ptychodus wrote no product file'
+        assert load_product(written[-1]).object_.get_geometry() == ri.product.object_.get_geometry()

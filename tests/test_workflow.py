@@ -1,0 +1,115 @@
+"""Integration tests of ptycho_torch_nb.workflow: DDP on CPU, resume, outputs (tiny data, a few seconds each)."""
+import json, os, subprocess, sys, textwrap, dataclasses
+from pathlib import Path
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env.pop('IN_TEST', None)
+    return env
+
+def _configs(W, out, batch_size, nepochs=2, n=16):
+    TC, MC = W._dep('config', 'TrainingConfig'), W._dep('config', 'ModelConfig')
+    return TC(model=MC(N=64, gridsize=1, n_filters_scale=1), n_groups=n, nepochs=nepochs, batch_size=batch_size,
+              output_dir=Path(out), backend='pytorch')
+
+@pytest.fixture(scope='module')
+def tiny_files(tmp_path_factory):
+    from ptycho_torch_nb import workflow as W
+    d = tmp_path_factory.mktemp('data')
+    train, test = W.simulate_run1084(16, 8, seed=3)
+    train.to_file(d / 'train.npz'); test.to_file(d / 'test.npz')
+    return d / 'train.npz', d / 'test.npz'
+
+DDP_SCRIPT = textwrap.dedent('''
+    import json, sys, logging, warnings
+    from pathlib import Path
+    warnings.filterwarnings('ignore')
+    logging.getLogger('lightning.pytorch').setLevel(logging.ERROR)
+    from ptycho_torch_nb import workflow as W
+    train_file, out = sys.argv[1], Path(sys.argv[2])
+    TC, MC = W._dep('config', 'TrainingConfig'), W._dep('config', 'ModelConfig')
+    cfg = TC(model=MC(N=64, gridsize=1, n_filters_scale=1), n_groups=16, nepochs=2, batch_size=4, output_dir=out,
+             backend='pytorch')
+    ec = W.default_execution_config(accelerator='cpu', strategy='ddp', devices=2, logger_backend=None,
+                                    enable_checkpointing=False, deterministic=True)
+    res = W.train_cdi_model_torch(train_file, None, cfg, ec, shuffle=False, seed=0)
+    if res['trainer'].is_global_zero:
+        (out / 'history.json').write_text(json.dumps({'train_loss': res['history']['train_loss'],
+                                                      'world_size': res['trainer'].world_size}))
+''')
+
+def test_ddp_two_processes_match_one(tiny_files, tmp_path):
+    "2-process DDP (gloo, CPU), batch 4 per rank, follows the same loss trajectory as 1 process with batch 8."
+    from ptycho_torch_nb import workflow as W
+    train_file, _ = tiny_files
+    script = tmp_path / 'ddp_train.py'; script.write_text(DDP_SCRIPT)
+    out = tmp_path / 'ddp'; out.mkdir()
+    proc = subprocess.Popen([sys.executable, str(script), str(train_file), str(out)], env=_env(), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # meanwhile: the same global batch in one process
+    ec = W.default_execution_config(accelerator='cpu', logger_backend=None, enable_checkpointing=False)
+    one = W.train_cdi_model_torch(train_file, None, _configs(W, tmp_path / 'one', 8), ec, shuffle=False, seed=0)
+    log, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, log[-3000:]
+    ddp = json.loads((out / 'history.json').read_text())
+    assert ddp['world_size'] == 2
+    print('1 process:', one['history']['train_loss'], ' 2 processes:', ddp['train_loss'])
+    np.testing.assert_allclose(ddp['train_loss'], one['history']['train_loss'], rtol=1e-4)
+
+def test_resume_continues_history_and_epochs(tiny_files, tmp_path):
+    from ptycho_torch_nb import workflow as W
+    train_file, test_file = tiny_files
+    ec = W.default_execution_config(accelerator='cpu', logger_backend='csv')
+    cfg = _configs(W, tmp_path / 'run', 8, nepochs=1)
+    first = W.train_cdi_model_torch(train_file, test_file, cfg, ec)
+    assert (tmp_path / 'run' / 'checkpoints' / 'last.ckpt').is_file()
+    second = W.train_cdi_model_torch(train_file, test_file, dataclasses.replace(cfg, nepochs=2), ec, resume='last')
+    assert second['trainer'].current_epoch == 2
+    assert len(second['history']['train_loss']) == 2 and len(second['history']['val_loss']) == 2
+    assert second['history']['train_loss'][0] == pytest.approx(first['history']['train_loss'][0])
+    assert second['trainer'].global_step == 2 * first['trainer'].global_step
+
+def test_logger_choices(tmp_path):
+    from ptycho_torch_nb import workflow as W
+    import importlib.util
+    assert W._logger(None, tmp_path) is False and W._logger('none', tmp_path) is False
+    assert type(W._logger('csv', tmp_path)).__name__ == 'CSVLogger'
+    if importlib.util.find_spec('mlflow') is None:
+        with pytest.raises(ImportError, match='pip install mlflow'): W._logger('mlflow', tmp_path)
+    if importlib.util.find_spec('tensorboard') is None and importlib.util.find_spec('tensorboardX') is None:
+        with pytest.raises(ImportError, match='pip install tensorboard'): W._logger('tensorboard', tmp_path)
+    with pytest.raises(ValueError, match='logger_backend'): W._logger('wandb', tmp_path)
+
+def test_trainer_maps_execution_config(tmp_path):
+    from ptycho_torch_nb import workflow as W
+    ec = W.default_execution_config(accelerator='cpu', accum_steps=3, gradient_clip_val=0.5, precision='bf16-mixed',
+                                    checkpoint_save_top_k=2, checkpoint_mode='max', early_stop_patience=5,
+                                    logger_backend=None, deterministic=False)
+    t = W.build_trainer(ec, tmp_path, 7, monitor='val_loss', has_validation=True)
+    from lightning.pytorch.callbacks import ModelCheckpoint, EarlyStopping
+    ck = [c for c in t.callbacks if isinstance(c, ModelCheckpoint)][0]
+    es = [c for c in t.callbacks if isinstance(c, EarlyStopping)][0]
+    assert (t.max_epochs, t.accumulate_grad_batches, t.gradient_clip_val) == (7, 3, 0.5)
+    assert 'bf16' in str(t.precision)
+    assert (ck.save_top_k, ck.mode, ck.monitor, ck.save_last) == (2, 'max', 'val_loss', True)
+    assert Path(ck.dirpath) == tmp_path / 'checkpoints'
+    assert (es.patience, es.monitor) == (5, 'val_loss')
+
+def test_batches_are_indexed_once(tiny_files):
+    "The DataLoader hands whole index lists to ContainerDataset.__getitems__ (no per-item calls)."
+    from ptycho_torch_nb import workflow as W
+    train_file, _ = tiny_files
+    TC, MC = W._dep('config', 'TrainingConfig'), W._dep('config', 'ModelConfig')
+    c = W.as_container(train_file, TC(model=MC(N=64, gridsize=1), n_groups=16))
+    dl = W.make_dataloader(c, 8, shuffle=False)
+    calls = []
+    orig = W.ContainerDataset.__getitem__
+    W.ContainerDataset.__getitem__ = lambda self, i: calls.append(i) or orig(self, i)
+    try: batches = list(dl)
+    finally: W.ContainerDataset.__getitem__ = orig
+    assert calls == [] and len(batches) == 2
+    np.testing.assert_array_equal(batches[1]['X'].numpy(), np.asarray(c.X[8:16]))
