@@ -1,12 +1,12 @@
 """ptychodus 1.7.0 as the real client of ptycho_torch_nb.ptychodus (installed by the `[ptychodus]` extra).
 
-One tiny model (64 simulated positions, N=64, 2 epochs) is trained once through our TrainableReconstructor and
+One tiny model (64 simulated positions, N=64, n_filters_scale=1, 2 epochs) is trained once through our TrainableReconstructor and
 shared by the tests below: in-process reconstruction, ptychodus' HDF5 product writer/reader, its training NPZ
 export read by our loader, ptychodus' SubprocessReconstructor (a spawned child running our entry point), and a
 full ptychodus ModelCore with our reconstructor enabled. HOME points at a temporary folder because ptychodus
 reads token files from it.
 """
-import os, pickle
+import os, pickle, sys
 from pathlib import Path
 import numpy as np
 import pytest
@@ -16,6 +16,7 @@ import ptycho_torch_nb.ptychodus as ptn
 from ptychodus.api.reconstruct import ReconstructInput, TrainableReconstructor
 
 EPOCHS = 2
+TINY = dict(n_filters_scale=1, accelerator='cpu')   # narrow network: seconds per epoch on a CPU
 
 
 class _ListQueue(list):
@@ -36,7 +37,7 @@ def trained(home, tmp_path_factory):
     "A reconstructor trained in-process on ptychodus-exported data: (reconstructor, reconstruct_input, truth, dirs)."
     root = tmp_path_factory.mktemp('ptychodus')
     ri, truth = ptn.simulate_reconstruct_input(n_positions=64, nphotons=1e6, seed=3, probe_modes=2, n_bad_pixels=4)
-    rec = ptn.PtychoPINNTorchReconstructor(settings=ptn.ReconstructorSettings(nepochs=EPOCHS, batch_size=16, accelerator='cpu'))
+    rec = ptn.PtychoPINNTorchReconstructor(settings=ptn.ReconstructorSettings(nepochs=EPOCHS, batch_size=16, **TINY))
     (root / 'in').mkdir()
     rec.export_training_data(root / 'in' / 'train_data.npz', ri)
     outputs = list(rec.train(root / 'in', root / 'out'))
@@ -132,7 +133,7 @@ def _raw32(ri):
 def test_train_entry_point_and_payloads(trained, tmp_path):
     "run_train called as ptychodus' child would call it: tagged results on the queue; payloads pickle."
     rec, ri, truth, root, _ = trained
-    payload = ptn.TrainPayload(root / 'in', tmp_path / 'out', ptn.ReconstructorSettings(nepochs=1, accelerator='cpu'))
+    payload = ptn.TrainPayload(root / 'in', tmp_path / 'out', ptn.ReconstructorSettings(nepochs=1, **TINY))
     queue = _ListQueue()
     ptn.run_train(pickle.loads(pickle.dumps(payload)), queue)
     assert [t for t, _ in queue] == ['train_output', 'model_saved']
@@ -147,21 +148,22 @@ def test_train_entry_point_and_payloads(trained, tmp_path):
 
 
 def test_subprocess_reconstructor(trained):
-    "ptychodus' SubprocessReconstructor spawns a child running our entry point; same object as in-process."
+    """ptychodus' SubprocessReconstructor wired to our entry points: parent-side checks, and an error in the spawned
+    child arriving as ptychodus' ChildError. (A successful spawned reconstruction, compared with the in-process one,
+    is `test_batch_mode_main`, where ptychodus itself drives this same reconstructor.)"""
     from ptychodus.model.processing._subprocess_protocol import ChildError
     rec, ri, truth, root, outputs = trained
-    sub = ptn.build_subprocess_reconstructor('Unsupervised', ptn.ReconstructorSettings(nepochs=EPOCHS, accelerator='cpu'))
-    assert isinstance(sub, TrainableReconstructor) and sub.name == 'Unsupervised'
+    sub = ptn.build_subprocess_reconstructor('Unsupervised', ptn.ReconstructorSettings(nepochs=EPOCHS, **TINY))
+    assert isinstance(sub, TrainableReconstructor) and sub.name == 'Unsupervised' and sub.get_progress_goal() == EPOCHS
+    assert not sub.is_model_loaded()
     with pytest.raises(RuntimeError, match='no model archive has been loaded'): list(sub.reconstruct(ri))
-    sub.load_model_from_file(root / 'out' / ptn.ARCHIVE_NAME)
-    out = list(sub.reconstruct(ri))
-    assert len(out) == 1
-    expected = list(rec.reconstruct(ri))[0].product
-    _check_product(out[0].product, ri, outputs[-1].training_loss)
-    np.testing.assert_allclose(out[0].product.object_.get_array(), expected.object_.get_array(), atol=1e-4)
-    sub.load_model_from_file(root / 'missing.h5.zip')           # errors in the child reach us as ChildError
+    sub.load_model_from_file(root / 'missing.h5.zip')           # recorded only; the child finds it missing
     with pytest.raises(ChildError) as e: list(sub.reconstruct(ri))
     assert e.value.child_exception_type == 'FileNotFoundError' and 'missing.h5.zip' in e.value.child_traceback
+    assert isinstance(e.value.child_exception, FileNotFoundError)
+    sub.load_model_from_file(root / 'out' / ptn.ARCHIVE_NAME)
+    sub.save_model(root / 'copy.h5.zip')                         # parent-side copy callback
+    assert (root / 'copy.h5.zip').read_bytes() == (root / 'out' / ptn.ARCHIVE_NAME).read_bytes()
 
 
 def _amplitude_ssim(a, b, mask):
@@ -208,38 +210,52 @@ def test_enable_checks_version(monkeypatch):
     with pytest.raises(ValueError, match='slot='): ptn.enable(object(), slot='elsewhere')
 
 
-def test_model_core_reconstruct_local(trained, tmp_path, monkeypatch):
-    "A real ptychodus ModelCore (install() hook -> enable): load our model, reconstruct a registered product in a child."
+def test_model_core_enable(home):
+    "enable() on a real ptychodus ModelCore: algorithm keys, both slots, one entry per key, settings read from ptychodus."
+    from ptychodus.model import ModelCore
+    key = 'ptychopinn-torch-nb_unsupervised'
+    with ModelCore() as core:
+        processing = core.processing_core.processing_api
+        assert key not in set(processing.available_reconstructors())
+        assert ptn.enable(core) == [key]
+        assert ptn.enable(core) == [key]                                   # enabling twice replaces, never duplicates
+        assert ptn.enable(core, slot='ptychopinn-torch', subprocess=False) == ['ptychopinn-torch_unsupervised']
+        keys = list(processing.available_reconstructors())
+        assert keys.count(key) == 1 and keys.count('ptychopinn-torch_unsupervised') == 1
+        table = core.processing_core.algorithm_parameter._reconstructor_map
+        assert isinstance(table['ptychopinn-torch_unsupervised'], ptn.PtychoPINNTorchReconstructor)
+        # with no fixed settings, epochs come from ptychodus' own PtychoPINN-Torch training settings, per call
+        core.ptychopinn_torch_reconstructor_library.training_settings.epochs.set_value(3)
+        assert table[key].get_progress_goal() == 3
+        assert processing.get_model_file_extension(algorithm=key) == '.h5.zip'
+        assert processing.get_training_data_file_filter(algorithm=key) == 'NumPy Zipped Archive (*.npz)'
+
+
+def test_batch_mode_main(trained, tmp_path, monkeypatch):
+    """`python -m ptycho_torch_nb.ptychodus --batch reconstruct -i IN -o OUT` (run in-process through main()):
+    install() enables us in ptychodus' ModelCore, settings.ini selects our algorithm, IN/model.h5.zip is loaded,
+    ptychodus pairs patterns to positions and spawns our child, and writes the product with its HDF5 writer."""
     from ptychodus.api.assemble import AssembledDiffractionData
     from ptychodus.api.geometry import PixelGeometry
-    from ptychodus.api.io import save_diffraction_data, load_product
+    from ptychodus.api.io import save_diffraction_data, save_product, load_product
     from ptychodus.model import core as core_module
     rec, ri, truth, root, outputs = trained
     monkeypatch.setattr(core_module.ModelCore, '__init__', core_module.ModelCore.__init__)   # undo install() afterwards
     monkeypatch.setattr(ptn, '_INSTALLED', False)
-    ptn.install()
-    n = len(ri.diffraction_patterns)
-    save_diffraction_data(tmp_path / 'diffraction.h5', AssembledDiffractionData(
+    inp, out = tmp_path / 'in', tmp_path / 'out'
+    inp.mkdir()
+    save_diffraction_data(inp / 'diffraction.h5', AssembledDiffractionData(
         ri.product.probe_positions.get_indexes().astype(int), ri.diffraction_patterns, PixelGeometry(75e-6, 75e-6), ri.bad_pixels))
-    key = 'ptychopinn-torch-nb_unsupervised'
-    (tmp_path / 'out').mkdir()
-    with core_module.ModelCore() as core:
-        assert key in set(core.processing_core.processing_api.available_reconstructors())
-        # enabling again (or into ptychodus' own PtychoPINN-Torch slot) keeps one entry per key
-        assert ptn.enable(core) == [key]
-        assert ptn.enable(core, slot='ptychopinn-torch', subprocess=False) == ['ptychopinn-torch_unsupervised']
-        keys = list(core.processing_core.processing_api.available_reconstructors())
-        assert keys.count(key) == 1 and keys.count('ptychopinn-torch_unsupervised') == 1
-        processing = core.processing_core.processing_api
-        processing.load_model_from_file(root / 'out' / ptn.ARCHIVE_NAME, algorithm=key)
-        assert processing.get_model_file_extension(algorithm=key) == '.h5.zip'
-        diffraction = core.workflow_api.load_assembled_diffraction_data(tmp_path / 'diffraction.h5')
-        handle = core.workflow_api.register_product(ri.product, diffraction=diffraction)
-        out_handle = handle.reconstruct_local(algorithm=key, output_product_file=tmp_path / 'out' / 'product.h5', block=True)
-        product = out_handle.get_product()
-        assert product.object_.get_array().shape == (1,) + ri.product.object_.get_layer(0).shape
-        assert product.object_.get_geometry() == ri.product.object_.get_geometry()
-        assert len(product.probe_positions) == n
-        written = sorted((tmp_path / 'out').glob('product.*.h5'))
-        assert written, 'ptychodus wrote no product file'
-        assert load_product(written[-1]).object_.get_geometry() == ri.product.object_.get_geometry()
+    save_product(inp / 'product.h5', ri.product)
+    (inp / 'settings.ini').write_text('[Processing]\nAlgorithm = ptychopinn-torch-nb_unsupervised\n')
+    rec.save_model(inp / 'model.h5.zip')
+    monkeypatch.setattr(sys, 'argv', ['ptychodus', '--batch', 'reconstruct', '-i', str(inp), '-o', str(out)])
+    assert ptn.main() == 0
+    written = sorted(out.glob('product*.h5'))
+    assert len(written) == 1, f'expected one product file in {out}, found {written}'
+    product = load_product(written[0])
+    expected = list(rec.reconstruct(ri))[0].product
+    assert product.object_.get_geometry() == ri.product.object_.get_geometry()
+    np.testing.assert_array_equal(product.probe_positions.get_indexes(), ri.product.probe_positions.get_indexes())
+    np.testing.assert_allclose(product.object_.get_array(), expected.object_.get_array(), atol=1e-4)
+    assert [(l.epoch, l.value) for l in product.losses] == [(l.epoch, l.value) for l in outputs[-1].training_loss]

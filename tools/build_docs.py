@@ -4,31 +4,38 @@
     python tools/build_docs.py                 # Quarto installed: nbdev_docs;  otherwise: the offline builder
     python tools/build_docs.py --offline       # always the offline builder (no Quarto needed)
     python tools/build_docs.py --execute       # offline, after running every notebook to fill in its outputs
+    python -m http.server -d _docs             # then browse http://localhost:8000 (or open _docs/index.html)
 
-Both builds start from nbdev 2.4's own notebook processing (`nbdev.processors.FilterDefaults`, the same
-processors `nbdev_docs` runs): `#| hide`, `#| default_exp` and `#| exporti` cells are dropped, `show_doc`
-cells are executed and rendered (with the exported and import cells they need), front matter comes from
-each notebook's `# Title` / `> description` cell, backticked names link to their docs, and committed
-outputs are kept. One change to nbdev's stock processing, made here for both builds: `#| export` cells are
-shown as code (folded, "Exported source", the way nbdev shows `#| exports` cells) instead of being dropped,
-because in this project the notebook is the only place the implementation is read.
+Both builds start from nbdev 2.4's own notebook processing (`nbdev.processors.FilterDefaults`, the processors
+`nbdev_docs` runs, via nbdev's `serve_drv`): `#| hide`, `#| default_exp` and `#| exporti` cells are dropped,
+`show_doc` cells (written or added by nbdev after exported definitions) are executed and rendered, front
+matter comes from each notebook's `# Title` / `> description` cell, backticked names link to their docs, and
+saved outputs are kept. Two project changes to nbdev's stock processing, applied in both builds:
+  1. `#| export` cells are shown as code (folded open under "Exported source", as nbdev shows `#| exports`)
+     instead of being dropped: here the notebook is where the implementation is read.
+  2. Only exported cells, `show_doc` cells, import-only cells and hidden setup cells are executed. nbdev
+     also runs every visible cell that merely contains an import, which in these notebooks means running
+     examples out of context (NameError) or training models during a docs build.
+Each notebook is processed in its own interpreter (two at a time), so no notebook's state leaks into another.
+Processed notebooks are cached in `--proc` (default `_proc/`) and redone when their notebook changes.
 
-* With Quarto: `nbdev.quarto.nbdev_docs` renders the site in `_proc/` with `_quarto.yml` and moves it to
-  `_docs/` (and refreshes README.md from index.ipynb). nbdev 2.4 reads `nbs/_quarto.yml`, which is a
-  symlink to the top-level `_quarto.yml` (re-created here if missing, copied where symlinks are not
-  supported), so the top-level file is the single source of the site's configuration.
-* Without Quarto: the processed notebooks (in `--proc`, default `_proc/`) are rendered to HTML by the small
-  renderer below (markdown-it-py + Pygments): a navbar and a sidebar read from `_quarto.yml`
-  (`website.title`, `navbar`, `repo-url`, `sidebar.contents` with its globs), the index page from
-  `index.ipynb`, a table of contents per page, Quarto's cell options (`echo`, `output`, `include`,
-  `output: asis`, `code-fold`), output images written next to each page, relative links to notebooks
-  rewritten to the pages, links to the published site made relative, and referenced local files copied.
-  Maths is left as TeX for MathJax (loaded from its CDN only on pages that have maths).
+* With Quarto: nbdev's `nbdev_docs` renders `_proc/` with `_quarto.yml` and moves the site to `_docs/`.
+  nbdev 2.4 reads `nbs/_quarto.yml`, a symlink to the top-level `_quarto.yml` (re-created here if missing,
+  copied where symlinks are unsupported); settings.ini `custom_quarto_yml`/`custom_sidebar` keep nbdev from
+  rewriting it or writing a sidebar.yml, so the top-level file is the single source of the site's settings.
+  README.md is left alone unless `--readme` (nbdev_docs would re-render it from index.ipynb).
+* Without Quarto: the processed notebooks are rendered to HTML by the small renderer below (markdown-it-py,
+  Pygments): navbar, repo link and sidebar read from `_quarto.yml` (`website.title`, `navbar`, `repo-url`,
+  `sidebar.contents` with its section globs; notebooks no glob covers go under "Other", with a warning), the
+  index page from `index.ipynb`, a table of contents per page, Quarto cell options (`echo`, `output`,
+  `include`, `output: asis`, `code-fold`), output images written next to each page, links to notebooks
+  rewritten to their pages, links into the published site made relative, referenced local files copied.
+  Maths stays TeX for MathJax (loaded from its CDN only on pages with maths; offline the TeX shows as text).
 
-Trade-off: like nbdev_docs, the default build does not run the notebooks; it executes only what `show_doc`
-needs and otherwise shows the outputs saved in the notebooks. `--execute` first runs each notebook (cells
-flagged with settings.ini `tst_flags` skipped, IN_TEST set, as in the tests) so every output is fresh, at
-about the cost of the notebook tests.
+Trade-off: like nbdev_docs, the default build does not run the notebooks, so a cell's output appears only if
+it was saved in the notebook. `--execute` first runs each notebook (cells flagged with settings.ini
+`tst_flags` skipped, IN_TEST set, as under the tests) so every output and figure is fresh, at about the cost
+of the notebook tests.
 """
 from __future__ import annotations
 import argparse, base64, fnmatch, html, json, os, re, shutil, subprocess, sys, time, warnings
@@ -137,6 +144,17 @@ def _execute_nb(src: Path, dst: Path):
     write_nb(nb, dst)
 
 
+def _clear(path: Path):
+    "Delete a build folder, refusing anything that looks like a source tree (a typo in --out/--proc)."
+    path = Path(path).resolve()
+    if not path.exists(): return
+    bad = (path == Path(path.anchor) or path == Path.home() or path in REPO.parents or path == REPO
+           or path == REPO / 'nbs' or (path / '.git').exists() or (path / 'settings.ini').exists()
+           or any(path.glob('*.py')))
+    if bad: raise SystemExit(f"build_docs: refusing to delete {path} (not a build folder); pick another --out/--proc")
+    shutil.rmtree(path)
+
+
 def _proc_one(job):
     "Worker (a fresh process per notebook): nbdev's doc processing of one notebook. Returns (seconds, warnings)."
     src, dst, execute = job
@@ -179,8 +197,7 @@ def process_notebooks(nbs: Path, proc: Path, execute: bool = False, force: bool 
     from nbdev.serve import _proc_file
     nbs, proc = Path(nbs).resolve(), Path(proc).resolve()
     stamp = proc / '.build_docs_stamp'
-    if force or not stamp.exists() or stamp.read_text() != _stamp(execute):
-        if proc.exists(): shutil.rmtree(proc)
+    if force or not stamp.exists() or stamp.read_text() != _stamp(execute): _clear(proc)
     proc.mkdir(parents=True, exist_ok=True)
     files = [Path(f) for f in nbglob(nbs, func=Path, file_glob='', file_re='')]
     for extra in ('_quarto.yml', '_brand.yml'):
@@ -318,7 +335,7 @@ class Page:
 
 
 class SiteRenderer:
-    def __init__(self, proc: Path, out: Path, site: dict, nbs_names: list[str] | None = None):
+    def __init__(self, proc: Path, out: Path, site: dict):
         self.proc, self.out, self.site = proc, out, site
         self.md = _markdown()
         web = site.get('website', {}) or {}
@@ -516,13 +533,13 @@ class SiteRenderer:
         left = ''.join(link(x) for x in nav.get('left') or [])
         right = ''.join(link(x) for x in nav.get('right') or [])
         if not right and self.repo_url: right = link({'icon': 'github', 'text': 'Source', 'href': self.repo_url})
-        home = self.by_nb.get('index.ipynb')
-        home = self._rel(page, home.out_rel) if home else 'index.html'
+        home = self.by_nb.get('index.ipynb') or (self.pages[0] if self.pages else page)
+        home = self._rel(page, home.out_rel)
         return (f'<header class="navbar"><a class="navbar-title" href="{home}">{html.escape(self.title)}</a>'
                 f'<div class="navbar-left">{left}</div><div class="navbar-right">{right}</div></header>')
 
     def render_page(self, page: Page, sidebar) -> str:
-        lang = ((self.proc and page.nb.get('metadata', {}).get('kernelspec', {}) or {}).get('language') or 'python')
+        lang = ((page.nb.get('metadata') or {}).get('kernelspec') or {}).get('language') or 'python'
         body = ''.join(self._cell(page, c, i, lang) for i, c in enumerate(page.cells))
         body = self._fix_links(page, body)
         heads = re.findall(r'<h([23]) id="([^"]+)"[^>]*>(.*?)</h\1>', body, flags=re.S)
@@ -561,7 +578,7 @@ class SiteRenderer:
 """
 
     def build(self):
-        if self.out.exists(): shutil.rmtree(self.out)
+        _clear(self.out)
         self.out.mkdir(parents=True)
         sidebar = self.sidebar()
         for page in self.pages:
@@ -621,13 +638,14 @@ def load_site_config(path: Path = QUARTO_YML) -> dict:
     return yaml.safe_load(path.read_text(encoding='utf-8')) or {}
 
 
-def build_offline(out: Path, proc: Path, execute: bool = False, force: bool = False, quiet: bool = False) -> dict:
+def build_offline(out: Path, proc: Path, execute: bool = False, force: bool = False, quiet: bool = False,
+                  n_workers: int | None = None) -> dict:
     "Process the notebooks the nbdev way and render the site to `out` without Quarto."
     from nbdev.config import get_config
     t0 = time.perf_counter()
     nbs = Path(get_config().nbs_path)
     ensure_nbs_quarto_yml(nbs)
-    process_notebooks(nbs, proc, execute=execute, force=force, quiet=quiet)
+    process_notebooks(nbs, proc, execute=execute, force=force, quiet=quiet, n_workers=n_workers)
     t1 = time.perf_counter()
     r = SiteRenderer(proc, out, load_site_config())
     r.nbs = nbs
@@ -639,18 +657,26 @@ def build_offline(out: Path, proc: Path, execute: bool = False, force: bool = Fa
     return {'pages': pages, 'warnings': r.warnings, 'seconds': t2 - t0}
 
 
-def build_with_quarto(force: bool = False):
-    """nbdev's own `nbdev_docs` (Quarto render, README refresh), with its notebook-processing step (`proc_nbs`)
-    replaced by `process_notebooks`: the same nbdev processors plus `show_exports`, one process per notebook."""
+def build_with_quarto(force: bool = False, readme: bool = False):
+    """nbdev's own `nbdev_docs` (Quarto render of `_proc/` into `_docs/`), with its notebook-processing step
+    (`proc_nbs`) replaced by `process_notebooks`: the same nbdev processors plus `show_exports`, one process per
+    notebook. nbdev_docs also re-renders README.md from index.ipynb; that step is skipped unless `readme`
+    (README.md is made by `make readme`), so `make docs` never rewrites a tracked file."""
     import nbdev.quarto
     from nbdev.config import get_config
     cfg = get_config()
     ensure_nbs_quarto_yml(Path(cfg.nbs_path))
-    def proc_nbs(path='', n_workers=None, force_=force, **kw):
-        return process_notebooks(Path(path or cfg.nbs_path), cfg.config_path / '_proc', force=force_)
+    def proc_nbs(path='', n_workers=None, **kw):
+        return process_notebooks(Path(path or cfg.nbs_path), cfg.config_path / '_proc', force=force)
     nbdev.quarto.proc_nbs = proc_nbs
+    if not readme:
+        def skip(*a, **k): return None
+        skip.__wrapped__ = skip          # nbdev_docs calls nbdev_readme.__wrapped__(...)
+        nbdev.quarto.nbdev_readme = nbdev.quarto.nbdev_contributing = skip
     os.chdir(REPO)
-    nbdev.quarto.nbdev_docs()
+    t0 = time.perf_counter()
+    nbdev.quarto.nbdev_docs.__wrapped__()
+    print(f"build_docs: nbdev_docs wrote {cfg.doc_path} in {time.perf_counter()-t0:.1f}s")
 
 
 def _proc_one_main(argv):
@@ -672,6 +698,8 @@ def main(argv=None):
     ap.add_argument('--out', type=Path, default=None, help='output folder of the offline build (default: settings.ini doc_path)')
     ap.add_argument('--proc', type=Path, default=None, help='folder for the processed notebooks (default: _proc)')
     ap.add_argument('--force', action='store_true', help='reprocess every notebook (ignore the cache in --proc)')
+    ap.add_argument('--readme', action='store_true', help='with Quarto: let nbdev_docs also rewrite README.md from index.ipynb')
+    ap.add_argument('--jobs', type=int, default=None, help='notebooks processed at a time (default: 2, or 1 on one core)')
     ap.add_argument('-q', '--quiet', action='store_true')
     a = ap.parse_args(argv)
     os.chdir(REPO)
@@ -682,11 +710,11 @@ def main(argv=None):
     if have_quarto and not a.offline and not a.execute:
         if a.out or a.proc: print("build_docs: --out/--proc are ignored by nbdev_docs (it writes _proc/ and doc_path)", file=sys.stderr)
         print("build_docs: Quarto found, running nbdev_docs")
-        return build_with_quarto(force=a.force)
+        return build_with_quarto(force=a.force, readme=a.readme)
     if not have_quarto and not a.offline: print("build_docs: Quarto not installed, building the site offline", flush=True)
     out = (a.out or Path(cfg.doc_path)).resolve()
     proc = (a.proc or REPO / '_proc').resolve()
-    build_offline(out, proc, execute=a.execute, force=a.force, quiet=a.quiet)
+    build_offline(out, proc, execute=a.execute, force=a.force, quiet=a.quiet, n_workers=a.jobs)
 
 
 if __name__ == '__main__': main()

@@ -1,0 +1,107 @@
+"""Issue 9: `reconstruct.reconstruct_scan` and `ptycho-torch-reconstruct` on tiny scans (16 patterns, N=64, narrow net).
+
+Covers the API (outputs, scores), the time budget, fine-tuning from an archive, the TF-parity configuration and the
+CLI (missing file, --help, a full run). Each training here is a few optimiser steps.
+"""
+import json, subprocess, sys
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+
+from ptycho_torch_nb import reconstruct as R
+
+TINY = dict(n_filters_scale=1, batch_size=4)
+
+@pytest.fixture(scope='module')
+def scan():
+    torch.set_num_threads(1)
+    return R.simulated_scan(n=16, seed=3)
+
+@pytest.fixture(scope='module')
+def scan_file(tmp_path_factory, scan):
+    p = tmp_path_factory.mktemp('scan') / 'scan.npz'
+    scan.to_file(p)
+    return p
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, scan):
+    out = tmp_path_factory.mktemp('trained')
+    res = R.reconstruct_scan(scan, nepochs=1, output_dir=out, progress=False, **TINY)
+    return out, res
+
+def test_api_outputs_and_scores(trained, scan):
+    out, res = trained
+    for name in ('wts.h5.zip', 'metrics.json', 'reconstruct.json', 'reconstruction.npz', 'comparison.png',
+                 'reconstructed_amplitude.png', 'reconstructed_phase.png'):
+        assert (out / name).is_file(), name
+    img = res['stitched_obj']
+    assert img.ndim == 2 and np.iscomplexobj(img) and np.isfinite(img).all()
+    assert res['steps'] == 4 and res['epochs'] == 1 and not res['stopped_by_budget']   # 16 groups / batch 4
+    m = res['metrics']
+    assert -1 <= m['ssim_amp'] <= 1 and -1 <= m['ssim_phase'] <= 1
+    summary = json.loads((out / 'reconstruct.json').read_text())
+    assert summary['options']['gridsize'] == 2 and summary['n_patterns'] == len(scan)
+    assert np.unique(res['test_container'].nn_indices.numpy()).size == len(scan)   # every pattern reconstructed
+
+def test_time_budget_stops_training(scan):
+    budget = 1.5
+    res = R.reconstruct_scan(scan, time_budget_s=budget, snapshot_at_s=[0.5], progress=False, **TINY)
+    assert res['stopped_by_budget']
+    last_step = res['train_seconds'] / max(res['steps'], 1)
+    assert budget <= res['train_seconds'] <= budget + 2 * last_step + 0.5, (res['train_seconds'], res['steps'])
+    assert len(res['snapshots']) == 1 and res['snapshots'][0]['train_s'] >= 0.5
+    assert 'ssim_amp' in res['snapshots'][0]
+
+def test_finetune_starts_from_the_archive(trained, scan):
+    out, res = trained
+    # learning rate 0: the fine-tuned model is the archived one, so the reconstruction is reproduced exactly
+    again = R.reconstruct_scan(scan, init_from=out / 'wts.h5.zip', nepochs=1, learning_rate=0.0, progress=False, **TINY)
+    np.testing.assert_allclose(again['stitched_obj'], res['stitched_obj'], rtol=0, atol=1e-5)
+    assert again['options']['init_from'].endswith('wts.h5.zip')
+    moved = R.reconstruct_scan(scan, init_from=out, nepochs=1, progress=False, **TINY)   # the folder works too
+    assert np.abs(moved['stitched_obj'] - res['stitched_obj']).max() > 1e-4          # and it trains
+
+def test_finetune_rejects_a_mismatched_archive(trained, scan):
+    out, _ = trained
+    with pytest.raises(ValueError, match='gridsize'):
+        R.reconstruct_scan(scan, init_from=out, nepochs=1, gridsize=1, progress=False, **TINY)
+    with pytest.raises(FileNotFoundError, match='nowhere'):
+        R.reconstruct_scan(scan, init_from='/nowhere/wts.h5.zip', nepochs=1, progress=False, **TINY)
+
+def test_parity_configuration(scan):
+    res = R.reconstruct_scan(scan, nepochs=1, parity=True, progress=False, n_filters_scale=1)
+    from ptycho_torch_nb.physics import padded_size
+    assert res['model'].model.P == padded_size(64, 2) == 78          # the reference's merge canvas
+    assert res['config'].batch_size == 16 and res['options']['lr_min_ratio'] == 1.0 and res['options']['M'] == 20
+    assert res['config'].neighbor_count == 4
+
+def test_cli_missing_file(tmp_path, capsys):
+    assert R.reconstruct_main([str(tmp_path / 'nope.npz'), '--output_dir', str(tmp_path / 'o')]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'nope.npz' in err[0]
+
+def test_cli_help_documents_every_flag(capsys):
+    assert R.reconstruct_main(['--help']) == 0
+    text = capsys.readouterr().out
+    for a in R.reconstruct_parser()._actions:
+        assert a.help, a.dest
+        for opt in a.option_strings: assert opt in text
+
+def test_cli_runs_and_finetunes(tmp_path, scan_file, capsys):
+    out1, out2 = tmp_path / 'a', tmp_path / 'b'
+    rc = R.reconstruct_main([str(scan_file), '--output_dir', str(out1), '--epochs', '1', '--n_filters_scale', '1',
+                             '--batch_size', '4', '--quiet'])
+    assert rc == 0 and (out1 / 'wts.h5.zip').is_file()
+    rc = R.reconstruct_main([str(scan_file), '--output_dir', str(out2), '--time_budget', '1', '--init_from', str(out1),
+                             '--n_filters_scale', '1', '--batch_size', '4', '--quiet'])
+    assert rc == 0
+    summary = json.loads((out2 / 'reconstruct.json').read_text())
+    assert summary['stopped_by_budget'] and summary['options']['init_from'] == str(out1)
+    assert 'SSIM amplitude' in capsys.readouterr().out
+
+def test_cli_subprocess_missing_file(tmp_path):
+    code = "import sys; from ptycho_torch_nb.reconstruct import reconstruct_main; sys.exit(reconstruct_main(sys.argv[1:]))"
+    p = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'missing.npz'), '--output_dir', str(tmp_path)],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert p.returncode == 2 and 'missing.npz' in p.stderr
