@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= demo_outputs
 
-.PHONY: demo test venv export check-export check-clean lab docs readme clean bench
+.PHONY: demo test venv export check-export check-clean lab docs docs-exec readme clean bench
 
 $(STAMP): setup.py settings.ini
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ lab: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python tools/build_docs.py
+
+docs-exec: $(STAMP)
+	$(BIN)/python tools/build_docs.py --offline --execute
 
 readme: $(STAMP)
 	$(BIN)/python tools/make_readme.py

@@ -11,7 +11,7 @@ Target (issue 9): amplitude SSIM >= 0.85 and phase SSIM >= 0.80 within 600 s; in
 Reference figures (same kind of machine): Pty-chi LSQML 0.88 / 0.84 after 200 epochs in ~50 s of CPU.
 
 Usage: python benchmarks/bench_reconstruct.py [--budget 600] [--snapshots 60 120 300 600] [--threads 2]
-       [--nphotons 1e9] [--out results.json] [--set key=value ...]   (--set: reconstruct_scan options)
+       [--nphotons 1e9] [--out results.json] [--output_dir DIR] [--set key=value ...]   (--set: reconstruct_scan options)
 Prints one line per snapshot and a summary; writes the JSON record to --out when given.
 """
 import argparse, json, os, sys, time
@@ -36,6 +36,7 @@ def main(argv=None):
     ap.add_argument('--parity', action='store_true', help="the TF reference's configuration")
     ap.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE', help='extra reconstruct_scan options')
     ap.add_argument('--out', default=None, help='write the JSON record here')
+    ap.add_argument('--output_dir', default=None, help="also write reconstruct_scan's images, metrics and archive here")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from ptycho_torch_nb.reconstruct import simulated_scan, reconstruct_scan, stitch_scan
@@ -51,7 +52,7 @@ def main(argv=None):
     opts = {k: _value(v) for k, v in opts.items()}
     t0 = time.perf_counter()
     res = reconstruct_scan(raw, time_budget_s=a.budget, snapshot_at_s=[s for s in a.snapshots if s <= a.budget],
-                           parity=a.parity, seed=a.seed, **opts)
+                           parity=a.parity, seed=a.seed, output_dir=a.output_dir, **opts)
     wall = time.perf_counter() - t0
     model, infer_c, M = res['model'], res['test_container'], res['options']['M']
     warm = []

@@ -10,3 +10,7 @@ def _isolated_cache():
     yield d
     if old is None: os.environ.pop('PTYCHO_TORCH_NB_CACHE', None)
     else: os.environ['PTYCHO_TORCH_NB_CACHE'] = old
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'browser: opens the docs site in headless Chromium (skipped when none is installed)')
+    config.addinivalue_line('markers', 'slow: a longer test (still part of the default suite)')

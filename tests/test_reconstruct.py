@@ -105,3 +105,11 @@ def test_cli_subprocess_missing_file(tmp_path):
     p = subprocess.run([sys.executable, '-c', code, str(tmp_path / 'missing.npz'), '--output_dir', str(tmp_path)],
                        capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=120)
     assert p.returncode == 2 and 'missing.npz' in p.stderr
+
+def test_probe_refinement_trains_the_probe(scan):
+    res = R.reconstruct_scan(scan, nepochs=1, probe_trainable=True, progress=False, **TINY)
+    probe = res['model'].model.probe
+    assert isinstance(probe, torch.nn.Parameter)
+    from ptycho_torch_nb.physics import normalize_probe
+    start = normalize_probe(torch.as_tensor(scan.probeGuess), 4.0)
+    assert float((probe.detach() - start).abs().max()) > 0     # refined during training

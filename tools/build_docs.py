@@ -90,8 +90,9 @@ def _lean_exec_show_docs():
         """nbdev's `exec_show_docs`, narrowed: runs exported cells, `show_doc` cells, import-only cells and
         hidden (`#| hide`) setup cells with imports. nbdev also runs every visible cell that *contains* an import
         (warning "Found cells containing imports and other code"); such cells usually need earlier, unexecuted
-        cells (NameError) or do real work (training), so here they keep their saved outputs instead. A failing exported cell stops the build (a real bug); a
-        failing import-only or show_doc cell is reported and left without output."""
+        cells (NameError) or do real work (training), so here they keep their saved outputs instead.
+        A failing exported cell stops the build (a real bug); a failing import-only or show_doc cell is
+        reported and left without output."""
         def __call__(self, cell):
             if not self.nb.has_docs_ or not hasattr(self, 'k'): return
             fm = getattr(self.nb, 'frontmatter_', {})
@@ -189,10 +190,11 @@ def _stamp(execute: bool) -> str:
 
 
 def process_notebooks(nbs: Path, proc: Path, execute: bool = False, force: bool = False, quiet: bool = False,
-                      n_workers: int | None = None, timeout: int = 600, **_) -> Path:
+                      n_workers: int | None = None, timeout: int = 600, keep_going: bool = False, **_) -> list[str]:
     """nbdev's `proc_nbs` (same file walk, same processors, same mtime cache) into `proc`; each notebook is
     processed in a fresh interpreter (cwd = nbs/, `n_workers` at a time), so no notebook's state leaks into
-    another's and a crash or hang is reported against its notebook."""
+    another's and a crash or hang is reported against its notebook. Returns the failures (`keep_going`),
+    otherwise exits on the first report of failures."""
     from nbdev.doclinks import nbglob
     from nbdev.serve import _proc_file
     nbs, proc = Path(nbs).resolve(), Path(proc).resolve()
@@ -233,10 +235,13 @@ def process_notebooks(nbs: Path, proc: Path, execute: bool = False, force: bool 
             if not quiet:
                 print(f"  processed {name} in {wall:.1f}s" + (f" ({len(msgs)} warnings)" if msgs else ''), flush=True)
                 for m in msgs: print(f"    {m}")
-    if failed: raise SystemExit("build_docs: processing failed for\n  " + "\n  ".join(failed))
+    if failed:
+        msg = "build_docs: processing failed for\n  " + "\n  ".join(failed)
+        if not keep_going: raise SystemExit(msg)
+        print(msg + "\nbuild_docs: --keep-going: building the site without them", file=sys.stderr)
     stamp.write_text(_stamp(execute))
     proc.touch()
-    return proc
+    return failed
 
 # ---------------------------------------------------------------------------------------------------------
 # Offline renderer
@@ -639,13 +644,14 @@ def load_site_config(path: Path = QUARTO_YML) -> dict:
 
 
 def build_offline(out: Path, proc: Path, execute: bool = False, force: bool = False, quiet: bool = False,
-                  n_workers: int | None = None) -> dict:
+                  n_workers: int | None = None, keep_going: bool = False) -> dict:
     "Process the notebooks the nbdev way and render the site to `out` without Quarto."
     from nbdev.config import get_config
     t0 = time.perf_counter()
     nbs = Path(get_config().nbs_path)
     ensure_nbs_quarto_yml(nbs)
-    process_notebooks(nbs, proc, execute=execute, force=force, quiet=quiet, n_workers=n_workers)
+    failed = process_notebooks(nbs, proc, execute=execute, force=force, quiet=quiet, n_workers=n_workers,
+                               keep_going=keep_going)
     t1 = time.perf_counter()
     r = SiteRenderer(proc, out, load_site_config())
     r.nbs = nbs
@@ -654,7 +660,7 @@ def build_offline(out: Path, proc: Path, execute: bool = False, force: bool = Fa
     t2 = time.perf_counter()
     if not quiet:
         print(f"build_docs: {len(pages)} pages in {out} (processing {t1-t0:.1f}s, rendering {t2-t1:.1f}s)")
-    return {'pages': pages, 'warnings': r.warnings, 'seconds': t2 - t0}
+    return {'pages': pages, 'warnings': r.warnings, 'seconds': t2 - t0, 'failed': failed}
 
 
 def build_with_quarto(force: bool = False, readme: bool = False):
@@ -667,7 +673,8 @@ def build_with_quarto(force: bool = False, readme: bool = False):
     cfg = get_config()
     ensure_nbs_quarto_yml(Path(cfg.nbs_path))
     def proc_nbs(path='', n_workers=None, **kw):
-        return process_notebooks(Path(path or cfg.nbs_path), cfg.config_path / '_proc', force=force)
+        process_notebooks(Path(path or cfg.nbs_path), cfg.config_path / '_proc', force=force)
+        return cfg.config_path / '_proc'
     nbdev.quarto.proc_nbs = proc_nbs
     if not readme:
         def skip(*a, **k): return None
@@ -700,6 +707,7 @@ def main(argv=None):
     ap.add_argument('--force', action='store_true', help='reprocess every notebook (ignore the cache in --proc)')
     ap.add_argument('--readme', action='store_true', help='with Quarto: let nbdev_docs also rewrite README.md from index.ipynb')
     ap.add_argument('--jobs', type=int, default=None, help='notebooks processed at a time (default: 2, or 1 on one core)')
+    ap.add_argument('--keep-going', action='store_true', help='offline: render the other pages when a notebook fails (exit status 1)')
     ap.add_argument('-q', '--quiet', action='store_true')
     a = ap.parse_args(argv)
     os.chdir(REPO)
@@ -714,7 +722,8 @@ def main(argv=None):
     if not have_quarto and not a.offline: print("build_docs: Quarto not installed, building the site offline", flush=True)
     out = (a.out or Path(cfg.doc_path)).resolve()
     proc = (a.proc or REPO / '_proc').resolve()
-    build_offline(out, proc, execute=a.execute, force=a.force, quiet=a.quiet, n_workers=a.jobs)
+    res = build_offline(out, proc, execute=a.execute, force=a.force, quiet=a.quiet, n_workers=a.jobs, keep_going=a.keep_going)
+    if res['failed']: sys.exit(1)
 
 
 if __name__ == '__main__': main()
