@@ -59,6 +59,10 @@ def main(argv=None):
     for _ in range(3):
         t = time.perf_counter(); obj = predict_object_patches(model, infer_c, 64); stitch_scan(obj, infer_c, M)
         warm.append(time.perf_counter() - t)
+    from ptycho_torch_nb.reconstruct import score_scan
+    img, w, pos = stitch_scan(predict_object_patches(model, infer_c, 64), infer_c, M, sync_phase=False)
+    unsynced = score_scan(img, w, pos, raw.objectGuess, M)
+    print(f"without phase synchronisation: SSIM amplitude {unsynced['ssim_amp']:.3f}, phase {unsynced['ssim_phase']:.3f}")
     print(f"\n{'train s':>8} {'steps':>6} {'SSIM amp':>9} {'SSIM phase':>10} {'FRC50 amp':>9} {'FRC50 phase':>11}")
     rows = list(res['snapshots'])
     if not rows or abs(rows[-1]['train_s'] - res['train_seconds']) > 1:
@@ -77,7 +81,8 @@ def main(argv=None):
                    train_s=res['train_seconds'], steps=res['steps'], epochs=res['epochs'],
                    inference_s=res['inference_seconds'], stitch_s=res['stitch_seconds'], warm_infer_stitch_s=warm,
                    snapshots=[{k: v for k, v in r.items() if isinstance(v, (int, float))} for r in rows],
-                   final={k: v for k, v in m.items() if isinstance(v, (int, float))}, clock_history=res['clock_history'])
+                   final={k: v for k, v in m.items() if isinstance(v, (int, float))}, clock_history=res['clock_history'],
+                   final_without_phase_sync={k: v for k, v in unsynced.items() if isinstance(v, (int, float))})
         with open(a.out, 'w') as f: json.dump(rec, f, indent=1)
     return 0
 

@@ -48,7 +48,8 @@ def run_one(gridsize: int, epochs: int, workdir: Path) -> dict:
     W.predict_object_patches(model, _head(test_c, 8), 64)   # warm-up
     amp, phase, rec = W.reassemble_cdi_image_torch(test_c, cfg, model, M=20, execution_config=ec)
     t_total = time.perf_counter() - t0
-    metrics, _ = W.evaluate_reconstruction(rec['stitched_obj'], rec['global_offsets'], test_raw.objectGuess, 20)
+    metrics, _, _ = W.evaluate_reconstruction(rec['stitched_obj'], rec['global_offsets'], test_raw.objectGuess, 20,
+                                            rec['stitch_weights'])
     ssim = metrics['ssim']
     eps = res['train_patterns_per_s']
     return dict(gridsize=gridsize, epochs=epochs, train_patterns=int(train_c.X.shape[0] * train_c.X.shape[1]),

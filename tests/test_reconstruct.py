@@ -113,3 +113,10 @@ def test_probe_refinement_trains_the_probe(scan):
     from ptycho_torch_nb.physics import normalize_probe
     start = normalize_probe(torch.as_tensor(scan.probeGuess), 4.0)
     assert float((probe.detach() - start).abs().max()) > 0     # refined during training
+
+def test_explicit_config(scan):
+    cfg, _ = R.scan_defaults(N=64, n_filters_scale=1, batch_size=4, nepochs=1)
+    res = R.reconstruct_scan(scan, cfg, progress=False)
+    assert res['steps'] == 4 and res['config'].model.n_filters_scale == 1
+    with pytest.raises(ValueError, match='may be overridden'):
+        R.reconstruct_scan(scan, cfg, progress=False, probe_trainable=True)
