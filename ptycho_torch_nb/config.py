@@ -9,13 +9,13 @@ __all__ = ['N_IMAGES_DEPRECATION', 'KEY_MAPPINGS', 'VALID_ACCELERATORS', 'VALID_
            'PyTorchExecutionConfig', 'config_to_dict', 'config_from_dict', 'save_config', 'load_yaml_config',
            'load_config']
 
-# %% ../nbs/01_config_bridge.ipynb #450436ba
+# %% ../nbs/01_config_bridge.ipynb #917ba3e1
 import math, numbers, os, json, typing, warnings, dataclasses
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Union
 
-# %% ../nbs/01_config_bridge.ipynb #c496e493
+# %% ../nbs/01_config_bridge.ipynb #1773c452
 @dataclass(frozen=True)
 class ModelConfig:
     "Network architecture and physics settings (immutable)."
@@ -43,7 +43,7 @@ class ModelConfig:
     probe_scale: float = 4.0  # probe normalisation divisor
     gaussian_smoothing_sigma: float = 0.0  # 0 disables
 
-# %% ../nbs/01_config_bridge.ipynb #a14fbe51
+# %% ../nbs/01_config_bridge.ipynb #11f3eb61
 N_IMAGES_DEPRECATION = ("Parameter 'n_images' is deprecated and will be removed in a future version. "
                         "Use 'n_groups' instead, which always means the number of groups regardless of gridsize.")
 
@@ -53,7 +53,7 @@ def _migrate_n_images(cfg, default_groups):
         cfg.n_groups = cfg.n_images
     if cfg.n_groups is None and default_groups is not None: cfg.n_groups = default_groups
 
-# %% ../nbs/01_config_bridge.ipynb #d0a489de
+# %% ../nbs/01_config_bridge.ipynb #00e92e0c
 @dataclass
 class TrainingConfig:
     "Training run settings around a `ModelConfig`."
@@ -99,7 +99,7 @@ class TrainingConfig:
 
     def __post_init__(self): _migrate_n_images(self, 512)
 
-# %% ../nbs/01_config_bridge.ipynb #1511d390
+# %% ../nbs/01_config_bridge.ipynb #6c0c8c63
 @dataclass
 class InferenceConfig:
     "Inference run settings around a `ModelConfig`."
@@ -119,7 +119,7 @@ class InferenceConfig:
 
     def __post_init__(self): _migrate_n_images(self, None)
 
-# %% ../nbs/01_config_bridge.ipynb #14b28595
+# %% ../nbs/01_config_bridge.ipynb #fcb5adff
 KEY_MAPPINGS: Dict[str, str] = {
     'object_big': 'object.big',
     'probe_big': 'probe.big',
@@ -160,7 +160,7 @@ def update_legacy_dict(cfg: Dict[str, Any],  # the legacy dictionary to update i
         if value is None: continue
         cfg[key] = str(value) if isinstance(value, Path) else value
 
-# %% ../nbs/01_config_bridge.ipynb #ac08cbda
+# %% ../nbs/01_config_bridge.ipynb #a909e1b1
 def _hints(cls) -> dict:
     "Resolved type annotations of a config dataclass."
     return typing.get_type_hints(cls)
@@ -172,7 +172,7 @@ def _base_type(tp):
         return args[0] if len(args) == 1 else tp
     return tp
 
-# %% ../nbs/01_config_bridge.ipynb #11d4406e
+# %% ../nbs/01_config_bridge.ipynb #1ecf6993
 def _type_ok(value, tp) -> bool:
     "Whether `value` fits annotation `tp` (bool is not an int, int is a float, str/PathLike is a Path)."
     if typing.get_origin(tp) is Union: return any(_type_ok(value, a) for a in typing.get_args(tp))
@@ -214,7 +214,7 @@ def _check_range(cfg, name, ok, allowed):
     value = getattr(cfg, name)
     if value is not None and not ok(value): raise _bad(type(cfg).__name__, name, value, allowed)
 
-# %% ../nbs/01_config_bridge.ipynb #a90e3bb1
+# %% ../nbs/01_config_bridge.ipynb #71e4746f
 _positive = (lambda v: v > 0, 'a value > 0')
 _non_negative = (lambda v: v >= 0, 'a value >= 0')
 _unit = (lambda v: 0 <= v <= 1, 'a value in [0, 1]')
@@ -275,7 +275,7 @@ def validate_config(config) -> None:
     {ModelConfig: validate_model_config, TrainingConfig: validate_training_config,
      InferenceConfig: validate_inference_config}[type(config)](config)
 
-# %% ../nbs/01_config_bridge.ipynb #23621d0e
+# %% ../nbs/01_config_bridge.ipynb #7237768c
 VALID_ACCELERATORS = ('auto', 'cpu', 'gpu', 'cuda', 'mps')
 VALID_PRECISIONS = ('32-true', '16-mixed', 'bf16-mixed')
 
@@ -322,10 +322,11 @@ class PyTorchExecutionConfig:
     inference_batch_size: Optional[int] = None  # None: use the training batch size
     middle_trim: int = 0
     pad_eval: bool = False
+    num_nodes: int = 1  # nodes for multi-node DDP (not in the reference; Lightning's `Trainer(num_nodes=...)`)
 
     def __post_init__(self): _validate_execution(self)
 
-# %% ../nbs/01_config_bridge.ipynb #329fb773
+# %% ../nbs/01_config_bridge.ipynb #4fb3bec6
 def _resolve_accelerator() -> str:
     "'cuda' if torch sees a CUDA device, else 'cpu' (with a warning); torch is imported here, lazily."
     try:
@@ -343,6 +344,8 @@ def _validate_execution(c: PyTorchExecutionConfig):
     if isinstance(c.devices, bool) or not ((isinstance(c.devices, int) and c.devices > 0) or c.devices == 'auto'):
         raise _bad(E, 'devices', c.devices, "a positive int or 'auto'")
     if c.precision not in VALID_PRECISIONS: raise _bad(E, 'precision', c.precision, f'one of {list(VALID_PRECISIONS)}')
+    if isinstance(c.num_nodes, bool) or not isinstance(c.num_nodes, int) or c.num_nodes < 1:
+        raise _bad(E, 'num_nodes', c.num_nodes, 'a positive int')
     if c.accelerator == 'tpu':
         raise ValueError(f"{E}.accelerator='tpu' is invalid: Torch-XLA TPU execution is unsupported; "
                          f"allowed one of {list(VALID_ACCELERATORS)}")
@@ -373,7 +376,7 @@ def _validate_execution(c: PyTorchExecutionConfig):
         raise _bad(E, 'logger_backend', c.logger_backend, "one of ['csv', 'tensorboard', 'mlflow', None]")
     if c.accelerator == 'auto': c.accelerator = _resolve_accelerator()
 
-# %% ../nbs/01_config_bridge.ipynb #93afda89
+# %% ../nbs/01_config_bridge.ipynb #09e7971d
 CONFIG_TYPES = {'model': ModelConfig, 'training': TrainingConfig, 'inference': InferenceConfig}
 
 def _config_type_name(cfg) -> str:
@@ -397,7 +400,7 @@ def config_to_dict(cfg) -> Dict[str, Any]:
         out[f.name] = {k: _plain(getattr(v, k)) for k in (g.name for g in fields(v))} if f.name == 'model' else _plain(v)
     return out
 
-# %% ../nbs/01_config_bridge.ipynb #f1e5276a
+# %% ../nbs/01_config_bridge.ipynb #e73402f5
 def _coerce(cls, name, value):
     "Turn file values back into field types: paths to Path, YAML's string '1e9' to a float."
     tp = _base_type(_hints(cls)[name])
@@ -434,7 +437,7 @@ def config_from_dict(d: Dict[str, Any],  # mapping as written by `config_to_dict
     model = _build(ModelConfig, {**flat_model, **nested}, where)
     return _build(cls, {**d, 'model': model}, where)
 
-# %% ../nbs/01_config_bridge.ipynb #986619a1
+# %% ../nbs/01_config_bridge.ipynb #d86208ee
 def _fmt(path: Path) -> str:
     s = path.suffix.lower()
     if s in ('.yaml', '.yml'): return 'yaml'

@@ -119,13 +119,6 @@ def test_help_documents_every_flag_subprocess():
                          env=_env(), cwd=ROOT, timeout=60)
     assert top.returncode == 0 and all(c in top.stdout for c in ('train', 'infer', 'reconstruct'))
 
-def test_reconstruct_is_a_clear_stub(capsys):
-    import importlib
-    if getattr(importlib.import_module('ptycho_torch_nb.reconstruct'), 'main', None) is not None:
-        pytest.skip('ptycho_torch_nb.reconstruct.main exists: ptycho-torch-reconstruct runs it')
-    code, err = _run(cli.reconstruct_main, [], capsys)
-    assert code == 2 and 'not implemented yet' in err
-
 def test_train_then_infer_round_trip(files, tmp_path, capsys):
     train, test = files
     out = tmp_path / 'train_out'

@@ -120,3 +120,9 @@ def test_explicit_config(scan):
     assert res['steps'] == 4 and res['config'].model.n_filters_scale == 1
     with pytest.raises(ValueError, match='may be overridden'):
         R.reconstruct_scan(scan, cfg, progress=False, probe_trainable=True)
+
+def test_console_script_delegates(tmp_path, capsys):
+    from ptycho_torch_nb import cli
+    assert cli.reconstruct_main([str(tmp_path / 'gone.npz'), '--output_dir', str(tmp_path)]) == 2
+    assert 'gone.npz' in capsys.readouterr().err
+    assert cli.reconstruct_main(['--help']) == 0 and '--time_budget' in capsys.readouterr().out
