@@ -14,3 +14,12 @@ def _isolated_cache():
 def pytest_configure(config):
     config.addinivalue_line('markers', 'browser: opens the docs site in headless Chromium (skipped when none is installed)')
     config.addinivalue_line('markers', 'slow: a longer test (still part of the default suite)')
+
+@pytest.fixture(scope='session')
+def tiny_files(tmp_path_factory):
+    "A tiny simulated Run1084 scan written as train/test NPZ files (16 and 8 patterns, N=64)."
+    from ptycho_torch_nb import workflow as W
+    d = tmp_path_factory.mktemp('tiny_scan')
+    train, test = W.simulate_run1084(16, 8, seed=3)
+    train.to_file(d / 'train.npz'); test.to_file(d / 'test.npz')
+    return d / 'train.npz', d / 'test.npz'

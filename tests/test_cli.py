@@ -12,19 +12,11 @@ def _env():
     env.pop('PTYCHO_TORCH_DEBUG', None)
     return env
 
-@pytest.fixture(scope='module')
-def files(tmp_path_factory):
-    from ptycho_torch_nb import workflow as W
-    d = tmp_path_factory.mktemp('cli')
-    train, test = W.simulate_run1084(16, 8, seed=5)
-    train.to_file(d / 'train.npz'); test.to_file(d / 'test.npz')
-    return d / 'train.npz', d / 'test.npz'
-
 def _parse(train_file, *extra):
     return cli.build_train_configs(cli.train_parser().parse_args(['--train_data_file', str(train_file), *extra]))
 
-def test_every_training_flag_reaches_its_field(files, tmp_path):
-    train, test = files
+def test_every_training_flag_reaches_its_field(tiny_files, tmp_path):
+    train, test = tiny_files
     tc, ec = _parse(train, '--test_data_file', str(test), '--output_dir', str(tmp_path), '--n_groups', '12',
                     '--gridsize', '2', '--batch_size', '4', '--nepochs', '9', '--accelerator', 'cpu',
                     '--no-deterministic', '--num-workers', '1', '--learning-rate', '3e-4', '--scheduler', 'WarmupCosine',
@@ -47,8 +39,8 @@ def test_every_training_flag_reaches_its_field(files, tmp_path):
            (False, 64, 1.5, 'value')
     assert (ec.precision, ec.strategy, ec.devices, ec.num_nodes, ec.pin_memory) == ('bf16-mixed', 'ddp', 2, 3, True)
 
-def test_aliases_and_defaults(files):
-    train, _ = files
+def test_aliases_and_defaults(tiny_files):
+    train, _ = tiny_files
     tc, ec = _parse(train, '--n_images', '7', '--max_epochs', '3', '--accelerator', 'cpu')
     assert (tc.n_groups, tc.nepochs) == (7, 3)
     tc, ec = _parse(train, '--accelerator', 'cpu')
@@ -57,8 +49,8 @@ def test_aliases_and_defaults(files):
     tc, ec = _parse(train, '--accelerator', 'cpu', '--enable-checkpointing', '--logger', 'none')
     assert ec.enable_checkpointing is True and ec.logger_backend is None
 
-def test_deprecated_flags_warn_and_map(files):
-    train, _ = files
+def test_deprecated_flags_warn_and_map(tiny_files):
+    train, _ = tiny_files
     with pytest.warns(DeprecationWarning, match='--device is deprecated'):
         tc, ec = _parse(train, '--device', 'cpu')
     assert ec.accelerator == 'cpu'
@@ -83,8 +75,8 @@ def _run(fn, argv, capsys):
     (['--checkpoint-mode', 'median'], 'checkpoint-mode'),
     (['--resume', '/no/such/last.ckpt', '--nepochs', '1'], '/no/such/last.ckpt'),
 ])
-def test_bad_input_is_one_clean_line(files, argv, needle, capsys):
-    train, _ = files
+def test_bad_input_is_one_clean_line(tiny_files, argv, needle, capsys):
+    train, _ = tiny_files
     full = argv if argv[0] == '--train_data_file' else ['--train_data_file', str(train), '--accelerator', 'cpu', *argv] \
         if '--accelerator' not in argv else ['--train_data_file', str(train), *argv]
     code, err = _run(cli.train_main, full, capsys)
@@ -93,8 +85,8 @@ def test_bad_input_is_one_clean_line(files, argv, needle, capsys):
     assert needle in err and 'Traceback' not in err
     assert last.startswith('ptycho-torch-train: error:')
 
-def test_missing_test_file_and_model(files, tmp_path, capsys):
-    train, test = files
+def test_missing_test_file_and_model(tiny_files, tmp_path, capsys):
+    train, test = tiny_files
     code, err = _run(cli.train_main, ['--train_data_file', str(train), '--test_data_file', str(tmp_path / 'x.npz')], capsys)
     assert code == 2 and str(tmp_path / 'x.npz') in err and len(err.splitlines()) == 1
     code, err = _run(cli.infer_main, ['--model_path', str(tmp_path), '--test_data', str(test)], capsys)
@@ -119,8 +111,8 @@ def test_help_documents_every_flag_subprocess():
                          env=_env(), cwd=ROOT, timeout=60)
     assert top.returncode == 0 and all(c in top.stdout for c in ('train', 'infer', 'reconstruct'))
 
-def test_train_then_infer_round_trip(files, tmp_path, capsys):
-    train, test = files
+def test_train_then_infer_round_trip(tiny_files, tmp_path, capsys):
+    train, test = tiny_files
     out = tmp_path / 'train_out'
     code = cli.train_main(['--train_data_file', str(train), '--test_data_file', str(test), '--output_dir', str(out),
                            '--gridsize', '1', '--n_groups', '16', '--nepochs', '1', '--batch_size', '8',

@@ -104,6 +104,7 @@ def test_fresh_process_roundtrip_bitwise(tmp_path):
         with torch.no_grad(): expected = model.diffraction_to_obj(batch['X'], batch['coords_relative'])
     finally: torch.set_num_threads(threads)
     with legacy.temporary_cfg():
+        legacy.reset()   # independent of what earlier tests in this process left in params.cfg
         update_legacy_dict(legacy.cfg, config)
         P.save_torch_bundle({'autoencoder': model, 'diffraction_to_obj': model}, tmp_path / 'wts.h5', config)
         cfg = dict(legacy.cfg)

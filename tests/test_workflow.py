@@ -16,14 +16,6 @@ def _configs(W, out, batch_size, nepochs=2, n=16):
     return TC(model=MC(N=64, gridsize=1, n_filters_scale=1), n_groups=n, nepochs=nepochs, batch_size=batch_size,
               output_dir=Path(out), backend='pytorch')
 
-@pytest.fixture(scope='module')
-def tiny_files(tmp_path_factory):
-    from ptycho_torch_nb import workflow as W
-    d = tmp_path_factory.mktemp('data')
-    train, test = W.simulate_run1084(16, 8, seed=3)
-    train.to_file(d / 'train.npz'); test.to_file(d / 'test.npz')
-    return d / 'train.npz', d / 'test.npz'
-
 DDP_SCRIPT = textwrap.dedent('''
     import json, sys, logging, warnings
     from pathlib import Path
