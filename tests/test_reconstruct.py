@@ -138,6 +138,8 @@ def test_scan_density_matches_the_stated_overlap():
         assert 0.8 * md['box'] <= span <= md['box'], (span, md['box'])
     with pytest.raises(ValueError, match='overlap=1'):
         R.simulated_scan(n=4, overlap=1.0)
+    with pytest.raises(ValueError, match='n=0'):
+        R.simulated_scan(n=0)
 
 def test_iterative_reference_recovers_a_small_scan():
     # the same-physics free-object solver the benchmark compares against: it must actually reconstruct
