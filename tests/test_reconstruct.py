@@ -1,7 +1,7 @@
 """Issue 9: `reconstruct.reconstruct_scan` and `ptycho-torch-reconstruct` on tiny scans (16 patterns, N=64, narrow net).
 
 Covers the API (outputs, scores), the time budget, fine-tuning from an archive, the TF-parity configuration and the
-CLI (missing file, --help, a full run). Each training here is a few optimiser steps.
+CLI (missing file, --help, a full run, --generator_mode and --precision). Each training here is a few optimiser steps.
 """
 import json, subprocess, sys
 from pathlib import Path
@@ -99,6 +99,25 @@ def test_cli_runs_and_finetunes(tmp_path, scan_file, capsys):
     summary = json.loads((out2 / 'reconstruct.json').read_text())
     assert summary['stopped_by_budget'] and summary['options']['init_from'] == str(out1)
     assert 'SSIM amplitude' in capsys.readouterr().out
+
+def test_cli_generator_mode_and_precision(tmp_path, scan_file):
+    out = tmp_path / 'g'
+    rc = R.reconstruct_main([str(scan_file), '--output_dir', str(out), '--epochs', '1', '--n_filters_scale', '1',
+                             '--batch_size', '4', '--generator_mode', 'group', '--precision', '32-true', '--quiet'])
+    assert rc == 0
+    opts = json.loads((out / 'reconstruct.json').read_text())['options']
+    # the reference CNN takes no first-guess channels unless asked; the precision recorded is the one trained with
+    assert (opts['generator_mode'], opts['backprop_input'], opts['precision']) == ('group', False, '32-true')
+    from ptycho_torch_nb.persistence import load_torch_bundle
+    models, _ = load_torch_bundle(out / 'wts.h5.zip', restore_params=False)
+    assert not isinstance(models['autoencoder'].model.generator, R.PatternwiseGenerator)
+
+def test_pattern_generator_needs_the_cnn(monkeypatch):
+    from ptycho_torch_nb import model as M
+    monkeypatch.setitem(M.GENERATORS, 'fno', M.GENERATORS['cnn'])  # a stand-in registered under another name
+    with pytest.raises(ValueError, match="generator_mode='pattern' needs architecture='cnn'"):
+        R.ScanPINN_Lightning(dict(N=64, gridsize=2, architecture='fno'), generator_mode='pattern')
+    R.ScanPINN_Lightning(dict(N=64, gridsize=2, architecture='fno', n_filters_scale=1))  # the group mode takes any generator
 
 def test_cli_subprocess_missing_file(tmp_path):
     code = "import sys; from ptycho_torch_nb.reconstruct import reconstruct_main; sys.exit(reconstruct_main(sys.argv[1:]))"
