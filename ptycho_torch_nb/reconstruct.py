@@ -129,7 +129,7 @@ def scan_groups(x, y,  # (M,) positions
             groups.append([s] + [int(j) for j in pick])
     return np.asarray([g + [g[0]] * (C - len(g)) for g in groups], np.int64)
 
-# %% ../nbs/07_reconstruct_scan.ipynb #5000d06b
+# %% ../nbs/07_reconstruct_scan.ipynb #16865f4d
 SCAN_DEFAULTS = dict(gridsize=2, neighbor_count=6, batch_size=4, learning_rate=2e-3, warmup_fraction=0.05,
                      lr_min_ratio=0.05, n_filters_scale=1, nepochs=50, M=48, group_radius=None, merge_weight='full',
                      generator_mode='pattern', backprop_input=True, pad_object=False, precision='auto')
@@ -149,6 +149,10 @@ def resolve_precision(precision: str = 'auto',  # 'auto' or a Lightning precisio
     fast = any(bool(getattr(cpu, f, lambda: False)()) for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
     return 'bf16-mixed' if fast else '32-true'
 
+def _backprop_only_for_patterns(opts: dict, given):
+    "The reference CNN ('group') takes no first-guess channels unless `given` asks for them explicitly (then it is an error later)."
+    if opts['generator_mode'] != 'pattern' and 'backprop_input' not in given: opts['backprop_input'] = False
+
 def scan_defaults(N: int = 64,  # pattern size
                   nphotons: float = 1e9,  # photons per pattern (sets the closed-form intensity scale)
                   parity: bool = False,  # the TF reference's configuration instead of the single-scan one
@@ -166,7 +170,7 @@ def scan_defaults(N: int = 64,  # pattern size
         elif k in model_fields: mkw[k] = v
         elif k in train_fields: tkw[k] = v
         else: raise ValueError(f"scan_defaults: unknown option {k!r} (known: {sorted(set(opts) | model_fields | train_fields)})")
-    if opts['generator_mode'] != 'pattern' and 'backprop_input' not in overrides: opts['backprop_input'] = False
+    _backprop_only_for_patterns(opts, overrides)
     model = ModelConfig(N=int(N), gridsize=int(opts['gridsize']), n_filters_scale=int(opts['n_filters_scale']),
                         pad_object=bool(opts['pad_object']), **mkw)
     cfg = TrainingConfig(model=model, batch_size=int(opts['batch_size']), nepochs=int(opts['nepochs']),
@@ -246,7 +250,7 @@ class ScanClock(L.Callback):
         if force or time.perf_counter() - self._last_print >= self.every_s:
             print(msg, file=sys.stderr, flush=True); self._last_print = time.perf_counter()
 
-# %% ../nbs/07_reconstruct_scan.ipynb #e7400b7e
+# %% ../nbs/07_reconstruct_scan.ipynb #f032bb3e
 import torch.nn.functional as F
 from . import physics
 from .model import PtychoPINN, PtychoPINN_Lightning
@@ -287,16 +291,20 @@ class ScanPINN(PtychoPINN):
             est = backprop_estimate(x_in, (self.probe if probe is None else probe).detach())
             x_in = torch.stack([x_in, est.real, est.imag], 2)
         return self.generator(x_in)
+    def generate_patches(self, X, probe=None, input_scale_factor=None):
+        "(amplitude, phase, complex64 patches) in float32 whatever the autocast: `generate`, then A·e^{iφ}."
+        amp, phase = self.generate(X, probe, input_scale_factor)
+        with torch.autocast(X.device.type, enabled=False):
+            amp, phase = amp.float(), phase.float()
+            return amp, phase, torch.complex(amp * torch.cos(phase), amp * torch.sin(phase))
     def forward_details(self, X, coords_relative, probe=None, input_scale_factor=None) -> dict:
         B, C, N, _ = X.shape
         if C != self.C or N != self.N:
             raise ValueError(f"X has shape {tuple(X.shape)}, expected [B, {self.C}, {self.N}, {self.N}] (gridsize {self.gridsize}, N {self.N})")
         if tuple(coords_relative.shape) != (B, C, 1, 2):
             raise ValueError(f"coords_relative has shape {tuple(coords_relative.shape)}, expected {(B, C, 1, 2)}")
-        amp, phase = self.generate(X, probe, input_scale_factor)
+        amp, phase, patches = self.generate_patches(X, probe, input_scale_factor)
         with torch.autocast(X.device.type, enabled=False):
-            amp, phase = amp.float(), phase.float()
-            patches = torch.complex(amp * torch.cos(phase), amp * torch.sin(phase))  # [B, C, N, N] complex64
             coords = coords_relative.float()
             canvas = self._merge(patches, coords)  # [B, P, P]
             obj = physics.extract_patches(canvas, coords, N)  # [B, C, N, N]
@@ -389,7 +397,7 @@ def merge_canvas_size(containers, N: int, gridsize: int) -> int:
     P = max(padded_size(N, gridsize), N + 2 * int(math.ceil(span)) + 2)
     return P + P % 2
 
-# %% ../nbs/07_reconstruct_scan.ipynb #bc566946
+# %% ../nbs/07_reconstruct_scan.ipynb #faa8cc3e
 def _one_group_per_position(nn_indices) -> bool:
     "Whether group b is seeded by pattern b (the training groups of `grouped_container`)."
     nn = np.asarray(torch.as_tensor(nn_indices).cpu())
@@ -417,9 +425,7 @@ def predict_scan(model,  # a trained LightningModule (`ScanPINN_Lightning` or `m
         with torch.inference_mode():
             own = []
             for i in range(0, len(X), batch_size):
-                amp, phase = m.generate(X[i:i + batch_size, :1].to(dev))
-                amp, phase = amp.float(), phase.float()
-                own.append(torch.complex(amp * torch.cos(phase), amp * torch.sin(phase))[:, 0])
+                own.append(m.generate_patches(X[i:i + batch_size, :1].to(dev))[2][:, 0])
             own = torch.cat(own)  # [n, N, N]: pattern k's patch
             views = []
             for i in range(0, len(X), batch_size):
@@ -531,7 +537,7 @@ def phase_synchronize(obj_patches,  # [B, C, N, N] or [n, N, N] complex patches
             p = p * np.exp(1j * np.angle(z))[:, None, None].astype(np.complex64)
     return p.reshape(shape)
 
-# %% ../nbs/07_reconstruct_scan.ipynb #b431a0a5
+# %% ../nbs/07_reconstruct_scan.ipynb #cea2e549
 def _ec_logger(ec) -> bool:
     "Whether the execution config asks for a logger (None/'none' = no logger)."
     v = getattr(ec, 'logger_backend', None)
@@ -595,7 +601,7 @@ def reconstruct_scan(data,  # NPZ path or RawDataTorch: the scan to reconstruct 
         if unknown: raise ValueError(f"with an explicit config only {sorted(opts)} may be overridden; got {sorted(unknown)}")
         opts.update(options, gridsize=int(config.model.gridsize), neighbor_count=int(config.neighbor_count),
                     batch_size=int(config.batch_size), nepochs=int(config.nepochs), pad_object=bool(config.model.pad_object))
-        if opts['generator_mode'] != 'pattern' and 'backprop_input' not in options: opts['backprop_input'] = False
+        _backprop_only_for_patterns(opts, options)
     gridsize = int(config.model.gridsize)
     if int(config.model.N) != N: raise ValueError(f"config.model.N={config.model.N} but the scan's patterns are {N}x{N}")
     n_groups = options.get('n_groups') if explicit_defaults else config.n_groups
