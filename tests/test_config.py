@@ -1,6 +1,6 @@
 """Config, legacy params and bridge: file round trips, the invalid-value matrix, import cost, params isolation.
 
-The golden parity (reference snapshots) lives in nbs/01_config_bridge.ipynb and nbs/01a_params.ipynb; these
+The golden parity (reference snapshots) lives in nbs/01_config.ipynb and nbs/01a_params.ipynb; these
 tests cover what is clumsy in a notebook: files on disk, subprocess imports and a wide parametrised matrix.
 """
 import dataclasses, json, subprocess, sys, warnings

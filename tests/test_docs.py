@@ -274,12 +274,12 @@ def test_site_in_browser(site):
     shots = out / 'screenshots'
     shots.mkdir(exist_ok=True)
     site_title = build_docs.load_site_config()['website']['title']
-    phase = out / 'core.html'                                          # from nbs/00a_core.ipynb
-    core_md = next(_src(c) for c in json.loads((REPO / 'nbs' / '00a_core.ipynb').read_text())['cells']
+    phase = out / 'core.html'                                          # from nbs/00_core.ipynb
+    core_md = next(_src(c) for c in json.loads((REPO / 'nbs' / '00_core.ipynb').read_text())['cells']
                    if c['cell_type'] == 'markdown' and re.search(r'^#\s', _src(c), re.M))
     core_title = re.search(r'^#\s+(.+)$', core_md, re.M).group(1).strip().replace('`', '')
     hidden_index, _ = hidden_and_shown_lines(REPO / 'nbs' / 'index.ipynb')
-    hidden_core, shown_core = hidden_and_shown_lines(REPO / 'nbs' / '00a_core.ipynb')
+    hidden_core, shown_core = hidden_and_shown_lines(REPO / 'nbs' / '00_core.ipynb')
     n_pages = len(_notebooks())
     for page, title, hidden in ((out / 'index.html', None, hidden_index), (phase, core_title, hidden_core)):
         r = _chrome(browser, page.as_uri(), '--dump-dom')

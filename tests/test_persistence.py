@@ -1,6 +1,6 @@
 """Persistence tests that need other processes: fresh-process round trip, resume after SIGKILL, refusals.
 
-The notebook `nbs/05_persistence.ipynb` holds the in-process checks; these cover what a notebook cell cannot
+The notebook `nbs/06a_persistence.ipynb` holds the in-process checks; these cover what a notebook cell cannot
 (a new interpreter with no state, a training process killed mid-epoch).
 """
 import io, json, math, os, pickle, signal, subprocess, sys, time, zipfile
