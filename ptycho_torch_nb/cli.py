@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 # %% auto #0
 __all__ = ['ACCELERATORS', 'COMMANDS', 'CLIError', 'train_parser', 'build_train_configs', 'train_main', 'infer_parser',
-           'infer_main', 'reconstruct_main', 'main']
+           'infer_main', 'reconstruct_main', 'main', 'stream_parser', 'stream_main', 'export_parser', 'export_main']
 
 # %% ../nbs/06_cli.ipynb #cc772f99
 ACCELERATORS = ('auto', 'cpu', 'gpu', 'cuda', 'mps', 'tpu')   # 'tpu' is accepted here and refused by the config, as upstream
@@ -349,3 +349,140 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # %% ../nbs/06_cli.ipynb #eab67f47
 #| eval: false
 if __name__ == '__main__': sys.exit(main())
+
+# %% ../nbs/06_cli.ipynb #70e8a77c
+def _add_hdf5_flags(p):
+    g = p.add_argument_group('HDF5 input (hdf5_data.HDF5Scan)')
+    g.add_argument('--diffraction_key', '--diffraction-key', dest='diffraction_key', default='entry/data/data',
+                   help='dataset of (M, H, W) detector counts')
+    g.add_argument('--positions', nargs='+', default=None, metavar='KEY_OR_CSV',
+                   help='positions: two dataset keys (x y), one (M, 2) dataset key, or a CSV file with columns x, y')
+    g.add_argument('--units', choices=('px', 'm', 'mm', 'um', 'nm'), default='px',
+                   help="units of the positions; all but 'px' need --pixel_size (x_px = x * unit / pixel_size)")
+    g.add_argument('--pixel_size', '--pixel-size', dest='pixel_size', type=_positive_float, default=None,
+                   help='object pixel size in metres (lambda * z / (N * detector pixel))')
+    g.add_argument('--mask', default=None, help='bad-pixel mask dataset (non-zero = bad; NeXus pixel_mask)')
+    g.add_argument('--crop', type=_positive_int, default=None, help='keep N x N pixels around the beam centre')
+    g.add_argument('--centre', '--center', dest='centre', nargs='+', default=None, metavar='ROW_COL',
+                   help="beam centre 'ROW COL' on the detector, or 'auto' (intensity centroid); default: frame centre")
+    g.add_argument('--data', choices=('counts', 'intensity', 'amplitude'), default='counts',
+                   help="what the dataset holds; 'counts' refuses fractional values")
+    return g
+
+def _hdf5_options(args) -> dict:
+    "HDF5Scan keyword arguments from parsed flags."
+    pos = args.positions
+    if pos is not None and len(pos) > 2: raise CLIError(f"--positions takes 1 or 2 values, got {len(pos)}: {pos}")
+    if pos is not None and len(pos) == 1 and not pos[0].lower().endswith('.csv'): pos = pos[0]
+    centre = args.centre
+    if centre is not None:
+        if centre == ['auto']: centre = 'auto'
+        else:
+            try: centre = tuple(float(v) for v in centre); assert len(centre) == 2
+            except (ValueError, AssertionError): raise CLIError(f"--centre expects 'ROW COL' or 'auto', got {' '.join(args.centre)!r}")
+    return dict(diffraction=args.diffraction_key, positions=pos, units=args.units, pixel_size=args.pixel_size,
+                mask=args.mask, crop=args.crop, centre=centre, data=args.data)
+
+# %% ../nbs/06_cli.ipynb #b9ef3e29
+def stream_parser() -> argparse.ArgumentParser:
+    "The argument parser of `ptycho-torch-stream`."
+    p = argparse.ArgumentParser(prog='ptycho-torch-stream', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description='Reconstruct a scan live: infer and stitch chunks of patterns as they arrive, '
+                                            'writing live.png and a snapshot every few seconds and a final product at the end.')
+    p.add_argument('model', type=Path, help='trained archive: wts.h5.zip or the folder holding it')
+    p.add_argument('source', type=Path, help='scan file: .npz (data contract) or .h5/.hdf5/.nxs (detector counts)')
+    p.add_argument('--output_dir', '--output-dir', dest='output_dir', type=Path, default=Path('stream_outputs'),
+                   help='live and final products (refused if it holds a previous stream, unless --overwrite)')
+    g = p.add_argument_group('stream')
+    g.add_argument('--follow', action='store_true', help='the HDF5 file is still being written: poll it (SWMR where used)')
+    g.add_argument('--rate', type=_positive_float, default=None, help='replay a complete file at this many patterns/s')
+    g.add_argument('--chunk', type=_positive_int, default=64, help='patterns per chunk')
+    g.add_argument('--poll_s', '--poll-s', dest='poll_s', type=_positive_float, default=0.2, help='--follow: seconds between polls')
+    g.add_argument('--idle_timeout_s', '--idle-timeout-s', dest='idle_timeout_s', type=_positive_float, default=10.0,
+                   help='--follow: stop after this long without new frames')
+    g.add_argument('--expected', type=_positive_int, default=None, help='--follow: stop after this many patterns')
+    g.add_argument('--M', type=_positive_int, default=None, help='stitching crop (default 3N/4; N/2 for pad_object models)')
+    g.add_argument('--scale', type=_positive_float, default=None, help='input normalisation factor (default: from the first chunk)')
+    g.add_argument('--snapshot_every_s', '--snapshot-every-s', dest='snapshot_every_s', type=_positive_float, default=5.0,
+                   help='seconds between live.png/live snapshot rewrites')
+    g.add_argument('--format', choices=('npz', 'h5'), default='npz', help='snapshot and final object file format')
+    g.add_argument('--threads', type=_positive_int, default=None, help='torch CPU threads (default: torch\'s choice)')
+    g.add_argument('--overwrite', action='store_true', help='write over a previous stream in --output_dir')
+    g.add_argument('--quiet', action='store_true', help='no progress bar, no summary')
+    _add_hdf5_flags(p)
+    return p
+
+# %% ../nbs/06_cli.ipynb #d3c49654
+def _stream_source(args, opts: dict):
+    "The chunk iterator for the parsed flags; opens (and so checks) an HDF5 source before streaming starts."
+    from ptycho_torch_nb import streaming as S
+    suffix = args.source.suffix.lower()
+    if args.follow:
+        if suffix == '.npz': raise CLIError("--follow needs an HDF5 source (an NPZ file is never appended to)")
+        return S.poll_hdf5(args.source, chunk=args.chunk, poll_s=args.poll_s, idle_timeout_s=args.idle_timeout_s,
+                           expected=args.expected, **opts), args.expected
+    _check_file(args.source, 'scan file')
+    if suffix == '.npz': return S.replay_file(args.source, args.rate, args.chunk), None
+    from ptycho_torch_nb.hdf5_data import HDF5Scan
+    try:
+        with HDF5Scan(args.source, swmr=False, **{k: v for k, v in opts.items() if k != 'diffraction'},
+                      diffraction=opts['diffraction']) as scan: total = len(scan)
+    except ValueError as e: raise CLIError(str(e)) from None
+    return S.replay_file(args.source, args.rate, args.chunk, swmr=False, **opts), total
+
+def _stream(argv):
+    args = stream_parser().parse_args(argv)
+    if not (args.model.is_file() or (args.model / 'wts.h5.zip').is_file()):
+        raise CLIError(f"model archive not found: {args.model} (expected wts.h5.zip or the folder holding it)")
+    if (args.output_dir / 'stream.json').exists() and not args.overwrite:
+        raise CLIError(f"{args.output_dir}: holds a previous stream (stream.json); choose another --output_dir or --overwrite")
+    opts = _hdf5_options(args)
+    import torch
+    if args.threads: torch.set_num_threads(args.threads)
+    from ptycho_torch_nb import streaming as S
+    source, total = _stream_source(args, opts)
+    try: rec = S.StreamingReconstructor(args.model, M=args.M, scale=args.scale, batch_size=args.chunk)
+    except ValueError as e: raise CLIError(str(e)) from None
+    res = rec.run(source, args.output_dir, args.snapshot_every_s, args.format, progress=not args.quiet, total=total,
+                  overwrite=args.overwrite)
+    st = res['stats']
+    if not args.quiet:
+        print(f"{st['n_patterns']} patterns in {st['n_chunks']} chunks, {st['patterns_per_s']:.1f} patterns/s sustained, "
+              f"chunk latency p50 {st['latency_p50_s']:.3f} s, p95 {st['latency_p95_s']:.3f} s"
+              + (' (interrupted)' if st['interrupted'] else '') + (f"; source error: {st['error']}" if st['error'] else ''))
+        for name, p in sorted(res['paths'].items()): print(f"  {name}: {p}")
+    return 0 if st['error'] is None else 1
+
+def stream_main(argv: Optional[Sequence[str]] = None) -> int:
+    "Entry point of `ptycho-torch-stream` (returns the exit code)."
+    return _run('ptycho-torch-stream', _stream, argv)
+
+# %% ../nbs/06_cli.ipynb #d5be0a55
+def export_parser() -> argparse.ArgumentParser:
+    "The argument parser of `ptycho-torch-export`."
+    p = argparse.ArgumentParser(prog='ptycho-torch-export', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Export a trained archive's per-pattern generator to a file that runs without "
+                                            'ptycho_torch_nb (TorchScript: torch only; ONNX: onnxruntime).')
+    p.add_argument('model', type=Path, help='trained archive: wts.h5.zip or the folder holding it')
+    p.add_argument('output', type=Path, help='exported file (e.g. generator.pt or generator.onnx)')
+    p.add_argument('--format', choices=('torchscript', 'onnx'), default='torchscript', help='export format')
+    p.add_argument('--rtol', type=_positive_float, default=1e-5, help='max relative difference to the eager output')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing output file')
+    return p
+
+def _export(argv):
+    args = export_parser().parse_args(argv)
+    if not (args.model.is_file() or (args.model / 'wts.h5.zip').is_file()):
+        raise CLIError(f"model archive not found: {args.model} (expected wts.h5.zip or the folder holding it)")
+    if args.output.exists() and not args.overwrite: raise CLIError(f"{args.output}: exists (use --overwrite)")
+    from ptycho_torch_nb.export import export_generator
+    res = export_generator(args.model, args.output, args.format, args.rtol, overwrite=args.overwrite)
+    print(f"{res['format']} generator (N={res['N']}) written to {res['path']}; max relative difference to eager {res['max_rel_diff']:.2g}")
+    return 0
+
+def export_main(argv: Optional[Sequence[str]] = None) -> int:
+    "Entry point of `ptycho-torch-export` (returns the exit code)."
+    return _run('ptycho-torch-export', _export, argv)
+
+COMMANDS.update(stream=(stream_main, 'live reconstruction of a scan as it arrives (ptycho-torch-stream)'),
+                export=(export_main, 'export the generator to TorchScript/ONNX (ptycho-torch-export)'))
