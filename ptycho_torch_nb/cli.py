@@ -346,10 +346,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     return COMMANDS[argv[0]][0](argv[1:])
 
-# %% ../nbs/06_cli.ipynb #eab67f47
-#| eval: false
-if __name__ == '__main__': sys.exit(main())
-
 # %% ../nbs/06_cli.ipynb #70e8a77c
 def _add_hdf5_flags(p):
     g = p.add_argument_group('HDF5 input (hdf5_data.HDF5Scan)')
@@ -425,8 +421,7 @@ def _stream_source(args, opts: dict):
     if suffix == '.npz': return S.replay_file(args.source, args.rate, args.chunk), None
     from ptycho_torch_nb.hdf5_data import HDF5Scan
     try:
-        with HDF5Scan(args.source, swmr=False, **{k: v for k, v in opts.items() if k != 'diffraction'},
-                      diffraction=opts['diffraction']) as scan: total = len(scan)
+        with HDF5Scan(args.source, swmr=False, **opts) as scan: total = len(scan)   # checks the file, reads no frame
     except ValueError as e: raise CLIError(str(e)) from None
     return S.replay_file(args.source, args.rate, args.chunk, swmr=False, **opts), total
 
@@ -486,3 +481,7 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
 
 COMMANDS.update(stream=(stream_main, 'live reconstruction of a scan as it arrives (ptycho-torch-stream)'),
                 export=(export_main, 'export the generator to TorchScript/ONNX (ptycho-torch-export)'))
+
+# %% ../nbs/06_cli.ipynb #eab67f47
+#| eval: false
+if __name__ == '__main__': sys.exit(main())
