@@ -31,16 +31,17 @@ def conv_ceiling(threads: int, repeats: int = 5) -> dict:
     return best
 
 def default_archive(workdir: Path) -> Path:
-    "An archive of the default single-scan model (reconstruct.scan_defaults: pattern-wise generator, back-propagated input)."
+    "An archive of the default single-scan model (config.ScanOptions: pattern-wise generator, back-propagated input)."
     import torch
-    from ptycho_torch_nb import reconstruct as R   # today's home of the single-scan model
+    from ptycho_torch_nb.config import ScanOptions
+    from ptycho_torch_nb.model import PtychoPINN_Lightning
     from ptycho_torch_nb.persistence import save_torch_bundle
     p = workdir / 'wts.h5.zip'
     if p.exists(): return p
     torch.manual_seed(0)
-    cfg, opts = R.scan_defaults(N, 1e9)
-    m = R.ScanPINN_Lightning.from_configs(cfg.model, cfg, generator_mode=opts['generator_mode'],
-                                          merge_weight=opts['merge_weight'], backprop_input=opts['backprop_input'])
+    o = ScanOptions()
+    m = PtychoPINN_Lightning(dict(N=N, gridsize=o.gridsize, n_filters_scale=o.n_filters_scale, pad_object=o.pad_object),
+                             merge_weight=o.merge_weight, generator_mode=o.generator_mode, backprop_input=o.backprop_input)
     return save_torch_bundle({'autoencoder': m, 'diffraction_to_obj': m}, workdir / 'wts.h5')
 
 def generator_figures(archive, threads: int, batch: int = 64, repeats: int = 10) -> dict:

@@ -13,14 +13,20 @@ N = 64
 HAS_ONNX = bool(importlib.util.find_spec('onnx') and importlib.util.find_spec('onnxruntime'))
 needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason='optional extra: pip install onnx onnxruntime')
 
+def single_scan_model(n_filters_scale=1, **options):
+    "An untrained model with the default single-scan options (`config.ScanOptions`), narrow by default."
+    from ptycho_torch_nb.config import ScanOptions
+    from ptycho_torch_nb.model import PtychoPINN_Lightning
+    o = ScanOptions(**options)
+    return PtychoPINN_Lightning(dict(N=N, gridsize=o.gridsize, n_filters_scale=n_filters_scale, pad_object=o.pad_object),
+                                merge_weight=o.merge_weight, generator_mode=o.generator_mode, backprop_input=o.backprop_input)
+
 def _model(backprop_input=True, gridsize_one_plain=False):
     torch.manual_seed(1)
     if gridsize_one_plain:
         from ptycho_torch_nb.model import PtychoPINN_Lightning
         return PtychoPINN_Lightning(dict(N=N, gridsize=1, n_filters_scale=1), intensity_scale=3.0)
-    from ptycho_torch_nb import reconstruct as R   # today's home of the single-scan model
-    cfg, _ = R.scan_defaults(N, 1e9, n_filters_scale=1)
-    return R.ScanPINN_Lightning.from_configs(cfg.model, cfg, generator_mode='pattern', backprop_input=backprop_input)
+    return single_scan_model(backprop_input=backprop_input)
 
 @pytest.fixture(scope='module')
 def archive(tmp_path_factory):
@@ -107,10 +113,8 @@ def test_refusals(archive, tmp_path):
     with pytest.raises(FileExistsError, match='exists'): E.export_generator(archive, tmp_path / 'x.pt')
     assert (tmp_path / 'x.pt').read_bytes() == b'old'
     with pytest.raises(ValueError, match='not one of'): E.export_generator(archive, tmp_path / 'x.tfl', format='tflite')
-    from ptycho_torch_nb import reconstruct as R
-    cfg, _ = R.scan_defaults(N, 1e9, n_filters_scale=1)
     with pytest.raises(ValueError, match='pattern-wise'):
-        E.export_generator(R.ScanPINN_Lightning.from_configs(cfg.model, cfg, generator_mode='group'), tmp_path / 'g.pt')
+        E.export_generator(single_scan_model(generator_mode='group', merge_weight='centre', backprop_input=False), tmp_path / 'g.pt')
 
 def test_cli_export(archive, tmp_path):
     run = lambda *a: subprocess.run([sys.executable, '-m', 'ptycho_torch_nb.cli', 'export', *map(str, a)],

@@ -14,12 +14,18 @@ from ptycho_torch_nb.raw_data import normalization_factor
 
 N = 64
 
+def single_scan_model(n_filters_scale=1, **options):
+    "An untrained model with the default single-scan options (`config.ScanOptions`), narrow by default."
+    from ptycho_torch_nb.config import ScanOptions
+    from ptycho_torch_nb.model import PtychoPINN_Lightning
+    o = ScanOptions(**options)
+    return PtychoPINN_Lightning(dict(N=N, gridsize=o.gridsize, n_filters_scale=n_filters_scale, pad_object=o.pad_object),
+                                merge_weight=o.merge_weight, generator_mode=o.generator_mode, backprop_input=o.backprop_input)
+
 @pytest.fixture(scope='module')
 def model():
     torch.set_num_threads(1); torch.manual_seed(0)
-    from ptycho_torch_nb import reconstruct as R   # today's home of the single-scan model
-    cfg, _ = R.scan_defaults(N, 1e9, n_filters_scale=1)
-    return R.ScanPINN_Lightning.from_configs(cfg.model, cfg, generator_mode='pattern', backprop_input=True)
+    return single_scan_model()
 
 @pytest.fixture(scope='module')
 def archive(tmp_path_factory, model):
@@ -81,9 +87,7 @@ def test_grown_canvas_keeps_earlier_patches(model, data):
     assert wa.sum() == pytest.approx(wb.sum(), rel=1e-5) == pytest.approx(48 * a.M ** 2, rel=1e-5)
 
 def test_group_model_is_refused(model):
-    from ptycho_torch_nb import reconstruct as R
-    cfg, _ = R.scan_defaults(N, 1e9, n_filters_scale=1)
-    grouped = R.ScanPINN_Lightning.from_configs(cfg.model, cfg, generator_mode='group')
+    grouped = single_scan_model(generator_mode='group', merge_weight='centre', backprop_input=False)
     with pytest.raises(ValueError, match='pattern-wise'):
         S.StreamingReconstructor(grouped)
     with pytest.raises(FileNotFoundError, match='model archive not found'):
