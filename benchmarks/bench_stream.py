@@ -148,6 +148,7 @@ def throughput(fig: dict, archive, a, workdir: Path):
     e2e = st['end_to_end_patterns_per_s']
     print(f"end to end (HDF5 read -> infer -> stitch, {st['n_patterns']} patterns): {e2e:.0f} patterns/s sustained "
           f"= {e2e * gf:.1f} GFLOP/s = {e2e * gf / fig['ceiling']['gflops']:.0%} of the ceiling (target >= 70%)")
+    print(f"time spent (s): {st['seconds']}")
     print(f"chunk latency ({a.chunk} patterns, arrival -> canvas updated): p50 {st['latency_p50_s']:.3f} s, "
           f"p95 {st['latency_p95_s']:.3f} s, max {st['latency_max_s']:.3f} s (target <= 0.5 s); canvas {st['canvas_shape']}")
 
