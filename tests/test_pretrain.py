@@ -45,7 +45,7 @@ def test_outputs_and_card(pretrained):
 
 def test_training_changes_the_weights(pretrained):
     out, res = pretrained
-    fresh = PT._build_net(*PT.scan_defaults(64, 1.0, n_filters_scale=1), res['corpus'], 2e-3)
+    fresh = PT._build_net(*PT.scan_configs(64), res['corpus'], 2e-3)
     torch.manual_seed(0)
     moved = [not torch.equal(a, b) for a, b in zip(res['model'].state_dict().values(), fresh.state_dict().values())
              if a.dtype.is_floating_point and a.shape == b.shape]
