@@ -21,7 +21,7 @@ $(STAMP): setup.py settings.ini
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m ptycho_torch_nb.demo --output_dir $(OUT)
+	$(BIN)/python -m ptycho_torch_nb.demo --output_dir $(OUT) --overwrite
 
 export: $(STAMP)
 	$(BIN)/nbdev_export
