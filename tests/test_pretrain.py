@@ -125,3 +125,11 @@ def test_cli(tmp_path):
     assert code == 2 and 'already holds' in err and 'Traceback' not in err and err.count('\n') == 1
     code, _, err = _cli(['--output_dir', str(tmp_path / 'x'), '--families', 'labyrinth'])
     assert code == 2 and 'labyrinth' in err
+
+
+def test_polish_from_zero_shot(pretrained, held_out_scan):
+    from ptycho_torch_nb.reconstruct import polish
+    out, _ = pretrained
+    zs = PT.reconstruct_zero_shot(out, held_out_scan)
+    pol = polish(held_out_scan, zs, epochs=2)
+    assert np.isfinite(pol['stitched_obj']).all() and set(pol['metrics']) >= {'ssim_amp', 'ssim_phase'}
