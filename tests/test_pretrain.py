@@ -34,6 +34,7 @@ def test_outputs_and_card(pretrained):
     assert (out / 'wts.h5.zip').is_file() and (out / 'checkpoints' / 'last.ckpt').is_file()
     assert card['sha256'] == PT._sha256(out / 'wts.h5.zip') and card['size_bytes'] == (out / 'wts.h5.zip').stat().st_size
     assert card['N'] == 64 and card['training']['steps'] == 3 and card['command'] == 'pytest'
+    assert card['commit'] is None or len(card['commit'].split('-')[0]) == 40
     assert set(card['corpus']['families']) == set(TRAINING_FAMILIES)
     assert card['corpus']['held_out_families'] == list(HELD_OUT_FAMILIES)
     assert not set(card['corpus']['families_drawn']) & set(HELD_OUT_FAMILIES)
