@@ -18,7 +18,7 @@ def demo_parser() -> argparse.ArgumentParser:
                    help='where the scan files, images, metrics and wts.h5.zip go')
     p.add_argument('--time_budget', '--time-budget', dest='time_budget', type=float, default=90.0,
                    help='seconds of network training')
-    p.add_argument('--polish_epochs', '--polish-epochs', dest='polish_epochs', type=int, default=60,
+    p.add_argument('--polish_epochs', '--polish-epochs', dest='polish_epochs', type=int, default=200,
                    help='passes of the free-object solver started from the network (0: no polish)')
     p.add_argument('--n', type=int, default=256, help='scan positions')
     p.add_argument('--seed', type=int, default=0, help='seed of the simulation, weights and grouping')
@@ -84,7 +84,7 @@ def _check_output_dir(out: Path, overwrite: bool):
 
 def run_demo(output_dir='demo_outputs',  # where everything goes
              time_budget_s: float = 90.0,  # seconds of network training
-             polish_epochs: int = 60,  # free-object solver passes from the network's object (0: none)
+             polish_epochs: int = 200,  # free-object solver passes from the network's object (0: none)
              n: int = 256,  # scan positions
              seed: int = 0,
              overwrite: bool = False,  # write into a folder that already holds files
