@@ -11,8 +11,8 @@ from .config import ScanOptions, GENERATOR_MODES
 
 # %% auto #0
 __all__ = ['ACCELERATORS', 'COMMANDS', 'CLIError', 'train_parser', 'build_train_configs', 'train_main', 'infer_parser',
-           'infer_main', 'reconstruct_parser', 'reconstruct_main', 'main', 'stream_parser', 'stream_main',
-           'export_parser', 'export_main']
+           'infer_main', 'reconstruct_parser', 'reconstruct_main', 'main', 'pretrain_parser', 'pretrain_main',
+           'stream_parser', 'stream_main', 'export_parser', 'export_main']
 
 # %% ../nbs/06_cli.ipynb #cc772f99
 ACCELERATORS = ('auto', 'cpu', 'gpu', 'cuda', 'mps', 'tpu')   # 'tpu' is accepted here and refused by the config, as upstream
@@ -422,23 +422,69 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     return COMMANDS[argv[0]][0](argv[1:])
 
+# %% ../nbs/06_cli.ipynb #2758e882
+def pretrain_parser() -> argparse.ArgumentParser:
+    "Argument parser of `ptycho-torch-pretrain`."
+    p = argparse.ArgumentParser(prog='ptycho-torch-pretrain', description='Pretrain PtychoPINN\'s single-scan network '
+        'self-supervised on a simulated corpus of many samples; writes wts.h5.zip, model_card.json and checkpoints/.')
+    p.add_argument('--output_dir', '--output-dir', required=True, type=Path, help='folder for the model, its card and checkpoints')
+    p.add_argument('--n_scans', '--n-scans', type=_positive_int, default=256, help='corpus scans to simulate (default 256)')
+    p.add_argument('--positions', type=_positive_int, default=64, help='scan positions per corpus scan (default 64)')
+    p.add_argument('--N', type=_positive_int, default=64, help='pattern size (default 64)')
+    p.add_argument('--steps', type=_positive_int, default=None, help='optimiser steps (default: 1000 unless --time_budget)')
+    p.add_argument('--time_budget', '--time-budget', type=_positive_float, default=None, metavar='SECONDS',
+                   help='wall-clock training budget in seconds')
+    p.add_argument('--batch_size', '--batch-size', type=_positive_int, default=16, help='groups per step, one scan each (default 16)')
+    p.add_argument('--learning_rate', '--learning-rate', type=_positive_float, default=2e-3,
+                   help='peak learning rate of the warm-up + cosine schedule (default 2e-3)')
+    p.add_argument('--families', nargs='+', default=None, help='training families to draw from (default: all)')
+    p.add_argument('--n_filters_scale', '--n-filters-scale', type=_positive_int, default=1, help='network width (default 1)')
+    p.add_argument('--seed', type=int, default=0, help='seed of the corpus, the weights and the batch order (default 0)')
+    p.add_argument('--checkpoint_every', '--checkpoint-every', type=_positive_int, default=200, help='steps between checkpoints (default 200)')
+    p.add_argument('--resume', action='store_true', help='continue from OUTPUT_DIR/checkpoints/last.ckpt (same corpus from the seed)')
+    p.add_argument('--overwrite', action='store_true', help='replace a pretrained model already in OUTPUT_DIR')
+    p.add_argument('--accelerator', choices=ACCELERATORS, default='auto', help="device kind (default: auto)")
+    p.add_argument('--devices', type=_devices, default=1, help="devices per node, or 'auto' (default 1)")
+    p.add_argument('--num_nodes', '--num-nodes', type=_positive_int, default=1, help='nodes (default 1)')
+    p.add_argument('--precision', choices=('auto', '32-true', 'bf16-mixed', '16-mixed'), default='auto',
+                   help="training precision; 'auto': bf16-mixed where the device computes bfloat16 natively (default auto)")
+    p.add_argument('--quiet', action='store_true', help='no progress lines')
+    return p
+
+def _pretrain(argv):
+    from ptycho_torch_nb.pretrain import pretrain
+    from ptycho_torch_nb.corpus import TRAINING_FAMILIES
+    args = pretrain_parser().parse_args(argv)
+    bad = [f for f in args.families or () if f not in TRAINING_FAMILIES]
+    if bad: raise CLIError(f"--families {bad}: not training families (choose from {sorted(TRAINING_FAMILIES)})")
+    if (args.output_dir / 'wts.h5.zip').exists() and not (args.resume or args.overwrite):
+        raise CLIError(f"{args.output_dir}: already holds a pretrained model; use --resume, --overwrite or another --output_dir")
+    if args.resume and not (args.output_dir / 'checkpoints' / 'last.ckpt').exists():
+        raise CLIError(f"{args.output_dir}: nothing to resume (no checkpoints/last.ckpt)")
+    _quiet_lightning(args.quiet)
+    res = pretrain(args.output_dir, args.n_scans, args.steps, args.time_budget, args.N, args.positions, args.seed,
+                   args.batch_size, args.learning_rate, args.families, args.n_filters_scale, args.resume, args.overwrite,
+                   args.checkpoint_every, args.accelerator, args.devices, args.num_nodes, args.precision,
+                   progress=not args.quiet, command=' '.join(['ptycho-torch-pretrain'] + list(argv)))
+    if 'card' in res and not args.quiet:
+        t = res['card']['training']
+        print(f"ptycho-torch-pretrain: wrote {res['archive']} ({t['steps']} steps, {t['wall_s']:.0f} s, sha256 {res['card']['sha256'][:12]})")
+
+def pretrain_main(argv: Optional[Sequence[str]] = None) -> int:
+    "Entry point of `ptycho-torch-pretrain`; returns the exit status."
+    return _run('ptycho-torch-pretrain', _pretrain, list(sys.argv[1:] if argv is None else argv))
+
 # %% ../nbs/06_cli.ipynb #70e8a77c
 def _add_hdf5_flags(p):
     g = p.add_argument_group('HDF5 input (hdf5_data.HDF5Scan)')
-    g.add_argument('--diffraction_key', '--diffraction-key', dest='diffraction_key', default='entry/data/data',
-                   help='dataset of (M, H, W) detector counts')
-    g.add_argument('--positions', nargs='+', default=None, metavar='KEY_OR_CSV',
-                   help='positions: two dataset keys (x y), one (M, 2) dataset key, or a CSV file with columns x, y')
-    g.add_argument('--units', choices=('px', 'm', 'mm', 'um', 'nm'), default='px',
-                   help="units of the positions; all but 'px' need --pixel_size (x_px = x * unit / pixel_size)")
-    g.add_argument('--pixel_size', '--pixel-size', dest='pixel_size', type=_positive_float, default=None,
-                   help='object pixel size in metres (lambda * z / (N * detector pixel))')
+    g.add_argument('--diffraction_key', '--diffraction-key', default='entry/data/data', help='dataset of (M, H, W) detector counts')
+    g.add_argument('--positions', nargs='+', metavar='KEY_OR_CSV', help='two dataset keys (x y), one (M, 2) key, or a CSV (x, y)')
+    g.add_argument('--units', choices=('px', 'm', 'mm', 'um', 'nm'), default='px', help="positions' units; not px: x_px = x * unit / pixel_size")
+    g.add_argument('--pixel_size', '--pixel-size', type=_positive_float, help='object pixel size (m): lambda * z / (N * detector pixel)')
     g.add_argument('--mask', default=None, help='bad-pixel mask dataset (non-zero = bad; NeXus pixel_mask)')
     g.add_argument('--crop', type=_positive_int, default=None, help='keep N x N pixels around the beam centre')
-    g.add_argument('--centre', '--center', dest='centre', nargs='+', default=None, metavar='ROW_COL',
-                   help="beam centre 'ROW COL' on the detector, or 'auto' (intensity centroid); default: frame centre")
-    g.add_argument('--data', choices=('counts', 'intensity', 'amplitude'), default='counts',
-                   help="what the dataset holds; 'counts' refuses fractional values")
+    g.add_argument('--centre', '--center', nargs='+', metavar='ROW_COL', help="beam centre 'ROW COL', or 'auto' (centroid); default: frame centre")
+    g.add_argument('--data', choices=('counts', 'intensity', 'amplitude'), default='counts', help="'counts' refuses fractional values")
     return g
 
 def _hdf5_options(args) -> dict:
@@ -446,16 +492,13 @@ def _hdf5_options(args) -> dict:
     pos = args.positions
     if pos is not None and len(pos) > 2: raise CLIError(f"--positions takes 1 or 2 values, got {len(pos)}: {pos}")
     if pos is not None and len(pos) == 1 and not pos[0].lower().endswith('.csv'): pos = pos[0]
-    centre = args.centre
-    if centre is not None:
-        if centre == ['auto']: centre = 'auto'
-        else:
-            try: centre = tuple(float(v) for v in centre); assert len(centre) == 2
-            except (ValueError, AssertionError): raise CLIError(f"--centre expects 'ROW COL' or 'auto', got {' '.join(args.centre)!r}")
+    centre = 'auto' if args.centre == ['auto'] else args.centre
+    if centre not in (None, 'auto'):
+        try: centre = tuple(float(v) for v in centre); assert len(centre) == 2
+        except (ValueError, AssertionError): raise CLIError(f"--centre expects 'ROW COL' or 'auto', got {' '.join(args.centre)!r}")
     return dict(diffraction=args.diffraction_key, positions=pos, units=args.units, pixel_size=args.pixel_size,
                 mask=args.mask, crop=args.crop, centre=centre, data=args.data)
 
-# %% ../nbs/06_cli.ipynb #b9ef3e29
 def stream_parser() -> argparse.ArgumentParser:
     "The argument parser of `ptycho-torch-stream`."
     p = argparse.ArgumentParser(prog='ptycho-torch-stream', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -463,20 +506,17 @@ def stream_parser() -> argparse.ArgumentParser:
                                             'writing live.png and a snapshot every few seconds and a final product at the end.')
     p.add_argument('model', type=Path, help='trained archive: wts.h5.zip or the folder holding it')
     p.add_argument('source', type=Path, help='scan file: .npz (data contract) or .h5/.hdf5/.nxs (detector counts)')
-    p.add_argument('--output_dir', '--output-dir', dest='output_dir', type=Path, default=Path('stream_outputs'),
-                   help='live and final products (refused if it holds a previous stream, unless --overwrite)')
+    p.add_argument('--output_dir', '--output-dir', type=Path, default=Path('stream_outputs'), help='live and final products')
     g = p.add_argument_group('stream')
     g.add_argument('--follow', action='store_true', help='the HDF5 file is still being written: poll it (SWMR where used)')
     g.add_argument('--rate', type=_positive_float, default=None, help='replay a complete file at this many patterns/s')
     g.add_argument('--chunk', type=_positive_int, default=64, help='patterns per chunk')
-    g.add_argument('--poll_s', '--poll-s', dest='poll_s', type=_positive_float, default=0.2, help='--follow: seconds between polls')
-    g.add_argument('--idle_timeout_s', '--idle-timeout-s', dest='idle_timeout_s', type=_positive_float, default=10.0,
-                   help='--follow: stop after this long without new frames')
+    g.add_argument('--poll_s', '--poll-s', type=_positive_float, default=0.2, help='--follow: seconds between polls')
+    g.add_argument('--idle_timeout_s', '--idle-timeout-s', type=_positive_float, default=10.0, help='--follow: stop after this long idle')
     g.add_argument('--expected', type=_positive_int, default=None, help='--follow: stop after this many patterns')
     g.add_argument('--M', type=_positive_int, default=None, help='stitching crop (default 3N/4; N/2 for pad_object models)')
     g.add_argument('--scale', type=_positive_float, default=None, help='input normalisation factor (default: from the first chunk)')
-    g.add_argument('--snapshot_every_s', '--snapshot-every-s', dest='snapshot_every_s', type=_positive_float, default=5.0,
-                   help='seconds between live.png/live snapshot rewrites')
+    g.add_argument('--snapshot_every_s', '--snapshot-every-s', type=_positive_float, default=5.0, help='seconds between live products')
     g.add_argument('--format', choices=('npz', 'h5'), default='npz', help='snapshot and final object file format')
     g.add_argument('--threads', type=_positive_int, default=None, help='torch CPU threads (default: torch\'s choice)')
     g.add_argument('--overwrite', action='store_true', help='write over a previous stream in --output_dir')
@@ -491,8 +531,7 @@ def _stream_source(args, opts: dict):
     suffix = args.source.suffix.lower()
     if args.follow:
         if suffix == '.npz': raise CLIError("--follow needs an HDF5 source (an NPZ file is never appended to)")
-        return S.poll_hdf5(args.source, chunk=args.chunk, poll_s=args.poll_s, idle_timeout_s=args.idle_timeout_s,
-                           expected=args.expected, **opts), args.expected
+        return S.poll_hdf5(args.source, chunk=args.chunk, poll_s=args.poll_s, idle_timeout_s=args.idle_timeout_s, expected=args.expected, **opts), args.expected
     _check_file(args.source, 'scan file')
     if suffix == '.npz': return S.replay_file(args.source, args.rate, args.chunk), None
     from ptycho_torch_nb.hdf5_data import HDF5Scan
@@ -501,16 +540,17 @@ def _stream_source(args, opts: dict):
     except ValueError as e: raise CLIError(str(e)) from None
     return S.replay_file(args.source, args.rate, args.chunk, swmr=False, **opts), total
 
+def _check_archive(path: Path):
+    if not (path.is_file() or (path / 'wts.h5.zip').is_file()): raise CLIError(f"model archive not found: {path} (wts.h5.zip or its folder)")
+
 def _stream(argv):
     args = stream_parser().parse_args(argv)
-    if not (args.model.is_file() or (args.model / 'wts.h5.zip').is_file()):
-        raise CLIError(f"model archive not found: {args.model} (expected wts.h5.zip or the folder holding it)")
+    _check_archive(args.model)
     if (args.output_dir / 'stream.json').exists() and not args.overwrite:
         raise CLIError(f"{args.output_dir}: holds a previous stream (stream.json); choose another --output_dir or --overwrite")
     opts = _hdf5_options(args)
-    import torch
-    if args.threads: torch.set_num_threads(args.threads)
     from ptycho_torch_nb import streaming as S
+    if args.threads: S.torch.set_num_threads(args.threads)
     source, total = _stream_source(args, opts)
     try: rec = S.StreamingReconstructor(args.model, M=args.M, scale=args.scale, batch_size=args.chunk)
     except ValueError as e: raise CLIError(str(e)) from None
@@ -518,9 +558,8 @@ def _stream(argv):
                   overwrite=args.overwrite)
     st = res['stats']
     if not args.quiet:
-        print(f"{st['n_patterns']} patterns in {st['n_chunks']} chunks, {st['patterns_per_s']:.1f} patterns/s sustained, "
-              f"chunk latency p50 {st['latency_p50_s']:.3f} s, p95 {st['latency_p95_s']:.3f} s"
-              + (' (interrupted)' if st['interrupted'] else '') + (f"; source error: {st['error']}" if st['error'] else ''))
+        print(f"{st['n_patterns']} patterns, {st['patterns_per_s']:.1f}/s, chunk latency p50 {st['latency_p50_s']:.3f} s, p95 "
+              f"{st['latency_p95_s']:.3f} s" + (' (interrupted)' if st['interrupted'] else '') + (f"; error: {st['error']}" if st['error'] else ''))
         for name, p in sorted(res['paths'].items()): print(f"  {name}: {p}")
     return 0 if st['error'] is None else 1
 
@@ -532,8 +571,7 @@ def stream_main(argv: Optional[Sequence[str]] = None) -> int:
 def export_parser() -> argparse.ArgumentParser:
     "The argument parser of `ptycho-torch-export`."
     p = argparse.ArgumentParser(prog='ptycho-torch-export', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Export a trained archive's per-pattern generator to a file that runs without "
-                                            'ptycho_torch_nb (TorchScript: torch only; ONNX: onnxruntime).')
+                                description="Export an archive's per-pattern generator to TorchScript (torch only) or ONNX.")
     p.add_argument('model', type=Path, help='trained archive: wts.h5.zip or the folder holding it')
     p.add_argument('output', type=Path, help='exported file (e.g. generator.pt or generator.onnx)')
     p.add_argument('--format', choices=('torchscript', 'onnx'), default='torchscript', help='export format')
@@ -543,8 +581,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 def _export(argv):
     args = export_parser().parse_args(argv)
-    if not (args.model.is_file() or (args.model / 'wts.h5.zip').is_file()):
-        raise CLIError(f"model archive not found: {args.model} (expected wts.h5.zip or the folder holding it)")
+    _check_archive(args.model)
     if args.output.exists() and not args.overwrite: raise CLIError(f"{args.output}: exists (use --overwrite)")
     from ptycho_torch_nb.export import export_generator
     res = export_generator(args.model, args.output, args.format, args.rtol, overwrite=args.overwrite)
