@@ -201,7 +201,7 @@ def _check_scan(path, what):
     "A scan file exists and follows the data contract (`raw_data`, numpy only: answered before torch is imported)."
     _check_file(path, what)
     if path is None: return
-    from .raw_data import RawDataTorch
+    from ptycho_torch_nb.raw_data import RawDataTorch
     try: RawDataTorch.from_file(path)
     except ValueError as e: raise CLIError(str(e)) from None
 
@@ -285,11 +285,13 @@ def _summary(paths: dict, quiet: bool, extra=()):
 
 def _train(argv):
     args = train_parser().parse_args(argv)
-    _check_scan(args.train_data_file, 'training data file')
-    _check_scan(args.test_data_file, 'test data file')
+    _check_file(args.train_data_file, 'training data file')
+    _check_file(args.test_data_file, 'test data file')
     if args.resume is not None:
         _check_file(args.output_dir / 'checkpoints' / 'last.ckpt' if args.resume == 'last' else Path(args.resume),
                     'checkpoint to resume from')
+    _check_scan(args.train_data_file, 'training data file')   # contents: still before torch is imported
+    _check_scan(args.test_data_file, 'test data file')
     training, execution = build_train_configs(args)
     _quiet_lightning(args.verbose)
     from ptycho_torch_nb import workflow as W
