@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """How fast each CLI answers a newcomer: `--help`, and a data file with a wrong key, each in a fresh process
-(what a shell user waits for). Prints the median wall time of `REPEATS` runs per case, whether torch was imported,
+(what a shell user waits for; `pretrain` reads no data file, so its wrong input is `--steps 0`). Prints the median wall time of `REPEATS` runs per case, whether torch was imported,
 and, for scale, how long `import torch` plus `import lightning` alone takes in a fresh process.
 
     python benchmarks/bench_cli.py            # from the repository root (PYTHONPATH is set for this checkout)
@@ -14,7 +14,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 REPEATS = 3
 PROBE = ("import sys, json; from ptycho_torch_nb import cli\n"
-         "try: rc = cli.main(sys.argv[1:])\nexcept SystemExit as e: rc = e.code\n"
+         "try: rc = getattr(cli, sys.argv[1] + '_main')(sys.argv[2:])\nexcept SystemExit as e: rc = e.code\n"
          "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules}), file=sys.stderr)")
 
 
@@ -39,8 +39,9 @@ def main():
         (d / 'model').mkdir(); (d / 'model' / 'wts.h5.zip').write_bytes(b'')
         cases = {'train': ['--train_data_file', str(bad)],
                  'infer': ['--model_path', str(d / 'model'), '--test_data', str(bad)],
-                 'reconstruct': [str(bad), '--output_dir', str(d / 'out')]}
-        print(f"{'command':28s} {'--help':>9s} {'bad key':>9s}   torch imported  (median of {REPEATS} fresh processes)")
+                 'reconstruct': [str(bad), '--output_dir', str(d / 'out')],
+                 'pretrain': ['--output_dir', str(d / 'out'), '--steps', '0']}   # no data file: a bad value
+        print(f"{'command':28s} {'--help':>9s} {'bad input':>9s}   torch imported  (median of {REPEATS} fresh processes)")
         for cmd, bad_args in cases.items():
             t_help, r_help = fresh([cmd, '--help'], d)
             t_bad, r_bad = fresh([cmd, *bad_args], d)

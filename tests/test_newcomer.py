@@ -143,7 +143,7 @@ def test_metrics_schema_conventions(tmp_path):
     assert r['loss']['final_train'] == -2.9e6 and 'negative' in r['loss']['meaning']
 
 
-@pytest.mark.parametrize('cmd', CLIS)
+@pytest.mark.parametrize('cmd', CLIS + ('pretrain',))
 def test_cli_answers_without_importing_torch(cmd, tmp_path):
     "Fresh process: `--help` and a file with a wrong key are answered before torch (or Lightning) is imported."
     bad = tmp_path / 'bad.npz'
@@ -151,9 +151,10 @@ def test_cli_answers_without_importing_torch(cmd, tmp_path):
              probeGuess=np.ones((8, 8), np.complex64))
     (tmp_path / 'model').mkdir(); (tmp_path / 'model' / 'wts.h5.zip').write_bytes(b'not used before the data check')
     bad_args = {'train': ['--train_data_file', str(bad)], 'infer': ['--model_path', str(tmp_path / 'model'), '--test_data', str(bad)],
-                'reconstruct': [str(bad), '--output_dir', str(tmp_path / 'out')]}[cmd]
-    probe = ("import sys, json, time; t0 = time.perf_counter(); from ptycho_torch_nb import cli\n"
-             "try: rc = cli.main(sys.argv[1:])\nexcept SystemExit as e: rc = e.code\n"
+                'reconstruct': [str(bad), '--output_dir', str(tmp_path / 'out')],
+                'pretrain': ['--output_dir', str(tmp_path / 'out'), '--steps', '0']}[cmd]   # no data file: a bad value
+    probe = ("import sys, json, time; t0 = time.perf_counter(); from ptycho_torch_nb import cli\n"   # = the console script
+             "try: rc = getattr(cli, sys.argv[1] + '_main')(sys.argv[2:])\nexcept SystemExit as e: rc = e.code\n"
              "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules, 'lightning': 'lightning' in sys.modules,"
              " 's': time.perf_counter() - t0}), file=sys.stderr)")
     for argv, want_rc in (([cmd, '--help'], 0), ([cmd, *bad_args], 2)):
@@ -167,14 +168,16 @@ def test_cli_answers_without_importing_torch(cmd, tmp_path):
         assert not res['torch'] and not res['lightning'], f"{argv}: torch imported before parsing/validating"
         if want_rc == 2:
             err = p.stderr.strip().splitlines()
-            assert err[-2].startswith(f'ptycho-torch-{cmd}: error:') and "'xcoords'" in err[-2], err
+            assert err[-2].startswith(f'ptycho-torch-{cmd}: error:'), err
+            assert "'xcoords'" in err[-2] or cmd == 'pretrain', err
             assert 'Traceback' not in p.stderr
 
 
 def test_help_has_no_doubled_defaults():
     from ptycho_torch_nb import cli
     fmt = cli.HelpFormatter('x')
-    for name, parser in (('train', cli.train_parser()), ('infer', cli.infer_parser()), ('reconstruct', cli.reconstruct_parser())):
+    for name, parser in (('train', cli.train_parser()), ('infer', cli.infer_parser()), ('reconstruct', cli.reconstruct_parser()),
+                         ('pretrain', cli.pretrain_parser())):
         assert parser.formatter_class is cli.HelpFormatter, name
         for action in parser._actions:
             h = fmt._get_help_string(action) % {'default': action.default}
@@ -182,7 +185,8 @@ def test_help_has_no_doubled_defaults():
             if action.nargs == 0: assert '(default: True)' not in h and '(default: False)' not in h, (name, h)
         flags = {s for a in parser._actions for s in a.option_strings}
         assert {'--output_dir', '--quiet', '--verbose', '--accelerator'} <= flags, name
-        if name != 'infer': assert {'--nepochs', '--seed', '--gridsize', '--batch_size', '--n_filters_scale'} <= flags, name
+        if name in ('train', 'reconstruct'): assert {'--nepochs', '--gridsize'} <= flags, name
+        if name != 'infer': assert {'--seed', '--batch_size', '--n_filters_scale', '--learning_rate'} <= flags, name
     assert '--epochs' in {s for a in cli.reconstruct_parser()._actions for s in a.option_strings}   # the older name
     assert cli.reconstruct_parser().parse_args(['s.npz', '--output_dir', 'o', '--epochs', '3']).nepochs == 3
 
