@@ -308,7 +308,9 @@ def _train(argv):
     h = results['history']
     _summary(paths, args.quiet,
              [f"trained {len(h['train_loss'])} epochs; final train loss {h['train_loss'][-1]:.5g}"
-              + (f", val loss {h['val_loss'][-1]:.5g}" if h.get('val_loss') else ''), f"outputs in {args.output_dir}:"])
+              + (f", val loss {h['val_loss'][-1]:.5g}" if h.get('val_loss') else '')
+              + " (Poisson NLL per pixel without its constant: negative, only its decrease matters)",
+              f"outputs in {args.output_dir}:"])
     return 0
 
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
