@@ -543,9 +543,13 @@ def save_outputs(amplitude, phase, results: dict, output_dir) -> dict:
         box = results.get('scored_box') or (slice(None), slice(None))
         box = tuple(box) if isinstance(box[0], slice) else (slice(box[0], box[1]), slice(box[2], box[3]))
         shown = {k: (record['amplitude'][k], record['phase'][k]) for k in ('ssim', 'psnr', 'frc50')} if record['amplitude'] else None
-        plot_comparison(img[box], None if gt is None else np.asarray(gt)[box], metrics=shown, path=out / 'comparison.png',
-                        mask=None if mask is None or mask.shape != img.shape else mask[box],
-                        title='reconstruction' + (' vs ground truth (PSNR dB on the data range, FRC-50 / Nyquist)' if gt is not None else ''))
+        m = None if mask is None or mask.shape != img.shape else mask[box]
+        shown_img = img[box]
+        if gt is not None:  # shown as scored: global phase, phase ramp and amplitude scale matched to the truth
+            shown_img = align_and_score(shown_img, np.asarray(gt)[box], mask=m if m is not None and m.any() else None)['recon_aligned']
+        plot_comparison(shown_img, None if gt is None else np.asarray(gt)[box], metrics=shown, path=out / 'comparison.png', mask=m,
+                        title='reconstruction' + (' aligned to the ground truth (PSNR dB on the data range, FRC-50 / Nyquist)'
+                                                  if gt is not None else ''))
         paths['comparison.png'] = out / 'comparison.png'
     hist = results.get('history')
     if hist and hist.get('train_loss'):
