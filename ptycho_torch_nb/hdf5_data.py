@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'DATA_KINDS', 'UNITS', 'counts_to_amplitude', 'object_pixel_size', 'positions_to_pixels', 'read_positions_csv',
-           'HDF5Scan', 'iter_hdf5_chunks']
+           'HDF5Scan', 'iter_hdf5_chunks', 'add_hdf5_arguments', 'hdf5_options']
 
 # %% ../nbs/02d_hdf5_data.ipynb #fa488be4
 DATA_KINDS = ('counts', 'amplitude', 'intensity')
@@ -282,3 +282,31 @@ def _raw_from_hdf5(path,  # HDF5 file
     return raw
 
 RawDataTorch.from_hdf5 = staticmethod(_raw_from_hdf5)
+
+# %% ../nbs/02d_hdf5_data.ipynb #e3dd1142
+def add_hdf5_arguments(parser  # an argparse.ArgumentParser
+                      ):
+    "Add the HDF5 input flags (`--diffraction_key --positions --units --pixel_size --mask --crop --centre --data`)."
+    g = parser.add_argument_group('HDF5 input (hdf5_data.HDF5Scan)')
+    g.add_argument('--diffraction_key', '--diffraction-key', default='entry/data/data', help='dataset of (M, H, W) detector counts')
+    g.add_argument('--positions', nargs='+', metavar='KEY_OR_CSV', help='two dataset keys (x y), one (M, 2) key, or a CSV (x, y)')
+    g.add_argument('--units', choices=tuple(UNITS), default='px', help="positions' units; not px: x_px = x * unit / pixel_size")
+    g.add_argument('--pixel_size', '--pixel-size', type=float, help='object pixel size (m): lambda * z / (N * detector pixel)')
+    g.add_argument('--mask', help='bad-pixel mask dataset (non-zero = bad; NeXus pixel_mask)')
+    g.add_argument('--crop', type=int, help='keep N x N pixels around the beam centre')
+    g.add_argument('--centre', '--center', nargs='+', metavar='ROW_COL', help="beam centre 'ROW COL', or 'auto' (centroid); default: frame centre")
+    g.add_argument('--data', choices=DATA_KINDS, default='counts', help="'counts' refuses fractional values")
+    return g
+
+def hdf5_options(args) -> dict:
+    "`HDF5Scan` keyword arguments from flags parsed with `add_hdf5_arguments`."
+    pos = args.positions
+    if pos is not None and len(pos) > 2: raise ValueError(f"--positions takes 1 or 2 values, got {len(pos)}: {pos}")
+    if pos is not None and len(pos) == 1 and not pos[0].lower().endswith('.csv'): pos = pos[0]
+    centre = 'auto' if args.centre == ['auto'] else args.centre
+    if centre not in (None, 'auto'):
+        try: centre = tuple(float(v) for v in centre); assert len(centre) == 2
+        except (ValueError, AssertionError): raise ValueError(f"--centre expects 'ROW COL' or 'auto', got {' '.join(args.centre)!r}")
+    if args.crop is not None and args.crop < 1: raise ValueError(f"--crop {args.crop}: expected a positive pattern size")
+    return dict(diffraction=args.diffraction_key, positions=pos, units=args.units, pixel_size=args.pixel_size,
+                mask=args.mask, crop=args.crop, centre=centre, data=args.data)

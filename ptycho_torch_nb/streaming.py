@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['torch', 'log', 'PatternGenerator', 'pattern_generator', 'IncrementalCanvas', 'StreamingReconstructor', 'canvas_rgb',
-           'write_snapshot', 'array_chunks', 'paced', 'replay_file', 'poll_hdf5']
+           'write_snapshot', 'array_chunks', 'paced', 'replay_file', 'poll_hdf5', 'open_source']
 
 # %% ../nbs/05c_streaming.ipynb #18797c56
 class PatternGenerator(nn.Module):
@@ -308,6 +308,23 @@ def poll_hdf5(path,  # HDF5 file being written (SWMR or flushed regularly)
                 stop = min(done + chunk, n); yield scan.read(done, stop); done = stop
             if idle: break
             if expected is None or done < expected: time.sleep(poll_s)
+
+# %% ../nbs/05c_streaming.ipynb #3e335403
+def open_source(path,  # .npz or HDF5 scan file
+                follow: bool = False,  # the HDF5 file is still being written: `poll_hdf5`
+                rate: float | None = None,  # replay a complete file at this many patterns/s
+                chunk: int = 64, poll_s: float = 0.2, idle_timeout_s: float = 10.0, expected: int | None = None,
+                **hdf5_options,  # HDF5Scan options (diffraction, positions, units, pixel_size, mask, crop, centre, data)
+               ) -> tuple:
+    "(chunk iterator, patterns expected or None); a complete HDF5 file is opened (and so checked) before streaming."
+    path = Path(path)
+    if follow:
+        if path.suffix.lower() == '.npz': raise ValueError(f"{path}: following needs an HDF5 source (an NPZ file is never appended to)")
+        return poll_hdf5(path, chunk=chunk, poll_s=poll_s, idle_timeout_s=idle_timeout_s, expected=expected, **hdf5_options), expected
+    if not path.is_file(): raise FileNotFoundError(f"scan file not found: {path}")
+    if path.suffix.lower() == '.npz': return replay_file(path, rate, chunk), None
+    with HDF5Scan(path, swmr=False, **hdf5_options) as scan: total = len(scan)   # reads no frame
+    return replay_file(path, rate, chunk, swmr=False, **hdf5_options), total
 
 # %% ../nbs/05c_streaming.ipynb #a7a08a3c
 class _StopFlag:
