@@ -9,7 +9,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'require_torch', 'in_test', 'repo_root', 'data_path', 'fixtures_path',
-           'atomic_path']
+           'clean_stale_temps', 'glob_escape', 'atomic_path']
 
 # %% ../nbs/00_core.ipynb #4360d238
 TORCH_INSTALL_HINT = "pip install 'torch>=2.2'"
@@ -51,16 +51,46 @@ def fixtures_path(name: str = ''  # fixture file name inside nbs/fixtures
     return p
 
 # %% ../nbs/00_core.ipynb #7b93be9a
+def _process_umask() -> int:
+    "The process umask (read by setting and restoring it)."
+    mask = os.umask(0o022); os.umask(mask); return mask
+
+def _pid_alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except (PermissionError, OSError): return True
+    return True
+
+def clean_stale_temps(final_path  # the file whose leftover temporaries (of writers that died) are removed
+                     ) -> list:
+    "Delete `.<name>.<pid>.*.tmp` siblings of `final_path` whose writing process is gone; returns what was removed."
+    final_path = Path(final_path); removed = []
+    if not final_path.parent.is_dir(): return removed
+    for p in final_path.parent.glob(f'.{glob_escape(final_path.name)}.*.tmp'):
+        pid = p.name[len(final_path.name) + 2:].split('.', 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            if p.is_dir():
+                import shutil; shutil.rmtree(p, ignore_errors=True)
+            else: p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+def glob_escape(name: str) -> str:
+    "`name` with glob metacharacters escaped."
+    import glob; return glob.escape(name)
+
 @contextlib.contextmanager
 def atomic_path(final_path,  # where the file (or folder) should end up
                 suffix: str = ''  # suffix of the temporary name, e.g. '.zip'
                ):
-    "Yield a temporary path next to `final_path`; on success rename it onto `final_path`, on error delete it."
+    "Yield a temporary path next to `final_path` (mode from the umask); on success rename it onto `final_path`, on error delete it."
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{final_path.name}.', suffix=suffix + '.tmp', dir=final_path.parent)
+    clean_stale_temps(final_path)   # what a killed earlier writer left behind
+    fd, tmp = tempfile.mkstemp(prefix=f'.{final_path.name}.{os.getpid()}.', suffix=suffix + '.tmp', dir=final_path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_process_umask())   # mkstemp makes 0600; a saved file gets the mode any other file would
     try:
         yield tmp
         os.replace(tmp, final_path)

@@ -238,9 +238,12 @@ def _load_raw(cls, path, diffraction_is_intensity=None, diffraction_layout=None)
     x = _as_real_numeric(data['xcoords'], path, 'xcoords')
     if x.ndim != 1: raise _bad(path, 'xcoords', f"has shape {x.shape}, expected (M,)")
     if len(x) == 0: raise _bad(path, 'xcoords', "is empty: the scan has no positions (expected M >= 1)")
+    from_ptychodus = 'bad_pixels' in data
+    meta = _parse_metadata(data['_metadata'], path) if '_metadata' in data else {}
+    stated = meta.pop('diffraction_layout', None)   # written by `to_file`
+    if diffraction_layout is None: diffraction_layout = 'MNN' if from_ptychodus else stated   # ptychodus writes (M, N, N)
     key, d = _diffraction_from_npz(data, path, len(x), diffraction_layout)
     probe = data['probeGuess']
-    from_ptychodus = 'bad_pixels' in data
     intensity = from_ptychodus if diffraction_is_intensity is None else bool(diffraction_is_intensity)
     if diffraction_is_intensity is None and not from_ptychodus:
         why = intensity_evidence(d)
@@ -258,7 +261,7 @@ def _load_raw(cls, path, diffraction_is_intensity=None, diffraction_layout=None)
         d = np.sqrt(d.astype(np.float32))
     raw = cls(data['xcoords'], data.get('ycoords'), data.get('xcoords_start'), data.get('ycoords_start'), d, probe,
               data.get('scan_index'), data.get('objectGuess'), data.get('Y'),
-              metadata=_parse_metadata(data['_metadata'], path) if '_metadata' in data else None, source=str(path))
+              metadata=meta or None, source=str(path))
     if 'bad_pixels' in data: raw.bad_pixels = np.asarray(data['bad_pixels'], dtype=bool)
     if 'norm_Y_I' in data and data['norm_Y_I'].ndim == 0: raw.norm_Y_I = float(data['norm_Y_I'])
     raw.source_path = path.resolve()
@@ -283,7 +286,7 @@ def _raw_to_file(self, path  # destination .npz (written atomically: temp name +
     if self.objectGuess is not None: arrays['objectGuess'] = self.objectGuess
     if self.Y is not None: arrays['Y'] = self.Y
     if self.norm_Y_I is not None: arrays['norm_Y_I'] = np.asarray(float(self.norm_Y_I))
-    if self.metadata: arrays['_metadata'] = np.asarray(json.dumps(self.metadata, default=str))
+    arrays['_metadata'] = np.asarray(json.dumps({**self.metadata, 'diffraction_layout': 'MNN'}, default=str))  # no M = N ambiguity on reading
     with atomic_path(path, suffix='.npz') as tmp:
         with open(tmp, 'wb') as fh: np.savez(fh, **arrays)
     return path
