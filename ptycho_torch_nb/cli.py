@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 # %% auto #0
-__all__ = ['ACCELERATORS', 'COMMANDS', 'CLIError', 'train_parser', 'build_train_configs', 'train_main', 'infer_parser',
-           'infer_main', 'reconstruct_main', 'main']
+__all__ = ['ACCELERATORS', 'USER_ERRORS', 'COMMANDS', 'CLIError', 'train_parser', 'build_train_configs', 'train_main',
+           'infer_parser', 'infer_main', 'reconstruct_main', 'main']
 
 # %% ../nbs/06_cli.ipynb #cc772f99
 ACCELERATORS = ('auto', 'cpu', 'gpu', 'cuda', 'mps', 'tpu')   # 'tpu' is accepted here and refused by the config, as upstream
@@ -70,6 +70,9 @@ def _add_data_flags(p, inference: bool = False):
                    help='K nearest neighbours considered when grouping (default: 4)')
     g.add_argument('--M', '--stitch-crop', dest='M', type=_positive_int, default=20,
                    help='central M x M pixels of each patch kept when stitching (default: 20)')
+    g.add_argument('--overwrite', action='store_true',
+                   help='replace a previous run in --output_dir (without it a used folder is refused)')
+    g.add_argument('--debug', action='store_true', help='show the traceback of an error')
     return g
 
 # %% ../nbs/06_cli.ipynb #c2ab7f8a
@@ -158,16 +161,19 @@ def _resolve_accelerator_flags(args):
     return args.accelerator
 
 def _file_facts(path: Path) -> dict:
-    "Pattern size (from the probe) and the simulation's `nphotons` (from `_metadata`) of an NPZ, where present."
+    "Pattern size (from the probe) and the simulation's `nphotons` (from `_metadata`, checked by the config rule) of an NPZ."
     import json, numpy as np
-    facts = {}
+    from ptycho_torch_nb.config import validate_run_options
+    facts, meta = {}, None
     try:
         with np.load(path, allow_pickle=False) as d:
-            if 'probeGuess' in d: facts['N'] = int(d['probeGuess'].shape[-1])
-            if '_metadata' in d:
-                meta = json.loads(str(d['_metadata']))
-                if isinstance(meta, dict) and meta.get('nphotons'): facts['nphotons'] = float(meta['nphotons'])
-    except Exception: pass
+            if 'probeGuess' in d.files: facts['N'] = int(d['probeGuess'].shape[-1])
+            if '_metadata' in d.files: meta = json.loads(str(d['_metadata']))
+    except Exception: return facts   # unreadable: RawDataTorch.from_file names the problem when the run loads it
+    if isinstance(meta, dict) and meta.get('nphotons') is not None:
+        try: validate_run_options(f"{path}: _metadata", nphotons=meta['nphotons'])
+        except ValueError as e: raise CLIError(str(e)) from None
+        facts['nphotons'] = float(meta['nphotons'])
     return facts
 
 def _check_file(path, what):
@@ -204,6 +210,7 @@ def build_train_configs(args):
             checkpoint_mode=args.checkpoint_mode, early_stop_patience=args.early_stop_patience,
             logger_backend=None if args.logger == 'none' else args.logger,
             inference_batch_size=args.inference_batch_size, num_nodes=args.num_nodes)
+        C.validate_run(training, execution, where='ptycho-torch-train', seed=args.seed, M=args.M)   # the one gate
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from None
     if args.num_workers > 0 and args.deterministic:
@@ -212,16 +219,25 @@ def build_train_configs(args):
     return training, execution
 
 # %% ../nbs/06_cli.ipynb #87d25026
+USER_ERRORS = (CLIError, ValueError, TypeError, OSError, ImportError)   # bad flag, file, data or archive: exit 2
+
 def _run(prog: str, fn, argv):
+    "Run a command: a user error is one line `prog: error: ...` and exit 2; any other failure one line and exit 1."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = '--debug' in argv or bool(os.environ.get('PTYCHO_TORCH_DEBUG'))
+    argv = [a for a in argv if a != '--debug']   # every command takes it, whether its parser lists it or not
     try:
         return fn(argv) or 0
-    except (CLIError, FileNotFoundError, ImportError) as e:
-        if os.environ.get('PTYCHO_TORCH_DEBUG'): raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:   # OSError: missing/unreadable file, permission, a used output folder (FileExistsError)
+        if debug: raise
+        where = f" {e.filename}" if isinstance(e, OSError) and e.filename and str(e.filename) not in str(e) else ''
+        text = ' '.join(str(e).split()) or type(e).__name__
+        print(f"{prog}: error:{where} {text}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, RuntimeError) as e:
-        if os.environ.get('PTYCHO_TORCH_DEBUG'): raise
-        print(f"{prog}: error: {type(e).__name__}: {e}", file=sys.stderr)
+    except Exception as e:   # a failure during the run (RecursionError, MemoryError, a bug): still one line
+        if debug: raise
+        print(f"{prog}: error: {type(e).__name__}: {' '.join(str(e).split())} (rerun with --debug for the traceback)",
+              file=sys.stderr)
         return 1
 
 def _quiet_lightning(quiet: bool):
@@ -251,11 +267,12 @@ def _train(argv):
     training, execution = build_train_configs(args)
     _quiet_lightning(args.quiet)
     from ptycho_torch_nb import workflow as W
+    W.prepare_output_dir(args.output_dir, args.overwrite, args.resume)   # a used folder is refused before any work
     args.output_dir.mkdir(parents=True, exist_ok=True)
     amp, phase, results = W.run_cdi_example_torch(
         args.train_data_file, args.test_data_file, training, M=args.M,
         do_stitching=args.do_stitching and args.test_data_file is not None, execution_config=execution,
-        resume=args.resume, seed=args.seed)
+        resume=args.resume, seed=args.seed, overwrite=args.overwrite)
     if not results['trainer'].is_global_zero: return 0
     paths = W.save_outputs(amp, phase, results, args.output_dir)
     if results.get('bundle_path'): paths['wts.h5.zip'] = results['bundle_path']
@@ -293,6 +310,8 @@ def _infer(argv):
     _quiet_lightning(args.quiet)
     from ptycho_torch_nb import config as C, persistence as P, workflow as W
     import torch
+    C.validate_run_options('ptycho-torch-infer', subsample_seed=args.subsample_seed)
+    W.prepare_output_dir(args.output_dir, args.overwrite)   # a used folder is refused before any work
     models, params = P.load_inference_bundle_torch(args.model_path)
     model = models['diffraction_to_obj']
     device = 'cuda' if args.accelerator in ('gpu', 'cuda') else ('mps' if args.accelerator == 'mps' else 'cpu')
@@ -305,6 +324,7 @@ def _infer(argv):
         execution = C.PyTorchExecutionConfig(accelerator=args.accelerator, num_workers=args.num_workers,
                                              inference_batch_size=args.inference_batch_size,
                                              enable_progress_bar=not args.quiet)
+        C.validate_run(inference, execution, where='ptycho-torch-infer', M=args.M)   # the one gate
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from None
     W._update_legacy(inference)

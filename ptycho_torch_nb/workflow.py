@@ -12,9 +12,9 @@ from .core import require_torch, in_test, atomic_path
 torch = require_torch()
 
 # %% auto #0
-__all__ = ['torch', 'default_execution_config', 'load_raw', 'as_container', 'ContainerDataset', 'make_dataloader',
-           'ContainerDataModule', 'simulate_run1084', 'build_model', 'LossHistory', 'build_trainer',
-           'train_cdi_model_torch', 'predict_object_patches', 'patch_positions', 'stitch_patches',
+__all__ = ['torch', 'RUN_ARTIFACTS', 'default_execution_config', 'load_raw', 'as_container', 'ContainerDataset',
+           'make_dataloader', 'ContainerDataModule', 'simulate_run1084', 'build_model', 'LossHistory', 'build_trainer',
+           'prepare_output_dir', 'train_cdi_model_torch', 'predict_object_patches', 'patch_positions', 'stitch_patches',
            'reassemble_cdi_image_torch', 'ground_truth_on_canvas', 'covered_box', 'evaluate_reconstruction',
            'save_outputs', 'save_model_bundle', 'run_cdi_example_torch', 'reconstruct_scan']
 
@@ -235,10 +235,43 @@ def build_trainer(execution_config,            # PyTorchExecutionConfig
     return L.Trainer(**kw)
 
 # %% ../nbs/05_workflow.ipynb #a58a8e0d
-def _resolve_resume(resume, output_dir: Path):
+from .config import validate_run
+
+RUN_ARTIFACTS = ('wts.h5.zip', 'checkpoints', 'lightning_logs', 'mlruns', 'metrics.json', 'reconstruction.npz',
+                 'stitched_object.npy', 'reconstructed_amplitude.png', 'reconstructed_phase.png', 'comparison.png',
+                 'loss_curve.png')   # what a run writes into its output folder (nothing else is ever removed)
+
+def prepare_output_dir(output_dir,  # the run's output folder
+                       overwrite: bool = False,  # remove a previous run's artifacts (only `RUN_ARTIFACTS`) first
+                       resume=None  # a resumed run continues in its own folder
+                      ) -> Path:
+    "Refuse a folder that holds a previous run, so two runs never mix (`FileExistsError` naming it and the fix)."
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{out}: output folder exists and is not a folder")
+    found = [n for n in RUN_ARTIFACTS if (out / n).exists()]
+    if not found or resume not in (None, False): return out
+    if not overwrite:
+        raise FileExistsError(f"{out}: holds a previous run ({', '.join(found)}); pass --overwrite (overwrite=True) "
+                              "to replace it, or choose a new output folder")
+    import shutil
+    for n in found:
+        shutil.rmtree(out / n) if (out / n).is_dir() else (out / n).unlink()
+    return out
+
+def _resolve_resume(resume, output_dir: Path, config=None):
+    "The checkpoint to resume: this run's own (`output_dir/checkpoints/`), trained with this run's architecture."
     if resume in (None, False): return None
-    p = output_dir / 'checkpoints' / 'last.ckpt' if resume in (True, 'last') else Path(resume)
+    own = output_dir / 'checkpoints'
+    p = own / 'last.ckpt' if resume in (True, 'last') else Path(resume)
     if not p.is_file(): raise FileNotFoundError(f"checkpoint to resume from not found: {p}")
+    if own.resolve() not in p.resolve().parents:
+        raise ValueError(f"{p}: --resume takes a checkpoint of this run ({own}/); another run's checkpoint would mix two runs")
+    try: mc = (torch.load(p, map_location='cpu', weights_only=True).get('hyper_parameters') or {}).get('model_config') or {}
+    except Exception: mc = {}   # not a plain checkpoint: Lightning reports it when it loads
+    for k in ('N', 'gridsize', 'n_filters_scale', 'architecture'):
+        mine = getattr(getattr(config, 'model', None), k, None)
+        if k in mc and mine is not None and mc[k] != mine:
+            raise ValueError(f"{p}: checkpoint was trained with {k}={mc[k]!r} but this run has {k}={mine!r}")
     return str(p)
 
 def train_cdi_model_torch(train_data,          # NPZ path, RawDataTorch or container
@@ -247,13 +280,18 @@ def train_cdi_model_torch(train_data,          # NPZ path, RawDataTorch or conta
                           execution_config=None,  # PyTorchExecutionConfig (default: CPU/GPU auto)
                           *, resume=None,      # True/'last' or a checkpoint path: continue that run
                           shuffle: bool = True,  # shuffle training batches (the DDP equivalence test turns it off)
-                          seed: int = 42,      # Lightning seed_everything (weights, shuffling)
+                          seed: int = 42,      # the one seed: grouping (unless config.subsample_seed), weights, shuffling
+                          overwrite: bool = False,  # replace a previous run in config.output_dir (else refused)
                           **trainer_kwargs) -> dict:
     "Train the PyTorch PtychoPINN on `train_data`; returns the history, models, intensity scale and containers."
-    _update_legacy(config)                                      # CONFIG-001, before grouping/model construction
     ec = execution_config if execution_config is not None else default_execution_config()
+    validate_run(config, ec, where='train_cdi_model_torch', seed=seed)   # the gate: before any grouping, build or write
     out = Path(getattr(config, 'output_dir', None) or 'training_outputs')
-    ckpt_path = _resolve_resume(resume, out)                    # fail on a missing checkpoint before any work
+    ckpt_path = _resolve_resume(resume, out, config)            # fail on a missing/foreign checkpoint before any work
+    prepare_output_dir(out, overwrite, resume)
+    if getattr(config, 'subsample_seed', None) is None:        # no numpy global RNG: the seed drives grouping too
+        config = dataclasses.replace(config, subsample_seed=seed)
+    _update_legacy(config)                                      # CONFIG-001, before grouping/model construction
     train_c = as_container(train_data, config, 'train')
     if train_c is None: raise ValueError("train_data is required")
     test_c = as_container(test_data, config, 'test')
@@ -442,8 +480,9 @@ def run_cdi_example_torch(train_data, test_data, config, flip_x: bool = False, f
                           transpose: bool = False, M: int = 20, do_stitching: bool = False,
                           execution_config=None, **train_kwargs):
     "Train, then (with `do_stitching` and test data) stitch the test reconstruction: (amplitude|None, phase|None, results)."
-    _update_legacy(config)
     ec = execution_config if execution_config is not None else default_execution_config()
+    validate_run(config, ec, where='run_cdi_example_torch', M=M, seed=train_kwargs.get('seed'))   # before anything runs
+    _update_legacy(config)
     results = train_cdi_model_torch(train_data, test_data, config, ec, **train_kwargs)
     amp = phase = None
     if do_stitching and results.get('test_container') is not None:
