@@ -8,8 +8,8 @@ import os, contextlib, tempfile, importlib
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'require_torch', 'in_test', 'repo_root', 'data_path', 'fixtures_path',
-           'clean_stale_temps', 'glob_escape', 'atomic_path']
+__all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'require_torch', 'in_test', 'repo_root', 'data_path',
+           'fixtures_path', 'fault_point', 'pid_alive', 'clean_stale_temps', 'glob_escape', 'atomic_path']
 
 # %% ../nbs/00_core.ipynb #4360d238
 TORCH_INSTALL_HINT = "pip install 'torch>=2.2'"
@@ -55,7 +55,22 @@ def _process_umask() -> int:
     "The process umask (read by setting and restoring it)."
     mask = os.umask(0o022); os.umask(mask); return mask
 
-def _pid_alive(pid: int) -> bool:
+FAULT_ENV = 'PTYCHO_TORCH_NB_FAULT'   # test hook: 'name' or 'name#n' kills the process at that fault point
+_FAULT_HITS: dict = {}
+
+def fault_point(name: str  # a named place in a write path ('archive-write', 'cache-write', 'before-rename:<file>')
+               ) -> None:
+    "Test hook: `SIGKILL` this process the n-th time `name` is reached when `$PTYCHO_TORCH_NB_FAULT` is 'name#n' (n = 1 by default)."
+    spec = os.environ.get(FAULT_ENV)
+    if not spec: return
+    want, _, n = spec.partition('#')
+    if want != name: return
+    _FAULT_HITS[name] = _FAULT_HITS.get(name, 0) + 1
+    if _FAULT_HITS[name] == int(n or 1):
+        import signal; os.kill(os.getpid(), signal.SIGKILL)
+
+def pid_alive(pid: int) -> bool:
+    "Whether a process with this id runs (a writer whose temporaries are still in use)."
     try: os.kill(pid, 0)
     except ProcessLookupError: return False
     except (PermissionError, OSError): return True
@@ -68,7 +83,7 @@ def clean_stale_temps(final_path  # the file whose leftover temporaries (of writ
     if not final_path.parent.is_dir(): return removed
     for p in final_path.parent.glob(f'.{glob_escape(final_path.name)}.*.tmp'):
         pid = p.name[len(final_path.name) + 2:].split('.', 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             if p.is_dir():
                 import shutil; shutil.rmtree(p, ignore_errors=True)
             else: p.unlink(missing_ok=True)
@@ -93,6 +108,7 @@ def atomic_path(final_path,  # where the file (or folder) should end up
     os.chmod(tmp, 0o666 & ~_process_umask())   # mkstemp makes 0600; a saved file gets the mode any other file would
     try:
         yield tmp
+        fault_point(f'before-rename:{final_path.name}')
         os.replace(tmp, final_path)
     except BaseException:
         if tmp.is_dir():

@@ -8,7 +8,7 @@ import io, os, re, json, math, time, pickle, zipfile, warnings, dataclasses, imp
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 import numpy as np
-from .core import require_torch, atomic_path
+from .core import require_torch, atomic_path, fault_point
 torch = require_torch()
 
 # %% auto #0
@@ -313,7 +313,9 @@ def save_torch_bundle(models: dict,  # {'autoencoder': ..., 'diffraction_to_obj'
         with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_DEFLATED) as zf:
             zf.writestr('manifest.json', json.dumps(manifest, indent=1))
             zf.writestr('manifest.dill', pickle.dumps(manifest, protocol=4))
-            for member, data, compress in members: zf.writestr(member, data, compress_type=compress)
+            for member, data, compress in members:
+                zf.writestr(member, data, compress_type=compress)
+                fault_point('archive-write')   # test hook: a kill here leaves a half-written temporary zip
     return zip_path
 
 # %% ../nbs/06a_persistence.ipynb #e13334b2

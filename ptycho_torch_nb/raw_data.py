@@ -204,7 +204,7 @@ def intensity_evidence(d,  # diffraction stack as stored
     d = np.asarray(d)
     if d.dtype.kind in 'iu': return f"integer dtype {d.dtype} (photon counts?)"
     flat = d.reshape(-1)[::max(1, d.size // sample)]
-    nz = flat[flat != 0]
+    nz = flat[(flat != 0) & np.isfinite(flat)]
     # sqrt of Poisson counts >= 4 always comes with sqrt(2), sqrt(3)...: whole numbers alone mean counts
     if len(nz) >= 64 and nz.max() >= 2 and np.all(nz == np.round(nz)):
         return f"every one of the {len(nz)} non-zero values sampled is a whole number (max {nz.max():.4g}): photon counts?"
@@ -243,6 +243,7 @@ def _load_raw(cls, path, diffraction_is_intensity=None, diffraction_layout=None)
     stated = meta.pop('diffraction_layout', None)   # written by `to_file`
     if diffraction_layout is None: diffraction_layout = 'MNN' if from_ptychodus else stated   # ptychodus writes (M, N, N)
     key, d = _diffraction_from_npz(data, path, len(x), diffraction_layout)
+    _check_finite(d, path, key)   # before any guess about what the numbers are
     probe = data['probeGuess']
     intensity = from_ptychodus if diffraction_is_intensity is None else bool(diffraction_is_intensity)
     if diffraction_is_intensity is None and not from_ptychodus:
