@@ -268,7 +268,6 @@ def _train(argv):
     _quiet_lightning(args.quiet)
     from ptycho_torch_nb import workflow as W
     W.prepare_output_dir(args.output_dir, args.overwrite, args.resume)   # a used folder is refused before any work
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     amp, phase, results = W.run_cdi_example_torch(
         args.train_data_file, args.test_data_file, training, M=args.M,
         do_stitching=args.do_stitching and args.test_data_file is not None, execution_config=execution,

@@ -254,6 +254,17 @@ def _config_json(config) -> dict:
 def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO(); np.save(buf, arr, allow_pickle=False); return buf.getvalue()
 
+def _extra_entries(extra: dict, names) -> list:
+    "(member, bytes, compression) of `save_torch_bundle`'s extra members; ValueError for a name the format owns."
+    out = []
+    for member, data in extra.items():
+        _check_member_name(member, 'save_torch_bundle: extra_members')
+        if member in ('manifest.json', 'manifest.dill') or any(member.startswith(n + '/') for n in names):
+            raise ValueError(f"save_torch_bundle: extra member {member!r} would shadow a member of the archive format")
+        if not isinstance(data, (bytes, bytearray)): raise TypeError(f"save_torch_bundle: extra member {member!r} must be bytes")
+        out.append((member, bytes(data), zipfile.ZIP_DEFLATED))
+    return out
+
 def save_torch_bundle(models: dict,  # {'autoencoder': ..., 'diffraction_to_obj': ...}: LightningModules (may be the same object) or a {'_sentinel': ...} placeholder
                       base_path,  # archive path without '.zip' (canonically output_dir/'wts.h5')
                       config=None,  # the TrainingConfig used (bridged into the params snapshot, stored as JSON)
@@ -303,12 +314,7 @@ def save_torch_bundle(models: dict,  # {'autoencoder': ..., 'diffraction_to_obj'
                 'model_class': {n: class_path(type(modules[n])) for n in names},
                 'created_by': f'ptycho_torch_nb {pkg_version}', 'torch_version': torch.__version__,
                 'lightning_version': lightning.__version__}
-    for member, data in (extra_members or {}).items():
-        _check_member_name(member, 'save_torch_bundle: extra_members')
-        if member == 'manifest.json' or member == 'manifest.dill' or any(member.startswith(n + '/') for n in names):
-            raise ValueError(f"save_torch_bundle: extra member {member!r} would shadow a member of the archive format")
-        if not isinstance(data, (bytes, bytearray)): raise TypeError(f"save_torch_bundle: extra member {member!r} must be bytes")
-        members.append((member, bytes(data), zipfile.ZIP_DEFLATED))
+    members += _extra_entries(extra_members or {}, names)
     with atomic_path(zip_path, suffix='.zip') as tmp:
         with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_DEFLATED) as zf:
             zf.writestr('manifest.json', json.dumps(manifest, indent=1))

@@ -54,6 +54,18 @@ def _check_signal(d, src, key):
                     int((~lit).sum()), len(d), int(np.argmin(lit)))
 
 # %% ../nbs/02a_raw_data.ipynb #60034424
+def _valid_patterns(diff3d, M: int, src):
+    "The (M, N, N) amplitude stack, checked: real, square, M patterns, finite, >= 0, some signal."
+    d = _as_real_numeric(diff3d, src, 'diff3d')
+    if d.ndim != 3: raise _bad(src, 'diff3d', f"has shape {d.shape}, expected 3-D (M, N, N)")
+    if d.shape[1] != d.shape[2]: raise _bad(src, 'diff3d', f"has shape {d.shape}: patterns are not square (expected (M, N, N))")
+    if d.shape[0] != M: raise _bad(src, 'diff3d', f"holds {d.shape[0]} patterns but 'xcoords' has {M} positions")
+    _check_finite(d, src, 'diff3d')
+    if d.dtype.kind in 'if' and d.size and d.min() < 0:
+        raise _bad(src, 'diff3d', f"has negative values (min {d.min():.4g}); diffraction amplitudes must be >= 0")
+    _check_signal(d, src, 'diff3d')
+    return d
+
 def validate_raw_arrays(xcoords, ycoords, xcoords_start, ycoords_start, diff3d, probeGuess, scan_index,
                         objectGuess=None, Y=None,
                         src: str = '<memory>'  # where the arrays came from, named in every error
@@ -81,19 +93,8 @@ def validate_raw_arrays(xcoords, ycoords, xcoords_start, ycoords_start, diff3d, 
         s = _as_real_numeric(scan_index, src, 'scan_index')
         if s.shape != (M,): raise _bad(src, 'scan_index', f"has shape {s.shape}, expected ({M},)")
         out['scan_index'] = s.astype(np.int64, copy=False)
-    N = None
-    if diff3d is not None:
-        d = _as_real_numeric(diff3d, src, 'diff3d')
-        if d.ndim != 3: raise _bad(src, 'diff3d', f"has shape {d.shape}, expected 3-D (M, N, N)")
-        if d.shape[1] != d.shape[2]: raise _bad(src, 'diff3d', f"has shape {d.shape}: patterns are not square (expected (M, N, N))")
-        if d.shape[0] != M: raise _bad(src, 'diff3d', f"holds {d.shape[0]} patterns but 'xcoords' has {M} positions")
-        _check_finite(d, src, 'diff3d')
-        if d.dtype.kind in 'if' and d.size and d.min() < 0:
-            raise _bad(src, 'diff3d', f"has negative values (min {d.min():.4g}); diffraction amplitudes must be >= 0")
-        _check_signal(d, src, 'diff3d')
-        out['diff3d'] = d
-        N = d.shape[1]
-    else: out['diff3d'] = None
+    out['diff3d'] = None if diff3d is None else _valid_patterns(diff3d, M, src)
+    N = None if diff3d is None else out['diff3d'].shape[1]
     if probeGuess is None: raise _bad(src, 'probeGuess', "is missing (required)")
     p = _as_numeric(probeGuess, src, 'probeGuess')
     if p.ndim != 2 or p.shape[0] != p.shape[1]: raise _bad(src, 'probeGuess', f"has shape {p.shape}, expected (N, N)")
