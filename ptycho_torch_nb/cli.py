@@ -9,14 +9,19 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 # %% auto #0
-__all__ = ['ACCELERATORS', 'USER_ERRORS', 'COMMANDS', 'CLIError', 'train_parser', 'build_train_configs', 'train_main',
-           'infer_parser', 'infer_main', 'reconstruct_main', 'main']
+__all__ = ['ACCELERATORS', 'USER_ERRORS', 'COMMANDS', 'CLIError', 'OneLineParser', 'train_parser', 'build_train_configs',
+           'train_main', 'infer_parser', 'infer_main', 'reconstruct_main', 'main']
 
 # %% ../nbs/06_cli.ipynb #cc772f99
 ACCELERATORS = ('auto', 'cpu', 'gpu', 'cuda', 'mps', 'tpu')   # 'tpu' is accepted here and refused by the config, as upstream
 
 class CLIError(Exception):
     "A user error the CLI reports as one line (exit code 2)."
+
+class OneLineParser(argparse.ArgumentParser):
+    "An `ArgumentParser` whose usage errors are one line `prog: error: ...` (exit code 2), not usage + error."
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 def _positive_int(s):
     try: v = int(s)
@@ -78,7 +83,7 @@ def _add_data_flags(p, inference: bool = False):
 # %% ../nbs/06_cli.ipynb #c2ab7f8a
 def train_parser() -> argparse.ArgumentParser:
     "The argument parser of `ptycho-torch-train` (every flag documented in `--help`)."
-    p = argparse.ArgumentParser(prog='ptycho-torch-train', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = OneLineParser(prog='ptycho-torch-train', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description='Train the PyTorch PtychoPINN on an NPZ scan; with a test file, reconstruct '
                                             'and score the held-out region. Writes images, metrics.json, checkpoints, '
                                             'logs and wts.h5.zip into --output_dir.')
@@ -228,6 +233,8 @@ def _run(prog: str, fn, argv):
     argv = [a for a in argv if a != '--debug']   # every command takes it, whether its parser lists it or not
     try:
         return fn(argv) or 0
+    except SystemExit as e:   # argparse: --help (0) or a usage error, already printed as one line (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except USER_ERRORS as e:   # OSError: missing/unreadable file, permission, a used output folder (FileExistsError)
         if debug: raise
         where = f" {e.filename}" if isinstance(e, OSError) and e.filename and str(e.filename) not in str(e) else ''
@@ -288,7 +295,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 # %% ../nbs/06_cli.ipynb #3db3c5a5
 def infer_parser() -> argparse.ArgumentParser:
     "The argument parser of `ptycho-torch-infer`."
-    p = argparse.ArgumentParser(prog='ptycho-torch-infer', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = OneLineParser(prog='ptycho-torch-infer', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description='Reconstruct a scan with a trained model (wts.h5.zip) and write the '
                                             'stitched amplitude/phase, metrics.json and figures.')
     g = p.add_argument_group('files')
@@ -344,9 +351,19 @@ def infer_main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of `ptycho-torch-infer` (returns the exit code)."
     return _run('ptycho-torch-infer', _infer, argv)
 
+def _reconstruct(argv):
+    "The gate in front of `reconstruct.main` (until its CLI moves here): run options checked before anything runs."
+    from ptycho_torch_nb.reconstruct import main as _reconstruct_main, reconstruct_parser
+    from ptycho_torch_nb.config import validate_run_options
+    parser = reconstruct_parser(); parser.error = OneLineParser.error.__get__(parser)   # usage errors: one line
+    args, _ = parser.parse_known_args(argv)
+    validate_run_options('ptycho-torch-reconstruct', time_budget_s=args.time_budget, M=args.M, seed=args.seed,
+                         nepochs=args.epochs, gridsize=args.gridsize, batch_size=args.batch_size,
+                         learning_rate=args.learning_rate)
+    return _reconstruct_main(argv)
+
 def reconstruct_main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of `ptycho-torch-reconstruct`: train on one scan and reconstruct it (`ptycho_torch_nb.reconstruct.main`)."
-    from ptycho_torch_nb.reconstruct import main as _reconstruct
     return _run('ptycho-torch-reconstruct', _reconstruct, argv)
 
 # %% ../nbs/06_cli.ipynb #999442e7

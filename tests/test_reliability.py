@@ -501,3 +501,16 @@ def test_cli_file_errors_are_one_line(tiny_files, tmp_path, capsys, archive):
         line = _one_line(capsys.readouterr().err)
         assert code == 2 and needle in line, line
     assert not (tmp_path / 'a').exists() and not (tmp_path / 'i').exists()
+
+
+@pytest.mark.parametrize('flags,needle', [(['--time_budget', '-5'], 'time_budget_s=-5.0'), (['--time_budget', 'nan'], 'time_budget_s=nan'),
+                                          (['--M', '0'], 'M=0'), (['--epochs', '0'], 'nepochs=0'), (['--seed', '-1'], 'seed=-1'),
+                                          (['--batch_size', '0'], 'batch_size=0'), (['--gridsize', '0'], 'gridsize=0'),
+                                          (['--time_budget', 'soon'], 'time_budget')])
+def test_reconstruct_cli_refuses_bad_values(flags, needle, tiny_files, tmp_path, capsys):
+    from ptycho_torch_nb import cli
+    out = tmp_path / 'rec'
+    code = cli.reconstruct_main([str(tiny_files[0]), '--output_dir', str(out), '--accelerator', 'cpu', '--quiet', *flags])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and needle in line and line.startswith('ptycho-torch-reconstruct: error:'), line
+    assert not out.exists()
