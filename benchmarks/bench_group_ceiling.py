@@ -2,7 +2,7 @@
 
 For each gridsize, the scan's inference groups (`reconstruct.inference_container`: every pattern in about one group)
 each get a free complex object on the model's merge canvas, fitted by Adam to the same Poisson likelihood through the
-same physics as `ScanPINN` (extract the group's patches, times the probe, far field, intensity scale); the groups are
+same physics as `PtychoPINN` (extract the group's patches, times the probe, far field, intensity scale); the groups are
 independent of each other, as they are in the reference's loss. The per-group objects are then stitched and scored
 like the network's output (`stitch_scan`, `score_scan`). The truth's own loss through the same physics is printed
 beside it: a group fit that reaches the truth's loss without reaching the truth's SSIM shows that the group's data do
@@ -26,8 +26,12 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     from ptycho_torch_nb import physics
-    from ptycho_torch_nb.reconstruct import (simulated_scan, inference_container, scan_nphotons, merge_canvas_size,
-                                             stitch_scan, score_scan, ScanPINN_Lightning)
+    from ptycho_torch_nb.simulation import simulated_scan
+    from ptycho_torch_nb.data_container import inference_container, scan_nphotons
+    from ptycho_torch_nb.reconstruct import merge_canvas_size
+    from ptycho_torch_nb.stitching import stitch_scan
+    from ptycho_torch_nb.evaluation import score_scan
+    from ptycho_torch_nb.model import PtychoPINN_Lightning
     raw = simulated_scan(n=256, seed=a.seed)
     nph = scan_nphotons(raw)
     record = {}
@@ -37,12 +41,11 @@ def main(argv=None):
         Y = torch.as_tensor(np.asarray(c.Y)).to(torch.complex64)
         B, C, N, _ = X.shape
         P = merge_canvas_size([c], N, g)
-        mdl = ScanPINN_Lightning(dict(N=N, gridsize=g, n_filters_scale=1), intensity_scale=float(c.intensity_scale),
+        mdl = PtychoPINN_Lightning(dict(N=N, gridsize=g, n_filters_scale=1), intensity_scale=float(c.intensity_scale), merge_weight='full',
                                  padded_size=P, probe=torch.as_tensor(np.asarray(c.probe))).model
         target = (mdl.intensity_scale * X) ** 2
         def nll(obj):
-            wave = physics.illuminate(obj, mdl.probe, mdl.probe_mask, 0)
-            return physics.poisson_nll((mdl.intensity_scale * physics.far_field_amplitude(wave)) ** 2, target)
+            return physics.poisson_nll((mdl.intensity_scale * physics.diffraction_amplitude(obj, mdl.probe, mdl.probe_mask)) ** 2, target)
         with torch.no_grad(): truth_nll = float(nll(Y))
         re = torch.ones(B, P, P, requires_grad=True); im = torch.zeros(B, P, P, requires_grad=True)
         opt = torch.optim.Adam([re, im], lr=a.lr)

@@ -44,7 +44,11 @@ def main(argv=None):
     ap.add_argument('--output_dir', default=None, help="also write reconstruct_scan's images, metrics and archive here")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from ptycho_torch_nb.reconstruct import simulated_scan, reconstruct_scan, stitch_scan, iterative_reference, predict_scan
+    from ptycho_torch_nb.simulation import simulated_scan
+    from ptycho_torch_nb.reconstruct import reconstruct_scan, iterative_reference
+    from ptycho_torch_nb.stitching import stitch_scan
+    from ptycho_torch_nb.training import predict_scan
+    from ptycho_torch_nb.evaluation import score_scan
     load = os.getloadavg()
     raw = simulated_scan(n=a.n, N=64, overlap=a.overlap, nphotons=a.nphotons, seed=a.seed)
     md = raw.metadata
@@ -70,7 +74,6 @@ def main(argv=None):
     for _ in range(3):
         t = time.perf_counter(); obj = predict_scan(model, infer_c); stitch_scan(obj, infer_c, M)
         warm.append(time.perf_counter() - t)
-    from ptycho_torch_nb.reconstruct import score_scan
     img, w, pos = stitch_scan(predict_scan(model, infer_c), infer_c, M, sync_phase=False)
     unsynced = score_scan(img, w, pos, raw.objectGuess, M)
     print(f"without phase synchronisation: SSIM amplitude {unsynced['ssim_amp']:.3f}, phase {unsynced['ssim_phase']:.3f}")

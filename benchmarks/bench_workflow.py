@@ -25,7 +25,8 @@ def run_one(gridsize: int, epochs: int, workdir: Path) -> dict:
     warnings.filterwarnings('ignore')
     for n in ('lightning', 'lightning.pytorch'): logging.getLogger(n).setLevel(logging.ERROR)
     t_import = time.perf_counter()
-    from ptycho_torch_nb import workflow as W
+    from ptycho_torch_nb import workflow as W, training as T
+    from ptycho_torch_nb.evaluation import evaluate_reconstruction
     from ptycho_torch_nb.config import TrainingConfig, ModelConfig
     t_import = time.perf_counter() - t_import
     import torch
@@ -34,7 +35,7 @@ def run_one(gridsize: int, epochs: int, workdir: Path) -> dict:
     cfg = TrainingConfig(model=ModelConfig(N=64, gridsize=gridsize, object_big=gridsize > 1), n_groups=512 // C,
                          nepochs=epochs, batch_size=16, nphotons=1e9, output_dir=workdir, backend='pytorch',
                          subsample_seed=42)
-    ec = W.default_execution_config(accelerator='cpu', logger_backend=None, enable_checkpointing=False,
+    ec = T.default_execution_config(accelerator='cpu', logger_backend=None, enable_checkpointing=False,
                                     deterministic=False)
     t0 = time.perf_counter()
     train_c = W.as_container(train_raw, cfg, 'train')
@@ -46,10 +47,10 @@ def run_one(gridsize: int, epochs: int, workdir: Path) -> dict:
     t_train = time.perf_counter() - t0
     cpu_train = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     model = res['models']['diffraction_to_obj']
-    W.predict_object_patches(model, _head(test_c, 8), 64)   # warm-up
+    T.predict_object_patches(model, _head(test_c, 8), 64)   # warm-up
     amp, phase, rec = W.reassemble_cdi_image_torch(test_c, cfg, model, M=20, execution_config=ec)
     t_total = time.perf_counter() - t0
-    metrics, _, _ = W.evaluate_reconstruction(rec['stitched_obj'], rec['global_offsets'], test_raw.objectGuess, 20,
+    metrics, _, _ = evaluate_reconstruction(rec['stitched_obj'], rec['global_offsets'], test_raw.objectGuess, 20,
                                             rec['stitch_weights'])
     ssim = metrics['ssim']
     eps = res['train_patterns_per_s']

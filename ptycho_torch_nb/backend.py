@@ -36,19 +36,21 @@ def update_legacy_params(config  # TrainingConfig or InferenceConfig
     return params.cfg
 
 # %% ../nbs/06c_backend.ipynb #a42945ed
+def _backend_error(backend: str, name: str, e: ImportError) -> RuntimeError:
+    "The error for a selected backend whose module cannot be imported: names the backend and how to install it."
+    if backend == 'tensorflow':
+        return RuntimeError(
+            f"TensorFlow backend selected (config.backend='tensorflow') but its module {name!r} cannot be "
+            f"imported ({e}). Install the TensorFlow PtychoPINN package: {TENSORFLOW_INSTALL_HINT}; "
+            "or set config.backend='pytorch' to use ptycho_torch_nb. No fallback is attempted.")
+    return RuntimeError(
+        f"PyTorch backend selected (config.backend='pytorch') but {name!r} cannot be imported ({e}). "
+        f"Install PyTorch and Lightning: {PYTORCH_INSTALL_HINT}. No fallback is attempted.")
+
 def _import_backend_module(backend: str, name: str):
-    "Import the workflow module of `backend`, or raise `RuntimeError` naming the backend and how to install it."
-    try:
-        return importlib.import_module(name)
-    except ImportError as e:
-        if backend == 'tensorflow':
-            raise RuntimeError(
-                f"TensorFlow backend selected (config.backend='tensorflow') but its module {name!r} cannot be "
-                f"imported ({e}). Install the TensorFlow PtychoPINN package: {TENSORFLOW_INSTALL_HINT}; "
-                "or set config.backend='pytorch' to use ptycho_torch_nb. No fallback is attempted.") from e
-        raise RuntimeError(
-            f"PyTorch backend selected (config.backend='pytorch') but {name!r} cannot be imported ({e}). "
-            f"Install PyTorch and Lightning: {PYTORCH_INSTALL_HINT}. No fallback is attempted.") from e
+    "Import a module of the (external) TensorFlow package, or raise `RuntimeError` naming the backend and how to install it."
+    try: return importlib.import_module(name)
+    except ImportError as e: raise _backend_error(backend, name, e) from e
 
 def _tensorflow_components(config):
     "The TensorFlow workflow module, after syncing the TensorFlow package's own `params.cfg` from `config`."
@@ -60,7 +62,11 @@ def _tensorflow_components(config):
     return components
 
 def _torch_workflow():
-    return _import_backend_module('pytorch', 'ptycho_torch_nb.workflow')
+    "Our workflow module (a plain import, deferred: torch and Lightning load only when the PyTorch route runs)."
+    try:
+        from ptycho_torch_nb import workflow
+    except ImportError as e: raise _backend_error('pytorch', 'ptycho_torch_nb.workflow', e) from e
+    return workflow
 
 def _execution_config(torch_execution_config):
     if torch_execution_config is not None: return torch_execution_config
@@ -124,8 +130,10 @@ def load_inference_bundle_with_backend(
     backend = selected_backend(config)
     if backend == 'tensorflow':
         return _tensorflow_components(config).load_inference_bundle(Path(bundle_dir))
-    persistence = _import_backend_module('pytorch', 'ptycho_torch_nb.persistence')
-    models, params_dict = persistence.load_inference_bundle_torch(Path(bundle_dir), model_name=model_name)
+    try:
+        from ptycho_torch_nb.persistence import load_inference_bundle_torch
+    except ImportError as e: raise _backend_error('pytorch', 'ptycho_torch_nb.persistence', e) from e
+    models, params_dict = load_inference_bundle_torch(Path(bundle_dir), model_name=model_name)
     if isinstance(models, dict):
         if model_name not in models:
             raise KeyError(f"{bundle_dir}: model {model_name!r} not in the archive (has {sorted(models)})")

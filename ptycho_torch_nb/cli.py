@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse, dataclasses, os, sys, warnings
 from pathlib import Path
 from typing import Optional, Sequence
+from .config import ScanOptions, GENERATOR_MODES
 
 # %% auto #0
 __all__ = ['ACCELERATORS', 'USER_ERRORS', 'COMMANDS', 'CLIError', 'OneLineParser', 'train_parser', 'build_train_configs',
-           'train_main', 'infer_parser', 'infer_main', 'reconstruct_main', 'main']
+           'train_main', 'infer_parser', 'infer_main', 'reconstruct_parser', 'reconstruct_main', 'main']
 
 # %% ../nbs/06_cli.ipynb #cc772f99
 ACCELERATORS = ('auto', 'cpu', 'gpu', 'cuda', 'mps', 'tpu')   # 'tpu' is accepted here and refused by the config, as upstream
@@ -118,7 +119,11 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument('--seed', type=int, default=42, help='seed of weights and shuffling')
     g.add_argument('--no-stitching', dest='do_stitching', action='store_false',
                    help='skip reconstructing the test region after training')
-    g = _add_runtime_flags(p)
+    _add_training_runtime_flags(_add_runtime_flags(p))
+    return p
+
+def _add_training_runtime_flags(g):
+    "Execution flags of training only (strategy, precision, logging, checkpoints, resume)."
     g.add_argument('--strategy', default='auto', help="Lightning strategy, e.g. 'ddp' for several GPUs/nodes")
     g.add_argument('--num-nodes', '--num_nodes', dest='num_nodes', type=_positive_int, default=1,
                    help='nodes for multi-node DDP (SLURM: = --nodes)')
@@ -143,7 +148,7 @@ def train_parser() -> argparse.ArgumentParser:
                    help="continue a run: 'last' (output_dir/checkpoints/last.ckpt) or a checkpoint path")
     g.add_argument('--disable_mlflow', '--disable-mlflow', dest='disable_mlflow', action='store_true',
                    help='DEPRECATED: same as --logger none --quiet (with a DeprecationWarning)')
-    return p
+    return g
 
 class _CheckpointToggle(argparse.Action):
     "`--enable-checkpointing` sets True, `--disable-checkpointing` sets False."
@@ -274,13 +279,15 @@ def _train(argv):
     training, execution = build_train_configs(args)
     _quiet_lightning(args.quiet)
     from ptycho_torch_nb import workflow as W
-    W.prepare_output_dir(args.output_dir, args.overwrite, args.resume)   # a used folder is refused before any work
+    from ptycho_torch_nb.evaluation import save_outputs
+    from ptycho_torch_nb.training import prepare_output_dir
+    prepare_output_dir(args.output_dir, args.overwrite, args.resume)   # a used folder is refused before any work
     amp, phase, results = W.run_cdi_example_torch(
         args.train_data_file, args.test_data_file, training, M=args.M,
         do_stitching=args.do_stitching and args.test_data_file is not None, execution_config=execution,
         resume=args.resume, seed=args.seed, overwrite=args.overwrite)
     if not results['trainer'].is_global_zero: return 0
-    paths = W.save_outputs(amp, phase, results, args.output_dir)
+    paths = save_outputs(amp, phase, results, args.output_dir)
     if results.get('bundle_path'): paths['wts.h5.zip'] = results['bundle_path']
     h = results['history']
     _summary(paths, results.get('metrics'), args.quiet,
@@ -314,10 +321,12 @@ def _infer(argv):
     _check_file(args.test_data, 'test data file')
     _resolve_accelerator_flags(args)
     _quiet_lightning(args.quiet)
-    from ptycho_torch_nb import config as C, persistence as P, workflow as W
+    from ptycho_torch_nb import config as C, persistence as P, workflow as W, params as legacy
+    from ptycho_torch_nb.evaluation import save_outputs, evaluate_reconstruction
+    from ptycho_torch_nb.training import prepare_output_dir
     import torch
     C.validate_run_options('ptycho-torch-infer', subsample_seed=args.subsample_seed)
-    W.prepare_output_dir(args.output_dir, args.overwrite)   # a used folder is refused before any work
+    prepare_output_dir(args.output_dir, args.overwrite)   # a used folder is refused before any work
     models, params = P.load_inference_bundle_torch(args.model_path)
     model = models['diffraction_to_obj']
     device = 'cuda' if args.accelerator in ('gpu', 'cuda') else ('mps' if args.accelerator == 'mps' else 'cpu')
@@ -333,15 +342,15 @@ def _infer(argv):
         C.validate_run(inference, execution, where='ptycho-torch-infer', M=args.M)   # the one gate
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from None
-    W._update_legacy(inference)
+    C.update_legacy_dict(legacy.cfg, inference)
     raw = W.load_raw(args.test_data, 'test data')
     container = W.as_container(raw, inference, 'infer' if args.n_groups else 'test')
     amp, phase, rec = W.reassemble_cdi_image_torch(container, inference, model, M=args.M, execution_config=execution)
     if raw.objectGuess is not None:
-        rec['metrics'], rec['ground_truth_canvas'], rec['scored_box'] = W.evaluate_reconstruction(
+        rec['metrics'], rec['ground_truth_canvas'], rec['scored_box'] = evaluate_reconstruction(
             rec['stitched_obj'], rec['global_offsets'], raw.objectGuess, args.M, rec['stitch_weights'])
     rec['backend'] = 'pytorch'
-    paths = W.save_outputs(amp, phase, rec, args.output_dir)
+    paths = save_outputs(amp, phase, rec, args.output_dir)
     _summary(paths, rec.get('metrics'), args.quiet,
              [f"reconstructed {rec['obj_tensor_full'].shape[0] * rec['obj_tensor_full'].shape[1]} patterns "
               f"({rec['inference_patterns_per_s']:.0f} patterns/s); outputs in {args.output_dir}:"])
@@ -351,19 +360,85 @@ def infer_main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of `ptycho-torch-infer` (returns the exit code)."
     return _run('ptycho-torch-infer', _infer, argv)
 
+# %% ../nbs/06_cli.ipynb #1f967a76
+_SCAN = ScanOptions()  # the defaults the help text quotes
+
+def reconstruct_parser() -> argparse.ArgumentParser:
+    "Argument parser of `ptycho-torch-reconstruct`."
+    p = OneLineParser(prog='ptycho-torch-reconstruct',
+        description='Reconstruct one ptychography scan self-supervised: train PtychoPINN on the scan\'s own diffraction '
+                    '(no labels, gridsize 2), then reconstruct and stitch it. Writes images, metrics.json, '
+                    'reconstruct.json and the model archive wts.h5.zip into --output_dir.')
+    p.add_argument('scan', help='NPZ scan file (diff3d or diffraction, xcoords, ycoords, probeGuess; objectGuess is used as the truth for scores)')
+    p.add_argument('--output_dir', '--output-dir', required=True, help='folder for the outputs (created)')
+    p.add_argument('--time_budget', '--time-budget', type=float, default=None, metavar='SECONDS',
+                   help='training wall-clock budget in seconds (default: train --epochs epochs)')
+    p.add_argument('--epochs', type=int, default=None, help=f"epochs when there is no time budget (default {_SCAN.nepochs})")
+    p.add_argument('--init_from', '--init-from', default=None, metavar='ARCHIVE',
+                   help='fine-tune from this archive (wts.h5.zip or the output folder of an earlier run) instead of a fresh model')
+    p.add_argument('--gridsize', type=int, default=None, help=f"patterns per group = gridsize² (default {_SCAN.gridsize})")
+    p.add_argument('--neighbor_count', '--neighbor-count', type=int, default=None, metavar='K',
+                   help=f"neighbours a training group is drawn from (default {_SCAN.neighbor_count})")
+    p.add_argument('--group_radius', '--group-radius', type=float, default=None, metavar='PX',
+                   help='neighbours farther than this from a group\'s seed are not grouped with it (default N/2)')
+    p.add_argument('--batch_size', '--batch-size', type=int, default=None, help=f"groups per step (default {_SCAN.batch_size})")
+    p.add_argument('--learning_rate', '--learning-rate', type=float, default=None,
+                   help=f"peak Adam learning rate of the warm-up + cosine schedule (default {_SCAN.learning_rate})")
+    p.add_argument('--n_filters_scale', '--n-filters-scale', type=int, default=None,
+                   help=f"network width multiplier (default {_SCAN.n_filters_scale}; the reference uses 2)")
+    p.add_argument('--M', type=int, default=None, help=f"central square of each patch kept when stitching (default {_SCAN.M})")
+    p.add_argument('--generator_mode', '--generator-mode', choices=GENERATOR_MODES, default=None,
+                   help=f"'pattern': the CNN reads each pattern alone; 'group': the reference CNN reads a group's patterns together (default {_SCAN.generator_mode!r})")
+    p.add_argument('--precision', default=None, choices=['auto', '32-true', 'bf16-mixed', '16-mixed'],
+                   help="training precision; 'auto': bf16-mixed where the device computes bfloat16 natively, else 32-true (default: auto; 32-true with --parity)")
+    p.add_argument('--no_backprop_input', '--no-backprop-input', action='store_true',
+                   help="do not give the network the back-propagated first guess as extra input channels")
+    p.add_argument('--probe_trainable', '--probe-trainable', action='store_true', help='refine the probe during training')
+    p.add_argument('--parity', action='store_true', help="the TF reference's configuration (reference grouping and merge canvas, batch 16, constant lr 1e-3)")
+    p.add_argument('--accelerator', default='auto', choices=['auto', 'cpu', 'gpu', 'cuda', 'mps'], help='where to train (default: GPU if available)')
+    p.add_argument('--snapshots', type=float, nargs='*', default=(), metavar='SECONDS',
+                   help='training times at which to score the reconstruction against the truth (needs objectGuess)')
+    p.add_argument('--seed', type=int, default=42, help='seed of weights, grouping and shuffling')
+    p.add_argument('--quiet', action='store_true', help='no progress lines')
+    p.add_argument('--overwrite', action='store_true', help='replace a previous run in --output_dir (without it a used folder is refused)')
+    p.add_argument('--debug', action='store_true', help='show the traceback of an error')
+    return p
+
+# %% ../nbs/06_cli.ipynb #4486de62
+_CLI_OPTIONS = {'epochs': 'nepochs', 'gridsize': 'gridsize', 'neighbor_count': 'neighbor_count', 'group_radius': 'group_radius',
+                'batch_size': 'batch_size', 'learning_rate': 'learning_rate', 'n_filters_scale': 'n_filters_scale', 'M': 'M',
+                'generator_mode': 'generator_mode'}
+
 def _reconstruct(argv):
-    "The gate in front of `reconstruct.main` (until its CLI moves here): run options checked before anything runs."
-    from ptycho_torch_nb.reconstruct import main as _reconstruct_main, reconstruct_parser
+    args = reconstruct_parser().parse_args(argv)   # a usage error: one line, exit 2 (`_run`)
     from ptycho_torch_nb.config import validate_run_options
-    parser = reconstruct_parser(); parser.error = OneLineParser.error.__get__(parser)   # usage errors: one line
-    args, _ = parser.parse_known_args(argv)
+    from ptycho_torch_nb.training import prepare_output_dir
     validate_run_options('ptycho-torch-reconstruct', time_budget_s=args.time_budget, M=args.M, seed=args.seed,
                          nepochs=args.epochs, gridsize=args.gridsize, batch_size=args.batch_size,
-                         learning_rate=args.learning_rate)
-    return _reconstruct_main(argv)
+                         learning_rate=args.learning_rate)   # before the scan is read or anything written
+    scan = Path(args.scan)
+    if not scan.is_file(): raise CLIError(f"scan file not found: {scan}")
+    if args.init_from is not None:
+        ip = Path(args.init_from)
+        if not (ip.is_file() or (ip / 'wts.h5.zip').is_file() or Path(f"{ip}.zip").is_file()):
+            raise CLIError(f"archive to fine-tune from not found: {ip}")
+    opts = {dst: getattr(args, src) for src, dst in _CLI_OPTIONS.items() if getattr(args, src) is not None}
+    if args.probe_trainable: opts['probe_trainable'] = True
+    if args.no_backprop_input: opts['backprop_input'] = False
+    prepare_output_dir(args.output_dir, args.overwrite)
+    from ptycho_torch_nb.reconstruct import reconstruct_scan, scan_options, scan_execution_config
+    run_opts = scan_options(args.parity, **{k: opts[k] for k in ('learning_rate',) if k in opts},
+                            **({'precision': args.precision} if args.precision else {}))
+    ec = scan_execution_config(run_opts, args.accelerator)
+    res = reconstruct_scan(scan, None, ec, args.time_budget, init_from=args.init_from, output_dir=args.output_dir,
+                           snapshot_at_s=args.snapshots or (), parity=args.parity, progress=not args.quiet, seed=args.seed,
+                           overwrite=args.overwrite, **opts)
+    m = res.get('metrics')
+    print(f"ptycho-torch-reconstruct: wrote {args.output_dir} (trained {res['train_seconds']:.1f} s"
+          + (f"; SSIM amplitude {m['ssim_amp']:.3f}, phase {m['ssim_phase']:.3f}" if m else "") + ")")
 
 def reconstruct_main(argv: Optional[Sequence[str]] = None) -> int:
-    "Entry point of `ptycho-torch-reconstruct`: train on one scan and reconstruct it (`ptycho_torch_nb.reconstruct.main`)."
+    "Entry point of `ptycho-torch-reconstruct`: train on one scan and reconstruct it (`reconstruct.reconstruct_scan`)."
     return _run('ptycho-torch-reconstruct', _reconstruct, argv)
 
 # %% ../nbs/06_cli.ipynb #999442e7

@@ -4,12 +4,13 @@
 
 # %% ../nbs/00_core.ipynb #8d4e30ec
 from __future__ import annotations
-import os, contextlib, tempfile, importlib
+import os, contextlib, tempfile, importlib, math
+import numpy as np
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'require_torch', 'in_test', 'repo_root', 'data_path',
-           'fixtures_path', 'fault_point', 'pid_alive', 'clean_stale_temps', 'glob_escape', 'atomic_path']
+           'fixtures_path', 'fault_point', 'pid_alive', 'clean_stale_temps', 'glob_escape', 'atomic_path', 'jsonable']
 
 # %% ../nbs/00_core.ipynb #4360d238
 TORCH_INSTALL_HINT = "pip install 'torch>=2.2'"
@@ -33,7 +34,8 @@ RUN1084_FILE = 'Run1084_recon3_postPC.npz'
 
 def repo_root() -> Path:
     "The source checkout this package was imported from (the folder holding `settings.ini`)."
-    return Path(importlib.import_module('ptycho_torch_nb').__file__).resolve().parent.parent
+    import ptycho_torch_nb
+    return Path(ptycho_torch_nb.__file__).resolve().parent.parent
 
 def data_path(name: str = RUN1084_FILE  # file name inside the data folder
              ) -> Path:
@@ -115,3 +117,16 @@ def atomic_path(final_path,  # where the file (or folder) should end up
             import shutil; shutil.rmtree(tmp, ignore_errors=True)
         else: tmp.unlink(missing_ok=True)
         raise
+
+# %% ../nbs/00_core.ipynb #7af3abda
+def jsonable(x):
+    "`x` as JSON-able data: tensors and arrays as lists (a placeholder above 4096 values), non-finite floats as None, Paths as str."
+    if isinstance(x, dict): return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return [jsonable(v) for v in x]
+    if hasattr(x, 'detach') and hasattr(x, 'cpu'): x = x.detach().cpu().numpy()  # a torch tensor
+    if isinstance(x, np.ndarray): return jsonable(x.tolist()) if x.size <= 4096 else f'<array {x.shape}>'
+    if isinstance(x, (np.floating, float)): return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, (np.integer, int, bool, np.bool_)): return x.item() if hasattr(x, 'item') else x
+    if isinstance(x, (str, type(None))): return x
+    if isinstance(x, Path): return str(x)
+    return repr(x)

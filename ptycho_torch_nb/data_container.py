@@ -7,13 +7,15 @@ from __future__ import annotations
 import logging, math
 import numpy as np
 from .core import require_torch
-from .raw_data import RawDataTorch, intensity_scale as closed_form_intensity_scale
+from typing import Optional
+from .raw_data import RawDataTorch, grouped_from_indices, intensity_scale as closed_form_intensity_scale
 
 torch = require_torch()
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['torch', 'log', 'PtychoDataContainerTorch', 'subsample', 'PtychoDataset', 'collate_batch']
+__all__ = ['torch', 'log', 'PtychoDataContainerTorch', 'subsample', 'PtychoDataset', 'collate_batch', 'scan_groups',
+           'scan_nphotons', 'grouped_container', 'inference_container']
 
 # %% ../nbs/02_data_container.ipynb #0fe20f72
 def _channel_first(a, dtype=None):
@@ -193,3 +195,63 @@ def _dataloader(self, batch_size: int = 16, shuffle: bool = True, seed: int | No
 PtychoDataContainerTorch.dataset = _dataset
 PtychoDataContainerTorch.split = _split
 PtychoDataContainerTorch.dataloader = _dataloader
+
+# %% ../nbs/02_data_container.ipynb #f5a807b1
+def _neighbours(pts, K: int, radius: float):
+    "For each position, its K nearest other positions within `radius` (a list of index arrays, nearest first)."
+    from scipy.spatial import cKDTree
+    k = min(len(pts), K + 1)
+    d, nb = cKDTree(pts).query(pts, k=k)
+    d, nb = d.reshape(len(pts), k), nb.reshape(len(pts), k)
+    return [nb[i][(d[i] <= radius) & (nb[i] != i)][:K] for i in range(len(pts))]
+
+def scan_groups(x, y,  # (M,) positions
+                C: int,  # group size (gridsize²)
+                K: int = 6,  # neighbours to choose from
+                radius: float = 32.0,  # neighbours farther than this from the seed are not used (px)
+                cover: bool = False,  # True: as few groups as cover every position (inference); False: one per position
+                seed: int = 0,  # RNG of the random choice among the K neighbours
+               ) -> np.ndarray:
+    "(G, C) int64 groups: each seed position plus C-1 of its K nearest neighbours within `radius` (the seed repeated if too few)."
+    pts = np.column_stack([x, y]).astype(np.float64)
+    M = len(pts)
+    if M < 1: raise ValueError("no positions to group")
+    if C == 1: return np.arange(M, dtype=np.int64)[:, None]
+    if K < C - 1 and not cover: raise ValueError(f"K={K} must be >= C-1={C - 1} (neighbours to complete a group)")
+    near = _neighbours(pts, max(K, 2 * C) if cover else K, radius)
+    rng = np.random.default_rng(seed)
+    groups = []
+    if cover:
+        used = np.zeros(M, bool)
+        for s in np.lexsort((pts[:, 0], pts[:, 1])):  # row by row
+            if used[s]: continue
+            cand = [int(j) for j in near[s]]
+            members = [int(s)] + ([j for j in cand if not used[j]] + [j for j in cand if used[j]])[:C - 1]
+            used[members] = True
+            groups.append(members)
+    else:
+        for s in range(M):
+            cand = near[s]
+            pick = list(rng.choice(cand, size=C - 1, replace=False)) if len(cand) >= C - 1 else list(cand)
+            groups.append([s] + [int(j) for j in pick])
+    return np.asarray([g + [g[0]] * (C - len(g)) for g in groups], np.int64)
+
+# %% ../nbs/02_data_container.ipynb #f3eb9b34
+def scan_nphotons(raw) -> float:
+    "Photons per pattern: the metadata's `nphotons`, else the mean of `Σ diff3d²` (counts = amplitude²)."
+    n = (getattr(raw, 'metadata', None) or {}).get('nphotons')
+    if n: return float(n)
+    d = np.asarray(raw.diff3d, np.float64)
+    return float(np.mean(np.sum(d * d, axis=(1, 2))))
+
+def grouped_container(raw, N: int, gridsize: int, nphotons: float, cover: bool = False, K: int = 6,
+                      radius: Optional[float] = None, seed: int = 0):
+    "Container of `scan_groups` groups (`cover=True`: the inference cover; else one training group per position)."
+    nn = scan_groups(raw.xcoords, raw.ycoords, gridsize ** 2, K, N / 2 if radius is None else radius, cover, seed)
+    c = PtychoDataContainerTorch.from_grouped(grouped_from_indices(raw, nn, N), raw.probeGuess, nphotons)
+    if c.objectGuess is None and raw.objectGuess is not None: c.objectGuess = np.asarray(raw.objectGuess)
+    return c
+
+def inference_container(raw, N: int, gridsize: int, nphotons: float, radius: Optional[float] = None):
+    "The cover: each pattern predicted (about) once."
+    return grouped_container(raw, N, gridsize, nphotons, cover=True, radius=radius)

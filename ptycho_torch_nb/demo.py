@@ -37,16 +37,18 @@ def run_demo(output_dir='demo_outputs', n_train: int = 512, n_test: int = 256, n
     t0 = time.perf_counter()
     out = Path(output_dir)
     train_raw, test_raw = W.simulate_run1084(n_train, n_test, nphotons=nphotons, seed=seed)
-    C = W._dep('config', 'TrainingConfig'), W._dep('config', 'ModelConfig')
-    config = C[0](model=C[1](N=int(train_raw.probeGuess.shape[-1]), gridsize=gridsize, object_big=gridsize > 1),
+    from ptycho_torch_nb.config import TrainingConfig, ModelConfig
+    from ptycho_torch_nb.evaluation import save_outputs
+    from ptycho_torch_nb.training import default_execution_config
+    config = TrainingConfig(model=ModelConfig(N=int(train_raw.probeGuess.shape[-1]), gridsize=gridsize, object_big=gridsize > 1),
                   n_groups=n_train // (gridsize * gridsize) if gridsize > 1 else n_train, nepochs=nepochs,
                   batch_size=batch_size, nphotons=nphotons, output_dir=out, backend='pytorch', subsample_seed=seed)
-    ec = W.default_execution_config(enable_progress_bar=not quiet, deterministic=False,
+    ec = default_execution_config(enable_progress_bar=not quiet, deterministic=False,
                                     **({} if accelerator == 'auto' else {'accelerator': accelerator}))
     if not quiet: print(f"simulated {n_train} training and {n_test} held-out patterns from Run1084; training {nepochs} epochs …")
     amp, phase, results = W.run_cdi_example_torch(train_raw, test_raw, config, M=20, do_stitching=True,
                                                   execution_config=ec, seed=seed)
-    paths = W.save_outputs(amp, phase, results, out)
+    paths = save_outputs(amp, phase, results, out)
     if results.get('bundle_path'): paths['wts.h5.zip'] = results['bundle_path']
     return {'paths': paths, 'metrics': results.get('metrics'), 'history': results['history'],
             'train_patterns_per_s': results.get('train_patterns_per_s'), 'seconds': time.perf_counter() - t0}

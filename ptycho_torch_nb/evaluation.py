@@ -7,12 +7,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 import numpy as np
-from .core import atomic_path
+import json
+from .core import atomic_path, jsonable
+from .stitching import stitch_geometry, object_region
 
 # %% auto #0
 __all__ = ['MS_SSIM_WEIGHTS', 'as_image', 'trim_border', 'fit_plane', 'fit_and_remove_plane', 'psnr_cv2', 'psnr', 'ms_ssim',
            'frc_curve', 'frc_crossing', 'eval_reconstruction', 'find_shift', 'shift_image', 'register_to_truth',
-           'align_and_score', 'plot_comparison', 'plot_loss_curves']
+           'align_and_score', 'plot_comparison', 'plot_loss_curves', 'ground_truth_on_canvas', 'covered_box',
+           'evaluate_reconstruction', 'score_scan', 'save_outputs', 'plot_ssim_curve']
 
 # %% ../nbs/03c_evaluation.ipynb #45a03f5f
 def _to_numpy(a, name):
@@ -378,4 +381,113 @@ def plot_loss_curves(history,  # {'train_loss': [...], 'val_loss': [...]} or [{'
     ax.set_xlabel(x_label); ax.set_ylabel('value'); ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3); ax.legend(fontsize=8)
     _save(fig, path)
+    return fig
+
+# %% ../nbs/03c_evaluation.ipynb #3bb6e729
+def ground_truth_on_canvas(object_guess,   # the true object, [H, W] complex
+                           positions,      # [..., 2] absolute `[x, y]` of the stitched patterns
+                           M: int = 20):   # the M used for stitching (sets the canvas size)
+    "The true object resampled (bilinear) on the stitched canvas of these positions (`stitching.object_region`)."
+    geometry = stitch_geometry(np.asarray(positions, np.float64).reshape(-1, 2), M)
+    return object_region(np.asarray(object_guess).squeeze(), geometry)
+
+def covered_box(weights,                  # [P, P] overlap weights of the stitch (`reassemble_position(..., return_weights=True)`)
+                min_fraction: float = 0.9):  # keep rows/columns covered at least this fraction of the best one
+    "`(row slice, col slice)`: the rectangle of the canvas that the patches actually cover."
+    covered = np.asarray(weights) > 0.5
+    fr, fc = covered.mean(1), covered.mean(0)
+    if not covered.any(): return slice(None), slice(None)
+    rows, cols = np.flatnonzero(fr >= min_fraction * fr.max()), np.flatnonzero(fc >= min_fraction * fc.max())
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+def evaluate_reconstruction(stitched_obj, positions, object_guess, M: int = 20, weights=None) -> tuple:
+    "`(metrics, truth, box)`: reference metrics of the stitched image vs the truth, on the rectangle the patches cover."
+    gt = ground_truth_on_canvas(object_guess, positions, M)
+    box = covered_box(weights) if weights is not None else (slice(None), slice(None))
+    metrics = eval_reconstruction(np.asarray(stitched_obj)[box], gt[box])
+    metrics['scored_box'] = [box[0].start, box[0].stop, box[1].start, box[1].stop]
+    return metrics, gt, box
+
+# %% ../nbs/03c_evaluation.ipynb #63947017
+def score_scan(stitched, weights, positions, object_guess, M: int = 48) -> dict:
+    "align_and_score on the scanned region + FRC-50 crossings (fraction of Nyquist) of amplitude and phase."
+    truth = ground_truth_on_canvas(object_guess, positions, M)
+    from scipy.ndimage import binary_erosion
+    covered = np.asarray(weights) >= 0.5
+    mask = binary_erosion(covered, structure=np.ones((7, 7), bool))  # every scored pixel's 7x7 SSIM window is covered
+    if not mask.any(): mask = covered
+    s = align_and_score(stitched, truth, mask=mask)
+    rows, cols = np.nonzero(mask)
+    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    r, t, m = s['recon_aligned'][box], s['truth'][box], mask[box]
+    phi_t = np.angle(t)
+    phi_r = phi_t + np.angle(r * np.conj(t))  # aligned phase, unwrapped around the truth
+    nyq = min(m.shape) / 2
+    def frc50(a, b):  # mean-free inside the mask, zero outside; crossing as a fraction of Nyquist
+        a, b = np.where(m, a - a[m].mean(), 0), np.where(m, b - b[m].mean(), 0)
+        return min(frc_crossing(frc_curve(a, b), 0.5) / nyq, 1.0)
+    frc_amp, frc_phi = frc50(np.abs(t), np.abs(r)), frc50(phi_t, phi_r)
+    out = {k: s[k] for k in ('ssim_amp', 'ssim_phase', 'mae_amp', 'mae_phase', 'rmse_amp', 'rmse_phase', 'amp_scale', 'n_pixels')}
+    out.update(frc50_amp=float(frc_amp), frc50_phase=float(frc_phi))
+    return out
+
+# %% ../nbs/03c_evaluation.ipynb #79a77aea
+def save_outputs(amplitude, phase, results: dict, output_dir) -> dict:
+    "Write images, loss curve, stitched object and `metrics.json` into `output_dir`; returns {name: path}."
+    from matplotlib.figure import Figure      # no pyplot: no global figure state, no GUI backend needed
+    out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    def png(name, img, cmap, title):
+        fig = Figure(figsize=(6, 6)); ax = fig.add_subplot(1, 1, 1); h = ax.imshow(np.squeeze(img), cmap=cmap)
+        ax.set_title(title); fig.colorbar(h, ax=ax, fraction=0.046); fig.tight_layout()
+        with atomic_path(out / name, suffix='.png') as tmp_png: fig.savefig(tmp_png, dpi=100, format='png')
+        paths[name] = out / name
+    if amplitude is not None and phase is not None:
+        png('reconstructed_amplitude.png', amplitude, 'gray', 'reconstructed amplitude')
+        png('reconstructed_phase.png', phase, 'viridis', 'reconstructed phase')
+    img = results.get('stitched_obj')
+    if img is None and amplitude is not None and phase is not None: img = np.asarray(amplitude) * np.exp(1j * np.asarray(phase))
+    gt = results.get('ground_truth_canvas')
+    if img is not None:
+        np.save(out / 'stitched_object.npy', np.asarray(img, np.complex64)); paths['stitched_object.npy'] = out / 'stitched_object.npy'
+        arrays = dict(object=np.asarray(img, np.complex64), amplitude=np.abs(img), phase=np.angle(img))
+        if results.get('global_offsets') is not None: arrays['positions'] = np.asarray(results['global_offsets'])
+        if gt is not None: arrays['ground_truth'] = np.asarray(gt, np.complex64)
+        np.savez_compressed(out / 'reconstruction.npz', **arrays); paths['reconstruction.npz'] = out / 'reconstruction.npz'
+        box = results.get('scored_box') or (slice(None), slice(None))
+        shown = {k: v for k, v in (results.get('metrics') or {}).items() if k in ('mae', 'ssim', 'psnr', 'frc50')}
+        plot_comparison(np.asarray(img)[box], None if gt is None else np.asarray(gt)[box],
+                                              metrics=shown or None, path=out / 'comparison.png',
+                                              title='held-out region' + (' vs ground truth' if gt is not None else ''))
+        paths['comparison.png'] = out / 'comparison.png'
+    hist = results.get('history')
+    if hist and hist.get('train_loss'):
+        plot_loss_curves({k: v for k, v in hist.items() if v}, path=out / 'loss_curve.png')
+        paths['loss_curve.png'] = out / 'loss_curve.png'
+    summary = {'backend': results.get('backend', 'pytorch'), 'metrics': results.get('metrics'),
+               'history': hist, **{k: results.get(k) for k in ('intensity_scale', 'train_seconds', 'epoch_seconds',
+                   'train_patterns_per_s', 'inference_seconds', 'inference_patterns_per_s', 'stitch_seconds') if k in results}}
+    with atomic_path(out / 'metrics.json') as tmp_json: tmp_json.write_text(json.dumps(jsonable(summary), indent=2))
+    paths['metrics.json'] = out / 'metrics.json'
+    return paths
+
+# %% ../nbs/03c_evaluation.ipynb #d824f722
+def plot_ssim_curve(curves: dict,  # {label: [{'train_s', 'ssim_amp', 'ssim_phase'}, ...]} (snapshots)
+                    reference: dict | None = None,  # {label: {"seconds", "ssim_amp", "ssim_phase"}}: figures of other engines to mark
+                    target=(0.85, 0.80),  # the issue's (amplitude, phase) target
+                   ):
+    "Amplitude and phase SSIM against training time, one line per curve, other engines marked; returns the figure."
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key, name, tgt in zip(axes, ('ssim_amp', 'ssim_phase'), ('amplitude', 'phase'), target):
+        for label, rows in curves.items():
+            ax.plot([r['train_s'] for r in rows], [r[key] for r in rows], 'o-', label=label)
+        for label, ref in (reference or {}).items():
+            if ref.get(key) is None: continue
+            if ref.get('seconds'): ax.plot([ref['seconds']], [ref[key]], 's', ms=9, label=label)
+            else: ax.axhline(ref[key], ls=':', color='grey', label=label)
+        ax.axhline(tgt, ls='--', color='k', lw=0.8, label=f'target {tgt}')
+        ax.set_xlabel('training time (s)'); ax.set_title(f'{name} SSIM (scanned region)'); ax.grid(alpha=0.3)
+    axes[0].set_ylabel('SSIM'); axes[0].set_ylim(0, 1); axes[1].legend(fontsize=8, loc='lower right')
+    fig.tight_layout()
     return fig

@@ -13,23 +13,29 @@ from torch import nn
 import torch.nn.functional as F
 import lightning as L
 from . import physics
+from .config import ModelConfig, TrainingConfig, GENERATOR_MODES, check_model_options
 
 # %% auto #0
 __all__ = ['torch', 'MODEL_DEFAULTS', 'TRAINING_DEFAULTS', 'ENCODER_WIDTHS', 'DECODER_WIDTHS', 'AMP_ACTIVATIONS',
-           'CHANNELS_LAST_MIN_SIZE', 'GENERATORS', 'SCHEDULERS', 'OPTIMIZERS', 'config_dict', 'Conv3x3', 'Encoder',
-           'Decoder', 'CNNGenerator', 'PtychoNNGenerator', 'register_generator', 'build_generator',
-           'load_keras_conv_weights', 'PtychoPINN', 'PtychoPINN_Lightning', 'simulate_groups', 'LossHistory',
-           'amplitude_correlation']
+           'CHANNELS_LAST_MIN_SIZE', 'GENERATORS', 'PATTERN_GENERATORS', 'SCHEDULERS', 'OPTIMIZERS', 'config_dict',
+           'Conv3x3', 'Encoder', 'Decoder', 'CNNGenerator', 'PtychoNNGenerator', 'register_generator',
+           'build_generator', 'PatternwiseGenerator', 'load_keras_conv_weights', 'PtychoPINN', 'cosine_factor',
+           'warmup_cosine', 'epoch_warmup_cosine', 'PtychoPINN_Lightning', 'amplitude_correlation']
 
 # %% ../nbs/03a_model.ipynb #199b136b
-MODEL_DEFAULTS = dict(N=64, gridsize=1, n_filters_scale=2, model_type='pinn', architecture='cnn',
-                      amp_activation='sigmoid', object_big=True, probe_big=True, probe_mask=False, pad_object=True,
-                      probe_scale=4.0, gaussian_smoothing_sigma=0.0)
-TRAINING_DEFAULTS = dict(nepochs=50, batch_size=16, nll_weight=1.0, mae_weight=0.0, realspace_weight=0.0,
-                         realspace_mae_weight=0.0, tv_weight=0.0, nphotons=1e9, probe_trainable=False,
-                         intensity_scale_trainable=True, optimizer='adam', momentum=0.9, weight_decay=0.0,
-                         adam_beta1=0.9, adam_beta2=0.999, scheduler='Default', lr_warmup_epochs=0, lr_min_ratio=0.1,
-                         plateau_factor=0.5, plateau_patience=2, plateau_min_lr=5e-5, plateau_threshold=0.0)
+def _field_defaults(cls, names) -> dict:
+    "The dataclass defaults of `cls` for `names` (the configs are the one source of every default)."
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return {n: fields[n].default for n in names}
+
+MODEL_DEFAULTS = _field_defaults(ModelConfig, ('N', 'gridsize', 'n_filters_scale', 'model_type', 'architecture',
+    'amp_activation', 'object_big', 'probe_big', 'probe_mask', 'pad_object', 'probe_scale', 'gaussian_smoothing_sigma'))
+TRAINING_DEFAULTS = dict(_field_defaults(TrainingConfig, ('nepochs', 'batch_size', 'nll_weight', 'mae_weight',
+    'realspace_weight', 'realspace_mae_weight', 'nphotons', 'probe_trainable', 'intensity_scale_trainable', 'optimizer',
+    'momentum', 'weight_decay', 'adam_beta1', 'adam_beta2', 'scheduler', 'lr_warmup_epochs', 'lr_min_ratio',
+    'plateau_factor', 'plateau_patience', 'plateau_min_lr', 'plateau_threshold')),
+    tv_weight=0.0)  # the total-variation weight is a model-side option with no TrainingConfig field
+
 
 def _plain(v):
     "JSON/YAML-friendly version of a config value (Paths become str, tuples lists)."
@@ -179,12 +185,17 @@ class PtychoNNGenerator(nn.Module):
                 self._decode(self.decoder_phase, z).reshape(B, C, N, N))
 
 # %% ../nbs/03a_model.ipynb #19fea59e
-GENERATORS = {}
+GENERATORS = {}  # architecture -> factory of the group generator (C patterns in, C patches out)
+PATTERN_GENERATORS = {}  # architecture -> factory of the pattern-wise generator (each pattern alone)
 
-def register_generator(name: str):
-    "Decorator registering `factory(model_config: dict) -> nn.Module` under `name`."
+def register_generator(name: str,  # the `ModelConfig.architecture` it serves
+                       mode: str = 'group',  # 'group' or 'pattern' (see `GENERATOR_MODES`)
+                      ):
+    "Decorator registering `factory(model_config: dict) -> nn.Module` under `name` for `mode`."
+    if mode not in GENERATOR_MODES: raise ValueError(f"mode={mode!r} is not one of {list(GENERATOR_MODES)}")
+    registry = GENERATORS if mode == 'group' else PATTERN_GENERATORS
     def deco(factory):
-        GENERATORS[name] = factory
+        registry[name] = factory
         return factory
     return deco
 
@@ -194,15 +205,43 @@ def _cnn_factory(cfg: dict) -> nn.Module:
                         cfg['object_big'], cfg['probe_big'], cfg['pad_object'])
 
 def build_generator(model_config,  # ModelConfig or dict
+                    generator_mode: str = 'group',  # 'group': the reference CNN; 'pattern': one pattern at a time
+                    in_channels: int = 1,  # inputs per pattern ('pattern' mode; 3 with the back-propagated first guess)
                    ) -> nn.Module:
-    "The generator for `model_config`: PtychoNN when `model_type='supervised'`, else `GENERATORS[architecture]`."
+    "The generator for `model_config`: PtychoNN when `model_type='supervised'`, else the registry of `generator_mode`."
     cfg = config_dict(model_config, MODEL_DEFAULTS)
     if cfg['model_type'] == 'supervised': return PtychoNNGenerator(cfg['N'], cfg['gridsize'], cfg['n_filters_scale'])
     if cfg['model_type'] != 'pinn': raise ValueError(f"model_type={cfg['model_type']!r} is not one of ['pinn', 'supervised']")
     arch = cfg['architecture']
+    if generator_mode == 'pattern':
+        if arch not in PATTERN_GENERATORS:
+            known = ' or '.join(f"architecture={a!r}" for a in sorted(PATTERN_GENERATORS))
+            raise ValueError(f"generator_mode='pattern' needs {known}, got {arch!r}")
+        return PATTERN_GENERATORS[arch](dict(cfg, in_channels=in_channels))
     if arch not in GENERATORS:
         raise ValueError(f"unknown architecture {arch!r}; known architectures: {sorted(GENERATORS)}")
     return GENERATORS[arch](cfg)
+
+# %% ../nbs/03a_model.ipynb #5d82ae75
+class PatternwiseGenerator(nn.Module):
+    "The reference CNN with gridsize-1 weights applied to each pattern of a group alone: [B, C, N, N] (or [B, C, k, N, N]) → (amplitude, phase) [B, C, N, N]."
+    def __init__(self, model_config,  # ModelConfig or dict (N, n_filters_scale, amp_activation, probe_big, pad_object)
+                 in_channels: int = 1,  # inputs per pattern (3 with `backprop_input`)
+                ):
+        super().__init__()
+        cfg = config_dict(model_config, MODEL_DEFAULTS)
+        self.net = CNNGenerator(cfg['N'], 1, cfg['n_filters_scale'], cfg['amp_activation'], True, cfg['probe_big'], cfg['pad_object'])
+        if in_channels != 1: self.net.encoder = Encoder(in_channels, [w * cfg['n_filters_scale'] for w in ENCODER_WIDTHS[cfg['N']]])
+        self.in_channels = in_channels
+    def forward(self, x):
+        B, C, N = x.shape[0], x.shape[1], x.shape[-1]
+        k = x.shape[2] if x.ndim == 5 else 1
+        if k != self.in_channels: raise ValueError(f"input has {k} channels per pattern, expected {self.in_channels}")
+        amp, phase = self.net(x.reshape(B * C, k, N, N))
+        return amp.reshape(B, C, N, N), phase.reshape(B, C, N, N)
+
+@register_generator('cnn', mode='pattern')
+def _cnn_pattern_factory(cfg: dict) -> nn.Module: return PatternwiseGenerator(cfg, cfg.get('in_channels', 1))
 
 # %% ../nbs/03a_model.ipynb #164dcbf6
 def load_keras_conv_weights(generator: nn.Module,  # a CNNGenerator
@@ -230,13 +269,19 @@ class PtychoPINN(nn.Module):
                  intensity_scale_trainable: bool = True,
                  merge_min_denominator: float = 1.0,  # floor of the merge denominator (0 = the reference)
                  padded_size: int | None = None,  # merge canvas size P (default N + (gridsize−1)·4 + 10)
+                 merge_weight: str = 'centre',  # 'centre' (the reference's merge), 'full' or 'probe' (`physics.weighted_merge`)
+                 generator_mode: str = 'group',  # 'group' (the reference CNN) or 'pattern' (`PatternwiseGenerator`)
+                 backprop_input: bool = False,  # 'pattern' only: the back-propagated first guess as extra input
                 ):
         super().__init__()
         cfg = config_dict(model_config, MODEL_DEFAULTS)
-        self.cfg = cfg
+        check_model_options(merge_weight, generator_mode, backprop_input)
+        if generator_mode == 'pattern' and (cfg['model_type'] == 'supervised' or not cfg['object_big']):
+            raise ValueError("generator_mode='pattern' needs model_type='pinn' with object_big=True (a merged group object)")
+        self.cfg, self.merge_weight, self.generator_mode, self.backprop_input = cfg, merge_weight, generator_mode, bool(backprop_input)
         self.N, self.gridsize, self.C = cfg['N'], cfg['gridsize'], cfg['gridsize'] ** 2
         self.supervised = cfg['model_type'] == 'supervised'
-        self.generator = build_generator(cfg)
+        self.generator = build_generator(cfg, generator_mode, 3 if backprop_input else 1)
         if probe is None: probe = physics.default_probe(self.N)
         probe = torch.as_tensor(probe)
         if tuple(probe.shape) != (self.N, self.N):
@@ -250,6 +295,36 @@ class PtychoPINN(nn.Module):
         self.P = padded_size or physics.padded_size(self.N, self.gridsize)
         self.merge_min_denominator = merge_min_denominator
 
+    def generate(self, X, probe=None, input_scale_factor=None):
+        "(amplitude, phase) [B, C', N, N] of the generator for X [B, C', N, N] (any C' with the pattern-wise generator)."
+        x_in = X * (self.intensity_scale / torch.exp(self.log_scale))  # = IntensityScaler(X·s₀)
+        if input_scale_factor is not None: x_in = x_in * input_scale_factor
+        if self.backprop_input:  # [B, C', 3, N, N]: amplitude, Re and Im of the first guess
+            est = physics.backprop_estimate(x_in, (self.probe if probe is None else probe).detach())
+            x_in = torch.stack([x_in, est.real, est.imag], 2)
+        return self.generator(x_in)
+
+    def generate_patches(self, X, probe=None, input_scale_factor=None):
+        "(amplitude, phase, complex64 patches) in float32 whatever the autocast: `generate`, then A·e^{iφ}."
+        amp, phase = self.generate(X, probe, input_scale_factor)
+        with torch.autocast(X.device.type, enabled=False):
+            amp, phase = amp.float(), phase.float()
+            return amp, phase, torch.complex(amp * torch.cos(phase), amp * torch.sin(phase))
+
+    def merge(self, patches, coords):
+        "The group's object on the [B, P, P] canvas, by `merge_weight` (patches [B, C, N, N], coords [B, C, 1, 2])."
+        if self.merge_weight == 'centre':
+            return physics.merge_patches(patches, coords, self.P, min_denominator=self.merge_min_denominator)
+        N = patches.shape[-1]
+        w = torch.ones(N, N, device=patches.device) if self.merge_weight == 'full' else self.probe.detach().abs().square()
+        return physics.weighted_merge(patches, coords, self.P, w)
+
+    def object_patches(self, patches, coords):
+        "(canvas or None, object patches [B, C, N, N]): what the forward operator illuminates."
+        if self.supervised: return None, patches
+        canvas = self.merge(patches, coords) if self.cfg['object_big'] else physics.pad_to(patches[:, 0], self.P)
+        return canvas, physics.extract_patches(canvas, coords, patches.shape[-1])
+
     def forward_details(self, X,  # [B, C, N, N] float32 normalised amplitude (not × s)
                         coords_relative,  # [B, C, 1, 2] float32 `[x, y]`
                         probe=None,  # optional normalised probe [N, N] replacing the model's
@@ -261,24 +336,11 @@ class PtychoPINN(nn.Module):
             raise ValueError(f"X has shape {tuple(X.shape)}, expected [B, {self.C}, {self.N}, {self.N}] (gridsize {self.gridsize}, N {self.N})")
         if tuple(coords_relative.shape) != (B, C, 1, 2):
             raise ValueError(f"coords_relative has shape {tuple(coords_relative.shape)}, expected {(B, C, 1, 2)}")
-        x_in = X * (self.intensity_scale / torch.exp(self.log_scale))  # = IntensityScaler(X·s₀)
-        if input_scale_factor is not None: x_in = x_in * input_scale_factor
-        amp, phase = self.generator(x_in)
+        amp, phase, patches = self.generate_patches(X, probe, input_scale_factor)
         with torch.autocast(X.device.type, enabled=False):  # physics in float32 / complex64
-            amp, phase = amp.float(), phase.float()
-            patches = torch.complex(amp * torch.cos(phase), amp * torch.sin(phase))  # [B, C', N, N] complex64
-            coords = coords_relative.float()
-            canvas = None
-            if self.supervised: obj = patches
-            elif self.cfg['object_big']:
-                canvas = physics.merge_patches(patches, coords, self.P, min_denominator=self.merge_min_denominator)
-                obj = physics.extract_patches(canvas, coords, N)  # [B, C, N, N]
-            else:
-                canvas = physics._pad_to(patches[:, 0], self.P)
-                obj = physics.extract_patches(canvas, coords, N)
+            canvas, obj = self.object_patches(patches, coords_relative.float())
             p = self.probe if probe is None else probe
-            wave = physics.illuminate(obj, p, self.probe_mask, self.cfg['gaussian_smoothing_sigma'])
-            pred_amp = physics.far_field_amplitude(wave)  # [B, C, N, N]
+            pred_amp = physics.diffraction_amplitude(obj, p, self.probe_mask, self.cfg['gaussian_smoothing_sigma'])
             pred_amp_scaled = torch.exp(self.log_scale) * pred_amp
         return dict(amp=amp, phase=phase, patches=patches, canvas=canvas, obj=obj, pred_amp=pred_amp,
                     pred_amp_scaled=pred_amp_scaled, pred_intensity=pred_amp_scaled.square())
@@ -298,11 +360,26 @@ class PtychoPINN(nn.Module):
 SCHEDULERS = ('Default', 'Exponential', 'WarmupCosine', 'ReduceLROnPlateau')
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 
-def _warmup_cosine(epoch: int, warmup: int, total: int, min_ratio: float) -> float:
-    "LR factor: linear warm-up over `warmup` epochs, then cosine from 1 to `min_ratio` at epoch `total − 1`."
+def cosine_factor(u: float,  # progress through the decay, 0..1
+                  min_ratio: float,  # factor at u = 1
+                 ) -> float:
+    "Cosine decay from 1 at u = 0 to `min_ratio` at u = 1."
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * u))
+
+def warmup_cosine(t: float,  # fraction of the run spent, 0..1 (clamped)
+                  warmup: float = 0.05,  # warm-up fraction
+                  min_ratio: float = 0.05,  # final factor
+                  floor: float = 0.0,  # smallest factor during the warm-up
+                 ) -> float:
+    "Learning-rate factor at run fraction `t`: linear warm-up (never below `floor`), then `cosine_factor` to `min_ratio`."
+    t = min(max(t, 0.0), 1.0)
+    if warmup > 0 and t < warmup: return max(t / warmup, floor)
+    return cosine_factor((t - warmup) / max(1e-9, 1 - warmup), min_ratio)
+
+def epoch_warmup_cosine(epoch: int, warmup: int, total: int, min_ratio: float) -> float:
+    "The per-epoch form (scheduler 'WarmupCosine'): warm-up over `warmup` epochs, then `cosine_factor` reaching `min_ratio` at epoch `total − 1`."
     if epoch < warmup: return (epoch + 1) / warmup
-    t = min(1.0, (epoch - warmup) / max(1, total - 1 - warmup))  # reaches min_ratio at the last epoch
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    return cosine_factor(min(1.0, (epoch - warmup) / max(1, total - 1 - warmup)), min_ratio)
 
 class PtychoPINN_Lightning(L.LightningModule):
     "LightningModule over `PtychoPINN`; plain-data hyperparameters so `load_from_checkpoint(path)` needs nothing else."
@@ -313,6 +390,9 @@ class PtychoPINN_Lightning(L.LightningModule):
                  merge_min_denominator: float = 1.0,  # 0 = the reference's merge
                  padded_size: int | None = None,
                  probe=None,  # raw probe [N, N] (kept in the state_dict, not in the hyperparameters)
+                 merge_weight: str = 'centre',  # `PtychoPINN` options (see there); saved in the hyper-parameters
+                 generator_mode: str = 'group',
+                 backprop_input: bool = False,
                 ):
         super().__init__()
         model_config = config_dict(model_config, MODEL_DEFAULTS)
@@ -323,10 +403,12 @@ class PtychoPINN_Lightning(L.LightningModule):
             raise ValueError(f"training_config.scheduler={training_config['scheduler']!r} is not one of {list(SCHEDULERS)}")
         self.save_hyperparameters(dict(model_config=model_config, training_config=training_config,
                                        intensity_scale=float(intensity_scale), learning_rate=float(learning_rate),
-                                       merge_min_denominator=float(merge_min_denominator), padded_size=padded_size))
+                                       merge_min_denominator=float(merge_min_denominator), padded_size=padded_size,
+                                       merge_weight=merge_weight, generator_mode=generator_mode, backprop_input=bool(backprop_input)))
         self.tc = training_config
         self.model = PtychoPINN(model_config, probe, intensity_scale, training_config['probe_trainable'],
-                                training_config['intensity_scale_trainable'], merge_min_denominator, padded_size)
+                                training_config['intensity_scale_trainable'], merge_min_denominator, padded_size,
+                                merge_weight, generator_mode, backprop_input)
 
     @classmethod
     def from_configs(cls, model_config,  # ModelConfig (or dict)
@@ -389,7 +471,7 @@ class PtychoPINN_Lightning(L.LightningModule):
             sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=tc['lr_min_ratio'] ** (1 / total))
         elif name == 'WarmupCosine':
             w, r = int(tc['lr_warmup_epochs']), tc['lr_min_ratio']
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: _warmup_cosine(e, w, total, r))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: epoch_warmup_cosine(e, w, total, r))
         else:
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode='min', factor=tc['plateau_factor'],
                 patience=tc['plateau_patience'], min_lr=tc['plateau_min_lr'], threshold=tc['plateau_threshold'])
@@ -403,49 +485,7 @@ class PtychoPINN_Lightning(L.LightningModule):
         except Exception: has_val = True
         return 'val_loss' if has_val else 'train_loss'
 
-# %% ../nbs/03a_model.ipynb #8c3b4708
-def simulate_groups(obj,  # complex [H, W] object
-                    probe,  # raw complex probe [N, N]
-                    n_groups: int,  # number of groups B
-                    gridsize: int = 1,
-                    nphotons: float = 1e9,
-                    spread: int = 4,  # max |offset| of a pattern from its group centre (px, gridsize > 1)
-                    probe_scale: float = 4.0,
-                    seed: int = 0,
-                    region=None,  # (x0, x1, y0, y1) object pixels where group centres may lie; default: anywhere the patches fit
-                   ) -> dict:
-    "Tiny simulated training set: {'X' [B,C,N,N], 'coords_relative' [B,C,1,2], 'Y' [B,C,N,N], 'positions' [B,C,2]}."
-    rng = np.random.default_rng(seed)
-    obj = torch.as_tensor(obj).to(torch.complex64)
-    N, C = probe.shape[-1], gridsize ** 2
-    H, W = obj.shape
-    m = N // 2 + spread + 1
-    x0, x1, y0, y1 = region if region is not None else (m, W - m, m, H - m)
-    x0, x1, y0, y1 = max(x0, m), min(x1, W - m), max(y0, m), min(y1, H - m)
-    centres = np.stack([rng.integers(x0, x1, n_groups), rng.integers(y0, y1, n_groups)], -1)  # [B, 2] (x, y)
-    offs = rng.integers(-spread, spread + 1, (n_groups, C, 2)) if C > 1 else np.zeros((n_groups, 1, 2), int)
-    pos = centres[:, None, :] + offs  # [B, C, 2]
-    Y = torch.stack([torch.stack([obj[y - N // 2:y + N // 2, x - N // 2:x + N // 2] for x, y in g]) for g in pos])
-    amp = physics.far_field_amplitude(physics.illuminate(Y, physics.normalize_probe(probe, probe_scale)))
-    counts_scale = nphotons / amp.square().sum((-2, -1)).mean()
-    counts = torch.poisson(amp.square() * counts_scale, generator=torch.Generator().manual_seed(seed))
-    X = counts.sqrt()
-    X = X * ((N / 2) ** 2 / X.square().sum((-2, -1)).mean()).sqrt()
-    rel = -(pos - pos.mean(1, keepdims=True))
-    return dict(X=X.float(), coords_relative=torch.from_numpy(rel).float()[:, :, None, :], Y=Y, positions=pos)
-
 # %% ../nbs/03a_model.ipynb #458c66bf
-class _DictDataset(torch.utils.data.Dataset):
-    def __init__(self, d: dict, keys=('X', 'coords_relative', 'Y')): self.d, self.keys = d, keys
-    def __len__(self): return len(self.d['X'])
-    def __getitem__(self, i): return {k: self.d[k][i] for k in self.keys}
-
-class LossHistory(L.Callback):
-    "Collects the epoch-level logged metrics in `history[name] = [...]`."
-    def __init__(self): self.history = {}
-    def on_train_epoch_end(self, trainer, pl_module):
-        for k, v in trainer.callback_metrics.items(): self.history.setdefault(k, []).append(float(v))
-
 def amplitude_correlation(obj, Y, N: int) -> float:
     "Pearson correlation of |obj| and |Y| over the central N/2 square of every patch."
     c = physics.centre_mask(N).bool()

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['torch', 'translate', 'probe_disk_mask', 'default_probe', 'normalize_probe', 'smooth_complex', 'illuminate',
-           'far_field_amplitude', 'padded_size', 'centre_mask', 'crop_centre', 'merge_patches', 'extract_patches',
-           'intensity_scale_closed_form', 'scale_input', 'unscale_output', 'poisson_nll', 'mae_loss', 'total_variation',
-           'realspace_loss', 'combined_loss']
+           'far_field_amplitude', 'diffraction_amplitude', 'backprop_estimate', 'padded_size', 'centre_mask', 'pad_to',
+           'crop_centre', 'merge_patches', 'extract_patches', 'weighted_merge', 'intensity_scale_closed_form',
+           'scale_input', 'unscale_output', 'poisson_nll', 'mae_loss', 'total_variation', 'realspace_loss',
+           'combined_loss']
 
 # %% ../nbs/03_physics.ipynb #1365d52e
 def _shift_axis(x,  # [n, c, H, W]
@@ -119,6 +120,27 @@ def far_field_amplitude(wave,  # [..., N, N] complex exit waves
     "Centred far-field amplitude `fftshift(|FFT2_ortho(ψ)|)` (= |fft2|/N), float [..., N, N]."
     return torch.fft.fftshift(torch.fft.fft2(wave, norm='ortho').abs(), dim=(-2, -1))
 
+# %% ../nbs/03_physics.ipynb #39cb8b18
+def diffraction_amplitude(obj,  # [..., N, N] complex object patches
+                          probe,  # [N, N] complex probe (normalised for the model, raw for a simulation)
+                          probe_mask=None,  # optional [N, N] real mask (see `illuminate`)
+                          smoothing_sigma: float = 0.0,  # `gaussian_smoothing_sigma`; 0 disables
+                         ):
+    "The forward operator: centred far-field amplitude |F(P·O)| of the illuminated patches, float [..., N, N]."
+    return far_field_amplitude(illuminate(obj, probe, probe_mask, smoothing_sigma))
+
+# %% ../nbs/03_physics.ipynb #1bc3fd9c
+def backprop_estimate(x,  # [..., N, N] measured amplitude, normalised like the model's input (centred far field)
+                      probe,  # complex [N, N] normalised probe
+                      rel_eps: float = 0.01,  # regulariser of the division by |P|², relative to max |P|²
+                     ):
+    "Object estimate from one pattern: the amplitude with the probe's far-field phase, propagated back, ÷ probe."
+    P = probe.to(torch.complex64)
+    phase = torch.exp(1j * torch.fft.fftshift(torch.fft.fft2(P, norm='ortho')).angle())
+    wave = torch.fft.ifft2(torch.fft.ifftshift(x.to(torch.float32) * phase, dim=(-2, -1)), norm='ortho')
+    I = P.abs().square()
+    return wave * P.conj() / (I + rel_eps * I.max())
+
 # %% ../nbs/03_physics.ipynb #60f0358a
 def padded_size(N: int,  # patch size
                 gridsize: int,  # groups are gridsize × gridsize patterns
@@ -134,7 +156,7 @@ def centre_mask(N: int, dtype=torch.float32, device=None):
     m[N // 4: N // 4 + N // 2, N // 4: N // 4 + N // 2] = 1
     return m
 
-def _pad_to(x, P):
+def pad_to(x, P):
     "Zero-pad the last two dims of `x` symmetrically from N to P."
     N = x.shape[-1]; a = (P - N) // 2
     return F.pad(x, (a, P - N - a, a, P - N - a))
@@ -154,8 +176,8 @@ def merge_patches(patches,  # [B, C, N, N] complex object patches, channel order
     "Merge the C patches of each group onto a [B, P, P] canvas (shift-and-add, normalised by centre-mask counts)."
     B, C, N, _ = patches.shape
     shifts = -coords_relative.reshape(B, C, 2).to(patches.real.dtype)  # content of patch c moves to pos_c - mean
-    padded = _pad_to(patches, P)  # [B, C, P, P]
-    mask = _pad_to(centre_mask(N, patches.real.dtype, patches.device), P).expand(B, C, P, P)
+    padded = pad_to(patches, P)  # [B, C, P, P]
+    mask = pad_to(centre_mask(N, patches.real.dtype, patches.device), P).expand(B, C, P, P)
     if C == 1 and not bool(torch.any(shifts != 0)):
         num, count = padded[:, 0], mask[:, 0]  # one pattern at the group centre: no translation needed
     else:
@@ -177,6 +199,23 @@ def extract_patches(canvas,  # [B, P, P] complex canvas
     if C == 1 and not bool(torch.any(shifts != 0)): return crop_centre(canvas, N)[:, None]
     # crop a margin first (translations never bring in content from beyond it), then translate the smaller tile
     return crop_centre(translate(canvas[:, None].expand(B, C, P, P), shifts), N)
+
+# %% ../nbs/03_physics.ipynb #64acc751
+def weighted_merge(patches,  # [B, C, N, N] complex object patches
+                   coords_relative,  # [B, C, 1, 2] `[x, y]`
+                   P: int,  # canvas size
+                   weight,  # [N, N] real weight of each patch pixel (ones: plain average)
+                   rel_eps: float = 1e-3,  # regulariser of the denominator, relative to max(weight)
+                  ):
+    "Weighted average of the group's patches on a [B, P, P] canvas: Σ T(w·O_c) / (Σ T(w) + ε)."
+    B, C, N, _ = patches.shape
+    shifts = -coords_relative.reshape(B, C, 2).to(patches.real.dtype)  # content of patch c moves to pos_c - mean
+    a = (P - N) // 2
+    pad = lambda x: F.pad(x, (a, P - N - a, a, P - N - a))
+    w = weight.to(patches.real.dtype)
+    num = translate(pad(patches * w), shifts).sum(1)  # [B, P, P] complex
+    den = translate(pad(w).expand(B, C, P, P), shifts).sum(1)  # [B, P, P]
+    return num / (den + rel_eps * w.max())
 
 # %% ../nbs/03_physics.ipynb #8cc0fb96
 def intensity_scale_closed_form(nphotons: float,  # mean photons per pattern

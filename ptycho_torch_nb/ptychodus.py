@@ -270,7 +270,7 @@ def train_model(input_path,                                  # training NPZ file
     config = _training_config(settings, train, out)
     ec = PyTorchExecutionConfig(accelerator=settings.accelerator, logger_backend=None, enable_progress_bar=False)
     validate_run(config, ec, where='ReconstructorSettings', seed=settings.seed, M=settings.stitch_crop)  # before any write
-    from ptycho_torch_nb.workflow import prepare_output_dir
+    from ptycho_torch_nb.training import prepare_output_dir
     prepare_output_dir(out, overwrite=True)   # ptychodus' Train names this folder: its previous run is replaced, never mixed
     out.mkdir(parents=True, exist_ok=True)
     _, _, results = run_cdi_example_with_backend(train, test, config, torch_execution_config=ec)

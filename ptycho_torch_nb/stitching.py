@@ -12,7 +12,7 @@ torch = require_torch()
 
 # %% auto #0
 __all__ = ['torch', 'flatten_patches', 'absolute_positions', 'StitchGeometry', 'stitch_geometry', 'reassemble_position',
-           'amplitude_phase', 'object_region']
+           'amplitude_phase', 'object_region', 'patch_positions', 'stitch_patches', 'phase_synchronize', 'stitch_scan']
 
 # %% ../nbs/03b_stitching.ipynb #6949f6fc
 def _as_tensor(a, dtype=None):
@@ -196,3 +196,99 @@ def object_region(obj,  # [H, W] object (complex or real) in the frame the posit
     else: out = sample(obj.astype(np.float64))
     out[np.isnan(out)] = fill
     return out.astype(np.complex64 if np.iscomplexobj(obj) else np.float32)
+
+# %% ../nbs/03b_stitching.ipynb #143469fb
+def patch_positions(container) -> np.ndarray:
+    "Absolute `[x, y]` of every pattern, `[B, C, 1, 2]` float64: `global_offsets[b, 0] − coords_relative[b, c]`."
+    go = np.asarray(torch.as_tensor(container.global_offsets).cpu(), np.float64)      # [B,1,1,2]
+    cr = np.asarray(torch.as_tensor(container.coords_relative).cpu(), np.float64)     # [B,C,1,2]
+    return go[:, :1] - cr
+
+def stitch_patches(obj_patches, positions, M: int = 20, flip_x=False, flip_y=False, transpose=False,
+                   return_weights: bool = False):
+    "Stitch `[B, C, N, N]` patches at `[B, C, 1, 2]` positions into one 2-D complex image (and its overlap weights)."
+    p = np.asarray(obj_patches); N = p.shape[-1]
+    p = p.reshape(-1, N, N)
+    if transpose: p = np.swapaxes(p, -1, -2)
+    pos = np.asarray(positions, np.float64).reshape(-1, 1, 1, 2).copy()
+    if flip_x: pos[..., 0] *= -1
+    if flip_y: pos[..., 1] *= -1
+    img, w = reassemble_position(p, pos, M=M, return_weights=True)
+    img, w = (np.asarray(a.cpu() if torch.is_tensor(a) else a).squeeze() for a in (img, w))
+    return (img, w) if return_weights else img
+
+# %% ../nbs/03b_stitching.ipynb #69f31097
+def _pair_phases(crops, pos, M: int):
+    "Relative phases θ_ij = arg Σ p_i conj(p_j) and overlap weights of overlapping crops [n, M, M] at positions [n, 2]."
+    from scipy.spatial import cKDTree
+    pairs = np.array(sorted(cKDTree(pos).query_pairs(M - 4)), np.int64).reshape(-1, 2)
+    theta, w = np.zeros(len(pairs)), np.zeros(len(pairs))
+    d = np.rint(pos[pairs[:, 1]] - pos[pairs[:, 0]]).astype(np.int64) if len(pairs) else np.zeros((0, 2), np.int64)
+    for k, ((i, j), (dx, dy)) in enumerate(zip(pairs, d)):
+        # pixel (r, c) of crop i shows the object point of pixel (r - dy, c - dx) of crop j (shift rounded to a pixel)
+        ri, rj = slice(max(dy, 0), M + min(dy, 0)), slice(max(-dy, 0), M - max(dy, 0))
+        ci, cj = slice(max(dx, 0), M + min(dx, 0)), slice(max(-dx, 0), M - max(dx, 0))
+        z = np.vdot(crops[j][rj, cj], crops[i][ri, ci])  # Σ p_i conj(p_j)
+        theta[k], w[k] = np.angle(z), np.abs(z)
+    return pairs, theta, w
+
+def phase_synchronize(obj_patches,  # [B, C, N, N] or [n, N, N] complex patches
+                      positions,  # matching absolute [x, y] positions ([B, C, 1, 2] or [n, 2])
+                      M: int = 48,  # stitching crop (the refinement aligns these central squares)
+                      sync_size: int = 56,  # central square compared between pairs (larger than M: links sparse regions)
+                      refine: int = 3,  # rounds of aligning each patch to the stitched image
+                     ) -> np.ndarray:
+    "The patches with one constant phase each changed so that overlapping patches agree (same shape as the input)."
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import minimum_spanning_tree, breadth_first_order, connected_components
+    p = np.array(obj_patches, np.complex64)
+    shape, N = p.shape, p.shape[-1]
+    p = p.reshape(-1, N, N)
+    pos = np.asarray(positions, np.float64).reshape(-1, 2)
+    if len(pos) != len(p): raise ValueError(f"{len(p)} patches but {len(pos)} positions")
+    S = min(int(sync_size), N); ls = N // 2 - S // 2
+    pairs, theta, w = _pair_phases(p[:, ls:ls + S, ls:ls + S], pos, S)
+    lo = N // 2 - M // 2
+    n = len(p)
+    phi = np.zeros(n)
+    if len(pairs):
+        # maximum-overlap spanning tree (minimum of -w), then propagate phases from each component's root
+        G = coo_matrix((-(w + 1e-12), (pairs[:, 0], pairs[:, 1])), shape=(n, n)).tocsr()
+        T = minimum_spanning_tree(G)
+        T = (T + T.T).tocsr()
+        rel = {(a, b): t for (a, b), t in zip(map(tuple, pairs), theta)}
+        ncomp, labels = connected_components(T, directed=False)
+        for comp in range(ncomp):
+            root = int(np.flatnonzero(labels == comp)[0])
+            order, pred = breadth_first_order(T, root, directed=False)
+            for v in order[1:]:
+                u = pred[v]
+                # θ_uv = arg Σ p_u conj(p_v): multiplying p_v by e^{i(φ_u + θ_uv)} aligns it with (aligned) p_u
+                phi[v] = phi[u] + (rel[(u, v)] if (u, v) in rel else -rel[(v, u)])
+    p = p * np.exp(1j * phi)[:, None, None].astype(np.complex64)
+    if refine:
+        from scipy.ndimage import map_coordinates
+        geo = stitch_geometry(pos, M)
+        adj = pos - np.asarray(geo.mean_xy)
+        g = np.arange(M, dtype=np.float64)
+        rows = (geo.pad + adj[:, 1, None, None] + g[None, :, None] + 0 * g[None, None, :]).ravel()
+        cols = (geo.pad + adj[:, 0, None, None] + g[None, None, :] + 0 * g[None, :, None]).ravel()
+        for _ in range(refine):
+            canvas = np.asarray(reassemble_position(p, pos, M))
+            samp = (map_coordinates(canvas.real, [rows, cols], order=1) + 1j * map_coordinates(canvas.imag, [rows, cols], order=1))
+            z = np.sum(samp.reshape(n, M, M) * np.conj(p[:, lo:lo + M, lo:lo + M]), axis=(1, 2))
+            p = p * np.exp(1j * np.angle(z))[:, None, None].astype(np.complex64)
+    return p.reshape(shape)
+
+# %% ../nbs/03b_stitching.ipynb #a15ac25e
+def stitch_scan(obj_patches,  # [B, C, N, N] complex predicted patches ([B, 1, N, N]: one view per group, at its first position)
+                container,  # the container they were predicted from
+                M: int = 48,  # central square kept from each patch
+                sync_phase: bool = True,  # `phase_synchronize` the patches first
+               ):
+    "(stitched complex64 [P, P], weights [P, P], positions [B, C, 1, 2]) via `stitching.reassemble_position`."
+    pos = patch_positions(container)
+    if np.shape(obj_patches)[1] == 1: pos = pos[:, :1]  # `predict_scan`'s views: each group seen from its seed
+    if sync_phase: obj_patches = phase_synchronize(obj_patches, pos, M)
+    img, w = reassemble_position(np.asarray(obj_patches), pos, M=M, return_weights=True)
+    return np.asarray(img), np.asarray(w), pos

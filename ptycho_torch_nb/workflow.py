@@ -4,50 +4,33 @@
 
 # %% ../nbs/05_workflow.ipynb #1f443b47
 from __future__ import annotations
-import dataclasses, importlib, inspect, json, math, os, time, warnings
+import dataclasses, json, math, os, time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 import numpy as np
-from .core import require_torch, in_test, atomic_path
+from .core import require_torch, in_test
 torch = require_torch()
+import lightning as L
+from . import params
+from .config import update_legacy_dict, validate_run
+from .raw_data import RawDataTorch
+from .data_container import PtychoDataContainerTorch
+from .simulation import make_run1084_datasets
+from .model import PtychoPINN_Lightning
+from .stitching import patch_positions, stitch_patches
+from .evaluation import evaluate_reconstruction
+from .training import (default_execution_config, build_trainer, ContainerDataModule, LossHistory,
+                                      predict_object_patches, prepare_output_dir, resume_checkpoint)
+from .persistence import save_torch_bundle
 
 # %% auto #0
-__all__ = ['torch', 'RUN_ARTIFACTS', 'default_execution_config', 'load_raw', 'as_container', 'ContainerDataset',
-           'make_dataloader', 'ContainerDataModule', 'simulate_run1084', 'build_model', 'LossHistory', 'build_trainer',
-           'prepare_output_dir', 'train_cdi_model_torch', 'predict_object_patches', 'patch_positions', 'stitch_patches',
-           'reassemble_cdi_image_torch', 'ground_truth_on_canvas', 'covered_box', 'evaluate_reconstruction',
-           'save_outputs', 'save_model_bundle', 'run_cdi_example_torch', 'reconstruct_scan']
+__all__ = ['torch', 'load_raw', 'as_container', 'simulate_run1084', 'build_model', 'train_cdi_model_torch',
+           'reassemble_cdi_image_torch', 'save_model_bundle', 'run_cdi_example_torch']
 
 # %% ../nbs/05_workflow.ipynb #8370221d
-def _dep(module: str,  # sibling module name, e.g. 'stitching'
-         name: str,    # attribute wanted from it
-         *alt_modules: str  # other modules that may hold the same name
-        ):
-    "`ptycho_torch_nb.<module>.<name>` (or the first of `alt_modules` that has it), imported on first use."
-    for mod in (module,) + alt_modules:
-        m = importlib.import_module(f'ptycho_torch_nb.{mod}')
-        if hasattr(m, name): return getattr(m, name)
-    raise ImportError(f"ptycho_torch_nb.{module} has no {name!r}")
-
-def _params_cfg() -> dict:
-    "The legacy `params.cfg` dictionary."
-    return importlib.import_module('ptycho_torch_nb.params').cfg
-
 def _update_legacy(config) -> None:
     "CONFIG-001: write `config` into `params.cfg` before any grouping or model construction."
-    _dep('config', 'update_legacy_dict', 'config_bridge', 'params')(_params_cfg(), config)
-
-# %% ../nbs/05_workflow.ipynb #a15fbd25
-def default_execution_config(**overrides):
-    "A `PyTorchExecutionConfig` with `overrides`; on CPU-only machines accelerator 'cpu' without the POLICY-001 warning."
-    cls = _dep('config', 'PyTorchExecutionConfig')
-    if 'accelerator' not in overrides and not torch.cuda.is_available(): overrides['accelerator'] = 'cpu'
-    return cls(**overrides)
-
-def _ec(ec, name, default=None):
-    "Field `name` of an execution config, or `default` when that config version lacks it (a stand-in or older execution config)."
-    v = getattr(ec, name, default)
-    return default if v is None and default is not None else v
+    update_legacy_dict(params.cfg, config)
 
 # %% ../nbs/05_workflow.ipynb #43890ae1
 def _is_container(obj) -> bool:
@@ -57,7 +40,7 @@ def load_raw(path, role: str = 'data'):
     "Read an NPZ scan file into a `RawDataTorch`; `FileNotFoundError` naming `path` when it is missing."
     p = Path(path)
     if not p.is_file(): raise FileNotFoundError(f"{role} file not found: {p}")
-    return _dep('raw_data', 'RawDataTorch').from_file(p)
+    return RawDataTorch.from_file(p)
 
 def as_container(data,          # NPZ path, RawDataTorch or PtychoDataContainerTorch (None passes through)
                  config,        # TrainingConfig / InferenceConfig (N, gridsize, n_groups, nphotons …)
@@ -70,60 +53,10 @@ def as_container(data,          # NPZ path, RawDataTorch or PtychoDataContainerT
         raise TypeError(f"{role} data must be an NPZ path, a RawDataTorch or a PtychoDataContainerTorch, got {type(data).__name__}")
     if role == 'test' and hasattr(config, 'n_groups'):
         config = dataclasses.replace(config, n_groups=len(data.diff3d))
-    container = _dep('data_container', 'PtychoDataContainerTorch').from_raw_data(data, config)
+    container = PtychoDataContainerTorch.from_raw_data(data, config)
     if getattr(container, 'objectGuess', None) is None and getattr(data, 'objectGuess', None) is not None:
         container.objectGuess = np.asarray(data.objectGuess)   # keep the truth for evaluation
     return container
-
-# %% ../nbs/05_workflow.ipynb #870fd40c
-class ContainerDataset(torch.utils.data.Dataset):
-    "Training batches `{'X', 'coords_relative'[, 'Y']}` indexed straight from a container's tensors."
-    def __init__(self, container,             # PtychoDataContainerTorch (X [B,C,N,N], coords_relative [B,C,1,2], Y or None)
-                 with_truth: bool = True):    # include 'Y' when the container has it
-        self.tensors = {'X': torch.as_tensor(container.X, dtype=torch.float32),
-                        'coords_relative': torch.as_tensor(container.coords_relative, dtype=torch.float32)}
-        Y = getattr(container, 'Y', None)
-        if with_truth and Y is not None: self.tensors['Y'] = torch.as_tensor(Y)
-    def __len__(self): return len(self.tensors['X'])
-    def __getitem__(self, i): return {k: v[i] for k, v in self.tensors.items()}
-    def __getitems__(self, indices): 
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return {k: v[idx] for k, v in self.tensors.items()}
-
-def _keep_batch(batch): return batch   # the dataset already returns a collated batch
-
-def make_dataloader(container, batch_size: int, shuffle: bool = True, execution_config=None, drop_last: bool = False,
-                    sampler=None):
-    "A `DataLoader` over `ContainerDataset(container)` with the worker/pin-memory knobs of `execution_config`."
-    ec = execution_config
-    nw = int(_ec(ec, 'num_workers', 0) or 0)
-    kw = dict(num_workers=nw, pin_memory=bool(_ec(ec, 'pin_memory', False)))
-    if nw > 0:
-        kw['persistent_workers'] = bool(_ec(ec, 'persistent_workers', False))
-        if _ec(ec, 'prefetch_factor') is not None: kw['prefetch_factor'] = _ec(ec, 'prefetch_factor')
-    return torch.utils.data.DataLoader(ContainerDataset(container), batch_size=batch_size,
-                                       shuffle=shuffle if sampler is None else None, sampler=sampler,
-                                       drop_last=drop_last, collate_fn=_keep_batch, **kw)
-
-# %% ../nbs/05_workflow.ipynb #6a4282d0
-import lightning as L
-
-class ContainerDataModule(L.LightningDataModule):
-    "Training/validation loaders over containers, sharded by a `DistributedSampler` when world size > 1."
-    def __init__(self, train_container, val_container=None, batch_size: int = 16, shuffle: bool = True,
-                 execution_config=None, seed: int = 42):
-        super().__init__()
-        self.train_c, self.val_c, self.batch_size, self.shuffle, self.ec, self.seed = (
-            train_container, val_container, batch_size, shuffle, execution_config, seed)
-    def _loader(self, container, shuffle):
-        t = self.trainer
-        sampler = None
-        if t is not None and t.world_size > 1:
-            sampler = torch.utils.data.DistributedSampler(range(len(container.X)), num_replicas=t.world_size,
-                                                          rank=t.global_rank, shuffle=shuffle, seed=self.seed)
-        return make_dataloader(container, self.batch_size, shuffle, self.ec, sampler=sampler)
-    def train_dataloader(self): return self._loader(self.train_c, self.shuffle)
-    def val_dataloader(self): return self._loader(self.val_c, False) if self.val_c is not None else []
 
 # %% ../nbs/05_workflow.ipynb #b7010c86
 def simulate_run1084(n_train: int = 512,   # training patterns
@@ -131,149 +64,26 @@ def simulate_run1084(n_train: int = 512,   # training patterns
                      nphotons: float = 1e9,
                      seed: int = 42):
     "`(train_raw, test_raw)` RawDataTorch scans simulated from the bundled Run1084 object/probe (simulation module)."
-    return _dep('simulation', 'make_run1084_datasets')(n_train, n_test, nphotons=nphotons, seed=seed)
+    return make_run1084_datasets(n_train, n_test, nphotons=nphotons, seed=seed)
 
 # %% ../nbs/05_workflow.ipynb #9a060994
 def _training_config_for_model(config, execution_config):
     "The TrainingConfig the model sees: the execution config's scheduler wins over a 'Default' one."
-    sched = _ec(execution_config, 'scheduler')
-    if sched and sched != 'Default' and getattr(config, 'scheduler', 'Default') == 'Default' and dataclasses.is_dataclass(config):
-        try: return dataclasses.replace(config, scheduler=sched)
-        except (TypeError, ValueError): pass
+    sched = execution_config.scheduler
+    if sched and sched != 'Default' and config.scheduler == 'Default': return dataclasses.replace(config, scheduler=sched)
     return config
 
-def build_model(config, train_container, execution_config=None):
+def build_model(config,  # TrainingConfig
+                train_container,  # its probe and intensity scale start the model
+                execution_config=None,  # PyTorchExecutionConfig: learning rate and scheduler
+               ) -> PtychoPINN_Lightning:
     "A fresh `PtychoPINN_Lightning` for `config`, initialised with the container's probe and intensity scale."
-    cls = _dep('model', 'PtychoPINN_Lightning')
-    probe, s = torch.as_tensor(train_container.probe), float(train_container.intensity_scale)
-    if hasattr(cls, 'from_configs'):
-        return cls.from_configs(config.model, _training_config_for_model(config, execution_config), probe=probe,
-                                intensity_scale=s, execution_config=execution_config)
-    return cls(config, probe, s, learning_rate=_ec(execution_config, 'learning_rate', 1e-3),
-               scheduler=_ec(execution_config, 'scheduler', 'Default'))
-
-def _loss_names(model):
-    return getattr(model, 'train_loss_name', 'train_loss'), getattr(model, 'val_loss_name', 'val_loss')
-
-# %% ../nbs/05_workflow.ipynb #32beed57
-class LossHistory(L.Callback):
-    "Per-epoch train/val loss, epoch seconds and training patterns/s; saved in and restored from checkpoints."
-    def __init__(self, train_name: str = 'train_loss', val_name: str = 'val_loss', n_train: int = 0):
-        self.train_name, self.val_name, self.n_train = train_name, val_name, n_train
-        self.history = {'train_loss': [], 'val_loss': [], 'epoch_seconds': [], 'patterns_per_s': []}
-        self._t0 = None
-    def _value(self, trainer, name):
-        v = trainer.callback_metrics.get(name)
-        if v is None: return None
-        v = torch.as_tensor(v, dtype=torch.float64).detach().cpu()
-        if trainer.world_size > 1: v = trainer.strategy.reduce(v.to(trainer.strategy.root_device), reduce_op='mean').cpu()
-        return float(v)
-    def on_train_epoch_start(self, trainer, pl_module): self._t0 = time.perf_counter()
-    def on_validation_epoch_start(self, trainer, pl_module):
-        if self._t0 is not None and not trainer.sanity_checking: self._t_val = time.perf_counter()
-    def on_train_epoch_end(self, trainer, pl_module):
-        dt = time.perf_counter() - self._t0
-        v = self._value(trainer, self.train_name)
-        if v is not None: self.history['train_loss'].append(v)
-        self.history['epoch_seconds'].append(dt)
-        t_train = getattr(self, '_t_val', None)
-        t_train = (t_train - self._t0) if t_train is not None and t_train > self._t0 else dt
-        self.history['patterns_per_s'].append(self.n_train / max(t_train, 1e-9))
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking: return
-        v = self._value(trainer, self.val_name)
-        if v is not None: self.history['val_loss'].append(v)
-    def state_dict(self): return {'history': self.history}
-    def load_state_dict(self, state): self.history = {k: list(v) for k, v in state['history'].items()}
-
-# %% ../nbs/05_workflow.ipynb #80ac12b8
-def _logger(backend, output_dir: Path):
-    backend = (backend or 'none').lower() if isinstance(backend, str) or backend is None else backend
-    if backend in ('none', False): return False
-    from lightning.pytorch import loggers
-    if backend == 'csv':
-        return loggers.CSVLogger(str(output_dir), name='lightning_logs')   # a resumed run logs into a new version
-    if backend == 'tensorboard':
-        if importlib.util.find_spec('tensorboard') is None and importlib.util.find_spec('tensorboardX') is None:
-            raise ImportError("logger 'tensorboard' needs the tensorboard package: pip install tensorboard (or use --logger csv)")
-        return loggers.TensorBoardLogger(str(output_dir), name='lightning_logs')
-    if backend == 'mlflow':
-        if importlib.util.find_spec('mlflow') is None:
-            raise ImportError("logger 'mlflow' needs the mlflow package: pip install mlflow (or use --logger csv)")
-        return loggers.MLFlowLogger(experiment_name='ptycho_torch_nb', save_dir=str(output_dir / 'mlruns'))
-    raise ValueError(f"logger_backend must be one of 'csv', 'tensorboard', 'mlflow', 'none'; got {backend!r}")
-
-def build_trainer(execution_config,            # PyTorchExecutionConfig
-                  output_dir,                  # checkpoints/ and lightning_logs/ go here
-                  max_epochs: int,             # TrainingConfig.nepochs
-                  monitor: str = 'val_loss',   # the model's metric name for `checkpoint_monitor_metric`
-                  has_validation: bool = True, # EarlyStopping only with a validation set
-                  extra_callbacks=(),          # e.g. a LossHistory
-                  gradient_clip_val=None,      # fallback when the execution config has none
-                  **trainer_kwargs):           # passed to `lightning.Trainer` last (tests: limit_train_batches …)
-    "A `lightning.Trainer` configured from the execution config (see the table above)."
-    from lightning.pytorch.callbacks import ModelCheckpoint, EarlyStopping
-    ec, out = execution_config, Path(output_dir)
-    callbacks = list(extra_callbacks) + list(trainer_kwargs.pop('callbacks', None) or [])
-    ckpt_on = bool(_ec(ec, 'enable_checkpointing', True))
-    mode = _ec(ec, 'checkpoint_mode', 'min')
-    if ckpt_on:
-        callbacks.append(ModelCheckpoint(dirpath=str(out / 'checkpoints'), monitor=monitor, mode=mode,
-                                         save_top_k=int(_ec(ec, 'checkpoint_save_top_k', 1)), save_last=True))
-    if has_validation and _ec(ec, 'early_stop_patience') is not None:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=int(_ec(ec, 'early_stop_patience'))))
-    clip = _ec(ec, 'gradient_clip_val') if _ec(ec, 'gradient_clip_val') is not None else gradient_clip_val
-    kw = dict(max_epochs=max_epochs, accelerator=_ec(ec, 'accelerator', 'cpu'), devices=_ec(ec, 'devices', 1),
-              strategy=_ec(ec, 'strategy', 'auto'), num_nodes=ec.num_nodes,
-              deterministic=_ec(ec, 'deterministic', False), precision=_ec(ec, 'precision', '32-true'),
-              gradient_clip_val=clip, gradient_clip_algorithm=_ec(ec, 'gradient_clip_algorithm', 'norm') if clip else None,
-              accumulate_grad_batches=int(_ec(ec, 'accum_steps', 1)), enable_checkpointing=ckpt_on,
-              enable_progress_bar=bool(_ec(ec, 'enable_progress_bar', False)), enable_model_summary=False,
-              logger=_logger(_ec(ec, 'logger_backend', 'csv'), out), callbacks=callbacks,
-              default_root_dir=str(out), num_sanity_val_steps=0, log_every_n_steps=1)
-    kw.update(trainer_kwargs)
-    return L.Trainer(**kw)
+    ec = execution_config if execution_config is not None else default_execution_config()
+    return PtychoPINN_Lightning.from_configs(config.model, _training_config_for_model(config, ec),
+                                             probe=torch.as_tensor(train_container.probe),
+                                             intensity_scale=float(train_container.intensity_scale), execution_config=ec)
 
 # %% ../nbs/05_workflow.ipynb #a58a8e0d
-from .config import validate_run
-
-RUN_ARTIFACTS = ('wts.h5.zip', 'checkpoints', 'lightning_logs', 'mlruns', 'metrics.json', 'reconstruction.npz',
-                 'stitched_object.npy', 'reconstructed_amplitude.png', 'reconstructed_phase.png', 'comparison.png',
-                 'loss_curve.png')   # what a run writes into its output folder (nothing else is ever removed)
-
-def prepare_output_dir(output_dir,  # the run's output folder
-                       overwrite: bool = False,  # remove a previous run's artifacts (only `RUN_ARTIFACTS`) first
-                       resume=None  # a resumed run continues in its own folder
-                      ) -> Path:
-    "Refuse a folder that holds a previous run, so two runs never mix (`FileExistsError` naming it and the fix)."
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{out}: output folder exists and is not a folder")
-    found = [n for n in RUN_ARTIFACTS if (out / n).exists()]
-    if not found or resume not in (None, False): return out
-    if not overwrite:
-        raise FileExistsError(f"{out}: holds a previous run ({', '.join(found)}); pass --overwrite (overwrite=True) "
-                              "to replace it, or choose a new output folder")
-    import shutil
-    for n in found:
-        shutil.rmtree(out / n) if (out / n).is_dir() else (out / n).unlink()
-    return out
-
-def _resolve_resume(resume, output_dir: Path, config=None):
-    "The checkpoint to resume: this run's own (`output_dir/checkpoints/`), trained with this run's architecture."
-    if resume in (None, False): return None
-    own = output_dir / 'checkpoints'
-    p = own / 'last.ckpt' if resume in (True, 'last') else Path(resume)
-    if not p.is_file(): raise FileNotFoundError(f"checkpoint to resume from not found: {p}")
-    if own.resolve() not in p.resolve().parents:
-        raise ValueError(f"{p}: --resume takes a checkpoint of this run ({own}/); another run's checkpoint would mix two runs")
-    try: mc = (torch.load(p, map_location='cpu', weights_only=True).get('hyper_parameters') or {}).get('model_config') or {}
-    except Exception: mc = {}   # not a plain checkpoint: Lightning reports it when it loads
-    for k in ('N', 'gridsize', 'n_filters_scale', 'architecture'):
-        mine = getattr(getattr(config, 'model', None), k, None)
-        if k in mc and mine is not None and mc[k] != mine:
-            raise ValueError(f"{p}: checkpoint was trained with {k}={mc[k]!r} but this run has {k}={mine!r}")
-    return str(p)
-
 def train_cdi_model_torch(train_data,          # NPZ path, RawDataTorch or container
                           test_data,           # same, or None (then no validation/early stopping)
                           config,              # TrainingConfig
@@ -282,12 +92,12 @@ def train_cdi_model_torch(train_data,          # NPZ path, RawDataTorch or conta
                           shuffle: bool = True,  # shuffle training batches (the DDP equivalence test turns it off)
                           seed: int = 42,      # the one seed: grouping (unless config.subsample_seed), weights, shuffling
                           overwrite: bool = False,  # replace a previous run in config.output_dir (else refused)
-                          **trainer_kwargs) -> dict:
+                          **trainer_kwargs) -> dict:  # passed to `training.build_trainer` (tests: limit_train_batches ...)
     "Train the PyTorch PtychoPINN on `train_data`; returns the history, models, intensity scale and containers."
     ec = execution_config if execution_config is not None else default_execution_config()
     validate_run(config, ec, where='train_cdi_model_torch', seed=seed)   # the gate: before any grouping, build or write
     out = Path(getattr(config, 'output_dir', None) or 'training_outputs')
-    ckpt_path = _resolve_resume(resume, out, config)            # fail on a missing/foreign checkpoint before any work
+    ckpt_path = resume_checkpoint(resume, out, config)         # fail on a missing/foreign checkpoint before any work
     prepare_output_dir(out, overwrite, resume)
     if getattr(config, 'subsample_seed', None) is None:        # no numpy global RNG: the seed drives grouping too
         config = dataclasses.replace(config, subsample_seed=seed)
@@ -297,13 +107,9 @@ def train_cdi_model_torch(train_data,          # NPZ path, RawDataTorch or conta
     test_c = as_container(test_data, config, 'test')
     L.seed_everything(seed, workers=True, verbose=False)
     model = build_model(config, train_c, ec)
-    train_name, val_name = _loss_names(model)
     has_val = test_c is not None
-    monitor_cfg = _ec(ec, 'checkpoint_monitor_metric', 'val_loss')
-    monitor = (val_name if has_val else train_name) if monitor_cfg in ('val_loss', None) else monitor_cfg
-    if _ec(ec, 'accum_steps', 1) > 1 and not getattr(model, 'automatic_optimization', True):
-        raise ValueError("accum_steps > 1 needs automatic optimisation; this model optimises manually")
-    hist = LossHistory(train_name, val_name, n_train=len(train_c.X) * int(train_c.X.shape[1]))
+    monitor = ('val_loss' if has_val else 'train_loss') if ec.checkpoint_monitor_metric in ('val_loss', None) else ec.checkpoint_monitor_metric
+    hist = LossHistory(n_train=len(train_c.X) * int(train_c.X.shape[1]))
     trainer = build_trainer(ec, out, int(config.nepochs), monitor, has_val, [hist],
                             gradient_clip_val=getattr(config, 'gradient_clip_val', None), **trainer_kwargs)
     data = ContainerDataModule(train_c, test_c, int(config.batch_size), shuffle, ec, seed)
@@ -319,51 +125,6 @@ def train_cdi_model_torch(train_data,          # NPZ path, RawDataTorch or conta
             'trainer': trainer, 'checkpoint_dir': str(out / 'checkpoints'), 'backend': 'pytorch'}
 
 # %% ../nbs/05_workflow.ipynb #270363ae
-def _diffraction_to_obj(model):
-    for m in (model, getattr(model, 'model', None)):
-        if m is not None and callable(getattr(m, 'diffraction_to_obj', None)): return m.diffraction_to_obj
-    raise TypeError(f"{type(model).__name__} has no diffraction_to_obj(X, coords_relative) method")
-
-def predict_object_patches(model,           # PtychoPINN_Lightning (or anything with diffraction_to_obj)
-                           container,       # PtychoDataContainerTorch to reconstruct
-                           batch_size: int = 64,
-                           device=None):    # default: the model's device
-    "Object patches `[B, C, N, N]` complex64 (numpy) predicted in batches under `torch.inference_mode`."
-    f = _diffraction_to_obj(model)
-    p = next(iter(model.parameters()), None)
-    device = torch.device(device) if device is not None else (p.device if p is not None else torch.device('cpu'))
-    was_training = model.training
-    model.eval()
-    X = torch.as_tensor(container.X, dtype=torch.float32)
-    coords = torch.as_tensor(container.coords_relative, dtype=torch.float32)
-    out = []
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(X), batch_size):
-                obj = f(X[i:i + batch_size].to(device), coords[i:i + batch_size].to(device))
-                out.append(torch.as_tensor(obj).to(torch.complex64).cpu())
-    finally: model.train(was_training)
-    return torch.cat(out).numpy()
-
-def patch_positions(container) -> np.ndarray:
-    "Absolute `[x, y]` of every pattern, `[B, C, 1, 2]` float64: `global_offsets[b, 0] − coords_relative[b, c]`."
-    go = np.asarray(torch.as_tensor(container.global_offsets).cpu(), np.float64)      # [B,1,1,2]
-    cr = np.asarray(torch.as_tensor(container.coords_relative).cpu(), np.float64)     # [B,C,1,2]
-    return go[:, :1] - cr
-
-def stitch_patches(obj_patches, positions, M: int = 20, flip_x=False, flip_y=False, transpose=False,
-                   return_weights: bool = False):
-    "Stitch `[B, C, N, N]` patches at `[B, C, 1, 2]` positions into one 2-D complex image (and its overlap weights)."
-    p = np.asarray(obj_patches); N = p.shape[-1]
-    p = p.reshape(-1, N, N)
-    if transpose: p = np.swapaxes(p, -1, -2)
-    pos = np.asarray(positions, np.float64).reshape(-1, 1, 1, 2).copy()
-    if flip_x: pos[..., 0] *= -1
-    if flip_y: pos[..., 1] *= -1
-    img, w = _dep('stitching', 'reassemble_position')(p, pos, M=M, return_weights=True)
-    img, w = (np.asarray(a.cpu() if torch.is_tensor(a) else a).squeeze() for a in (img, w))
-    return (img, w) if return_weights else img
-
 def reassemble_cdi_image_torch(test_data, config, model=None, flip_x: bool = False, flip_y: bool = False,
                                transpose: bool = False, M: int = 20, *, train_results: dict = None,
                                execution_config=None):
@@ -373,8 +134,8 @@ def reassemble_cdi_image_torch(test_data, config, model=None, flip_x: bool = Fal
             raise ValueError("reassemble_cdi_image_torch needs a trained model: pass model= or train_results=")
         model = train_results['models']['diffraction_to_obj']
     container = as_container(test_data, config, 'test')
-    ec = execution_config
-    bs = int(_ec(ec, 'inference_batch_size', 0) or int(getattr(config, 'batch_size', 16) or 16))
+    ec = execution_config if execution_config is not None else default_execution_config()
+    bs = int(ec.inference_batch_size or getattr(config, 'batch_size', 16) or 16)
     t0 = time.perf_counter()
     obj = predict_object_patches(model, container, bs)
     t1 = time.perf_counter()
@@ -387,82 +148,6 @@ def reassemble_cdi_image_torch(test_data, config, model=None, flip_x: bool = Fal
                         'inference_seconds': t1 - t0, 'stitch_seconds': t2 - t1,
                         'inference_patterns_per_s': obj.shape[0] * obj.shape[1] / max(t1 - t0, 1e-9)}
 
-# %% ../nbs/05_workflow.ipynb #56064883
-def ground_truth_on_canvas(object_guess,   # the true object, [H, W] complex
-                           positions,      # [..., 2] absolute `[x, y]` of the stitched patterns
-                           M: int = 20):   # the M used for stitching (sets the canvas size)
-    "The true object resampled (bilinear) on the stitched canvas of these positions (`stitching.object_region`)."
-    geometry = _dep('stitching', 'stitch_geometry')(np.asarray(positions, np.float64).reshape(-1, 2), M)
-    return _dep('stitching', 'object_region')(np.asarray(object_guess).squeeze(), geometry)
-
-# %% ../nbs/05_workflow.ipynb #45f9bd27
-def _jsonable(x):
-    if isinstance(x, dict): return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [_jsonable(v) for v in x]
-    if torch.is_tensor(x): x = x.detach().cpu().numpy()
-    if isinstance(x, np.ndarray): return _jsonable(x.tolist()) if x.size <= 4096 else f'<array {x.shape}>'
-    if isinstance(x, (np.floating, float)): return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, (np.integer, int, bool, np.bool_)): return x.item() if hasattr(x, 'item') else x
-    if isinstance(x, (str, type(None))): return x
-    if isinstance(x, Path): return str(x)
-    return repr(x)
-
-def covered_box(weights,                  # [P, P] overlap weights of the stitch (`reassemble_position(..., return_weights=True)`)
-                min_fraction: float = 0.9):  # keep rows/columns covered at least this fraction of the best one
-    "`(row slice, col slice)`: the rectangle of the canvas that the patches actually cover."
-    covered = np.asarray(weights) > 0.5
-    fr, fc = covered.mean(1), covered.mean(0)
-    if not covered.any(): return slice(None), slice(None)
-    rows, cols = np.flatnonzero(fr >= min_fraction * fr.max()), np.flatnonzero(fc >= min_fraction * fc.max())
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
-
-def evaluate_reconstruction(stitched_obj, positions, object_guess, M: int = 20, weights=None) -> tuple:
-    "`(metrics, truth, box)`: reference metrics of the stitched image vs the truth, on the rectangle the patches cover."
-    gt = ground_truth_on_canvas(object_guess, positions, M)
-    box = covered_box(weights) if weights is not None else (slice(None), slice(None))
-    metrics = _dep('evaluation', 'eval_reconstruction')(np.asarray(stitched_obj)[box], gt[box])
-    metrics['scored_box'] = [box[0].start, box[0].stop, box[1].start, box[1].stop]
-    return metrics, gt, box
-
-def save_outputs(amplitude, phase, results: dict, output_dir) -> dict:
-    "Write images, loss curve, stitched object and `metrics.json` into `output_dir`; returns {name: path}."
-    from matplotlib.figure import Figure      # no pyplot: no global figure state, no GUI backend needed
-    out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    def png(name, img, cmap, title):
-        fig = Figure(figsize=(6, 6)); ax = fig.add_subplot(1, 1, 1); h = ax.imshow(np.squeeze(img), cmap=cmap)
-        ax.set_title(title); fig.colorbar(h, ax=ax, fraction=0.046); fig.tight_layout()
-        with atomic_path(out / name, suffix='.png') as tmp_png: fig.savefig(tmp_png, dpi=100, format='png')
-        paths[name] = out / name
-    if amplitude is not None and phase is not None:
-        png('reconstructed_amplitude.png', amplitude, 'gray', 'reconstructed amplitude')
-        png('reconstructed_phase.png', phase, 'viridis', 'reconstructed phase')
-    img = results.get('stitched_obj')
-    if img is None and amplitude is not None and phase is not None: img = np.asarray(amplitude) * np.exp(1j * np.asarray(phase))
-    gt = results.get('ground_truth_canvas')
-    if img is not None:
-        np.save(out / 'stitched_object.npy', np.asarray(img, np.complex64)); paths['stitched_object.npy'] = out / 'stitched_object.npy'
-        arrays = dict(object=np.asarray(img, np.complex64), amplitude=np.abs(img), phase=np.angle(img))
-        if results.get('global_offsets') is not None: arrays['positions'] = np.asarray(results['global_offsets'])
-        if gt is not None: arrays['ground_truth'] = np.asarray(gt, np.complex64)
-        np.savez_compressed(out / 'reconstruction.npz', **arrays); paths['reconstruction.npz'] = out / 'reconstruction.npz'
-        box = results.get('scored_box') or (slice(None), slice(None))
-        shown = {k: v for k, v in (results.get('metrics') or {}).items() if k in ('mae', 'ssim', 'psnr', 'frc50')}
-        _dep('evaluation', 'plot_comparison')(np.asarray(img)[box], None if gt is None else np.asarray(gt)[box],
-                                              metrics=shown or None, path=out / 'comparison.png',
-                                              title='held-out region' + (' vs ground truth' if gt is not None else ''))
-        paths['comparison.png'] = out / 'comparison.png'
-    hist = results.get('history')
-    if hist and hist.get('train_loss'):
-        _dep('evaluation', 'plot_loss_curves')({k: v for k, v in hist.items() if v}, path=out / 'loss_curve.png')
-        paths['loss_curve.png'] = out / 'loss_curve.png'
-    summary = {'backend': results.get('backend', 'pytorch'), 'metrics': results.get('metrics'),
-               'history': hist, **{k: results.get(k) for k in ('intensity_scale', 'train_seconds', 'epoch_seconds',
-                   'train_patterns_per_s', 'inference_seconds', 'inference_patterns_per_s', 'stitch_seconds') if k in results}}
-    with atomic_path(out / 'metrics.json') as tmp_json: tmp_json.write_text(json.dumps(_jsonable(summary), indent=2))
-    paths['metrics.json'] = out / 'metrics.json'
-    return paths
-
 # %% ../nbs/05_workflow.ipynb #f26fe4b4
 def _ground_truth_object(test_data, container):
     gt = getattr(container, 'objectGuess', None) if container is not None else None
@@ -472,9 +157,8 @@ def _ground_truth_object(test_data, container):
 
 def save_model_bundle(results: dict, config, output_dir) -> Optional[Path]:
     "Archive the trained models as `output_dir/wts.h5.zip` (`persistence.save_torch_bundle`); returns its path."
-    save = _dep('persistence', 'save_torch_bundle')
     # intensity_scale=None: the archive stores the model's trained exp(log_scale), not the closed-form start value
-    return Path(save(results['models'], Path(output_dir) / 'wts.h5', config, intensity_scale=None))
+    return Path(save_torch_bundle(results['models'], Path(output_dir) / 'wts.h5', config, intensity_scale=None))
 
 def run_cdi_example_torch(train_data, test_data, config, flip_x: bool = False, flip_y: bool = False,
                           transpose: bool = False, M: int = 20, do_stitching: bool = False,
@@ -498,9 +182,3 @@ def run_cdi_example_torch(train_data, test_data, config, flip_x: bool = False, f
         if bundle is not None: results['bundle_path'] = bundle
     results['backend'] = 'pytorch'
     return amp, phase, results
-
-# %% ../nbs/05_workflow.ipynb #487489aa
-def reconstruct_scan(data, config=None, execution_config=None, time_budget_s=None, **kwargs):
-    "Self-supervised reconstruction of one scan: see `ptycho_torch_nb.reconstruct.reconstruct_scan`."
-    from ptycho_torch_nb.reconstruct import reconstruct_scan as _reconstruct_scan
-    return _reconstruct_scan(data, config, execution_config, time_budget_s, **kwargs)

@@ -79,7 +79,8 @@ def _save_good(tmp_path, N=8):
 
 def _real_model(gridsize=2, n_groups=4, steps=2, seed=0):
     "PtychoPINN_Lightning (N=64) trained a few steps on groups simulated from Run1084; returns (model, batch, config)."
-    from ptycho_torch_nb.model import PtychoPINN_Lightning, simulate_groups
+    from ptycho_torch_nb.model import PtychoPINN_Lightning
+    from ptycho_torch_nb.simulation import simulate_groups
     from ptycho_torch_nb.config import ModelConfig, TrainingConfig
     from ptycho_torch_nb.core import data_path
     run = np.load(data_path())
@@ -280,7 +281,8 @@ STEPS_PER_EPOCH, MAX_EPOCHS, KILL_AFTER = 3, 3, 5  # killed at the start of batc
 
 def resume_setup():
     "The real model (N=64, gridsize 1, untrained) and a 6-group loader of batch 2 (3 steps per epoch)."
-    from ptycho_torch_nb.model import PtychoPINN_Lightning, simulate_groups
+    from ptycho_torch_nb.model import PtychoPINN_Lightning
+    from ptycho_torch_nb.simulation import simulate_groups
     from ptycho_torch_nb.config import ModelConfig, TrainingConfig
     from ptycho_torch_nb.core import data_path
     run = np.load(data_path())

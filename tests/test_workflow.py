@@ -3,6 +3,8 @@ import json, os, subprocess, sys, textwrap, dataclasses
 from pathlib import Path
 import numpy as np
 import pytest
+from ptycho_torch_nb.config import TrainingConfig, ModelConfig
+from ptycho_torch_nb import training as T
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -12,7 +14,7 @@ def _env():
     return env
 
 def _configs(W, out, batch_size, nepochs=2, n=16):
-    TC, MC = W._dep('config', 'TrainingConfig'), W._dep('config', 'ModelConfig')
+    TC, MC = TrainingConfig, ModelConfig
     return TC(model=MC(N=64, gridsize=1, n_filters_scale=1), n_groups=n, nepochs=nepochs, batch_size=batch_size,
               output_dir=Path(out), backend='pytorch')
 
@@ -21,12 +23,13 @@ DDP_SCRIPT = textwrap.dedent('''
     from pathlib import Path
     warnings.filterwarnings('ignore')
     logging.getLogger('lightning.pytorch').setLevel(logging.ERROR)
-    from ptycho_torch_nb import workflow as W
+    from ptycho_torch_nb import workflow as W, training as T
+    from ptycho_torch_nb.config import TrainingConfig, ModelConfig
     train_file, out = sys.argv[1], Path(sys.argv[2])
-    TC, MC = W._dep('config', 'TrainingConfig'), W._dep('config', 'ModelConfig')
+    TC, MC = TrainingConfig, ModelConfig
     cfg = TC(model=MC(N=64, gridsize=1, n_filters_scale=1), n_groups=16, nepochs=2, batch_size=4, output_dir=out,
              backend='pytorch')
-    ec = W.default_execution_config(accelerator='cpu', strategy='ddp', devices=2, logger_backend=None,
+    ec = T.default_execution_config(accelerator='cpu', strategy='ddp', devices=2, logger_backend=None,
                                     enable_checkpointing=False, deterministic=True)
     res = W.train_cdi_model_torch(train_file, None, cfg, ec, shuffle=False, seed=0)
     if res['trainer'].is_global_zero:
@@ -43,7 +46,7 @@ def test_ddp_two_processes_match_one(tiny_files, tmp_path):
     proc = subprocess.Popen([sys.executable, str(script), str(train_file), str(out)], env=_env(), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # meanwhile: the same global batch in one process
-    ec = W.default_execution_config(accelerator='cpu', logger_backend=None, enable_checkpointing=False)
+    ec = T.default_execution_config(accelerator='cpu', logger_backend=None, enable_checkpointing=False)
     one = W.train_cdi_model_torch(train_file, None, _configs(W, tmp_path / 'one', 8), ec, shuffle=False, seed=0)
     log, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, log[-3000:]
@@ -55,7 +58,7 @@ def test_ddp_two_processes_match_one(tiny_files, tmp_path):
 def test_resume_continues_history_and_epochs(tiny_files, tmp_path):
     from ptycho_torch_nb import workflow as W
     train_file, test_file = tiny_files
-    ec = W.default_execution_config(accelerator='cpu', logger_backend='csv')
+    ec = T.default_execution_config(accelerator='cpu', logger_backend='csv')
     cfg = _configs(W, tmp_path / 'run', 8, nepochs=1)
     first = W.train_cdi_model_torch(train_file, test_file, cfg, ec)
     assert (tmp_path / 'run' / 'checkpoints' / 'last.ckpt').is_file()
@@ -68,20 +71,20 @@ def test_resume_continues_history_and_epochs(tiny_files, tmp_path):
 def test_logger_choices(tmp_path):
     from ptycho_torch_nb import workflow as W
     import importlib.util
-    assert W._logger(None, tmp_path) is False and W._logger('none', tmp_path) is False
-    assert type(W._logger('csv', tmp_path)).__name__ == 'CSVLogger'
+    assert T._logger(None, tmp_path) is False and T._logger('none', tmp_path) is False
+    assert type(T._logger('csv', tmp_path)).__name__ == 'CSVLogger'
     if importlib.util.find_spec('mlflow') is None:
-        with pytest.raises(ImportError, match='pip install mlflow'): W._logger('mlflow', tmp_path)
+        with pytest.raises(ImportError, match='pip install mlflow'): T._logger('mlflow', tmp_path)
     if importlib.util.find_spec('tensorboard') is None and importlib.util.find_spec('tensorboardX') is None:
-        with pytest.raises(ImportError, match='pip install tensorboard'): W._logger('tensorboard', tmp_path)
-    with pytest.raises(ValueError, match='logger_backend'): W._logger('wandb', tmp_path)
+        with pytest.raises(ImportError, match='pip install tensorboard'): T._logger('tensorboard', tmp_path)
+    with pytest.raises(ValueError, match='logger_backend'): T._logger('wandb', tmp_path)
 
 def test_trainer_maps_execution_config(tmp_path):
     from ptycho_torch_nb import workflow as W
-    ec = W.default_execution_config(accelerator='cpu', accum_steps=3, gradient_clip_val=0.5, precision='bf16-mixed',
+    ec = T.default_execution_config(accelerator='cpu', accum_steps=3, gradient_clip_val=0.5, precision='bf16-mixed',
                                     checkpoint_save_top_k=2, checkpoint_mode='max', early_stop_patience=5,
                                     logger_backend=None, deterministic=False)
-    t = W.build_trainer(ec, tmp_path, 7, monitor='val_loss', has_validation=True)
+    t = T.build_trainer(ec, tmp_path, 7, monitor='val_loss', has_validation=True)
     from lightning.pytorch.callbacks import ModelCheckpoint, EarlyStopping
     ck = [c for c in t.callbacks if isinstance(c, ModelCheckpoint)][0]
     es = [c for c in t.callbacks if isinstance(c, EarlyStopping)][0]
@@ -95,13 +98,13 @@ def test_batches_are_indexed_once(tiny_files):
     "The DataLoader hands whole index lists to ContainerDataset.__getitems__ (no per-item calls)."
     from ptycho_torch_nb import workflow as W
     train_file, _ = tiny_files
-    TC, MC = W._dep('config', 'TrainingConfig'), W._dep('config', 'ModelConfig')
+    TC, MC = TrainingConfig, ModelConfig
     c = W.as_container(train_file, TC(model=MC(N=64, gridsize=1), n_groups=16))
-    dl = W.make_dataloader(c, 8, shuffle=False)
+    dl = T.make_dataloader(c, 8, shuffle=False)
     calls = []
-    orig = W.ContainerDataset.__getitem__
-    W.ContainerDataset.__getitem__ = lambda self, i: calls.append(i) or orig(self, i)
+    orig = T.ContainerDataset.__getitem__
+    T.ContainerDataset.__getitem__ = lambda self, i: calls.append(i) or orig(self, i)
     try: batches = list(dl)
-    finally: W.ContainerDataset.__getitem__ = orig
+    finally: T.ContainerDataset.__getitem__ = orig
     assert calls == [] and len(batches) == 2
     np.testing.assert_array_equal(batches[1]['X'].numpy(), np.asarray(c.X[8:16]))

@@ -7,7 +7,7 @@ import numpy as np
 
 def score(patches, offsets, truth):
     from ptycho_torch_nb.stitching import reassemble_position
-    from ptycho_torch_nb.workflow import evaluate_reconstruction
+    from ptycho_torch_nb.evaluation import evaluate_reconstruction
     img, w = reassemble_position(patches, offsets, M=20, return_weights=True)
     m, _, _ = evaluate_reconstruction(np.asarray(img), offsets, truth, M=20, weights=np.asarray(w))
     return {k: [float(v) for v in m[k]] for k in ('ssim', 'mae')}
