@@ -375,8 +375,8 @@ class _Archive:
         return data
     def read_json(self, member: str):
         try: return json.loads(self.read(member).decode('utf-8'))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{self.path}: archive member {member!r} is not valid JSON: {e}") from e
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise ValueError(f"{self.path}: archive member {member!r} is not valid JSON: {type(e).__name__}: {e}") from e
     def read_plain(self, stem: str):
         "Read `<stem>.json` if present, else `<stem>.dill` through the plain-data unpickler; None if neither exists."
         if self.has(f'{stem}.json'): return self.read_json(f'{stem}.json')

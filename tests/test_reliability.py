@@ -514,3 +514,28 @@ def test_reconstruct_cli_refuses_bad_values(flags, needle, tiny_files, tmp_path,
     line = _one_line(capsys.readouterr().err)
     assert code == 2 and needle in line and line.startswith('ptycho-torch-reconstruct: error:'), line
     assert not out.exists()
+
+
+def test_deeply_nested_json_is_a_clean_error(archive, tmp_path):
+    path, good = archive
+    p = _rewrite(good, tmp_path / 'deep.zip', {'diffraction_to_obj/params.json': '[' * 100000 + ']' * 100000})
+    with pytest.raises(ValueError, match=r"deep\.zip: archive member 'diffraction_to_obj/params\.json' is not valid JSON"): _load(p)
+
+
+@pytest.mark.parametrize('kw,needle', [(dict(time_budget_s=-5), 'time_budget_s=-5'), (dict(M=0), 'M=0'),
+                                       (dict(M=65), 'M=65'), (dict(seed=-1), 'seed=-1'), (dict(nepochs=0), 'nepochs=0')])
+def test_reconstruct_scan_gate_before_any_work(kw, needle, tiny_files, tmp_path):
+    from ptycho_torch_nb.reconstruct import reconstruct_scan
+    out = tmp_path / 'rec'
+    with pytest.raises(ValueError, match=needle):
+        reconstruct_scan(tiny_files[0], output_dir=out, progress=False, **kw)
+    assert not out.exists()
+
+
+def test_reconstruct_refuses_a_used_folder(tiny_files, tmp_path, capsys):
+    from ptycho_torch_nb import cli
+    out = tmp_path / 'rec'; out.mkdir(); (out / 'reconstruct.json').write_text('{}')
+    before = _snapshot(out)
+    code = cli.reconstruct_main([str(tiny_files[0]), '--output_dir', str(out), '--accelerator', 'cpu', '--quiet', '--epochs', '1'])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and 'previous run' in line and '--overwrite' in line and _snapshot(out) == before
