@@ -21,7 +21,7 @@ $(STAMP): setup.py settings.ini
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m ptycho_torch_nb.demo --output_dir $(OUT)
+	$(BIN)/python -m ptycho_torch_nb.demo --output_dir $(OUT) --overwrite
 
 export: $(STAMP)
 	$(BIN)/nbdev_export
@@ -58,3 +58,11 @@ readme: $(STAMP)
 
 clean:
 	rm -rf _docs _proc $(OUT) .pytest_cache
+
+# The shipped pretrained model for N=64 (data/pretrained_N64: wts.h5.zip + model_card.json). One hour of training
+# on one GPU; a CPU run takes the same command (slower, fewer steps in the budget). See nbs/05b_pretrain.ipynb.
+PRETRAINED ?= data/pretrained_N64
+.PHONY: pretrained
+pretrained: $(STAMP)
+	$(BIN)/ptycho-torch-pretrain --output_dir $(PRETRAINED) --N 64 --n_scans 1024 --positions 64 --time_budget 3600 \
+	  --batch_size 32 --learning_rate 2e-3 --n_filters_scale 1 --seed 0 --checkpoint_every 500

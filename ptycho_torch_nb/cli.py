@@ -11,7 +11,8 @@ from .config import ScanOptions, GENERATOR_MODES
 
 # %% auto #0
 __all__ = ['ACCELERATORS', 'USER_ERRORS', 'COMMANDS', 'CLIError', 'OneLineParser', 'train_parser', 'build_train_configs',
-           'train_main', 'infer_parser', 'infer_main', 'reconstruct_parser', 'reconstruct_main', 'main']
+           'train_main', 'infer_parser', 'infer_main', 'reconstruct_parser', 'reconstruct_main', 'main',
+           'pretrain_parser', 'pretrain_main']
 
 # %% ../nbs/06_cli.ipynb #cc772f99
 ACCELERATORS = ('auto', 'cpu', 'gpu', 'cuda', 'mps', 'tpu')   # 'tpu' is accepted here and refused by the config, as upstream
@@ -460,3 +461,58 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # %% ../nbs/06_cli.ipynb #eab67f47
 #| eval: false
 if __name__ == '__main__': sys.exit(main())
+
+# %% ../nbs/06_cli.ipynb #2758e882
+def pretrain_parser() -> argparse.ArgumentParser:
+    "Argument parser of `ptycho-torch-pretrain`."
+    p = OneLineParser(prog='ptycho-torch-pretrain', description='Pretrain PtychoPINN\'s single-scan network '
+        'self-supervised on a simulated corpus of many samples; writes wts.h5.zip, model_card.json and checkpoints/.')
+    p.add_argument('--output_dir', '--output-dir', required=True, type=Path, help='folder for the model, its card and checkpoints')
+    p.add_argument('--n_scans', '--n-scans', type=_positive_int, default=256, help='corpus scans to simulate (default 256)')
+    p.add_argument('--positions', type=_positive_int, default=64, help='scan positions per corpus scan (default 64)')
+    p.add_argument('--N', type=_positive_int, default=64, help='pattern size (default 64)')
+    p.add_argument('--steps', type=_positive_int, default=None, help='optimiser steps (default: 1000 unless --time_budget)')
+    p.add_argument('--time_budget', '--time-budget', type=_positive_float, default=None, metavar='SECONDS',
+                   help='wall-clock training budget in seconds')
+    p.add_argument('--batch_size', '--batch-size', type=_positive_int, default=16, help='groups per step, one scan each (default 16)')
+    p.add_argument('--learning_rate', '--learning-rate', type=_positive_float, default=2e-3,
+                   help='peak learning rate of the warm-up + cosine schedule (default 2e-3)')
+    p.add_argument('--families', nargs='+', default=None, help='training families to draw from (default: all)')
+    p.add_argument('--n_filters_scale', '--n-filters-scale', type=_positive_int, default=1, help='network width (default 1)')
+    p.add_argument('--seed', type=int, default=0, help='seed of the corpus, the weights and the batch order (default 0)')
+    p.add_argument('--checkpoint_every', '--checkpoint-every', type=_positive_int, default=200, help='steps between checkpoints (default 200)')
+    p.add_argument('--resume', action='store_true', help='continue from OUTPUT_DIR/checkpoints/last.ckpt (same corpus from the seed)')
+    p.add_argument('--overwrite', action='store_true', help='replace a pretrained model already in OUTPUT_DIR')
+    p.add_argument('--accelerator', choices=ACCELERATORS, default='auto', help="device kind (default: auto)")
+    p.add_argument('--devices', type=_devices, default=1, help="devices per node, or 'auto' (default 1)")
+    p.add_argument('--num_nodes', '--num-nodes', type=_positive_int, default=1, help='nodes (default 1)')
+    p.add_argument('--precision', choices=('auto', '32-true', 'bf16-mixed', '16-mixed'), default='auto',
+                   help="training precision; 'auto': bf16-mixed where the device computes bfloat16 natively (default auto)")
+    p.add_argument('--quiet', action='store_true', help='no progress lines')
+    return p
+
+def _pretrain(argv):
+    from ptycho_torch_nb.pretrain import pretrain
+    from ptycho_torch_nb.corpus import TRAINING_FAMILIES
+    args = pretrain_parser().parse_args(argv)
+    from ptycho_torch_nb.config import validate_run_options
+    validate_run_options('ptycho-torch-pretrain', N=args.N, seed=args.seed, time_budget_s=args.time_budget,
+                         batch_size=args.batch_size, learning_rate=args.learning_rate)   # before anything runs
+    bad = [f for f in args.families or () if f not in TRAINING_FAMILIES]
+    if bad: raise CLIError(f"--families {bad}: not training families (choose from {sorted(TRAINING_FAMILIES)})")
+    if (args.output_dir / 'wts.h5.zip').exists() and not (args.resume or args.overwrite):
+        raise CLIError(f"{args.output_dir}: already holds a pretrained model; use --resume, --overwrite or another --output_dir")
+    if args.resume and not (args.output_dir / 'checkpoints' / 'last.ckpt').exists():
+        raise CLIError(f"{args.output_dir}: nothing to resume (no checkpoints/last.ckpt)")
+    _quiet_lightning(args.quiet)
+    res = pretrain(args.output_dir, args.n_scans, args.steps, args.time_budget, args.N, args.positions, args.seed,
+                   args.batch_size, args.learning_rate, args.families, args.n_filters_scale, args.resume, args.overwrite,
+                   args.checkpoint_every, args.accelerator, args.devices, args.num_nodes, args.precision,
+                   progress=not args.quiet, command=' '.join(['ptycho-torch-pretrain'] + list(argv)))
+    if 'card' in res and not args.quiet:
+        t = res['card']['training']
+        print(f"ptycho-torch-pretrain: wrote {res['archive']} ({t['steps']} steps, {t['wall_s']:.0f} s, sha256 {res['card']['sha256'][:12]})")
+
+def pretrain_main(argv: Optional[Sequence[str]] = None) -> int:
+    "Entry point of `ptycho-torch-pretrain`; returns the exit status."
+    return _run('ptycho-torch-pretrain', _pretrain, list(sys.argv[1:] if argv is None else argv))

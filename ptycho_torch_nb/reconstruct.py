@@ -16,7 +16,7 @@ from .raw_data import RawDataTorch
 from .data_container import PtychoDataContainerTorch, grouped_container, inference_container, scan_nphotons
 from .simulation import extract_patches_torch
 from .model import PtychoPINN_Lightning
-from .stitching import stitch_scan, reassemble_position
+from .stitching import stitch_scan, reassemble_position, stitch_geometry
 from .evaluation import score_scan, ground_truth_on_canvas, save_outputs
 from .training import (default_execution_config, resolve_precision, build_trainer, ContainerDataModule,
                                       LossHistory, TrainingClock, predict_scan, prepare_output_dir)
@@ -25,7 +25,7 @@ from .persistence import load_torch_bundle, save_torch_bundle
 # %% auto #0
 __all__ = ['torch', 'SCAN_FIELDS', 'scan_defaults', 'scan_options', 'options_for_config', 'merge_canvas_size', 'scan_model',
            'scan_setup', 'scan_execution_config', 'scan_containers', 'fit_scan', 'predict_and_stitch',
-           'reconstruct_scan', 'save_scan_outputs', 'iterative_reference']
+           'reconstruct_scan', 'save_scan_outputs', 'solver_grid', 'object_on_grid', 'iterative_reference', 'polish']
 
 # %% ../nbs/05a_reconstruct.ipynb #12e870ab
 def scan_defaults(N: int = 64,  # pattern size
@@ -253,6 +253,38 @@ def save_scan_outputs(results: dict, output_dir) -> dict:
     return paths
 
 # %% ../nbs/05a_reconstruct.ipynb #038dc67f
+def solver_grid(raw) -> dict:
+    "The free-object solver's grid: positions `ox`, `oy` on a canvas `shape` that holds every patch, and the object-frame `origin` (x, y) of its pixel (0, 0)."
+    N = int(raw.diff3d.shape[-1])
+    x, y = np.asarray(raw.xcoords, np.float64), np.asarray(raw.ycoords, np.float64)
+    pad = N // 2 + 2
+    ox, oy = x - x.min() + pad, y - y.min() + pad
+    return dict(ox=ox, oy=oy, shape=(int(np.ceil(oy.max())) + pad + 1, int(np.ceil(ox.max())) + pad + 1),
+                origin=(x.min() - pad, y.min() - pad))
+
+def object_on_grid(stitched,  # complex [P, P] stitched image
+                   weights,  # [P, P] its stitch weights
+                   positions,  # the stitched patches' absolute [x, y] positions (any layout `stitch_geometry` takes)
+                   M: int,  # the stitching crop
+                   grid: dict,  # `solver_grid(raw)`
+                   fill: complex = 1.0,  # value where the stitch does not cover the grid (weight < 0.5)
+                  ) -> np.ndarray:
+    "A stitched image resampled (bilinear) onto the solver's grid: complex64 [H, W]."
+    from scipy.ndimage import map_coordinates
+    geo = stitch_geometry(np.asarray(positions, np.float64).reshape(-1, 2), M)
+    rows, cols = np.indices(grid['shape'], dtype=np.float64)
+    r, c = geo.object_to_canvas(cols + grid['origin'][0], rows + grid['origin'][1])
+    at = lambda a: map_coordinates(np.asarray(a, np.float64), [r, c], order=1, mode='constant', cval=0.0)
+    img = np.asarray(stitched)
+    out = at(img.real) + 1j * at(img.imag)
+    return np.where(at(weights) >= 0.5, out, fill).astype(np.complex64)
+
+def _photon_scale(obj, grid, probe, counts, N: int, s2: float) -> float:
+    "The factor on `obj` whose predicted counts sum to the measured counts (the solver's scale is set for an object of ones)."
+    with torch.no_grad():
+        lam = s2 * physics.diffraction_amplitude(extract_patches_torch(obj, grid['ox'], grid['oy'], N), probe).square()
+    return math.sqrt(float(counts.sum()) / max(float(lam.sum()), 1e-30))
+
 def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positions, probeGuess)
                         epochs: int = 200,  # passes over the scan
                         batch_size: int = 32,  # patterns per Adam step
@@ -261,33 +293,32 @@ def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positi
                         truth=None,  # complex truth for snapshot scores (default: raw.objectGuess if any)
                         score_every: int = 0,  # score every this many epochs (0: only at the end)
                         seed: int = 0,
+                        init=None,  # complex [H, W] start on `solver_grid(raw)` (rescaled to the counts); None: ones
                        ) -> dict:
     "Free-object Poisson-likelihood reconstruction with the scan's own probe: {'object', 'stitched_obj', 'metrics', 'snapshots', 'seconds'}."
-    N = int(raw.diff3d.shape[-1])
-    x, y = np.asarray(raw.xcoords, np.float64), np.asarray(raw.ycoords, np.float64)
-    pad = N // 2 + 2
-    ox, oy = x - x.min() + pad, y - y.min() + pad  # positions on a canvas that holds every patch
-    H, W = int(np.ceil(oy.max())) + pad + 1, int(np.ceil(ox.max())) + pad + 1
+    N, grid = int(raw.diff3d.shape[-1]), solver_grid(raw)
+    ox, oy, (H, W) = grid['ox'], grid['oy'], grid['shape']
     probe = torch.as_tensor(np.asarray(raw.probeGuess)).to(torch.complex64)
     counts = torch.as_tensor(np.asarray(raw.diff3d, np.float32)) ** 2
     s2 = float(counts.sum((-2, -1)).mean()) / float(probe.abs().square().sum())  # photons for an object of ones
     truth = getattr(raw, 'objectGuess', None) if truth is None else truth
     gen = torch.Generator().manual_seed(seed)
-    re, im = torch.ones(H, W, requires_grad=True), torch.zeros(H, W, requires_grad=True)
+    start = torch.ones(H, W, dtype=torch.complex64) if init is None else torch.as_tensor(np.asarray(init, np.complex64))
+    if tuple(start.shape) != (H, W): raise ValueError(f"init has shape {tuple(start.shape)}, expected the solver grid {(H, W)}")
+    if init is not None: start = start * _photon_scale(start, grid, probe, counts, N, s2)
+    re, im = start.real.clone().requires_grad_(True), start.imag.clone().requires_grad_(True)
     opt = torch.optim.Adam([re, im], lr=learning_rate)
-    pos = np.column_stack([x, y])
+    pos = np.column_stack([raw.xcoords, raw.ycoords]).astype(np.float64)
     def result():
         with torch.no_grad(): patches = extract_patches_torch(torch.complex(re, im), ox, oy, N).numpy()
-        img, w = reassemble_position(patches, pos, M=M, return_weights=True)
-        img, w = np.asarray(img), np.asarray(w)
+        img, w = (np.asarray(a) for a in reassemble_position(patches, pos, M=M, return_weights=True))
         return img, w, (score_scan(img, w, pos, truth, M) if truth is not None else {})
     snapshots, t0, spent = [], time.perf_counter(), 0.0
     for ep in range(epochs):
-        for idx in torch.randperm(len(x), generator=gen).split(batch_size):
+        for idx in torch.randperm(len(ox), generator=gen).split(batch_size):
             i = idx.numpy()
-            patch = extract_patches_torch(torch.complex(re, im), ox[i], oy[i], N)
-            lam = s2 * physics.diffraction_amplitude(patch, probe).square()  # the forward operator
-            loss = physics.poisson_nll(lam, counts[i], eps=1e-6)
+            lam = s2 * physics.diffraction_amplitude(extract_patches_torch(torch.complex(re, im), ox[i], oy[i], N), probe).square()
+            loss = physics.poisson_nll(lam, counts[i], eps=1e-6)  # the forward operator, the Poisson likelihood
             opt.zero_grad(); loss.backward(); opt.step()
         if score_every and (ep + 1) % score_every == 0 and ep + 1 < epochs and truth is not None:
             spent += time.perf_counter() - t0
@@ -295,6 +326,17 @@ def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positi
     spent += time.perf_counter() - t0
     img, w, m = result()
     if m: snapshots.append(dict(epoch=epochs, train_s=spent, **m))
-    obj = torch.complex(re, im).detach().numpy()
-    return dict(object=obj, stitched_obj=img, weights=w, metrics=m, snapshots=snapshots, seconds=spent,
-                photons_scale=s2, epochs=epochs)
+    return dict(object=torch.complex(re, im).detach().numpy(), stitched_obj=img, weights=w, metrics=m, snapshots=snapshots,
+                seconds=spent, photons_scale=s2, epochs=epochs)
+
+# %% ../nbs/05a_reconstruct.ipynb #26c5773e
+def polish(raw,  # the scan (RawDataTorch or NPZ path)
+           results: dict,  # a `reconstruct_scan` result: its stitched object is the start
+           epochs: int = 60,  # passes of the free-object solver
+           **kw,  # `iterative_reference` options (batch_size, learning_rate, score_every, truth, ...)
+          ) -> dict:
+    "Physics polish: the same-physics free-object solver started from the network's stitched object (an ordinary product)."
+    raw = _load_scan(raw)
+    start = object_on_grid(results['stitched_obj'], results['weights'], results['global_offsets'], results['options']['M'],
+                           solver_grid(raw))
+    return iterative_reference(raw, epochs, M=results['options']['M'], init=start, **kw)

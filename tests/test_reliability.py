@@ -539,3 +539,14 @@ def test_reconstruct_refuses_a_used_folder(tiny_files, tmp_path, capsys):
     code = cli.reconstruct_main([str(tiny_files[0]), '--output_dir', str(out), '--accelerator', 'cpu', '--quiet', '--epochs', '1'])
     line = _one_line(capsys.readouterr().err)
     assert code == 2 and 'previous run' in line and '--overwrite' in line and _snapshot(out) == before
+
+
+@pytest.mark.parametrize('flags,needle', [(['--N', '48'], 'N=48'), (['--seed', '-1'], 'seed=-1'), (['--time_budget', '-5'], 'time_budget'),
+                                          (['--steps', '0'], 'steps')])
+def test_pretrain_cli_refuses_bad_values(flags, needle, tmp_path, capsys):
+    from ptycho_torch_nb import cli
+    out = tmp_path / 'pre'
+    code = cli.pretrain_main(['--output_dir', str(out), '--accelerator', 'cpu', '--quiet', *flags])
+    line = _one_line(capsys.readouterr().err)
+    assert code == 2 and needle in line and line.startswith('ptycho-torch-pretrain: error:'), line
+    assert not out.exists()

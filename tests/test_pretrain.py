@@ -1,0 +1,136 @@
+"""Issue 16, phase 2: `pretrain` (a tiny model in seconds), its archive and card, resume, the hash and fit checks,
+zero-shot reconstruction, fine-tuning from the pretrained archive, and `ptycho-torch-pretrain`.
+"""
+import contextlib, io, json, shutil
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+
+from ptycho_torch_nb import pretrain as PT
+from ptycho_torch_nb.corpus import sample_scan, gaussian_probe, HELD_OUT_FAMILIES, TRAINING_FAMILIES
+
+TINY = dict(n_scans=2, n=8, batch_size=4, seed=0, progress=False, checkpoint_every=2)
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp('pre') / 'model'
+    res = PT.pretrain(out, steps=3, command='pytest', **TINY)
+    return out, res
+
+
+@pytest.fixture(scope='module')
+def held_out_scan(pretrained):
+    probe = pretrained[1]['corpus'].probes[0].numpy()           # a probe of the size the tiny corpus held
+    return sample_scan(np.random.default_rng(3), N=64, n=10, families=list(HELD_OUT_FAMILIES), allow_held_out=True,
+                       probe=probe)
+
+
+def test_outputs_and_card(pretrained):
+    out, res = pretrained
+    card = json.loads((out / 'model_card.json').read_text())
+    assert (out / 'wts.h5.zip').is_file() and (out / 'checkpoints' / 'last.ckpt').is_file()
+    assert card['sha256'] == PT._sha256(out / 'wts.h5.zip') and card['size_bytes'] == (out / 'wts.h5.zip').stat().st_size
+    assert card['N'] == 64 and card['training']['steps'] == 3 and card['command'] == 'pytest'
+    assert card['commit'] is None or len(card['commit'].split('-')[0]) == 40
+    assert set(card['corpus']['families']) == set(TRAINING_FAMILIES)
+    assert card['corpus']['held_out_families'] == list(HELD_OUT_FAMILIES)
+    assert not set(card['corpus']['families_drawn']) & set(HELD_OUT_FAMILIES)
+    lo, hi = card['probe']['diameter80_range']
+    assert 0 < lo <= hi < 64
+    for key in ('wall_s', 'train_s', 'learning_rate', 'batch_size'): assert key in card['training']
+    assert card['size_bytes'] < 10e6
+
+
+def test_training_changes_the_weights(pretrained):
+    out, res = pretrained
+    fresh = PT._build_net(*PT.scan_configs(64), res['corpus'], 2e-3)
+    torch.manual_seed(0)
+    moved = [not torch.equal(a, b) for a, b in zip(res['model'].state_dict().values(), fresh.state_dict().values())
+             if a.dtype.is_floating_point and a.shape == b.shape]
+    assert any(moved)
+
+
+def test_never_overwrites_unasked(pretrained):
+    out, _ = pretrained
+    with pytest.raises(FileExistsError, match='already holds a pretrained model'):
+        PT.pretrain(out, steps=1, **TINY)
+
+
+def test_resume_continues_the_run(tmp_path):
+    out = tmp_path / 'm'
+    PT.pretrain(out, steps=2, **TINY)
+    res = PT.pretrain(out, steps=4, resume=True, **TINY)
+    assert res['card']['training']['steps'] == 4                      # 2 restored + 2 more, not 4 more
+    with pytest.raises(FileNotFoundError, match='nothing to resume'):
+        PT.pretrain(tmp_path / 'empty', steps=1, resume=True, **TINY)
+
+
+def test_hash_check_and_clear_errors(pretrained, tmp_path, held_out_scan):
+    out, _ = pretrained
+    model, card = PT.load_pretrained(out, held_out_scan)
+    assert card['sha256'] == PT._sha256(out / 'wts.h5.zip')
+    bad = tmp_path / 'bad'; shutil.copytree(out, bad)
+    data = bytearray((bad / 'wts.h5.zip').read_bytes()); data[len(data) // 3] ^= 0x55
+    (bad / 'wts.h5.zip').write_bytes(bytes(data))
+    with pytest.raises(ValueError, match='SHA-256'): PT.load_pretrained(bad)
+    with pytest.raises(FileNotFoundError, match='model card'): PT.load_pretrained(tmp_path)
+    with pytest.raises(ValueError, match='is for N=64'):
+        PT.load_pretrained(out, sample_scan(np.random.default_rng(0), N=32, n=6))
+    with pytest.raises(ValueError, match='outside'):
+        PT.load_pretrained(out, sample_scan(np.random.default_rng(0), N=64, n=6, probe=gaussian_probe(64, 3.0)))
+
+
+def test_use_scan_keeps_the_learned_ratio(pretrained, held_out_scan):
+    out, _ = pretrained
+    model, _ = PT.load_pretrained(out)
+    r = float(torch.exp(model.model.log_scale) / model.model.intensity_scale)
+    PT.use_scan(model, held_out_scan)
+    s = float(model.model.intensity_scale)
+    assert s == pytest.approx(np.sqrt(held_out_scan.metadata['nphotons']) / 32, rel=1e-5)
+    assert float(torch.exp(model.model.log_scale)) / s == pytest.approx(r, rel=1e-5)
+
+
+def test_zero_shot(pretrained, held_out_scan):
+    out, _ = pretrained
+    res = PT.reconstruct_zero_shot(out, held_out_scan)
+    img = res['stitched_obj']
+    assert img.ndim == 2 and np.isfinite(img).all() and np.abs(img).max() > 0
+    assert set(res['metrics']) >= {'ssim_amp', 'ssim_phase'} and res['seconds'] > 0
+
+
+def test_fine_tune_from_the_pretrained_archive(pretrained, held_out_scan):
+    from ptycho_torch_nb.reconstruct import reconstruct_scan
+    out, _ = pretrained
+    res = reconstruct_scan(held_out_scan, nepochs=1, init_from=out, batch_size=4, progress=False)
+    assert np.isfinite(res['stitched_obj']).all() and res['steps'] > 0
+
+
+def _cli(argv):
+    from ptycho_torch_nb.cli import pretrain_main
+    err, outp = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(outp): code = pretrain_main(argv)
+    return code, outp.getvalue(), err.getvalue()
+
+
+def test_cli(tmp_path):
+    out = tmp_path / 'cli'
+    code, stdout, _ = _cli(['--output_dir', str(out), '--n_scans', '2', '--positions', '8', '--steps', '2',
+                            '--batch_size', '4', '--accelerator', 'cpu', '--quiet'])
+    assert code == 0 and (out / 'model_card.json').is_file()
+    card = json.loads((out / 'model_card.json').read_text())
+    assert card['command'].startswith('ptycho-torch-pretrain --output_dir') and card['training']['steps'] == 2
+    code, _, err = _cli(['--output_dir', str(out), '--steps', '1', '--quiet'])
+    assert code == 2 and 'already holds' in err and 'Traceback' not in err and err.count('\n') == 1
+    code, _, err = _cli(['--output_dir', str(tmp_path / 'x'), '--families', 'labyrinth'])
+    assert code == 2 and 'labyrinth' in err
+
+
+def test_polish_from_zero_shot(pretrained, held_out_scan):
+    from ptycho_torch_nb.reconstruct import polish
+    out, _ = pretrained
+    zs = PT.reconstruct_zero_shot(out, held_out_scan)
+    pol = polish(held_out_scan, zs, epochs=2)
+    assert np.isfinite(pol['stitched_obj']).all() and set(pol['metrics']) >= {'ssim_amp', 'ssim_phase'}
