@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib, json, logging, os, shutil, tempfile, time
 from pathlib import Path
 import numpy as np
-from .core import fault_point, pid_alive
+from .core import fault_point, pid_alive, process_umask
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -95,6 +95,7 @@ def write_entry(entry: Path, grouped: dict, params: dict) -> Path:
     entry = Path(entry); root = entry.parent
     root.mkdir(parents=True, exist_ok=True); _sweep_stale(root)
     tmp = Path(tempfile.mkdtemp(prefix=f'.tmp-{entry.name}-{os.getpid()}-', dir=root))
+    os.chmod(tmp, 0o777 & ~process_umask())   # mkdtemp makes 0700; an entry gets the mode any new folder would
     try:
         manifest = {'version': CACHE_VERSION, 'params': params, 'arrays': {}, 'scalars': {}, 'none': []}
         for k, v in grouped.items():

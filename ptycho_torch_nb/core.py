@@ -10,7 +10,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'require_torch', 'in_test', 'repo_root', 'data_path',
-           'fixtures_path', 'fault_point', 'pid_alive', 'clean_stale_temps', 'glob_escape', 'atomic_path', 'jsonable']
+           'fixtures_path', 'process_umask', 'fault_point', 'pid_alive', 'clean_stale_temps', 'glob_escape',
+           'atomic_path', 'jsonable']
 
 # %% ../nbs/00_core.ipynb #4360d238
 TORCH_INSTALL_HINT = "pip install 'torch>=2.2'"
@@ -53,8 +54,8 @@ def fixtures_path(name: str = ''  # fixture file name inside nbs/fixtures
     return p
 
 # %% ../nbs/00_core.ipynb #7b93be9a
-def _process_umask() -> int:
-    "The process umask (read by setting and restoring it)."
+def process_umask() -> int:
+    "The process umask (read by setting and restoring it): new files get mode `0o666 & ~umask`, folders `0o777 & ~umask`."
     mask = os.umask(0o022); os.umask(mask); return mask
 
 FAULT_ENV = 'PTYCHO_TORCH_NB_FAULT'   # test hook: 'name' or 'name#n' kills the process at that fault point
@@ -107,7 +108,7 @@ def atomic_path(final_path,  # where the file (or folder) should end up
     fd, tmp = tempfile.mkstemp(prefix=f'.{final_path.name}.{os.getpid()}.', suffix=suffix + '.tmp', dir=final_path.parent)
     os.close(fd)
     tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_process_umask())   # mkstemp makes 0600; a saved file gets the mode any other file would
+    os.chmod(tmp, 0o666 & ~process_umask())   # mkstemp makes 0600; a saved file gets the mode any other file would
     try:
         yield tmp
         fault_point(f'before-rename:{final_path.name}')

@@ -311,11 +311,18 @@ def test_pickle_fallback_refuses_torch_objects(archive, tmp_path):
 
 @pytest.mark.parametrize('umask,mode', [(0o027, 0o640), (0o002, 0o664), (0o077, 0o600)])
 def test_saved_files_follow_the_umask(tmp_path, umask, mode):
+    "Atomic saves (configs, archives, NPZ) and cache entries get the mode of any new file/folder, not mkstemp's 0600."
     from ptycho_torch_nb.config import TrainingConfig, ModelConfig, save_config
+    from ptycho_torch_nb.raw_data import RawDataTorch
     old = os.umask(umask)
-    try: p = save_config(TrainingConfig(model=ModelConfig()), tmp_path / 'c.json')
+    try:
+        p = save_config(TrainingConfig(model=ModelConfig()), tmp_path / 'c.json')
+        raw = RawDataTorch(**_scan()); q = raw.to_file(tmp_path / 's.npz')
+        RawDataTorch.from_file(q).generate_grouped_data(8, nsamples=4, seed=0, gridsize=1, use_cache=True, cache_dir=tmp_path / 'cache')
     finally: os.umask(old)
-    assert p.stat().st_mode & 0o777 == mode
+    assert p.stat().st_mode & 0o777 == mode and q.stat().st_mode & 0o777 == mode
+    entries = [e for e in (tmp_path / 'cache').iterdir() if not e.name.startswith('.')]
+    assert len(entries) == 1 and entries[0].stat().st_mode & 0o777 == mode | (0o111 & ~umask)
 
 
 # ------------------------------------------------------------------ 4. runs never mix
@@ -550,3 +557,19 @@ def test_pretrain_cli_refuses_bad_values(flags, needle, tmp_path, capsys):
     line = _one_line(capsys.readouterr().err)
     assert code == 2 and needle in line and line.startswith('ptycho-torch-pretrain: error:'), line
     assert not out.exists()
+
+
+@pytest.mark.parametrize('exc', [RecursionError('maximum recursion depth exceeded'), IndexError('tuple index out of range'),
+                                 AttributeError("'NoneType' object has no attribute 'shape'"), PermissionError(13, 'Permission denied', '/data/x.npz')])
+def test_cli_never_prints_a_traceback(exc, tiny_files, tmp_path, capsys, monkeypatch):
+    "Whatever fails inside a command: one line; a user error (OSError: the file named) exits 2, anything else 1; --debug re-raises."
+    from ptycho_torch_nb import cli, workflow
+    def boom(*a, **k): raise exc
+    monkeypatch.setattr(workflow, 'run_cdi_example_torch', boom)
+    argv = ['--train_data_file', str(tiny_files[0]), '--output_dir', str(tmp_path / 'o'), '--accelerator', 'cpu', '--quiet']
+    code = cli.train_main(argv)
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith('ptycho-torch-train: error:') and code == (2 if isinstance(exc, OSError) else 1), line
+    if isinstance(exc, OSError): assert '/data/x.npz' in line
+    else: assert type(exc).__name__ in line and '--debug' in line
+    with pytest.raises(type(exc)): cli.train_main(argv + ['--debug'])
