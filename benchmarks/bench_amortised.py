@@ -1,0 +1,90 @@
+"""Issue 16 benchmark: does a pretrained network image a new sample faster than the iterative solver? (not a test)
+
+For each case (scans of the held-out corpus families `corpus.HELD_OUT_FAMILIES`, the camera/astronaut scan of
+`simulation.simulated_scan`, and a low-dose case: 1e5 photons, 40% overlap), on the same scan, in the same process:
+- flat: the same-physics free-object solver `reconstruct.iterative_reference` from an object of ones, scored every
+  few epochs (its curve of SSIM against wall time);
+- zero-shot: `pretrain.reconstruct_zero_shot` (inference + stitching only);
+- polish: `reconstruct.polish` started from the zero-shot object (time counted from the start of zero-shot);
+- fine-tune: `reconstruct_scan(init_from=<pretrained>)` for --finetune_s seconds, then scored.
+Target = the flat solver's final SSIM minus 0.01 (amplitude and phase); it prints the time each route needs to reach
+it and the ratio to the flat solver's (acceptance: polish or fine-tune <= 0.5x), the zero-shot scores and times
+(acceptance: >= 0.75 / 0.65, <= 2 s for 256 patterns), and at low dose whether the amortised route's SSIM is at
+least the solver's at equal wall time.
+
+Usage: python benchmarks/bench_amortised.py --model data/pretrained_N64 [--n 256] [--solver_epochs 200]
+       [--polish_epochs 100] [--finetune_s 0] [--threads 2] [--out amortised.json]
+"""
+import argparse, json, sys, time
+from pathlib import Path
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+def time_to(curve, target):
+    "First time in `curve` ([{'train_s', 'ssim_amp', 'ssim_phase'}]) at which both SSIMs reach `target`; None if never."
+    for r in curve:
+        if r['ssim_amp'] >= target[0] and r['ssim_phase'] >= target[1]: return r['train_s']
+    return None
+
+def cases(n: int, seed: int):
+    "(name, scan) pairs: the held-out families, the benchmark object, a low-dose scan."
+    from ptycho_torch_nb.corpus import HELD_OUT_FAMILIES, sample_scan
+    from ptycho_torch_nb.simulation import simulated_scan
+    rng = np.random.default_rng(seed)
+    for fam in HELD_OUT_FAMILIES:
+        yield fam, sample_scan(rng, 64, n, families=[fam], allow_held_out=True, scan_kinds=('random',),
+                               probe_variants=('run1084',), nphotons=1e9, overlap=0.6)
+    yield 'camera/astronaut', simulated_scan(n=n, seed=seed)
+    yield 'low dose (1e5 photons, 40% overlap)', simulated_scan(n=n, overlap=0.4, nphotons=1e5, seed=seed + 1)
+
+def run_case(name, raw, model_dir, a):
+    from ptycho_torch_nb.reconstruct import iterative_reference, polish, reconstruct_scan
+    from ptycho_torch_nb.pretrain import load_pretrained, reconstruct_zero_shot
+    every = max(1, a.solver_epochs // 20)
+    flat = iterative_reference(raw, epochs=a.solver_epochs, score_every=every, seed=a.seed)
+    target = (flat['metrics']['ssim_amp'] - 0.01, flat['metrics']['ssim_phase'] - 0.01)
+    zs = reconstruct_zero_shot(load_pretrained(model_dir), raw)
+    pol = polish(raw, zs, epochs=a.polish_epochs, score_every=max(1, a.polish_epochs // 20), seed=a.seed)
+    pol_curve = [dict(r, train_s=r['train_s'] + zs['seconds']) for r in pol['snapshots']]
+    rec = dict(case=name, target=target, flat_final=flat['metrics'], flat_curve=flat['snapshots'],
+               zero_shot=dict(zs['metrics'], seconds=zs['seconds'], inference_seconds=zs['inference_seconds']),
+               polish_curve=pol_curve, t_flat=time_to(flat['snapshots'], target), t_polish=time_to(pol_curve, target))
+    if a.finetune_s > 0:
+        ft = reconstruct_scan(raw, time_budget_s=a.finetune_s, init_from=Path(model_dir) / 'wts.h5.zip', progress=False, seed=a.seed)
+        rec['finetune'] = dict(ft['metrics'], seconds=ft['train_seconds'])
+    if rec['t_flat'] and rec['t_polish']: rec['ratio'] = rec['t_polish'] / rec['t_flat']
+    # equal wall time: the flat solver's score at the polish route's final time
+    t_end = pol_curve[-1]['train_s'] if pol_curve else zs['seconds']
+    at = [r for r in flat['snapshots'] if r['train_s'] <= t_end]
+    rec['flat_at_equal_time'] = at[-1] if at else None
+    return rec
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--model', default=str(ROOT / 'data' / 'pretrained_N64'), help='pretrained model folder (model_card.json + wts.h5.zip)')
+    ap.add_argument('--n', type=int, default=256, help='positions per scan')
+    ap.add_argument('--solver_epochs', type=int, default=200, help='epochs of the flat-start solver')
+    ap.add_argument('--polish_epochs', type=int, default=100, help='epochs of the polish from the zero-shot object')
+    ap.add_argument('--finetune_s', type=float, default=0.0, help='fine-tune budget (s); 0 skips the fine-tune route')
+    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--out', default=None, help='write the JSON record here')
+    a = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    import torch, warnings, logging
+    torch.set_num_threads(a.threads); warnings.filterwarnings('ignore')
+    logging.getLogger('lightning.pytorch').setLevel(logging.ERROR)
+    f = lambda m: f"{m['ssim_amp']:.3f} / {m['ssim_phase']:.3f}"
+    records = []
+    for name, raw in cases(a.n, a.seed):
+        r = run_case(name, raw, a.model, a); records.append(r)
+        zs = r['zero_shot']
+        print(f"{name:38s} flat {a.solver_epochs} epochs {f(r['flat_final'])} | zero-shot {f(zs)} in {zs['seconds']:.2f} s "
+              f"(inference {zs['inference_seconds']:.2f} s) | time to target: flat {r['t_flat']} s, polish {r['t_polish']} s"
+              + (f", ratio {r['ratio']:.2f}" if r.get('ratio') else '') + (f" | fine-tune {f(r['finetune'])}" if 'finetune' in r else ''),
+              flush=True)
+    if a.out: Path(a.out).write_text(json.dumps(records, indent=1, default=float))
+    return 0
+
+if __name__ == '__main__': sys.exit(main())
