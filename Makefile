@@ -43,9 +43,11 @@ test: check-export check-clean
 bench: $(STAMP)
 	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
+# Jupyter refuses to start as root unless told to (containers, cloud shells): pass --allow-root only then.
+LAB_FLAGS ?= $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 lab: $(STAMP)
-	$(BIN)/python -m pip install -q jupyterlab
-	$(BIN)/jupyter lab nbs
+	test -x $(BIN)/jupyter-lab || $(BIN)/python -m pip install -q jupyterlab
+	$(BIN)/jupyter lab $(LAB_FLAGS) nbs
 
 docs: $(STAMP)
 	$(BIN)/python tools/build_docs.py

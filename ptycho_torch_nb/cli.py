@@ -10,9 +10,9 @@ from typing import Optional, Sequence
 from .config import ScanOptions, GENERATOR_MODES
 
 # %% auto #0
-__all__ = ['ACCELERATORS', 'USER_ERRORS', 'COMMANDS', 'CLIError', 'OneLineParser', 'train_parser', 'build_train_configs',
-           'train_main', 'infer_parser', 'infer_main', 'reconstruct_parser', 'reconstruct_main', 'main',
-           'pretrain_parser', 'pretrain_main']
+__all__ = ['ACCELERATORS', 'USER_ERRORS', 'COMMANDS', 'CLIError', 'OneLineParser', 'HelpFormatter', 'train_parser',
+           'build_train_configs', 'train_main', 'infer_parser', 'infer_main', 'reconstruct_parser', 'reconstruct_main',
+           'main', 'pretrain_parser', 'pretrain_main']
 
 # %% ../nbs/06_cli.ipynb #cc772f99
 ACCELERATORS = ('auto', 'cpu', 'gpu', 'cuda', 'mps', 'tpu')   # 'tpu' is accepted here and refused by the config, as upstream
@@ -43,20 +43,36 @@ def _positive_float(s):
     if not v > 0 or v == float('inf'): raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
     return v
 
+class HelpFormatter(argparse.HelpFormatter):
+    "Appends `(default: X)` to a flag's help once: not when the help already states its default, not for on/off switches."
+    def _get_help_string(self, action):
+        h = action.help or ''
+        d = action.default
+        if ('default' in h.lower() or not action.option_strings or d is None or isinstance(d, bool)
+                or d is argparse.SUPPRESS or action.nargs == 0 or (isinstance(d, (tuple, list)) and not d)): return h
+        return h + ' (default: %(default)s)'
+
+def _add_output_flags(g):
+    "`--quiet` and `--verbose`, the same on every command."
+    g.add_argument('--quiet', action='store_true', help='no progress bar, no summary lines')
+    g.add_argument('--verbose', action='store_true',
+                   help="also show Lightning's own lines (GPU/TPU available, tips) and library warnings")
+    return g
+
 def _devices(s):
     return 'auto' if s == 'auto' else _positive_int(s)
 
 def _add_runtime_flags(p, inference: bool = False):
     g = p.add_argument_group('execution (PyTorchExecutionConfig)')
     g.add_argument('--accelerator', choices=ACCELERATORS, default='auto',
-                   help="device kind; 'auto' = cuda when available, else cpu (default: auto)")
-    g.add_argument('--devices', type=_devices, default=1, help="devices per node, or 'auto' (default: 1)")
+                   help="device kind; 'auto' = cuda when available, else cpu")
+    g.add_argument('--devices', type=_devices, default=1, help="devices per node, or 'auto'")
     g.add_argument('--num-workers', dest='num_workers', type=_non_negative_int, default=0,
-                   help='DataLoader worker processes (default: 0, best on CPU)')
+                   help='DataLoader worker processes (0 is best on CPU)')
     g.add_argument('--pin-memory', dest='pin_memory', action='store_true', help='pin host memory for GPU transfers')
     g.add_argument('--inference-batch-size', dest='inference_batch_size', type=_positive_int, default=None,
                    help='groups per prediction batch (default: 4 x the training batch size)')
-    g.add_argument('--quiet', action='store_true', help='no progress bar, no summary lines')
+    _add_output_flags(g)
     g.add_argument('--device', choices=('cpu', 'cuda'), default=None,
                    help='DEPRECATED: use --accelerator (mapped to it with a DeprecationWarning)')
     return g
@@ -68,15 +84,17 @@ def _add_data_flags(p, inference: bool = False):
                    help='folder for images, metrics, checkpoints, logs and wts.h5.zip')
     g.add_argument('--n_groups', '--n-groups', '--n_images', '--n-images', dest='n_groups', type=_positive_int,
                    default=None, help='groups (patterns at gridsize 1) to use; --n_images is the older name '
-                                      + ('(default: all)' if inference else '(default: 512)'))
+                                      + ('(default: every scan position)' if inference else
+                                         '(default: one group per scan position, so no oversampling is needed)'))
     g.add_argument('--n_subsample', '--n-subsample', dest='n_subsample', type=_positive_int, default=None,
                    help='positions to subsample before grouping (default: all)')
-    g.add_argument('--subsample_seed', '--subsample-seed', dest='subsample_seed', type=int, default=None,
-                   help='seed of the subsampling/grouping')
+    g.add_argument('--subsample_seed', '--subsample-seed', dest='subsample_seed', type=int, default=0,
+                   help='seed of the subsampling/grouping; train and infer use the same default, so they '
+                        'group a test scan alike and report the same scores (default: 0)')
     g.add_argument('--neighbor_count', '--neighbor-count', dest='neighbor_count', type=_positive_int, default=4,
-                   help='K nearest neighbours considered when grouping (default: 4)')
+                   help='K nearest neighbours considered when grouping')
     g.add_argument('--M', '--stitch-crop', dest='M', type=_positive_int, default=20,
-                   help='central M x M pixels of each patch kept when stitching (default: 20)')
+                   help='central M x M pixels of each patch kept when stitching')
     g.add_argument('--overwrite', action='store_true',
                    help='replace a previous run in --output_dir (without it a used folder is refused)')
     g.add_argument('--debug', action='store_true', help='show the traceback of an error')
@@ -85,7 +103,7 @@ def _add_data_flags(p, inference: bool = False):
 # %% ../nbs/06_cli.ipynb #c2ab7f8a
 def train_parser() -> argparse.ArgumentParser:
     "The argument parser of `ptycho-torch-train` (every flag documented in `--help`)."
-    p = OneLineParser(prog='ptycho-torch-train', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = OneLineParser(prog='ptycho-torch-train', formatter_class=HelpFormatter,
                                 description='Train the PyTorch PtychoPINN on an NPZ scan; with a test file, reconstruct '
                                             'and score the held-out region. Writes images, metrics.json, checkpoints, '
                                             'logs and wts.h5.zip into --output_dir.')
@@ -102,7 +120,7 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument('--batch_size', '--batch-size', dest='batch_size', type=_positive_int, default=16,
                    help='groups per training batch (per device)')
     g.add_argument('--nepochs', '--max_epochs', '--max-epochs', dest='nepochs', type=_positive_int, default=100,
-                   help='training epochs')
+                   help='training epochs (--max_epochs is the older name)')
     g.add_argument('--nphotons', type=_positive_float, default=None,
                    help='expected photons per pattern (default: the file metadata, else 1e9)')
     g.add_argument('--n_filters_scale', '--n-filters-scale', dest='n_filters_scale', type=_positive_int, default=2,
@@ -119,7 +137,7 @@ def train_parser() -> argparse.ArgumentParser:
                    default='norm', help='how --gradient-clip-val clips')
     g.add_argument('--seed', type=int, default=42, help='seed of weights and shuffling')
     g.add_argument('--no-stitching', dest='do_stitching', action='store_false',
-                   help='skip reconstructing the test region after training')
+                   help='skip reconstructing the test region after training (default: reconstruct it)')
     _add_training_runtime_flags(_add_runtime_flags(p))
     return p
 
@@ -172,13 +190,14 @@ def _resolve_accelerator_flags(args):
     return args.accelerator
 
 def _file_facts(path: Path) -> dict:
-    "Pattern size (from the probe) and the simulation's `nphotons` (from `_metadata`, checked by the config rule) of an NPZ."
+    "Pattern size (from the probe), scan positions and the simulation's `nphotons` (`_metadata`, checked by the config rule) of an NPZ."
     import json, numpy as np
     from ptycho_torch_nb.config import validate_run_options
     facts, meta = {}, None
     try:
         with np.load(path, allow_pickle=False) as d:
             if 'probeGuess' in d.files: facts['N'] = int(d['probeGuess'].shape[-1])
+            if 'xcoords' in d.files: facts['n_positions'] = int(np.shape(d['xcoords'])[0])
             if '_metadata' in d.files: meta = json.loads(str(d['_metadata']))
     except Exception: return facts   # unreadable: RawDataTorch.from_file names the problem when the run loads it
     if isinstance(meta, dict) and meta.get('nphotons') is not None:
@@ -189,6 +208,14 @@ def _file_facts(path: Path) -> dict:
 
 def _check_file(path, what):
     if path is not None and not Path(path).is_file(): raise CLIError(f"{what} not found: {path}")
+
+def _check_scan(path, what):
+    "A scan file exists and follows the data contract (`raw_data`, numpy only: answered before torch is imported)."
+    _check_file(path, what)
+    if path is None: return
+    from ptycho_torch_nb.raw_data import RawDataTorch
+    try: RawDataTorch.from_file(path)
+    except ValueError as e: raise CLIError(str(e)) from None
 
 def build_train_configs(args):
     "`(TrainingConfig, PyTorchExecutionConfig)` from parsed `ptycho-torch-train` flags."
@@ -201,6 +228,8 @@ def build_train_configs(args):
     facts = _file_facts(args.train_data_file)
     N = args.N or facts.get('N') or 64
     if args.nphotons is None and 'nphotons' in facts: args.nphotons = facts['nphotons']
+    if args.n_groups is None and 'n_positions' in facts:  # one group per position: never needs oversampling
+        args.n_groups = min(facts['n_positions'], args.n_subsample or facts['n_positions'])
     try:
         model = C.ModelConfig(N=N, gridsize=args.gridsize, n_filters_scale=args.n_filters_scale,
                               object_big=args.gridsize > 1)
@@ -253,22 +282,30 @@ def _run(prog: str, fn, argv):
               file=sys.stderr)
         return 1
 
-def _quiet_lightning(quiet: bool):
-    import logging
-    for name in ('lightning', 'lightning.pytorch', 'lightning.fabric'):
-        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
-    warnings.filterwarnings('ignore', message='.*does not have many workers.*')
-    warnings.filterwarnings('ignore', message='.*LeafSpec.*')
+_LIBRARIES = r'(lightning|pytorch_lightning|torch|torchmetrics|torchvision)(\.|$)'
 
-def _summary(paths: dict, metrics, quiet: bool, extra=()):
+def _quiet_lightning(verbose: bool = False):
+    "Unless `verbose`: Lightning's info lines (GPU/TPU available, tips) and library warnings are not shown."
+    if verbose: return
+    import logging
+    import lightning.pytorch  # noqa: F401  (its import sets its loggers to INFO: lower them after it)
+    for name in ('lightning', 'lightning.pytorch', 'lightning.fabric', 'pytorch_lightning'):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for category in (UserWarning, DeprecationWarning, FutureWarning):
+        warnings.filterwarnings('ignore', category=category, module=_LIBRARIES)
+    warnings.filterwarnings('ignore', message='.*(does not have many workers|LeafSpec).*')
+
+def _summary(paths: dict, quiet: bool, extra=()):
+    "The output files, then the scores of `metrics.json` (one line per metric: amplitude, phase)."
     if quiet: return
     for line in extra: print(line)
     for name, p in sorted(paths.items()): print(f"  {name}: {p}")
-    if metrics:
-        show = {k: v for k, v in metrics.items() if k in ('mae', 'mse', 'psnr', 'ssim', 'ms_ssim', 'frc50')}
-        for k, v in show.items():
-            v = v if isinstance(v, (list, tuple)) else (v,)
-            print(f"  {k:8s} amplitude {float(v[0]):.4f}" + (f"  phase {float(v[1]):.4f}" if len(v) > 1 else ''))
+    import json
+    record = json.loads(Path(paths['metrics.json']).read_text()) if 'metrics.json' in paths else {}
+    amp, ph = record.get('amplitude') or {}, record.get('phase') or {}
+    for k in ('ssim', 'psnr', 'frc50', 'mae'):
+        if k in amp: print(f"  {k:6s} amplitude {amp[k]:.4f}  phase {ph.get(k, float('nan')):.4f}")
+    if amp: print("  (conventions: see 'conventions' in metrics.json)")
 
 def _train(argv):
     args = train_parser().parse_args(argv)
@@ -277,8 +314,10 @@ def _train(argv):
     if args.resume is not None:
         _check_file(args.output_dir / 'checkpoints' / 'last.ckpt' if args.resume == 'last' else Path(args.resume),
                     'checkpoint to resume from')
+    _check_scan(args.train_data_file, 'training data file')   # contents: still before torch is imported
+    _check_scan(args.test_data_file, 'test data file')
     training, execution = build_train_configs(args)
-    _quiet_lightning(args.quiet)
+    _quiet_lightning(args.verbose)
     from ptycho_torch_nb import workflow as W
     from ptycho_torch_nb.evaluation import save_outputs
     from ptycho_torch_nb.training import prepare_output_dir
@@ -291,9 +330,11 @@ def _train(argv):
     paths = save_outputs(amp, phase, results, args.output_dir)
     if results.get('bundle_path'): paths['wts.h5.zip'] = results['bundle_path']
     h = results['history']
-    _summary(paths, results.get('metrics'), args.quiet,
+    _summary(paths, args.quiet,
              [f"trained {len(h['train_loss'])} epochs; final train loss {h['train_loss'][-1]:.5g}"
-              + (f", val loss {h['val_loss'][-1]:.5g}" if h.get('val_loss') else ''), f"outputs in {args.output_dir}:"])
+              + (f", val loss {h['val_loss'][-1]:.5g}" if h.get('val_loss') else '')
+              + " (Poisson NLL per pixel without its constant: negative, only its decrease matters)",
+              f"outputs in {args.output_dir}:"])
     return 0
 
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -303,7 +344,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 # %% ../nbs/06_cli.ipynb #3db3c5a5
 def infer_parser() -> argparse.ArgumentParser:
     "The argument parser of `ptycho-torch-infer`."
-    p = OneLineParser(prog='ptycho-torch-infer', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = OneLineParser(prog='ptycho-torch-infer', formatter_class=HelpFormatter,
                                 description='Reconstruct a scan with a trained model (wts.h5.zip) and write the '
                                             'stitched amplitude/phase, metrics.json and figures.')
     g = p.add_argument_group('files')
@@ -319,13 +360,13 @@ def _infer(argv):
     args = infer_parser().parse_args(argv)
     if not args.model_path.is_dir(): raise CLIError(f"model folder not found: {args.model_path}")
     _check_file(args.model_path / 'wts.h5.zip', 'model archive')
-    _check_file(args.test_data, 'test data file')
+    _check_scan(args.test_data, 'test data file')
     _resolve_accelerator_flags(args)
-    _quiet_lightning(args.quiet)
+    _quiet_lightning(args.verbose)
     from ptycho_torch_nb import config as C, persistence as P, workflow as W, params as legacy
     from ptycho_torch_nb.evaluation import save_outputs, evaluate_reconstruction
-    from ptycho_torch_nb.training import prepare_output_dir
     import torch
+    from ptycho_torch_nb.training import prepare_output_dir
     C.validate_run_options('ptycho-torch-infer', subsample_seed=args.subsample_seed)
     prepare_output_dir(args.output_dir, args.overwrite)   # a used folder is refused before any work
     models, params = P.load_inference_bundle_torch(args.model_path)
@@ -352,7 +393,7 @@ def _infer(argv):
             rec['stitched_obj'], rec['global_offsets'], raw.objectGuess, args.M, rec['stitch_weights'])
     rec['backend'] = 'pytorch'
     paths = save_outputs(amp, phase, rec, args.output_dir)
-    _summary(paths, rec.get('metrics'), args.quiet,
+    _summary(paths, args.quiet,
              [f"reconstructed {rec['obj_tensor_full'].shape[0] * rec['obj_tensor_full'].shape[1]} patterns "
               f"({rec['inference_patterns_per_s']:.0f} patterns/s); outputs in {args.output_dir}:"])
     return 0
@@ -366,59 +407,60 @@ _SCAN = ScanOptions()  # the defaults the help text quotes
 
 def reconstruct_parser() -> argparse.ArgumentParser:
     "Argument parser of `ptycho-torch-reconstruct`."
-    p = OneLineParser(prog='ptycho-torch-reconstruct',
+    p = OneLineParser(prog='ptycho-torch-reconstruct', formatter_class=HelpFormatter,
         description='Reconstruct one ptychography scan self-supervised: train PtychoPINN on the scan\'s own diffraction '
                     '(no labels, gridsize 2), then reconstruct and stitch it. Writes images, metrics.json, '
                     'reconstruct.json and the model archive wts.h5.zip into --output_dir.')
     p.add_argument('scan', help='NPZ scan file (diff3d or diffraction, xcoords, ycoords, probeGuess; objectGuess is used as the truth for scores)')
     p.add_argument('--output_dir', '--output-dir', required=True, help='folder for the outputs (created)')
     p.add_argument('--time_budget', '--time-budget', type=float, default=None, metavar='SECONDS',
-                   help='training wall-clock budget in seconds (default: train --epochs epochs)')
-    p.add_argument('--epochs', type=int, default=None, help=f"epochs when there is no time budget (default {_SCAN.nepochs})")
+                   help='training wall-clock budget in seconds; without it, training runs --nepochs epochs, which takes '
+                        'about an hour on 2 CPU cores for a 256-pattern scan (default: no budget)')
+    p.add_argument('--nepochs', '--epochs', dest='nepochs', type=int, default=None,
+                   help=f"epochs when there is no time budget; --epochs is the older name (default: {_SCAN.nepochs})")
     p.add_argument('--init_from', '--init-from', default=None, metavar='ARCHIVE',
                    help='fine-tune from this archive (wts.h5.zip or the output folder of an earlier run) instead of a fresh model')
-    p.add_argument('--gridsize', type=int, default=None, help=f"patterns per group = gridsize² (default {_SCAN.gridsize})")
+    p.add_argument('--gridsize', type=int, default=None, help=f"patterns per group = gridsize² (default: {_SCAN.gridsize})")
     p.add_argument('--neighbor_count', '--neighbor-count', type=int, default=None, metavar='K',
-                   help=f"neighbours a training group is drawn from (default {_SCAN.neighbor_count})")
+                   help=f"neighbours a training group is drawn from (default: {_SCAN.neighbor_count})")
     p.add_argument('--group_radius', '--group-radius', type=float, default=None, metavar='PX',
-                   help='neighbours farther than this from a group\'s seed are not grouped with it (default N/2)')
-    p.add_argument('--batch_size', '--batch-size', type=int, default=None, help=f"groups per step (default {_SCAN.batch_size})")
+                   help='neighbours farther than this from a group\'s seed are not grouped with it (default: N/2)')
+    p.add_argument('--batch_size', '--batch-size', type=int, default=None, help=f"groups per step (default: {_SCAN.batch_size})")
     p.add_argument('--learning_rate', '--learning-rate', type=float, default=None,
-                   help=f"peak Adam learning rate of the warm-up + cosine schedule (default {_SCAN.learning_rate})")
+                   help=f"peak Adam learning rate of the warm-up + cosine schedule (default: {_SCAN.learning_rate})")
     p.add_argument('--n_filters_scale', '--n-filters-scale', type=int, default=None,
-                   help=f"network width multiplier (default {_SCAN.n_filters_scale}; the reference uses 2)")
-    p.add_argument('--M', type=int, default=None, help=f"central square of each patch kept when stitching (default {_SCAN.M})")
+                   help=f"network width multiplier (default: {_SCAN.n_filters_scale}; the reference uses 2)")
+    p.add_argument('--M', type=int, default=None, help=f"central square of each patch kept when stitching (default: {_SCAN.M})")
     p.add_argument('--generator_mode', '--generator-mode', choices=GENERATOR_MODES, default=None,
-                   help=f"'pattern': the CNN reads each pattern alone; 'group': the reference CNN reads a group's patterns together (default {_SCAN.generator_mode!r})")
+                   help=f"'pattern': the CNN reads each pattern alone; 'group': the reference CNN reads a group's patterns together (default: {_SCAN.generator_mode!r})")
     p.add_argument('--precision', default=None, choices=['auto', '32-true', 'bf16-mixed', '16-mixed'],
                    help="training precision; 'auto': bf16-mixed where the device computes bfloat16 natively, else 32-true (default: auto; 32-true with --parity)")
     p.add_argument('--no_backprop_input', '--no-backprop-input', action='store_true',
                    help="do not give the network the back-propagated first guess as extra input channels")
     p.add_argument('--probe_trainable', '--probe-trainable', action='store_true', help='refine the probe during training')
     p.add_argument('--parity', action='store_true', help="the TF reference's configuration (reference grouping and merge canvas, batch 16, constant lr 1e-3)")
-    p.add_argument('--accelerator', default='auto', choices=['auto', 'cpu', 'gpu', 'cuda', 'mps'], help='where to train (default: GPU if available)')
+    p.add_argument('--accelerator', default='auto', choices=['auto', 'cpu', 'gpu', 'cuda', 'mps'], help="where to train; 'auto' = GPU if available (default: auto)")
     p.add_argument('--snapshots', type=float, nargs='*', default=(), metavar='SECONDS',
                    help='training times at which to score the reconstruction against the truth (needs objectGuess)')
     p.add_argument('--seed', type=int, default=42, help='seed of weights, grouping and shuffling')
-    p.add_argument('--quiet', action='store_true', help='no progress lines')
+    _add_output_flags(p)
     p.add_argument('--overwrite', action='store_true', help='replace a previous run in --output_dir (without it a used folder is refused)')
     p.add_argument('--debug', action='store_true', help='show the traceback of an error')
     return p
 
 # %% ../nbs/06_cli.ipynb #4486de62
-_CLI_OPTIONS = {'epochs': 'nepochs', 'gridsize': 'gridsize', 'neighbor_count': 'neighbor_count', 'group_radius': 'group_radius',
+_CLI_OPTIONS = {'nepochs': 'nepochs', 'gridsize': 'gridsize', 'neighbor_count': 'neighbor_count', 'group_radius': 'group_radius',
                 'batch_size': 'batch_size', 'learning_rate': 'learning_rate', 'n_filters_scale': 'n_filters_scale', 'M': 'M',
                 'generator_mode': 'generator_mode'}
 
 def _reconstruct(argv):
     args = reconstruct_parser().parse_args(argv)   # a usage error: one line, exit 2 (`_run`)
     from ptycho_torch_nb.config import validate_run_options
-    from ptycho_torch_nb.training import prepare_output_dir
     validate_run_options('ptycho-torch-reconstruct', time_budget_s=args.time_budget, M=args.M, seed=args.seed,
-                         nepochs=args.epochs, gridsize=args.gridsize, batch_size=args.batch_size,
+                         nepochs=args.nepochs, gridsize=args.gridsize, batch_size=args.batch_size,
                          learning_rate=args.learning_rate)   # before the scan is read or anything written
     scan = Path(args.scan)
-    if not scan.is_file(): raise CLIError(f"scan file not found: {scan}")
+    _check_scan(scan, 'scan file')
     if args.init_from is not None:
         ip = Path(args.init_from)
         if not (ip.is_file() or (ip / 'wts.h5.zip').is_file() or Path(f"{ip}.zip").is_file()):
@@ -426,6 +468,8 @@ def _reconstruct(argv):
     opts = {dst: getattr(args, src) for src, dst in _CLI_OPTIONS.items() if getattr(args, src) is not None}
     if args.probe_trainable: opts['probe_trainable'] = True
     if args.no_backprop_input: opts['backprop_input'] = False
+    _quiet_lightning(args.verbose)
+    from ptycho_torch_nb.training import prepare_output_dir
     prepare_output_dir(args.output_dir, args.overwrite)
     from ptycho_torch_nb.reconstruct import reconstruct_scan, scan_options, scan_execution_config
     run_opts = scan_options(args.parity, **{k: opts[k] for k in ('learning_rate',) if k in opts},
@@ -465,46 +509,46 @@ if __name__ == '__main__': sys.exit(main())
 # %% ../nbs/06_cli.ipynb #2758e882
 def pretrain_parser() -> argparse.ArgumentParser:
     "Argument parser of `ptycho-torch-pretrain`."
-    p = OneLineParser(prog='ptycho-torch-pretrain', description='Pretrain PtychoPINN\'s single-scan network '
+    p = OneLineParser(prog='ptycho-torch-pretrain', formatter_class=HelpFormatter, description='Pretrain PtychoPINN\'s single-scan network '
         'self-supervised on a simulated corpus of many samples; writes wts.h5.zip, model_card.json and checkpoints/.')
     p.add_argument('--output_dir', '--output-dir', required=True, type=Path, help='folder for the model, its card and checkpoints')
-    p.add_argument('--n_scans', '--n-scans', type=_positive_int, default=256, help='corpus scans to simulate (default 256)')
-    p.add_argument('--positions', type=_positive_int, default=64, help='scan positions per corpus scan (default 64)')
-    p.add_argument('--N', type=_positive_int, default=64, help='pattern size (default 64)')
+    p.add_argument('--n_scans', '--n-scans', type=_positive_int, default=256, help='corpus scans to simulate')
+    p.add_argument('--positions', type=_positive_int, default=64, help='scan positions per corpus scan')
+    p.add_argument('--N', type=_positive_int, default=64, help='pattern size')
     p.add_argument('--steps', type=_positive_int, default=None, help='optimiser steps (default: 1000 unless --time_budget)')
     p.add_argument('--time_budget', '--time-budget', type=_positive_float, default=None, metavar='SECONDS',
                    help='wall-clock training budget in seconds')
-    p.add_argument('--batch_size', '--batch-size', type=_positive_int, default=16, help='groups per step, one scan each (default 16)')
+    p.add_argument('--batch_size', '--batch-size', type=_positive_int, default=16, help='groups per step, one scan each')
     p.add_argument('--learning_rate', '--learning-rate', type=_positive_float, default=2e-3,
-                   help='peak learning rate of the warm-up + cosine schedule (default 2e-3)')
+                   help='peak learning rate of the warm-up + cosine schedule')
     p.add_argument('--families', nargs='+', default=None, help='training families to draw from (default: all)')
-    p.add_argument('--n_filters_scale', '--n-filters-scale', type=_positive_int, default=1, help='network width (default 1)')
-    p.add_argument('--seed', type=int, default=0, help='seed of the corpus, the weights and the batch order (default 0)')
-    p.add_argument('--checkpoint_every', '--checkpoint-every', type=_positive_int, default=200, help='steps between checkpoints (default 200)')
+    p.add_argument('--n_filters_scale', '--n-filters-scale', type=_positive_int, default=1, help='network width')
+    p.add_argument('--seed', type=int, default=0, help='seed of the corpus, the weights and the batch order')
+    p.add_argument('--checkpoint_every', '--checkpoint-every', type=_positive_int, default=200, help='steps between checkpoints')
     p.add_argument('--resume', action='store_true', help='continue from OUTPUT_DIR/checkpoints/last.ckpt (same corpus from the seed)')
     p.add_argument('--overwrite', action='store_true', help='replace a pretrained model already in OUTPUT_DIR')
-    p.add_argument('--accelerator', choices=ACCELERATORS, default='auto', help="device kind (default: auto)")
-    p.add_argument('--devices', type=_devices, default=1, help="devices per node, or 'auto' (default 1)")
-    p.add_argument('--num_nodes', '--num-nodes', type=_positive_int, default=1, help='nodes (default 1)')
+    p.add_argument('--accelerator', choices=ACCELERATORS, default='auto', help="device kind")
+    p.add_argument('--devices', type=_devices, default=1, help="devices per node, or 'auto'")
+    p.add_argument('--num_nodes', '--num-nodes', type=_positive_int, default=1, help='nodes')
     p.add_argument('--precision', choices=('auto', '32-true', 'bf16-mixed', '16-mixed'), default='auto',
-                   help="training precision; 'auto': bf16-mixed where the device computes bfloat16 natively (default auto)")
-    p.add_argument('--quiet', action='store_true', help='no progress lines')
+                   help="training precision; 'auto': bf16-mixed where the device computes bfloat16 natively")
+    _add_output_flags(p)
     return p
 
 def _pretrain(argv):
-    from ptycho_torch_nb.pretrain import pretrain
-    from ptycho_torch_nb.corpus import TRAINING_FAMILIES
     args = pretrain_parser().parse_args(argv)
     from ptycho_torch_nb.config import validate_run_options
     validate_run_options('ptycho-torch-pretrain', N=args.N, seed=args.seed, time_budget_s=args.time_budget,
                          batch_size=args.batch_size, learning_rate=args.learning_rate)   # before anything runs
-    bad = [f for f in args.families or () if f not in TRAINING_FAMILIES]
-    if bad: raise CLIError(f"--families {bad}: not training families (choose from {sorted(TRAINING_FAMILIES)})")
     if (args.output_dir / 'wts.h5.zip').exists() and not (args.resume or args.overwrite):
         raise CLIError(f"{args.output_dir}: already holds a pretrained model; use --resume, --overwrite or another --output_dir")
     if args.resume and not (args.output_dir / 'checkpoints' / 'last.ckpt').exists():
         raise CLIError(f"{args.output_dir}: nothing to resume (no checkpoints/last.ckpt)")
-    _quiet_lightning(args.quiet)
+    from ptycho_torch_nb.corpus import TRAINING_FAMILIES   # torch from here on: after parsing and the cheap checks
+    bad = [f for f in args.families or () if f not in TRAINING_FAMILIES]
+    if bad: raise CLIError(f"--families {bad}: not training families (choose from {sorted(TRAINING_FAMILIES)})")
+    _quiet_lightning(args.verbose)
+    from ptycho_torch_nb.pretrain import pretrain
     res = pretrain(args.output_dir, args.n_scans, args.steps, args.time_budget, args.N, args.positions, args.seed,
                    args.batch_size, args.learning_rate, args.families, args.n_filters_scale, args.resume, args.overwrite,
                    args.checkpoint_every, args.accelerator, args.devices, args.num_nodes, args.precision,

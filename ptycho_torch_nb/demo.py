@@ -106,8 +106,8 @@ def run_demo(output_dir='demo_outputs',  # where everything goes
     images, scores = {'network': res['stitched_obj']}, {'network': res['metrics']}
     if pol is not None:
         images['polished'], scores['polished'] = pol['stitched_obj'], pol['metrics']
-        with atomic_path(out / 'polished.npz', suffix='.npz') as tmp:
-            np.savez_compressed(tmp, object=pol['stitched_obj'], amplitude=np.abs(pol['stitched_obj']),
+        with atomic_path(out / 'polished.npz', suffix='.npz') as tmp, open(tmp, 'wb') as f:  # a file object: numpy adds no suffix
+            np.savez_compressed(f, object=pol['stitched_obj'], amplitude=np.abs(pol['stitched_obj']),
                                 phase=np.angle(pol['stitched_obj']), weights=pol['weights'])
         paths['polished.npz'] = out / 'polished.npz'
     fig = demo_figure(res['ground_truth_canvas'], images, res['weights'], scores)

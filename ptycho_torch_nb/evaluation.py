@@ -12,10 +12,11 @@ from .core import atomic_path, jsonable
 from .stitching import stitch_geometry, object_region
 
 # %% auto #0
-__all__ = ['MS_SSIM_WEIGHTS', 'as_image', 'trim_border', 'fit_plane', 'fit_and_remove_plane', 'psnr_cv2', 'psnr', 'ms_ssim',
-           'frc_curve', 'frc_crossing', 'eval_reconstruction', 'find_shift', 'shift_image', 'register_to_truth',
-           'align_and_score', 'plot_comparison', 'plot_loss_curves', 'ground_truth_on_canvas', 'covered_box',
-           'evaluate_reconstruction', 'score_scan', 'save_outputs', 'plot_ssim_curve']
+__all__ = ['MS_SSIM_WEIGHTS', 'IMAGE_STYLE', 'METRICS_SCHEMA', 'METRICS_CONVENTIONS', 'LOSS_MEANING', 'as_image', 'trim_border',
+           'fit_plane', 'fit_and_remove_plane', 'psnr_cv2', 'psnr', 'ms_ssim', 'frc_curve', 'frc_crossing',
+           'eval_reconstruction', 'find_shift', 'shift_image', 'register_to_truth', 'align_and_score', 'show_image',
+           'plot_comparison', 'plot_loss_curves', 'ground_truth_on_canvas', 'covered_box', 'evaluate_reconstruction',
+           'scanned_mask', 'score_on_canvas', 'score_scan', 'metrics_record', 'save_outputs', 'plot_ssim_curve']
 
 # %% ../nbs/03c_evaluation.ipynb #45a03f5f
 def _to_numpy(a, name):
@@ -314,33 +315,52 @@ def _save(fig, path):
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight')
 
+IMAGE_STYLE = {'amplitude': dict(cmap='gray', label='amplitude'),
+               'phase': dict(cmap='twilight', label='phase (rad)', vmin=-np.pi, vmax=np.pi)}
+
+def show_image(ax,  # a matplotlib Axes
+               img,  # [H, W] real image (amplitude or phase)
+               kind: str = 'amplitude',  # 'amplitude' (grey, shared limits) or 'phase' (cyclic 'twilight' on [-π, π])
+               mask=None,  # [H, W] bool: the scanned pixels; the rest is drawn blank, not as a colour
+               vmin=None, vmax=None,  # colour limits (amplitude default: the masked image's range)
+               title: str = ''):
+    "Draw one amplitude or phase image with pixel axes and a colour bar; returns the image artist."
+    import matplotlib
+    style = IMAGE_STYLE[kind]
+    img = np.asarray(img, np.float64)
+    if mask is not None: img = np.where(np.asarray(mask, bool), img, np.nan)
+    shown = img[np.isfinite(img)]
+    lo = style.get('vmin', shown.min() if shown.size else 0.0) if vmin is None else vmin
+    hi = style.get('vmax', shown.max() if shown.size else 1.0) if vmax is None else vmax
+    cmap = matplotlib.colormaps[style['cmap']].with_extremes(bad='white')
+    im = ax.imshow(img, vmin=lo, vmax=hi, cmap=cmap, interpolation='nearest')
+    ax.set_title(title or style['label'], fontsize=9)
+    ax.set_xlabel('x (px)', fontsize=8); ax.set_ylabel('y (px)', fontsize=8); ax.tick_params(labelsize=7)
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=style['label'])
+    return im
+
 def plot_comparison(recon,  # complex [H, W] reconstruction (numpy or torch)
                     truth=None,  # complex [H, W] ground truth of the same region, or None
                     metrics: dict | None = None,  # metrics to print in the title (scalars or (amp, phase) pairs)
                     path=None,  # write the figure here as PNG (atomically) when given
                     title: str = '',  # first title line
+                    mask=None,  # [H, W] bool: scanned pixels (e.g. `scanned_mask(weights, 0)`); the rest is blank
                    ):
-    "Amplitude and phase of the reconstruction (and of the ground truth beside it); returns the Figure."
+    "Amplitude (grey) and phase (cyclic) of the reconstruction, and of the ground truth beside it; returns the Figure."
     from matplotlib.figure import Figure
     recon = as_image(recon, 'recon')
-    cols = [('reconstruction', recon)]
-    if truth is not None:
-        truth = as_image(truth, 'truth')
-        cols.append(('ground truth', truth))
-    fig = Figure(figsize=(3.6 * len(cols) + 0.8, 6.6))
-    amps = [np.abs(c) for _, c in cols]
-    phs = [np.angle(c) for _, c in cols]
+    cols = [('reconstruction', recon)] + ([('ground truth', as_image(truth, 'truth'))] if truth is not None else [])
+    fig = Figure(figsize=(4.0 * len(cols) + 0.8, 7.0))
+    keep = np.ones(recon.shape, bool) if mask is None else np.asarray(mask, bool)
+    amps = [np.abs(c)[keep] for _, c in cols]
     avmin, avmax = min(a.min() for a in amps), max(a.max() for a in amps)
-    pvmin, pvmax = min(p.min() for p in phs), max(p.max() for p in phs)
-    for j, (name, _) in enumerate(cols):
-        for i, (img, lab, vmin, vmax, cmap) in enumerate([(amps[j], 'amplitude', avmin, avmax, 'gray'),
-                                                         (phs[j], 'phase (rad)', pvmin, pvmax, 'twilight')]):
-            ax = fig.add_subplot(2, len(cols), i * len(cols) + j + 1)
-            im = ax.imshow(img, vmin=vmin, vmax=vmax, cmap=cmap)
-            ax.set_title(f"{name}: {lab}", fontsize=9); ax.set_xticks([]); ax.set_yticks([])
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    for j, (name, c) in enumerate(cols):
+        show_image(fig.add_subplot(2, len(cols), j + 1), np.abs(c), 'amplitude', mask, avmin, avmax, f"{name}: amplitude")
+        show_image(fig.add_subplot(2, len(cols), len(cols) + j + 1), np.angle(c), 'phase', mask,
+                   title=f"{name}: phase (rad)")
     head = '\n'.join(x for x in (title, _fmt_metrics(metrics)) if x)
     if head: fig.suptitle(head, fontsize=8)
+    fig.tight_layout()
     _save(fig, path)
     return fig
 
@@ -367,6 +387,7 @@ def _history_series(history):
 def plot_loss_curves(history,  # {'train_loss': [...], 'val_loss': [...]} or [{'epoch': 0, 'train_loss': ..}, ...]
                      path=None,  # write the figure here as PNG (atomically) when given
                      title: str = 'training history',  # figure title
+                     ylabel: str = 'loss',  # what the values are
                     ):
     "Plot every numeric series of a training history (log scale when all values are positive); returns the Figure."
     from matplotlib.figure import Figure
@@ -378,7 +399,7 @@ def plot_loss_curves(history,  # {'train_loss': [...], 'val_loss': [...]} or [{'
         ax.plot(x[ok], y[ok], marker='o' if ok.sum() < 30 else None, ms=3, label=k)
     ys = np.concatenate([y[np.isfinite(y)] for _, y in series.values()])
     if (ys > 0).all() and ys.max() / ys.min() > 20: ax.set_yscale('log')
-    ax.set_xlabel(x_label); ax.set_ylabel('value'); ax.set_title(title, fontsize=10)
+    ax.set_xlabel(x_label); ax.set_ylabel(ylabel, fontsize=8); ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3); ax.legend(fontsize=8)
     _save(fig, path)
     return fig
@@ -409,13 +430,22 @@ def evaluate_reconstruction(stitched_obj, positions, object_guess, M: int = 20, 
     return metrics, gt, box
 
 # %% ../nbs/03c_evaluation.ipynb #63947017
-def score_scan(stitched, weights, positions, object_guess, M: int = 48) -> dict:
-    "align_and_score on the scanned region + FRC-50 crossings (fraction of Nyquist) of amplitude and phase."
-    truth = ground_truth_on_canvas(object_guess, positions, M)
+def scanned_mask(weights,  # [P, P] overlap weights of the stitch (`reassemble_position(..., return_weights=True)`)
+                 erode: int = 3,  # pixels removed at the border (3: every 7 x 7 SSIM window lies inside)
+                ) -> np.ndarray:
+    "[P, P] bool: the canvas pixels the patches cover (weight >= 0.5), eroded by `erode` pixels (never empty if covered)."
     from scipy.ndimage import binary_erosion
     covered = np.asarray(weights) >= 0.5
-    mask = binary_erosion(covered, structure=np.ones((7, 7), bool))  # every scored pixel's 7x7 SSIM window is covered
-    if not mask.any(): mask = covered
+    if erode <= 0: return covered
+    mask = binary_erosion(covered, structure=np.ones((2 * erode + 1,) * 2, bool))
+    return mask if mask.any() else covered
+
+def score_on_canvas(stitched,  # [P, P] complex stitched reconstruction
+                    weights,   # [P, P] its stitch weights (the scanned region is where they are >= 0.5)
+                    truth,     # [P, P] complex ground truth on the same canvas (`ground_truth_on_canvas`)
+                   ) -> dict:
+    "align_and_score on the scanned region + PSNR (peak = the truth's range) and FRC-50 (fraction of Nyquist)."
+    mask = scanned_mask(weights)
     s = align_and_score(stitched, truth, mask=mask)
     rows, cols = np.nonzero(mask)
     box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
@@ -428,46 +458,105 @@ def score_scan(stitched, weights, positions, object_guess, M: int = 48) -> dict:
         return min(frc_crossing(frc_curve(a, b), 0.5) / nyq, 1.0)
     frc_amp, frc_phi = frc50(np.abs(t), np.abs(r)), frc50(phi_t, phi_r)
     out = {k: s[k] for k in ('ssim_amp', 'ssim_phase', 'mae_amp', 'mae_phase', 'rmse_amp', 'rmse_phase', 'amp_scale', 'n_pixels')}
-    out.update(frc50_amp=float(frc_amp), frc50_phase=float(frc_phi))
+    out.update(frc50_amp=float(frc_amp), frc50_phase=float(frc_phi),
+               psnr_amp=psnr(np.abs(t)[m], np.abs(r)[m]), psnr_phase=psnr(phi_t[m], phi_r[m]))
     return out
 
+def score_scan(stitched, weights, positions, object_guess, M: int = 48) -> dict:
+    "`score_on_canvas` against the true object resampled on the stitched canvas (`ground_truth_on_canvas`)."
+    return score_on_canvas(stitched, weights, ground_truth_on_canvas(object_guess, positions, M))
+
 # %% ../nbs/03c_evaluation.ipynb #79a77aea
-def save_outputs(amplitude, phase, results: dict, output_dir) -> dict:
-    "Write images, loss curve, stitched object and `metrics.json` into `output_dir`; returns {name: path}."
+METRICS_SCHEMA = 'ptycho_torch_nb.metrics/1'
+METRICS_CONVENTIONS = {
+    'region': "scored over the scanned region: canvas pixels with stitch weight >= 0.5, eroded by 3 px",
+    'alignment': "before scoring, the reconstruction's global phase, phase plane (ramp) and amplitude scale are "
+                 "matched to the truth (align_and_score); phase is compared unwrapped around the truth",
+    'ssim': "structural similarity (scikit-image, 7x7 window), data range = the truth's range; 1 is perfect",
+    'psnr': "dB, 10*log10(range^2 / MSE) with range = max - min of the truth over the region (not a peak of 255)",
+    'frc50': "first spatial frequency where the Fourier ring correlation with the truth drops below 0.5, as a "
+             "fraction of Nyquist (1.0: never below 0.5, i.e. resolved up to the pixel size)",
+    'mae': "mean absolute error (amplitude: units of the truth's amplitude; phase: rad)",
+    'rmse': "root-mean-square error, same units as mae",
+}
+LOSS_MEANING = ("Poisson negative log-likelihood per detector pixel, mean of lambda - y*log(lambda) with the predicted "
+                "and measured counts lambda, y scaled to nphotons per pattern; the data-only constant log(y!) is left "
+                "out, so the value is large and negative for bright patterns (about -y*log(y) per pixel) and only "
+                "its decrease means anything: lower is better, the minimum depends on the data, not 0")
+
+def metrics_record(results: dict,  # a run's results: stitched_obj, ground_truth_canvas, stitch weights, metrics, history …
+                  ) -> dict:
+    "The `metrics.json` record every command writes (see the schema above)."
+    img, truth = results.get('stitched_obj'), results.get('ground_truth_canvas')
+    w = next((results[k] for k in ('stitch_weights', 'weights') if results.get(k) is not None), None)
+    scores = None
+    if img is not None and truth is not None:
+        img = as_image(img, 'stitched_obj')
+        scores = score_on_canvas(img, np.ones(img.shape) if w is None else as_image(w, 'weights'), as_image(truth, 'truth'))
+    side = lambda s: None if scores is None else {k: scores[f'{k}_{s}'] for k in ('ssim', 'psnr', 'frc50', 'mae', 'rmse')}
+    hist = results.get('history') or {}
+    last = lambda k: hist[k][-1] if hist.get(k) else None
+    ref = results.get('metrics')
+    ref = {k: v for k, v in ref.items() if k not in ('frc',)} if ref and 'ssim' in ref else None  # eval_reconstruction only
+    return {'schema': METRICS_SCHEMA, 'backend': results.get('backend', 'pytorch'),
+            'amplitude': side('amp'), 'phase': side('phase'),
+            'alignment': None if scores is None else {'amp_scale': scores['amp_scale'], 'n_pixels': scores['n_pixels']},
+            'conventions': METRICS_CONVENTIONS,
+            'loss': {'name': 'poisson_nll', 'meaning': LOSS_MEANING, 'final_train': last('train_loss'), 'final_val': last('val_loss')},
+            'reference_metrics': ref, 'history': hist or None,
+            **{k: results.get(k) for k in ('intensity_scale', 'train_seconds', 'epoch_seconds', 'train_patterns_per_s',
+                                           'inference_seconds', 'inference_patterns_per_s', 'stitch_seconds') if k in results}}
+
+# %% ../nbs/03c_evaluation.ipynb #5a7e0c21
+def _save_png(out, name, img, kind, mask, paths):
     from matplotlib.figure import Figure      # no pyplot: no global figure state, no GUI backend needed
+    img = np.squeeze(np.asarray(img))
+    fig = Figure(figsize=(6, 5.6))
+    show_image(fig.add_subplot(1, 1, 1), img, kind, mask if mask is not None and mask.shape == img.shape else None,
+               title=f"reconstructed {kind}" + (' (rad)' if kind == 'phase' else ''))
+    fig.tight_layout()
+    _save(fig, out / name)
+    paths[name] = out / name
+
+def save_outputs(amplitude, phase, results: dict, output_dir) -> dict:
+    "Write images, loss curve, stitched object and `metrics.json` (`metrics_record`) into `output_dir`; returns {name: path}."
     out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    def png(name, img, cmap, title):
-        fig = Figure(figsize=(6, 6)); ax = fig.add_subplot(1, 1, 1); h = ax.imshow(np.squeeze(img), cmap=cmap)
-        ax.set_title(title); fig.colorbar(h, ax=ax, fraction=0.046); fig.tight_layout()
-        with atomic_path(out / name, suffix='.png') as tmp_png: fig.savefig(tmp_png, dpi=100, format='png')
-        paths[name] = out / name
+    w = next((results[k] for k in ('stitch_weights', 'weights') if results.get(k) is not None), None)
+    mask = None if w is None else np.squeeze(np.asarray(w)) >= 0.5        # scanned pixels; the rest drawn blank
     if amplitude is not None and phase is not None:
-        png('reconstructed_amplitude.png', amplitude, 'gray', 'reconstructed amplitude')
-        png('reconstructed_phase.png', phase, 'viridis', 'reconstructed phase')
+        _save_png(out, 'reconstructed_amplitude.png', amplitude, 'amplitude', mask, paths)
+        _save_png(out, 'reconstructed_phase.png', phase, 'phase', mask, paths)
     img = results.get('stitched_obj')
     if img is None and amplitude is not None and phase is not None: img = np.asarray(amplitude) * np.exp(1j * np.asarray(phase))
     gt = results.get('ground_truth_canvas')
+    record = metrics_record({**results, 'stitched_obj': img})
     if img is not None:
-        np.save(out / 'stitched_object.npy', np.asarray(img, np.complex64)); paths['stitched_object.npy'] = out / 'stitched_object.npy'
-        arrays = dict(object=np.asarray(img, np.complex64), amplitude=np.abs(img), phase=np.angle(img))
+        img = as_image(img, 'stitched_obj')
+        with atomic_path(out / 'stitched_object.npy') as tmp, open(tmp, 'wb') as f: np.save(f, img.astype(np.complex64))
+        paths['stitched_object.npy'] = out / 'stitched_object.npy'
+        arrays = dict(object=img.astype(np.complex64), amplitude=np.abs(img), phase=np.angle(img))
         if results.get('global_offsets') is not None: arrays['positions'] = np.asarray(results['global_offsets'])
         if gt is not None: arrays['ground_truth'] = np.asarray(gt, np.complex64)
-        np.savez_compressed(out / 'reconstruction.npz', **arrays); paths['reconstruction.npz'] = out / 'reconstruction.npz'
+        with atomic_path(out / 'reconstruction.npz') as tmp, open(tmp, 'wb') as f: np.savez_compressed(f, **arrays)
+        paths['reconstruction.npz'] = out / 'reconstruction.npz'
         box = results.get('scored_box') or (slice(None), slice(None))
-        shown = {k: v for k, v in (results.get('metrics') or {}).items() if k in ('mae', 'ssim', 'psnr', 'frc50')}
-        plot_comparison(np.asarray(img)[box], None if gt is None else np.asarray(gt)[box],
-                                              metrics=shown or None, path=out / 'comparison.png',
-                                              title='held-out region' + (' vs ground truth' if gt is not None else ''))
+        box = tuple(box) if isinstance(box[0], slice) else (slice(box[0], box[1]), slice(box[2], box[3]))
+        shown = {k: (record['amplitude'][k], record['phase'][k]) for k in ('ssim', 'psnr', 'frc50')} if record['amplitude'] else None
+        m = None if mask is None or mask.shape != img.shape else mask[box]
+        shown_img = img[box]
+        if gt is not None:  # shown as scored: global phase, phase ramp and amplitude scale matched to the truth
+            shown_img = align_and_score(shown_img, np.asarray(gt)[box], mask=m if m is not None and m.any() else None)['recon_aligned']
+        plot_comparison(shown_img, None if gt is None else np.asarray(gt)[box], metrics=shown, path=out / 'comparison.png', mask=m,
+                        title='reconstruction' + (' aligned to the ground truth (PSNR dB on the data range, FRC-50 / Nyquist)'
+                                                  if gt is not None else ''))
         paths['comparison.png'] = out / 'comparison.png'
     hist = results.get('history')
     if hist and hist.get('train_loss'):
-        plot_loss_curves({k: v for k, v in hist.items() if v}, path=out / 'loss_curve.png')
+        plot_loss_curves({k: v for k, v in hist.items() if v}, path=out / 'loss_curve.png',
+                         ylabel='Poisson NLL per pixel (lower is better;\nnegative: the constant log y! is left out)')
         paths['loss_curve.png'] = out / 'loss_curve.png'
-    summary = {'backend': results.get('backend', 'pytorch'), 'metrics': results.get('metrics'),
-               'history': hist, **{k: results.get(k) for k in ('intensity_scale', 'train_seconds', 'epoch_seconds',
-                   'train_patterns_per_s', 'inference_seconds', 'inference_patterns_per_s', 'stitch_seconds') if k in results}}
-    with atomic_path(out / 'metrics.json') as tmp_json: tmp_json.write_text(json.dumps(jsonable(summary), indent=2))
+    with atomic_path(out / 'metrics.json') as tmp_json: tmp_json.write_text(json.dumps(jsonable(record), indent=2))
     paths['metrics.json'] = out / 'metrics.json'
     return paths
 

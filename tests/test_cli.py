@@ -44,7 +44,9 @@ def test_aliases_and_defaults(tiny_files):
     tc, ec = _parse(train, '--n_images', '7', '--max_epochs', '3', '--accelerator', 'cpu')
     assert (tc.n_groups, tc.nepochs) == (7, 3)
     tc, ec = _parse(train, '--accelerator', 'cpu')
-    assert (tc.model.gridsize, tc.batch_size, tc.nepochs, tc.n_groups) == (2, 16, 100, 512)
+    assert (tc.model.gridsize, tc.batch_size, tc.nepochs, tc.n_groups) == (2, 16, 100, 16)   # one group per position
+    tc, ec = _parse(train, '--accelerator', 'cpu', '--n_subsample', '10')
+    assert tc.n_groups == 10
     assert (ec.logger_backend, ec.enable_checkpointing, ec.deterministic, ec.enable_progress_bar) == ('csv', True, True, True)
     tc, ec = _parse(train, '--accelerator', 'cpu', '--enable-checkpointing', '--logger', 'none')
     assert ec.enable_checkpointing is True and ec.logger_backend is None
@@ -122,7 +124,8 @@ def test_train_then_infer_round_trip(tiny_files, tmp_path, capsys):
                  'loss_curve.png', 'metrics.json', 'stitched_object.npy', 'reconstruction.npz', 'checkpoints/last.ckpt'):
         assert (out / name).is_file() and (out / name).stat().st_size > 100, name
     m = json.loads((out / 'metrics.json').read_text())
-    assert m['backend'] == 'pytorch' and len(m['history']['train_loss']) == 1 and 'ssim' in m['metrics']
+    assert m['backend'] == 'pytorch' and len(m['history']['train_loss']) == 1 and 'ssim' in m['amplitude']
+    assert 'ssim' in m['reference_metrics'] and m['loss']['final_train'] == m['history']['train_loss'][-1]
     assert list((out / 'lightning_logs').glob('version_*/metrics.csv'))
     inf = tmp_path / 'infer_out'
     code = cli.infer_main(['--model_path', str(out), '--test_data', str(test), '--output_dir', str(inf),
@@ -133,3 +136,8 @@ def test_train_then_infer_round_trip(tiny_files, tmp_path, capsys):
         assert (inf / name).is_file(), name
     import numpy as np
     np.testing.assert_allclose(np.load(inf / 'stitched_object.npy'), np.load(out / 'stitched_object.npy'), atol=1e-5)
+    mi = json.loads((inf / 'metrics.json').read_text())   # same model, data and default grouping seed: same scores
+    core = {'schema', 'backend', 'amplitude', 'phase', 'alignment', 'conventions', 'loss', 'reference_metrics', 'history'}
+    assert core <= set(mi) and core <= set(m) and mi['schema'] == m['schema'] and mi['history'] is None
+    for side in ('amplitude', 'phase'):
+        for k, v in m[side].items(): assert abs(mi[side][k] - v) <= 1e-4 * max(1.0, abs(v)), (side, k, v, mi[side][k])

@@ -252,6 +252,30 @@ def test_site_hides_hidden_cells_and_shows_exports(site):
     assert checked > 0
 
 
+def notebooks_with_figures():
+    "Notebooks that keep at least one figure (a saved image/png output) in git."
+    def has_png(nb):
+        cells = json.loads(nb.read_text())['cells']
+        return any('image/png' in o.get('data', {}) for c in cells if c['cell_type'] == 'code' for o in c.get('outputs', []))
+    return [nb for nb in _notebooks() if has_png(nb)]
+
+
+def _figures(d, page):
+    "The figure images (saved cell outputs) a parsed page shows, as files; each must exist and be a PNG."
+    files = [(page.parent / s).resolve() for s in d.imgs if '_files/figure-html/' in s]
+    for f in files: assert f.is_file() and f.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', f
+    return files
+
+
+def test_site_shows_the_figures_notebooks_keep(site):
+    "Every phase page whose notebook keeps a figure shows at least one (issue 18: the site had one image in 22 pages)."
+    out, figs = site['out'], notebooks_with_figures()
+    assert figs, "no notebook keeps a figure output: run the figure cells and keep their output (nbdev_clean keeps it)"
+    for nb in figs:
+        page = out / build_docs._nb_html_name(nb.relative_to(REPO / 'nbs'))
+        assert _figures(check_page(page, out), page), f"{page.name}: {nb.name} keeps a figure but the page shows none"
+
+
 def test_site_index_comes_from_index_ipynb(site):
     d = parse((site['out'] / 'index.html').read_text())
     first_md = next(_src(c) for c in json.loads((REPO / 'nbs' / 'index.ipynb').read_text())['cells']
@@ -298,4 +322,9 @@ def test_site_in_browser(site):
         r = _chrome(browser, page.as_uri(), f'--screenshot={shot}', '--window-size=1400,1000')
         assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
         assert shot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and shot.stat().st_size > 20_000
+    for nb in notebooks_with_figures():                                 # the figures, as the browser builds the page
+        page = out / build_docs._nb_html_name(nb.relative_to(REPO / 'nbs'))
+        r = _chrome(browser, page.as_uri(), '--dump-dom')
+        assert r.returncode == 0 and '<html' in r.stdout, f"chromium failed on {page}: {r.stderr[-2000:]}"
+        assert _figures(parse(r.stdout), page), f"{page.name}: no figure in the browser's DOM"
     print(f"screenshots: {shots}")

@@ -1,20 +1,28 @@
 #!/usr/bin/env python3
 """Write README.md from nbs/index.ipynb (the nbdev way, without Quarto): markdown cells verbatim,
-visible code cells as fenced Python; `#| hide` cells dropped.
+visible code cells as fenced Python; `#| hide` cells dropped. Relative links to notebooks (`[x](00_core.ipynb)`,
+right for the docs site, where index.ipynb sits beside them) become `nbs/00_core.ipynb`, right for README.md at the
+repository root.
 
 `--check` exits 1 if README.md is not what index.ipynb says (used by tests/test_package.py).
 """
-import json, sys
+import json, re, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+NOTEBOOK_LINK = re.compile(r'\]\((?![a-z][a-z0-9+.-]*:|/|#|\.\./)([^)\s]+\.ipynb(?:#[^)]*)?)\)')
+
+def repo_links(markdown: str) -> str:
+    "Notebook links relative to nbs/ rewritten relative to the repository root."
+    return NOTEBOOK_LINK.sub(lambda m: f'](nbs/{m.group(1)})', markdown)
 
 def render(nb_path=ROOT / 'nbs' / 'index.ipynb') -> str:
     cells = json.loads(Path(nb_path).read_text(encoding='utf-8'))['cells']
     parts = []
     for c in cells:
         src = ''.join(c['source']).strip('\n')
-        if c['cell_type'] == 'markdown': parts.append(src)
+        if c['cell_type'] == 'markdown': parts.append(repo_links(src))
         elif c['cell_type'] == 'code' and not src.lstrip().startswith(('#| hide', '#|hide')):
             parts.append('```python\n' + src + '\n```')
     return '\n\n'.join(parts) + '\n\n<!-- generated from nbs/index.ipynb by tools/make_readme.py: ' \
