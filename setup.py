@@ -39,7 +39,8 @@ setuptools.setup(
     include_package_data=True,
     python_requires='>=' + cfg['min_python'],
     install_requires=_reqs('requirements'),
-    extras_require={'dev': _reqs('dev_requirements'), 'ptychodus': _reqs('ptychodus_requirements')},
+    extras_require={'dev': _reqs('dev_requirements'), 'ptychodus': _reqs('ptychodus_requirements'),
+                    'onnx': _reqs('onnx_requirements')},
     entry_points={
         'console_scripts': cfg.get('console_scripts', '').split(),
         'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],

@@ -7,23 +7,19 @@ from __future__ import annotations
 import argparse, dataclasses, os, sys, warnings
 from pathlib import Path
 from typing import Optional, Sequence
-from .config import ScanOptions, GENERATOR_MODES
+from .config import ScanOptions, GENERATOR_MODES, validate_run_options
+from .core import OneLineParser, run_command
 
 # %% auto #0
-__all__ = ['ACCELERATORS', 'USER_ERRORS', 'COMMANDS', 'CLIError', 'OneLineParser', 'HelpFormatter', 'train_parser',
-           'build_train_configs', 'train_main', 'infer_parser', 'infer_main', 'reconstruct_parser', 'reconstruct_main',
-           'main', 'pretrain_parser', 'pretrain_main']
+__all__ = ['ACCELERATORS', 'COMMANDS', 'CLIError', 'HelpFormatter', 'train_parser', 'build_train_configs', 'train_main',
+           'infer_parser', 'infer_main', 'reconstruct_parser', 'reconstruct_main', 'main', 'pretrain_parser',
+           'pretrain_main', 'stream_parser', 'stream_main', 'export_parser', 'export_main']
 
 # %% ../nbs/06_cli.ipynb #cc772f99
 ACCELERATORS = ('auto', 'cpu', 'gpu', 'cuda', 'mps', 'tpu')   # 'tpu' is accepted here and refused by the config, as upstream
 
 class CLIError(Exception):
     "A user error the CLI reports as one line (exit code 2)."
-
-class OneLineParser(argparse.ArgumentParser):
-    "An `ArgumentParser` whose usage errors are one line `prog: error: ...` (exit code 2), not usage + error."
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 def _positive_int(s):
     try: v = int(s)
@@ -95,10 +91,11 @@ def _add_data_flags(p, inference: bool = False):
                    help='K nearest neighbours considered when grouping')
     g.add_argument('--M', '--stitch-crop', dest='M', type=_positive_int, default=20,
                    help='central M x M pixels of each patch kept when stitching')
-    g.add_argument('--overwrite', action='store_true',
-                   help='replace a previous run in --output_dir (without it a used folder is refused)')
-    g.add_argument('--debug', action='store_true', help='show the traceback of an error')
-    return g
+    return _add_run_flags(g)
+
+def _add_run_flags(g):
+    g.add_argument('--overwrite', action='store_true', help='replace a previous run in --output_dir (else a used folder is refused)')
+    g.add_argument('--debug', action='store_true', help='show the traceback of an error'); return g
 
 # %% ../nbs/06_cli.ipynb #c2ab7f8a
 def train_parser() -> argparse.ArgumentParser:
@@ -190,20 +187,17 @@ def _resolve_accelerator_flags(args):
     return args.accelerator
 
 def _file_facts(path: Path) -> dict:
-    "Pattern size (from the probe), scan positions and the simulation's `nphotons` (`_metadata`, checked by the config rule) of an NPZ."
+    "Pattern size (from the probe), scan positions and the simulation's `nphotons` (`_metadata`) of an NPZ, where present."
     import json, numpy as np
-    from ptycho_torch_nb.config import validate_run_options
-    facts, meta = {}, None
+    facts = {}
     try:
         with np.load(path, allow_pickle=False) as d:
-            if 'probeGuess' in d.files: facts['N'] = int(d['probeGuess'].shape[-1])
-            if 'xcoords' in d.files: facts['n_positions'] = int(np.shape(d['xcoords'])[0])
-            if '_metadata' in d.files: meta = json.loads(str(d['_metadata']))
-    except Exception: return facts   # unreadable: RawDataTorch.from_file names the problem when the run loads it
-    if isinstance(meta, dict) and meta.get('nphotons') is not None:
-        try: validate_run_options(f"{path}: _metadata", nphotons=meta['nphotons'])
-        except ValueError as e: raise CLIError(str(e)) from None
-        facts['nphotons'] = float(meta['nphotons'])
+            if 'probeGuess' in d: facts['N'] = int(d['probeGuess'].shape[-1])
+            if 'xcoords' in d: facts['n_positions'] = int(np.shape(d['xcoords'])[0])
+            if '_metadata' in d:
+                meta = json.loads(str(d['_metadata']))
+                if isinstance(meta, dict) and meta.get('nphotons'): facts['nphotons'] = float(meta['nphotons'])
+    except Exception: pass
     return facts
 
 def _check_file(path, what):
@@ -259,28 +253,7 @@ def build_train_configs(args):
     return training, execution
 
 # %% ../nbs/06_cli.ipynb #87d25026
-USER_ERRORS = (CLIError, ValueError, TypeError, OSError, ImportError)   # bad flag, file, data or archive: exit 2
-
-def _run(prog: str, fn, argv):
-    "Run a command: a user error is one line `prog: error: ...` and exit 2; any other failure one line and exit 1."
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = '--debug' in argv or bool(os.environ.get('PTYCHO_TORCH_DEBUG'))
-    argv = [a for a in argv if a != '--debug']   # every command takes it, whether its parser lists it or not
-    try:
-        return fn(argv) or 0
-    except SystemExit as e:   # argparse: --help (0) or a usage error, already printed as one line (2)
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    except USER_ERRORS as e:   # OSError: missing/unreadable file, permission, a used output folder (FileExistsError)
-        if debug: raise
-        where = f" {e.filename}" if isinstance(e, OSError) and e.filename and str(e.filename) not in str(e) else ''
-        text = ' '.join(str(e).split()) or type(e).__name__
-        print(f"{prog}: error:{where} {text}", file=sys.stderr)
-        return 2
-    except Exception as e:   # a failure during the run (RecursionError, MemoryError, a bug): still one line
-        if debug: raise
-        print(f"{prog}: error: {type(e).__name__}: {' '.join(str(e).split())} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return 1
+def _run(prog: str, fn, argv): return run_command(prog, fn, argv, (CLIError,))   # one line per error (core)
 
 _LIBRARIES = r'(lightning|pytorch_lightning|torch|torchmetrics|torchvision)(\.|$)'
 
@@ -320,8 +293,6 @@ def _train(argv):
     _quiet_lightning(args.verbose)
     from ptycho_torch_nb import workflow as W
     from ptycho_torch_nb.evaluation import save_outputs
-    from ptycho_torch_nb.training import prepare_output_dir
-    prepare_output_dir(args.output_dir, args.overwrite, args.resume)   # a used folder is refused before any work
     amp, phase, results = W.run_cdi_example_torch(
         args.train_data_file, args.test_data_file, training, M=args.M,
         do_stitching=args.do_stitching and args.test_data_file is not None, execution_config=execution,
@@ -366,9 +337,7 @@ def _infer(argv):
     from ptycho_torch_nb import config as C, persistence as P, workflow as W, params as legacy
     from ptycho_torch_nb.evaluation import save_outputs, evaluate_reconstruction
     import torch
-    from ptycho_torch_nb.training import prepare_output_dir
-    C.validate_run_options('ptycho-torch-infer', subsample_seed=args.subsample_seed)
-    prepare_output_dir(args.output_dir, args.overwrite)   # a used folder is refused before any work
+    from ptycho_torch_nb.training import prepare_output_dir; prepare_output_dir(args.output_dir, args.overwrite)  # used folder: refused
     models, params = P.load_inference_bundle_torch(args.model_path)
     model = models['diffraction_to_obj']
     device = 'cuda' if args.accelerator in ('gpu', 'cuda') else ('mps' if args.accelerator == 'mps' else 'cpu')
@@ -443,9 +412,7 @@ def reconstruct_parser() -> argparse.ArgumentParser:
     p.add_argument('--snapshots', type=float, nargs='*', default=(), metavar='SECONDS',
                    help='training times at which to score the reconstruction against the truth (needs objectGuess)')
     p.add_argument('--seed', type=int, default=42, help='seed of weights, grouping and shuffling')
-    _add_output_flags(p)
-    p.add_argument('--overwrite', action='store_true', help='replace a previous run in --output_dir (without it a used folder is refused)')
-    p.add_argument('--debug', action='store_true', help='show the traceback of an error')
+    _add_run_flags(_add_output_flags(p))
     return p
 
 # %% ../nbs/06_cli.ipynb #4486de62
@@ -455,10 +422,8 @@ _CLI_OPTIONS = {'nepochs': 'nepochs', 'gridsize': 'gridsize', 'neighbor_count': 
 
 def _reconstruct(argv):
     args = reconstruct_parser().parse_args(argv)   # a usage error: one line, exit 2 (`_run`)
-    from ptycho_torch_nb.config import validate_run_options
-    validate_run_options('ptycho-torch-reconstruct', time_budget_s=args.time_budget, M=args.M, seed=args.seed,
-                         nepochs=args.nepochs, gridsize=args.gridsize, batch_size=args.batch_size,
-                         learning_rate=args.learning_rate)   # before the scan is read or anything written
+    validate_run_options('ptycho-torch-reconstruct', time_budget_s=args.time_budget, M=args.M, seed=args.seed, nepochs=args.nepochs,
+                         gridsize=args.gridsize, batch_size=args.batch_size, learning_rate=args.learning_rate)   # the gate
     scan = Path(args.scan)
     _check_scan(scan, 'scan file')
     if args.init_from is not None:
@@ -469,8 +434,6 @@ def _reconstruct(argv):
     if args.probe_trainable: opts['probe_trainable'] = True
     if args.no_backprop_input: opts['backprop_input'] = False
     _quiet_lightning(args.verbose)
-    from ptycho_torch_nb.training import prepare_output_dir
-    prepare_output_dir(args.output_dir, args.overwrite)
     from ptycho_torch_nb.reconstruct import reconstruct_scan, scan_options, scan_execution_config
     run_opts = scan_options(args.parity, **{k: opts[k] for k in ('learning_rate',) if k in opts},
                             **({'precision': args.precision} if args.precision else {}))
@@ -501,10 +464,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr); return 2
         return 0
     return COMMANDS[argv[0]][0](argv[1:])
-
-# %% ../nbs/06_cli.ipynb #eab67f47
-#| eval: false
-if __name__ == '__main__': sys.exit(main())
 
 # %% ../nbs/06_cli.ipynb #2758e882
 def pretrain_parser() -> argparse.ArgumentParser:
@@ -537,9 +496,8 @@ def pretrain_parser() -> argparse.ArgumentParser:
 
 def _pretrain(argv):
     args = pretrain_parser().parse_args(argv)
-    from ptycho_torch_nb.config import validate_run_options
     validate_run_options('ptycho-torch-pretrain', N=args.N, seed=args.seed, time_budget_s=args.time_budget,
-                         batch_size=args.batch_size, learning_rate=args.learning_rate)   # before anything runs
+                         batch_size=args.batch_size, learning_rate=args.learning_rate)   # the gate, before anything runs
     if (args.output_dir / 'wts.h5.zip').exists() and not (args.resume or args.overwrite):
         raise CLIError(f"{args.output_dir}: already holds a pretrained model; use --resume, --overwrite or another --output_dir")
     if args.resume and not (args.output_dir / 'checkpoints' / 'last.ckpt').exists():
@@ -560,3 +518,83 @@ def _pretrain(argv):
 def pretrain_main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of `ptycho-torch-pretrain`; returns the exit status."
     return _run('ptycho-torch-pretrain', _pretrain, list(sys.argv[1:] if argv is None else argv))
+
+# %% ../nbs/06_cli.ipynb #70e8a77c
+from .hdf5_data import add_hdf5_arguments, hdf5_options  # numpy only: --help stays torch-free
+def stream_parser() -> argparse.ArgumentParser:
+    "The argument parser of `ptycho-torch-stream`."
+    p = argparse.ArgumentParser(prog='ptycho-torch-stream', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description='Reconstruct a scan live, chunk by chunk, with live.png and snapshots as it goes.')
+    p.add_argument('model', type=Path, help='trained archive: wts.h5.zip or the folder holding it')
+    p.add_argument('source', type=Path, help='scan file: .npz (data contract) or .h5/.hdf5/.nxs (detector counts)')
+    p.add_argument('--output_dir', '--output-dir', type=Path, default=Path('stream_outputs'), help='live and final products')
+    g = p.add_argument_group('stream')
+    g.add_argument('--follow', action='store_true', help='the HDF5 file is still being written: poll it (SWMR where used)')
+    g.add_argument('--rate', type=_positive_float, default=None, help='replay a complete file at this many patterns/s')
+    g.add_argument('--chunk', type=_positive_int, default=64, help='patterns per chunk')
+    g.add_argument('--poll_s', '--poll-s', type=_positive_float, default=0.2, help='--follow: seconds between polls')
+    g.add_argument('--idle_timeout_s', '--idle-timeout-s', type=_positive_float, default=10.0, help='--follow: stop after this long idle')
+    g.add_argument('--expected', type=_positive_int, default=None, help='--follow: stop after this many patterns')
+    g.add_argument('--M', type=_positive_int, default=None, help='stitching crop (default 3N/4; N/2 for pad_object models)')
+    g.add_argument('--scale', type=_positive_float, default=None, help='input normalisation factor (default: from the first chunk)')
+    g.add_argument('--snapshot_every_s', '--snapshot-every-s', type=_positive_float, default=5.0, help='seconds between live products')
+    g.add_argument('--format', choices=('npz', 'h5'), default='npz', help='snapshot and final object file format')
+    g.add_argument('--threads', type=_positive_int, default=None, help='torch CPU threads (default: torch\'s choice)')
+    g.add_argument('--overwrite', action='store_true', help='write over a previous stream in --output_dir')
+    g.add_argument('--quiet', action='store_true', help='no progress bar, no summary')
+    add_hdf5_arguments(p)
+    return p
+
+def _stream(argv):
+    args = stream_parser().parse_args(argv)
+    _check_file(args.model / 'wts.h5.zip' if args.model.is_dir() else args.model, 'model archive')
+    if (args.output_dir / 'stream.json').exists() and not args.overwrite:
+        raise CLIError(f"{args.output_dir}: holds a previous stream (stream.json); choose another --output_dir or --overwrite")
+    from ptycho_torch_nb import streaming as S
+    try:
+        opts = hdf5_options(args)
+        source, total = S.open_source(args.source, args.follow, args.rate, args.chunk, args.poll_s, args.idle_timeout_s,
+                                      args.expected, **opts)
+        rec = S.StreamingReconstructor(args.model, M=args.M, scale=args.scale, batch_size=args.chunk)
+    except ValueError as e: raise CLIError(str(e)) from None
+    if args.threads: S.torch.set_num_threads(args.threads)
+    res = rec.run(source, args.output_dir, args.snapshot_every_s, args.format, not args.quiet, total, args.overwrite)
+    st = res['stats']
+    if not args.quiet:
+        print(f"{st['n_patterns']} patterns, {st['patterns_per_s']:.1f}/s, chunk latency p50 {st['latency_p50_s']:.3f} s, p95 "
+              f"{st['latency_p95_s']:.3f} s" + (' (interrupted)' if st['interrupted'] else '') + (f"; error: {st['error']}" if st['error'] else ''))
+        for name, p in sorted(res['paths'].items()): print(f"  {name}: {p}")
+    return 0 if st['error'] is None else 1
+
+def stream_main(argv: Optional[Sequence[str]] = None) -> int:
+    "Entry point of `ptycho-torch-stream` (returns the exit code)."
+    return _run('ptycho-torch-stream', _stream, argv)
+
+def export_parser() -> argparse.ArgumentParser:
+    "The argument parser of `ptycho-torch-export`."
+    p = argparse.ArgumentParser(prog='ptycho-torch-export', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="Export an archive's per-pattern generator to TorchScript (torch only) or ONNX.")
+    p.add_argument('model', type=Path, help='trained archive: wts.h5.zip or the folder holding it')
+    p.add_argument('output', type=Path, help='exported file (e.g. generator.pt or generator.onnx)')
+    p.add_argument('--format', choices=('torchscript', 'onnx'), default='torchscript', help='export format')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing output file')
+    return p
+
+def _export(argv):
+    args = export_parser().parse_args(argv)
+    _check_file(args.model / 'wts.h5.zip' if args.model.is_dir() else args.model, 'model archive')
+    if args.output.exists() and not args.overwrite: raise CLIError(f"{args.output}: exists (use --overwrite)")
+    from ptycho_torch_nb.export import export_generator
+    res = export_generator(args.model, args.output, args.format, overwrite=args.overwrite)  # checked to 1e-5 against eager
+    print(f"{res['format']} generator (N={res['N']}) written to {res['path']}; max relative difference to eager {res['max_rel_diff']:.2g}")
+    return 0
+
+def export_main(argv: Optional[Sequence[str]] = None) -> int:
+    "Entry point of `ptycho-torch-export` (returns the exit code)."
+    return _run('ptycho-torch-export', _export, argv)
+
+COMMANDS.update(stream=(stream_main, 'live reconstruction (ptycho-torch-stream)'), export=(export_main, 'export the generator'))
+
+# %% ../nbs/06_cli.ipynb #eab67f47
+#| eval: false
+if __name__ == '__main__': sys.exit(main())

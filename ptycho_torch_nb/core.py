@@ -9,9 +9,9 @@ import numpy as np
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'require_torch', 'in_test', 'repo_root', 'data_path',
+__all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'USER_ERRORS', 'require_torch', 'in_test', 'repo_root', 'data_path',
            'fixtures_path', 'process_umask', 'fault_point', 'pid_alive', 'clean_stale_temps', 'glob_escape',
-           'atomic_path', 'jsonable']
+           'atomic_path', 'jsonable', 'OneLineParser', 'run_command']
 
 # %% ../nbs/00_core.ipynb #4360d238
 TORCH_INSTALL_HINT = "pip install 'torch>=2.2'"
@@ -131,3 +131,36 @@ def jsonable(x):
     if isinstance(x, (str, type(None))): return x
     if isinstance(x, Path): return str(x)
     return repr(x)
+
+# %% ../nbs/00_core.ipynb #b471e248
+import argparse, sys
+
+class OneLineParser(argparse.ArgumentParser):
+    "An `ArgumentParser` whose usage errors are one line `prog: error: ...` (exit code 2), not usage + error."
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+USER_ERRORS = (ValueError, TypeError, OSError, ImportError)   # bad value, file, data, archive, used folder: exit 2
+
+def run_command(prog: str,  # the command's name, first on the error line
+                fn,  # argv -> exit code (or None for 0)
+                argv=None,  # arguments (default: sys.argv[1:]); '--debug' is taken out here
+                user_errors: tuple = ()  # further exception types that are the user's (exit 2)
+               ) -> int:
+    "Run a command: a user error is one line `prog: error: ...` and exit 2; any other failure one line and exit 1."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = '--debug' in argv or bool(os.environ.get('PTYCHO_TORCH_DEBUG'))
+    argv = [a for a in argv if a != '--debug']   # every command takes it, whether its parser lists it or not
+    try: return fn(argv) or 0
+    except SystemExit as e:   # argparse: --help (0) or a usage error, already printed as one line (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except USER_ERRORS + tuple(user_errors) as e:   # OSError: missing/unreadable file, permission, FileExistsError
+        if debug: raise
+        where = f" {e.filename}" if isinstance(e, OSError) and e.filename and str(e.filename) not in str(e) else ''
+        print(f"{prog}: error:{where} {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
+        return 2
+    except Exception as e:   # a failure during the run (RecursionError, MemoryError, a bug): still one line
+        if debug: raise
+        print(f"{prog}: error: {type(e).__name__}: {' '.join(str(e).split())} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1

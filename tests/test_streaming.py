@@ -1,0 +1,246 @@
+"""Issue 17: `streaming` and `ptycho-torch-stream`: the incremental canvas equals the one-shot stitch, memory is bounded
+by the canvas, sources (arrays, replay, a growing SWMR / non-SWMR HDF5 file), and streams cut short (Ctrl-C in the middle
+of a chunk, a KeyboardInterrupt or an error in the source, SIGINT to the CLI) still leave a valid final product."""
+import json, os, signal, subprocess, sys, threading, time
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+import h5py
+
+from ptycho_torch_nb import streaming as S
+from ptycho_torch_nb.stitching import reassemble_position
+from ptycho_torch_nb.raw_data import normalization_factor
+
+N = 64
+
+def single_scan_model(n_filters_scale=1, **options):
+    "An untrained model with the default single-scan options (`config.ScanOptions`), narrow by default."
+    from ptycho_torch_nb.config import ScanOptions
+    from ptycho_torch_nb.model import PtychoPINN_Lightning
+    o = ScanOptions(**options)
+    return PtychoPINN_Lightning(dict(N=N, gridsize=o.gridsize, n_filters_scale=n_filters_scale, pad_object=o.pad_object),
+                                merge_weight=o.merge_weight, generator_mode=o.generator_mode, backprop_input=o.backprop_input)
+
+@pytest.fixture(scope='module')
+def model():
+    torch.set_num_threads(1); torch.manual_seed(0)
+    return single_scan_model()
+
+@pytest.fixture(scope='module')
+def archive(tmp_path_factory, model):
+    from ptycho_torch_nb.persistence import save_torch_bundle
+    return save_torch_bundle({'autoencoder': model, 'diffraction_to_obj': model}, tmp_path_factory.mktemp('arch') / 'wts.h5')
+
+@pytest.fixture(scope='module')
+def data():
+    rng = np.random.default_rng(0)
+    amp = np.sqrt(rng.poisson(30, (48, N, N))).astype(np.float32)
+    xy = rng.uniform(0, 50, (48, 2)) + 20
+    return amp, xy
+
+def write_h5(path, amp, xy):
+    with h5py.File(path, 'w') as f:
+        f.create_dataset('entry/data/data', data=np.round(amp.astype(np.float64) ** 2).astype(np.uint32), chunks=(1, N, N))
+        f['entry/x'], f['entry/y'] = xy[:, 0], xy[:, 1]
+    return path
+
+def test_stream_equals_one_shot_stitch(model, data):
+    amp, xy = data
+    sr = S.StreamingReconstructor(model, positions=xy)
+    for s in range(0, len(xy), 10): sr.update(amp[s:s + 10], xy[s:s + 10, 0], xy[s:s + 10, 1])
+    img, w = sr.image()
+    gen = S.pattern_generator(model)
+    f = normalization_factor(amp[:10], N)                       # the factor is fixed from the first chunk
+    assert sr.scale == pytest.approx(float(f))
+    with torch.no_grad(): patches = torch.polar(*gen(torch.as_tensor(amp[:, None] * f)))
+    ref, ref_w = reassemble_position(patches, xy, M=sr.M, return_weights=True)
+    np.testing.assert_allclose(w[1:-1, 1:-1], ref_w.numpy(), atol=1e-4)
+    np.testing.assert_allclose(img[1:-1, 1:-1], ref.numpy(), atol=1e-4 * np.abs(ref.numpy()).max())
+    st = sr.stats()
+    assert st['n_patterns'] == 48 and st['n_chunks'] == 5 and st['patterns_per_s'] > 0 and st['latency_max_s'] > 0
+
+def test_canvas_memory_is_bounded_by_the_area(model, data):
+    amp, xy = data
+    sr = S.StreamingReconstructor(model, block=64)
+    sr.update(amp, xy[:, 0], xy[:, 1])
+    shape, nbytes = sr.canvas.shape, sr.canvas.nbytes
+    for _ in range(5): sr.update(amp, xy[:, 0] + 0.3, xy[:, 1] - 0.2)   # 6x the patterns over the same area
+    assert sr.canvas.shape == shape and sr.canvas.nbytes == nbytes
+    sr.update(amp[:4], xy[:4, 0] + 500, xy[:4, 1])                      # a new area grows the canvas, in blocks
+    assert sr.canvas.shape[1] > shape[1] and sr.canvas.shape[1] % 64 == 0
+    assert sr.stats()['n_patterns'] == 6 * 48 + 4
+
+def test_grown_canvas_keeps_earlier_patches(model, data):
+    amp, xy = data
+    a = S.StreamingReconstructor(model, block=16); b = S.StreamingReconstructor(model, block=16)
+    order = np.argsort(xy[:, 0])                 # left to right: the canvas grows right
+    rev = order[::-1]                            # right to left: it grows left (origin moves)
+    for s in range(0, 48, 8):
+        i, j = order[s:s + 8], rev[s:s + 8]
+        a.update(amp[i], xy[i, 0], xy[i, 1]); b.update(amp[j], xy[j, 0], xy[j, 1])
+    b.scale = a.scale
+    ia, wa = a.image(); ib, wb = b.image()
+    # same sub-pixel grid (both origins are integers): compare on a common frame
+    oa, ob = a.canvas.origin_xy, b.canvas.origin_xy
+    assert float(oa[0]).is_integer() and float(ob[0]).is_integer()
+    assert wa.sum() == pytest.approx(wb.sum(), rel=1e-5) == pytest.approx(48 * a.M ** 2, rel=1e-5)
+
+def test_group_model_is_refused(model):
+    grouped = single_scan_model(generator_mode='group', merge_weight='centre', backprop_input=False)
+    with pytest.raises(ValueError, match='pattern-wise'):
+        S.StreamingReconstructor(grouped)
+    with pytest.raises(FileNotFoundError, match='model archive not found'):
+        S.StreamingReconstructor('/nowhere/wts.h5.zip')
+
+def test_bad_chunks(model, data):
+    amp, xy = data
+    sr = S.StreamingReconstructor(model)
+    with pytest.raises(ValueError, match=r'expected \[k, 64, 64\]'): sr.update(amp[:2, :32, :32], xy[:2, 0], xy[:2, 1])
+    with pytest.raises(ValueError, match='2 patterns but 3 x'): sr.update(amp[:2], xy[:3, 0], xy[:3, 1])
+
+class CtrlCDuringThirdChunk(S.StreamingReconstructor):
+    def patches(self, amplitude):
+        if self.n_patterns == 16: os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C while chunk 2 is being inferred
+        return super().patches(amplitude)
+
+def _sigint_while_waiting_for_third_chunk(amp, xy, chunk=8):
+    for i, c in enumerate(S.array_chunks(amp, xy[:, 0], xy[:, 1], chunk)):
+        if i == 2: os.kill(os.getpid(), signal.SIGINT)    # Ctrl-C while the source waits for chunk 2
+        yield c
+
+def _check_final(out, n, interrupted, fmt='npz'):
+    st = json.loads((out / 'stream.json').read_text())
+    assert st['n_patterns'] == n and st['interrupted'] is interrupted
+    if fmt == 'npz':
+        with np.load(out / f'object.npz') as f: obj, w, st2 = f['object'], f['weights'], json.loads(str(f['stats']))
+    else:
+        with h5py.File(out / 'object.h5') as f: obj, w, st2 = f['object'][()], f['weights'][()], json.loads(f.attrs['stats'])
+    assert np.isfinite(obj).all() and w.max() > 0 and st2['n_patterns'] == n
+    import matplotlib.image as mpimg
+    for name in ('live.png', 'amplitude.png', 'phase.png'): assert mpimg.imread(out / name).ndim == 3
+    assert not list(out.glob('.*.tmp'))                       # no temporary left behind
+    return st
+
+def test_ctrl_c_mid_chunk_leaves_a_valid_product(model, data, tmp_path):
+    amp, xy = data
+    old = signal.getsignal(signal.SIGINT)
+    res = CtrlCDuringThirdChunk(model).run(S.array_chunks(amp, xy[:, 0], xy[:, 1], 8), tmp_path / 'cut', progress=False, fmt='h5')
+    assert signal.getsignal(signal.SIGINT) is old             # handler restored
+    st = _check_final(tmp_path / 'cut', 24, True, 'h5')       # the chunk in flight completed, nothing after it
+    assert res['stats']['n_chunks'] == 3 and st['error'] is None
+    img, w = res['object'], res['weights']
+    ref = S.StreamingReconstructor(model); ref.update(amp[:8], xy[:8, 0], xy[:8, 1]); ref.update(amp[8:24], xy[8:24, 0], xy[8:24, 1])
+    np.testing.assert_allclose(img, ref.image()[0], atol=1e-5 * np.abs(img).max())   # exactly the 3 chunks, whole
+
+def test_ctrl_c_while_waiting_for_data(model, data, tmp_path):
+    amp, xy = data
+    S.StreamingReconstructor(model).run(_sigint_while_waiting_for_third_chunk(amp, xy), tmp_path / 'wait', progress=False)
+    _check_final(tmp_path / 'wait', 16, True)
+
+def test_keyboard_interrupt_and_errors_in_the_source(model, data, tmp_path):
+    amp, xy = data
+    def raising(exc):
+        yield amp[:8], xy[:8, 0], xy[:8, 1]
+        raise exc
+    S.StreamingReconstructor(model).run(raising(KeyboardInterrupt()), tmp_path / 'ki', progress=False)
+    _check_final(tmp_path / 'ki', 8, True)
+    res = S.StreamingReconstructor(model).run(raising(OSError('detector went away')), tmp_path / 'err', progress=False)
+    st = _check_final(tmp_path / 'err', 8, False)
+    assert 'detector went away' in st['error'] and res['stats']['error'] == st['error']
+    with pytest.raises(FileExistsError, match='previous stream'):
+        S.StreamingReconstructor(model).run(raising(KeyboardInterrupt()), tmp_path / 'ki', progress=False)
+
+def test_live_snapshots_are_written(model, data, tmp_path):
+    amp, xy = data
+    def slow():
+        for c in S.array_chunks(amp, xy[:, 0], xy[:, 1], 16):
+            time.sleep(0.15); yield c
+    seen = []
+    class Watch:
+        def __iter__(self):
+            for c in slow():
+                yield c
+                seen.append((tmp_path / 'live' / 'live.npz').exists())
+    S.StreamingReconstructor(model).run(Watch(), tmp_path / 'live', snapshot_every_s=0.1, progress=False)
+    assert any(seen[:-1])                                       # a live snapshot existed before the end
+
+def test_replay_file_paces_and_reads_hdf5(model, data, tmp_path):
+    amp, xy = data
+    p = write_h5(tmp_path / 's.h5', amp, xy)
+    t = time.perf_counter()
+    chunks = list(S.replay_file(p, rate=200.0, chunk=16, positions=('entry/x', 'entry/y')))
+    assert time.perf_counter() - t >= 48 / 200 - 0.02            # 48 patterns at 200/s
+    np.testing.assert_allclose(np.concatenate([c[0] for c in chunks]), np.sqrt(np.round(amp.astype(np.float64) ** 2)).astype(np.float32), rtol=1e-6)
+
+def _writer(path, amp, xy, swmr, block=8, pause=0.05):
+    counts = np.round(amp.astype(np.float64) ** 2).astype(np.uint32)
+    with h5py.File(path, 'w', libver='latest') as f:
+        d = f.create_dataset('entry/data/data', (0, N, N), maxshape=(None, N, N), dtype='u4', chunks=(1, N, N))
+        px = f.create_dataset('entry/x', (0,), maxshape=(None,), dtype='f8')
+        py = f.create_dataset('entry/y', (0,), maxshape=(None,), dtype='f8')
+        if swmr: f.swmr_mode = True
+        for s in range(0, len(counts), block):
+            e = min(s + block, len(counts))
+            for ds, v in ((d, counts[s:e]), (px, xy[s:e, 0]), (py, xy[s:e, 1])):
+                ds.resize(e, axis=0); ds[s:e] = v
+            f.flush(); time.sleep(pause)
+
+@pytest.mark.parametrize('swmr', [True, False])
+def test_poll_a_growing_file(model, data, tmp_path, swmr):
+    amp, xy = data
+    p = tmp_path / 'growing.h5'
+    w = threading.Thread(target=_writer, args=(p, amp, xy, swmr)); w.start()
+    try:
+        got = list(S.poll_hdf5(p, positions=('entry/x', 'entry/y'), chunk=10, poll_s=0.02, idle_timeout_s=1.0))
+    finally: w.join()
+    assert sum(len(c[0]) for c in got) == 48
+    assert all(len(c[0]) == 10 for c in got[:-1])
+    np.testing.assert_allclose(np.concatenate([c[1] for c in got]), xy[:, 0])
+    np.testing.assert_allclose(np.concatenate([c[0] for c in got]) ** 2, np.round(amp.astype(np.float64) ** 2), rtol=1e-5)
+
+def test_poll_stops_at_expected(data, tmp_path):
+    amp, xy = data
+    p = write_h5(tmp_path / 'done.h5', amp, xy)
+    got = list(S.poll_hdf5(p, positions=('entry/x', 'entry/y'), chunk=16, expected=20, idle_timeout_s=30))
+    assert [len(c[0]) for c in got] == [16, 4]
+    with pytest.raises(FileNotFoundError, match='not found after'):
+        list(S.poll_hdf5(tmp_path / 'never.h5', positions=('x', 'y'), idle_timeout_s=0.2, poll_s=0.05))
+
+# ---- CLI ---------------------------------------------------------------------------------------------------------
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, '-m', 'ptycho_torch_nb.cli', *map(str, args)], capture_output=True, text=True,
+                          timeout=300, **kw)
+
+def test_cli_stream_hdf5_and_errors(archive, data, tmp_path):
+    amp, xy = data
+    p = write_h5(tmp_path / 's.h5', amp, xy)
+    out = _cli('stream', archive, p, '--positions', 'entry/x', 'entry/y', '--output_dir', tmp_path / 'o', '--chunk', '16',
+               '--quiet', '--threads', '1')
+    assert out.returncode == 0, out.stderr
+    _check_final(tmp_path / 'o', 48, False)
+    bad = _cli('stream', archive, p, '--diffraction_key', 'entry/nothing', '--positions', 'entry/x', 'entry/y',
+               '--output_dir', tmp_path / 'o2', '--quiet')
+    assert bad.returncode == 2 and 'entry/nothing' in bad.stderr and 'Traceback' not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    again = _cli('stream', archive, p, '--positions', 'entry/x', 'entry/y', '--output_dir', tmp_path / 'o', '--quiet')
+    assert again.returncode == 2 and 'previous stream' in again.stderr
+
+def test_cli_sigint_while_following(archive, data, tmp_path):
+    amp, xy = data
+    p = tmp_path / 'partial.h5'
+    _writer(p, amp[:24], xy[:24], swmr=False, pause=0)           # half a scan; the 'detector' stalls
+    out = tmp_path / 'follow'
+    proc = subprocess.Popen([sys.executable, '-m', 'ptycho_torch_nb.cli', 'stream', str(archive), str(p), '--follow',
+                             '--positions', 'entry/x', 'entry/y', '--output_dir', str(out), '--chunk', '8',
+                             '--idle_timeout_s', '120', '--snapshot_every_s', '0.1', '--quiet', '--threads', '1'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t = time.time()
+    while not (out / 'live.npz').exists() and time.time() - t < 120 and proc.poll() is None: time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    st = _check_final(out, 24, True)
+    assert st['n_chunks'] == 3
