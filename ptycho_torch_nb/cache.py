@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib, json, logging, os, shutil, tempfile, time
 from pathlib import Path
 import numpy as np
+from .core import fault_point, pid_alive, process_umask
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -80,9 +81,12 @@ def _file_check_digest(path: Path) -> str:
     return h.hexdigest()
 
 def _sweep_stale(root: Path, age_s: float = 3600):
+    "Remove temporary entries of writers that died (pid in the name no longer runs) or that are older than `age_s`."
     for p in root.glob('.tmp-*'):
+        pid = p.name.rsplit('-', 2)[-2] if p.name.count('-') >= 3 else ''
         try:
-            if time.time() - p.stat().st_mtime > age_s: shutil.rmtree(p, ignore_errors=True)
+            if (pid.isdigit() and not pid_alive(int(pid))) or time.time() - p.stat().st_mtime > age_s:
+                shutil.rmtree(p, ignore_errors=True)
         except OSError: pass
 
 # %% ../nbs/02c_cache.ipynb #50b257de
@@ -90,7 +94,8 @@ def write_entry(entry: Path, grouped: dict, params: dict) -> Path:
     "Write a grouped dict as an entry folder (`.npy` per array + `manifest.json`), atomically (temp folder + rename)."
     entry = Path(entry); root = entry.parent
     root.mkdir(parents=True, exist_ok=True); _sweep_stale(root)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.tmp-{entry.name}-', dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f'.tmp-{entry.name}-{os.getpid()}-', dir=root))
+    os.chmod(tmp, 0o777 & ~process_umask())   # mkdtemp makes 0700; an entry gets the mode any new folder would
     try:
         manifest = {'version': CACHE_VERSION, 'params': params, 'arrays': {}, 'scalars': {}, 'none': []}
         for k, v in grouped.items():
@@ -100,6 +105,7 @@ def write_entry(entry: Path, grouped: dict, params: dict) -> Path:
                 cf = k in IMAGE_KEYS and v.ndim == 4
                 a = np.ascontiguousarray(v.transpose(0, 3, 1, 2) if cf else v)
                 fn = tmp / f'{k}.npy'; np.save(fn, a)
+                fault_point('cache-write')   # test hook: a kill here leaves a half-written temporary entry
                 manifest['arrays'][k] = {'shape': list(a.shape), 'dtype': a.dtype.str, 'channel_first': cf,
                                          'bytes': fn.stat().st_size, 'digest': _file_check_digest(fn)}
             else: manifest['scalars'][k] = [np.asarray(v).dtype.str, np.asarray(v).item()]

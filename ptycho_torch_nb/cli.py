@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse, dataclasses, os, sys, warnings
 from pathlib import Path
 from typing import Optional, Sequence
-from .config import ScanOptions, GENERATOR_MODES
+from .config import ScanOptions, GENERATOR_MODES, validate_run_options
+from .core import OneLineParser, run_command
 
 # %% auto #0
 __all__ = ['ACCELERATORS', 'COMMANDS', 'CLIError', 'HelpFormatter', 'train_parser', 'build_train_configs', 'train_main',
@@ -90,12 +91,16 @@ def _add_data_flags(p, inference: bool = False):
                    help='K nearest neighbours considered when grouping')
     g.add_argument('--M', '--stitch-crop', dest='M', type=_positive_int, default=20,
                    help='central M x M pixels of each patch kept when stitching')
-    return g
+    return _add_run_flags(g)
+
+def _add_run_flags(g):
+    g.add_argument('--overwrite', action='store_true', help='replace a previous run in --output_dir (else a used folder is refused)')
+    g.add_argument('--debug', action='store_true', help='show the traceback of an error'); return g
 
 # %% ../nbs/06_cli.ipynb #c2ab7f8a
 def train_parser() -> argparse.ArgumentParser:
     "The argument parser of `ptycho-torch-train` (every flag documented in `--help`)."
-    p = argparse.ArgumentParser(prog='ptycho-torch-train', formatter_class=HelpFormatter,
+    p = OneLineParser(prog='ptycho-torch-train', formatter_class=HelpFormatter,
                                 description='Train the PyTorch PtychoPINN on an NPZ scan; with a test file, reconstruct '
                                             'and score the held-out region. Writes images, metrics.json, checkpoints, '
                                             'logs and wts.h5.zip into --output_dir.')
@@ -239,6 +244,7 @@ def build_train_configs(args):
             checkpoint_mode=args.checkpoint_mode, early_stop_patience=args.early_stop_patience,
             logger_backend=None if args.logger == 'none' else args.logger,
             inference_batch_size=args.inference_batch_size, num_nodes=args.num_nodes)
+        C.validate_run(training, execution, where='ptycho-torch-train', seed=args.seed, M=args.M)   # the one gate
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from None
     if args.num_workers > 0 and args.deterministic:
@@ -247,17 +253,7 @@ def build_train_configs(args):
     return training, execution
 
 # %% ../nbs/06_cli.ipynb #87d25026
-def _run(prog: str, fn, argv):
-    try:
-        return fn(argv) or 0
-    except (CLIError, FileNotFoundError, ImportError) as e:
-        if os.environ.get('PTYCHO_TORCH_DEBUG'): raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, RuntimeError) as e:
-        if os.environ.get('PTYCHO_TORCH_DEBUG'): raise
-        print(f"{prog}: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+def _run(prog: str, fn, argv): return run_command(prog, fn, argv, (CLIError,))   # one line per error (core)
 
 _LIBRARIES = r'(lightning|pytorch_lightning|torch|torchmetrics|torchvision)(\.|$)'
 
@@ -297,11 +293,10 @@ def _train(argv):
     _quiet_lightning(args.verbose)
     from ptycho_torch_nb import workflow as W
     from ptycho_torch_nb.evaluation import save_outputs
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     amp, phase, results = W.run_cdi_example_torch(
         args.train_data_file, args.test_data_file, training, M=args.M,
         do_stitching=args.do_stitching and args.test_data_file is not None, execution_config=execution,
-        resume=args.resume, seed=args.seed)
+        resume=args.resume, seed=args.seed, overwrite=args.overwrite)
     if not results['trainer'].is_global_zero: return 0
     paths = save_outputs(amp, phase, results, args.output_dir)
     if results.get('bundle_path'): paths['wts.h5.zip'] = results['bundle_path']
@@ -320,7 +315,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 # %% ../nbs/06_cli.ipynb #3db3c5a5
 def infer_parser() -> argparse.ArgumentParser:
     "The argument parser of `ptycho-torch-infer`."
-    p = argparse.ArgumentParser(prog='ptycho-torch-infer', formatter_class=HelpFormatter,
+    p = OneLineParser(prog='ptycho-torch-infer', formatter_class=HelpFormatter,
                                 description='Reconstruct a scan with a trained model (wts.h5.zip) and write the '
                                             'stitched amplitude/phase, metrics.json and figures.')
     g = p.add_argument_group('files')
@@ -342,6 +337,7 @@ def _infer(argv):
     from ptycho_torch_nb import config as C, persistence as P, workflow as W, params as legacy
     from ptycho_torch_nb.evaluation import save_outputs, evaluate_reconstruction
     import torch
+    from ptycho_torch_nb.training import prepare_output_dir; prepare_output_dir(args.output_dir, args.overwrite)  # used folder: refused
     models, params = P.load_inference_bundle_torch(args.model_path)
     model = models['diffraction_to_obj']
     device = 'cuda' if args.accelerator in ('gpu', 'cuda') else ('mps' if args.accelerator == 'mps' else 'cpu')
@@ -354,6 +350,7 @@ def _infer(argv):
         execution = C.PyTorchExecutionConfig(accelerator=args.accelerator, num_workers=args.num_workers,
                                              inference_batch_size=args.inference_batch_size,
                                              enable_progress_bar=not args.quiet)
+        C.validate_run(inference, execution, where='ptycho-torch-infer', M=args.M)   # the one gate
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from None
     C.update_legacy_dict(legacy.cfg, inference)
@@ -379,7 +376,7 @@ _SCAN = ScanOptions()  # the defaults the help text quotes
 
 def reconstruct_parser() -> argparse.ArgumentParser:
     "Argument parser of `ptycho-torch-reconstruct`."
-    p = argparse.ArgumentParser(prog='ptycho-torch-reconstruct', formatter_class=HelpFormatter,
+    p = OneLineParser(prog='ptycho-torch-reconstruct', formatter_class=HelpFormatter,
         description='Reconstruct one ptychography scan self-supervised: train PtychoPINN on the scan\'s own diffraction '
                     '(no labels, gridsize 2), then reconstruct and stitch it. Writes images, metrics.json, '
                     'reconstruct.json and the model archive wts.h5.zip into --output_dir.')
@@ -415,7 +412,7 @@ def reconstruct_parser() -> argparse.ArgumentParser:
     p.add_argument('--snapshots', type=float, nargs='*', default=(), metavar='SECONDS',
                    help='training times at which to score the reconstruction against the truth (needs objectGuess)')
     p.add_argument('--seed', type=int, default=42, help='seed of weights, grouping and shuffling')
-    _add_output_flags(p)
+    _add_run_flags(_add_output_flags(p))
     return p
 
 # %% ../nbs/06_cli.ipynb #4486de62
@@ -424,8 +421,9 @@ _CLI_OPTIONS = {'nepochs': 'nepochs', 'gridsize': 'gridsize', 'neighbor_count': 
                 'generator_mode': 'generator_mode'}
 
 def _reconstruct(argv):
-    try: args = reconstruct_parser().parse_args(argv)
-    except SystemExit as e: return int(e.code or 0)  # --help (0) or a usage error (2), already printed by argparse
+    args = reconstruct_parser().parse_args(argv)   # a usage error: one line, exit 2 (`_run`)
+    validate_run_options('ptycho-torch-reconstruct', time_budget_s=args.time_budget, M=args.M, seed=args.seed, nepochs=args.nepochs,
+                         gridsize=args.gridsize, batch_size=args.batch_size, learning_rate=args.learning_rate)   # the gate
     scan = Path(args.scan)
     _check_scan(scan, 'scan file')
     if args.init_from is not None:
@@ -441,7 +439,8 @@ def _reconstruct(argv):
                             **({'precision': args.precision} if args.precision else {}))
     ec = scan_execution_config(run_opts, args.accelerator)
     res = reconstruct_scan(scan, None, ec, args.time_budget, init_from=args.init_from, output_dir=args.output_dir,
-                           snapshot_at_s=args.snapshots or (), parity=args.parity, progress=not args.quiet, seed=args.seed, **opts)
+                           snapshot_at_s=args.snapshots or (), parity=args.parity, progress=not args.quiet, seed=args.seed,
+                           overwrite=args.overwrite, **opts)
     m = res.get('metrics')
     print(f"ptycho-torch-reconstruct: wrote {args.output_dir} (trained {res['train_seconds']:.1f} s"
           + (f"; SSIM amplitude {m['ssim_amp']:.3f}, phase {m['ssim_phase']:.3f}" if m else "") + ")")
@@ -469,7 +468,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # %% ../nbs/06_cli.ipynb #2758e882
 def pretrain_parser() -> argparse.ArgumentParser:
     "Argument parser of `ptycho-torch-pretrain`."
-    p = argparse.ArgumentParser(prog='ptycho-torch-pretrain', formatter_class=HelpFormatter, description='Pretrain PtychoPINN\'s single-scan network '
+    p = OneLineParser(prog='ptycho-torch-pretrain', formatter_class=HelpFormatter, description='Pretrain PtychoPINN\'s single-scan network '
         'self-supervised on a simulated corpus of many samples; writes wts.h5.zip, model_card.json and checkpoints/.')
     p.add_argument('--output_dir', '--output-dir', required=True, type=Path, help='folder for the model, its card and checkpoints')
     p.add_argument('--n_scans', '--n-scans', type=_positive_int, default=256, help='corpus scans to simulate')
@@ -497,6 +496,8 @@ def pretrain_parser() -> argparse.ArgumentParser:
 
 def _pretrain(argv):
     args = pretrain_parser().parse_args(argv)
+    validate_run_options('ptycho-torch-pretrain', N=args.N, seed=args.seed, time_budget_s=args.time_budget,
+                         batch_size=args.batch_size, learning_rate=args.learning_rate)   # the gate, before anything runs
     if (args.output_dir / 'wts.h5.zip').exists() and not (args.resume or args.overwrite):
         raise CLIError(f"{args.output_dir}: already holds a pretrained model; use --resume, --overwrite or another --output_dir")
     if args.resume and not (args.output_dir / 'checkpoints' / 'last.ckpt').exists():

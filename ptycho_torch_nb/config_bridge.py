@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional
 from .config import (ModelConfig as TFModelConfig, TrainingConfig as TFTrainingConfig,
-                                    InferenceConfig as TFInferenceConfig)
+                                    InferenceConfig as TFInferenceConfig, validate_run)
 from .config_params import DataConfig, ModelConfig, TrainingConfig, InferenceConfig
 
 # %% ../nbs/01c_config_bridge.ipynb #f2878263
@@ -98,7 +98,9 @@ def to_training_config(model: TFModelConfig,  # canonical ModelConfig (from `to_
     if kwargs['train_data_file'] is None:
         raise ValueError("train_data_file is required in overrides for TrainingConfig. "
                          "Provide as: overrides=dict(train_data_file=Path('train.npz'))")
-    return TFTrainingConfig(**kwargs)
+    cfg = TFTrainingConfig(**kwargs)
+    validate_run(cfg)   # the one gate: a bad field fails here, naming itself
+    return cfg
 
 # %% ../nbs/01c_config_bridge.ipynb #e9247a7b
 def to_inference_config(model: TFModelConfig,  # canonical ModelConfig (from `to_model_config`)
@@ -118,4 +120,6 @@ def to_inference_config(model: TFModelConfig,  # canonical ModelConfig (from `to
     if kwargs['test_data_file'] is None:
         raise ValueError("test_data_file is required in overrides for InferenceConfig. "
                          "Provide as: overrides=dict(test_data_file=Path('test.npz'))")
-    return TFInferenceConfig(**kwargs)
+    cfg = TFInferenceConfig(**kwargs)
+    validate_run(cfg)   # the archive's existence is the loader's to check
+    return cfg

@@ -9,8 +9,9 @@ import numpy as np
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'require_torch', 'in_test', 'repo_root', 'data_path', 'fixtures_path',
-           'atomic_path', 'jsonable']
+__all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'USER_ERRORS', 'require_torch', 'in_test', 'repo_root', 'data_path',
+           'fixtures_path', 'process_umask', 'fault_point', 'pid_alive', 'clean_stale_temps', 'glob_escape',
+           'atomic_path', 'jsonable', 'OneLineParser', 'run_command']
 
 # %% ../nbs/00_core.ipynb #4360d238
 TORCH_INSTALL_HINT = "pip install 'torch>=2.2'"
@@ -53,18 +54,64 @@ def fixtures_path(name: str = ''  # fixture file name inside nbs/fixtures
     return p
 
 # %% ../nbs/00_core.ipynb #7b93be9a
+def process_umask() -> int:
+    "The process umask (read by setting and restoring it): new files get mode `0o666 & ~umask`, folders `0o777 & ~umask`."
+    mask = os.umask(0o022); os.umask(mask); return mask
+
+FAULT_ENV = 'PTYCHO_TORCH_NB_FAULT'   # test hook: 'name' or 'name#n' kills the process at that fault point
+_FAULT_HITS: dict = {}
+
+def fault_point(name: str  # a named place in a write path ('archive-write', 'cache-write', 'before-rename:<file>')
+               ) -> None:
+    "Test hook: `SIGKILL` this process the n-th time `name` is reached when `$PTYCHO_TORCH_NB_FAULT` is 'name#n' (n = 1 by default)."
+    spec = os.environ.get(FAULT_ENV)
+    if not spec: return
+    want, _, n = spec.partition('#')
+    if want != name: return
+    _FAULT_HITS[name] = _FAULT_HITS.get(name, 0) + 1
+    if _FAULT_HITS[name] == int(n or 1):
+        import signal; os.kill(os.getpid(), signal.SIGKILL)
+
+def pid_alive(pid: int) -> bool:
+    "Whether a process with this id runs (a writer whose temporaries are still in use)."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except (PermissionError, OSError): return True
+    return True
+
+def clean_stale_temps(final_path  # the file whose leftover temporaries (of writers that died) are removed
+                     ) -> list:
+    "Delete `.<name>.<pid>.*.tmp` siblings of `final_path` whose writing process is gone; returns what was removed."
+    final_path = Path(final_path); removed = []
+    if not final_path.parent.is_dir(): return removed
+    for p in final_path.parent.glob(f'.{glob_escape(final_path.name)}.*.tmp'):
+        pid = p.name[len(final_path.name) + 2:].split('.', 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            if p.is_dir():
+                import shutil; shutil.rmtree(p, ignore_errors=True)
+            else: p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+def glob_escape(name: str) -> str:
+    "`name` with glob metacharacters escaped."
+    import glob; return glob.escape(name)
+
 @contextlib.contextmanager
 def atomic_path(final_path,  # where the file (or folder) should end up
                 suffix: str = ''  # suffix of the temporary name, e.g. '.zip'
                ):
-    "Yield a temporary path next to `final_path`; on success rename it onto `final_path`, on error delete it."
+    "Yield a temporary path next to `final_path` (mode from the umask); on success rename it onto `final_path`, on error delete it."
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{final_path.name}.', suffix=suffix + '.tmp', dir=final_path.parent)
+    clean_stale_temps(final_path)   # what a killed earlier writer left behind
+    fd, tmp = tempfile.mkstemp(prefix=f'.{final_path.name}.{os.getpid()}.', suffix=suffix + '.tmp', dir=final_path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~process_umask())   # mkstemp makes 0600; a saved file gets the mode any other file would
     try:
         yield tmp
+        fault_point(f'before-rename:{final_path.name}')
         os.replace(tmp, final_path)
     except BaseException:
         if tmp.is_dir():
@@ -84,3 +131,36 @@ def jsonable(x):
     if isinstance(x, (str, type(None))): return x
     if isinstance(x, Path): return str(x)
     return repr(x)
+
+# %% ../nbs/00_core.ipynb #b471e248
+import argparse, sys
+
+class OneLineParser(argparse.ArgumentParser):
+    "An `ArgumentParser` whose usage errors are one line `prog: error: ...` (exit code 2), not usage + error."
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+USER_ERRORS = (ValueError, TypeError, OSError, ImportError)   # bad value, file, data, archive, used folder: exit 2
+
+def run_command(prog: str,  # the command's name, first on the error line
+                fn,  # argv -> exit code (or None for 0)
+                argv=None,  # arguments (default: sys.argv[1:]); '--debug' is taken out here
+                user_errors: tuple = ()  # further exception types that are the user's (exit 2)
+               ) -> int:
+    "Run a command: a user error is one line `prog: error: ...` and exit 2; any other failure one line and exit 1."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = '--debug' in argv or bool(os.environ.get('PTYCHO_TORCH_DEBUG'))
+    argv = [a for a in argv if a != '--debug']   # every command takes it, whether its parser lists it or not
+    try: return fn(argv) or 0
+    except SystemExit as e:   # argparse: --help (0) or a usage error, already printed as one line (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except USER_ERRORS + tuple(user_errors) as e:   # OSError: missing/unreadable file, permission, FileExistsError
+        if debug: raise
+        where = f" {e.filename}" if isinstance(e, OSError) and e.filename and str(e.filename) not in str(e) else ''
+        print(f"{prog}: error:{where} {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
+        return 2
+    except Exception as e:   # a failure during the run (RecursionError, MemoryError, a bug): still one line
+        if debug: raise
+        print(f"{prog}: error: {type(e).__name__}: {' '.join(str(e).split())} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1

@@ -140,7 +140,10 @@ def _from_raw_data(cls, raw: RawDataTorch,   # the scan
     seed = getattr(config, 'subsample_seed', None)
     raw = subsample(raw, getattr(config, 'n_subsample', None), seed)
     if nphotons is None: nphotons = getattr(config, 'nphotons', None)
-    if nphotons is None: nphotons = raw.metadata.get('nphotons')
+    if nphotons is None:
+        nphotons = raw.metadata.get('nphotons')
+        from ptycho_torch_nb.config import validate_run_options
+        validate_run_options(f"{raw.source}: metadata", nphotons=nphotons)   # a file's value obeys the config rule
     if nphotons is None: nphotons = params.cfg.get('nphotons', 1e9)
     nsamples = getattr(config, 'n_groups', None) or len(raw)
     grouped = raw.generate_grouped_data(N, K=int(config.neighbor_count), nsamples=int(nsamples), seed=seed,

@@ -4,18 +4,18 @@
 
 # %% ../nbs/06a_persistence.ipynb #13687cad
 from __future__ import annotations
-import io, os, re, json, math, time, pickle, zipfile, warnings, dataclasses, importlib, contextlib
+import io, os, re, json, math, time, pickle, zipfile, warnings, dataclasses, importlib, contextlib, itertools
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 import numpy as np
-from .core import require_torch, atomic_path
+from .core import require_torch, atomic_path, fault_point
 torch = require_torch()
 
 # %% auto #0
 __all__ = ['torch', 'ARCHIVE_VERSION', 'ARCHIVE_BACKEND', 'MODEL_NAMES', 'PRIMARY_MODEL', 'ARCHIVE_NAME', 'REQUIRED_PARAMS',
-           'TRUSTED_PACKAGE', 'class_path', 'register_model_class', 'safe_pickle_loads', 'encode_params',
-           'decode_params', 'lightning_checkpoint', 'params_snapshot', 'save_torch_bundle', 'load_torch_bundle',
-           'load_inference_bundle_torch', 'extract_torch_bundle']
+           'ARCHIVE_LIMITS', 'TRUSTED_PACKAGE', 'class_path', 'register_model_class', 'safe_pickle_loads',
+           'encode_params', 'decode_params', 'lightning_checkpoint', 'params_snapshot', 'save_torch_bundle',
+           'load_torch_bundle', 'load_inference_bundle_torch', 'extract_torch_bundle']
 
 # %% ../nbs/06a_persistence.ipynb #8e1db75d
 ARCHIVE_VERSION = '3.0-pytorch'   # written into the manifest and into every params snapshot as `_version`
@@ -30,6 +30,22 @@ def _parse_version(version) -> tuple:
     m = re.fullmatch(r'(\d+)\.(\d+)(?:-([A-Za-z0-9_]+))?', str(version))
     if m is None: raise ValueError(f"unrecognised archive version {version!r} (expected 'MAJOR.MINOR[-backend]')")
     return int(m.group(1)), int(m.group(2)), m.group(3)
+
+ARCHIVE_LIMITS = {  # bytes (or a count); configurable per call: load_torch_bundle(..., limits={'checkpoint': 2**31})
+    'json': 16 * 2**20,        # manifest.json, params.json, model.json, config.json, history
+    'pickle': 16 * 2**20,      # *.dill (read only as the manifest fallback, through the plain-data unpickler)
+    'npy': 256 * 2**20,        # params_arrays/*.npy
+    'checkpoint': 2**30,       # model.ckpt (the N=64 model is ~10 MB; N=256 with n_filters_scale 4 ~0.3 GB)
+    'other': 16 * 2**20,       # any other member
+    'members': 4096,           # entries in the zip directory
+    'model': 4 * 2**30,        # weights the checkpoint's hyper-parameters describe (checked before allocating)
+}
+
+def _member_kind(name: str) -> str:
+    "Which `ARCHIVE_LIMITS` entry bounds archive member `name`."
+    for ext, kind in (('.json', 'json'), ('.dill', 'pickle'), ('.npy', 'npy'), ('.ckpt', 'checkpoint')):
+        if name.endswith(ext): return kind
+    return 'other'
 
 # %% ../nbs/06a_persistence.ipynb #5e5743d0
 _MODEL_CLASSES: dict = {}  # class path -> class, registered explicitly
@@ -238,11 +254,23 @@ def _config_json(config) -> dict:
 def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO(); np.save(buf, arr, allow_pickle=False); return buf.getvalue()
 
+def _extra_entries(extra: dict, names) -> list:
+    "(member, bytes, compression) of `save_torch_bundle`'s extra members; ValueError for a name the format owns."
+    out = []
+    for member, data in extra.items():
+        _check_member_name(member, 'save_torch_bundle: extra_members')
+        if member in ('manifest.json', 'manifest.dill') or any(member.startswith(n + '/') for n in names):
+            raise ValueError(f"save_torch_bundle: extra member {member!r} would shadow a member of the archive format")
+        if not isinstance(data, (bytes, bytearray)): raise TypeError(f"save_torch_bundle: extra member {member!r} must be bytes")
+        out.append((member, bytes(data), zipfile.ZIP_DEFLATED))
+    return out
+
 def save_torch_bundle(models: dict,  # {'autoencoder': ..., 'diffraction_to_obj': ...}: LightningModules (may be the same object) or a {'_sentinel': ...} placeholder
                       base_path,  # archive path without '.zip' (canonically output_dir/'wts.h5')
                       config=None,  # the TrainingConfig used (bridged into the params snapshot, stored as JSON)
                       intensity_scale: Optional[float] = None,  # trained intensity scale (default: the model's, then params.cfg)
-                      params: Optional[dict] = None  # legacy dict to snapshot instead of params.cfg
+                      params: Optional[dict] = None,  # legacy dict to snapshot instead of params.cfg
+                      extra_members: Optional[dict] = None  # {member name: bytes} written inside the same atomic save (e.g. a training history)
                      ) -> Path:
     "Write `<base_path>.zip` atomically (manifest, one shared Lightning checkpoint, params and config per model); returns its path."
     if not models: raise ValueError("save_torch_bundle: models is empty; expected 'autoencoder' and 'diffraction_to_obj'")
@@ -286,11 +314,14 @@ def save_torch_bundle(models: dict,  # {'autoencoder': ..., 'diffraction_to_obj'
                 'model_class': {n: class_path(type(modules[n])) for n in names},
                 'created_by': f'ptycho_torch_nb {pkg_version}', 'torch_version': torch.__version__,
                 'lightning_version': lightning.__version__}
+    members += _extra_entries(extra_members or {}, names)
     with atomic_path(zip_path, suffix='.zip') as tmp:
         with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_DEFLATED) as zf:
             zf.writestr('manifest.json', json.dumps(manifest, indent=1))
             zf.writestr('manifest.dill', pickle.dumps(manifest, protocol=4))
-            for member, data, compress in members: zf.writestr(member, data, compress_type=compress)
+            for member, data, compress in members:
+                zf.writestr(member, data, compress_type=compress)
+                fault_point('archive-write')   # test hook: a kill here leaves a half-written temporary zip
     return zip_path
 
 # %% ../nbs/06a_persistence.ipynb #e13334b2
@@ -302,9 +333,9 @@ def _check_member_name(name: str, where: str):
         raise ValueError(f"{where}: refusing archive member {name!r}: its path escapes the extraction folder (zip-slip)")
 
 class _Archive:
-    "Validated, read-only view of a model archive (zip members are read in memory; nothing is extracted)."
-    def __init__(self, zip_path: Path):
-        self.path = zip_path
+    "Validated, read-only view of a model archive (zip members are read in memory, each bounded by `ARCHIVE_LIMITS`)."
+    def __init__(self, zip_path: Path, limits: Optional[dict] = None):
+        self.path, self.limits = zip_path, {**ARCHIVE_LIMITS, **(limits or {})}
         if not zip_path.exists(): raise FileNotFoundError(f"model archive not found: {zip_path}")
         if zip_path.is_dir(): raise ValueError(f"{zip_path}: is a directory, expected a .zip model archive")
         try:
@@ -318,6 +349,9 @@ class _Archive:
             self.zf = zipfile.ZipFile(zip_path)
         except (zipfile.BadZipFile, OSError, EOFError) as e:
             raise ValueError(f"{zip_path}: not a valid zip archive (truncated or corrupt?): {e}") from e
+        infos = self.zf.infolist()
+        if len(infos) > self.limits['members']:
+            raise ValueError(f"{zip_path}: archive holds {len(infos)} members, over the limit of {self.limits['members']}")
         self.names = set(self.zf.namelist())
         for n in self.names: _check_member_name(n, str(zip_path))
     def close(self): self.zf.close()
@@ -326,14 +360,23 @@ class _Archive:
     def has(self, member: str) -> bool: return member in self.names
     def folder_exists(self, folder: str) -> bool: return any(n.startswith(folder.rstrip('/') + '/') for n in self.names)
     def read(self, member: str) -> bytes:
+        "The member's bytes; refused before reading when its declared size, or while reading when its actual size, passes its limit."
         if member not in self.names: raise ValueError(f"{self.path}: archive member {member!r} is missing")
-        try: return self.zf.read(member)
+        kind = _member_kind(member); limit = int(self.limits[kind])
+        declared = self.zf.getinfo(member).file_size
+        over = lambda what, n: ValueError(f"{self.path}: archive member {member!r} {what} {n} bytes, over the {kind!r} limit "
+                                          f"of {limit} bytes (raise it with limits={{{kind!r}: ...}} if you trust the file)")
+        if declared > limit: raise over('declares', declared)
+        try:
+            with self.zf.open(member) as f: data = f.read(limit + 1)   # never inflate more than the limit
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
             raise ValueError(f"{self.path}: archive member {member!r} is unreadable (truncated or corrupt?): {e}") from e
+        if len(data) > limit: raise over('inflates to more than', limit)
+        return data
     def read_json(self, member: str):
         try: return json.loads(self.read(member).decode('utf-8'))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{self.path}: archive member {member!r} is not valid JSON: {e}") from e
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise ValueError(f"{self.path}: archive member {member!r} is not valid JSON: {type(e).__name__}: {e}") from e
     def read_plain(self, stem: str):
         "Read `<stem>.json` if present, else `<stem>.dill` through the plain-data unpickler; None if neither exists."
         if self.has(f'{stem}.json'): return self.read_json(f'{stem}.json')
@@ -413,22 +456,60 @@ def _read_checkpoint(archive: _Archive, member: str, map_location) -> dict:
         raise ValueError(f"{archive.path}: checkpoint {member!r} has no 'state_dict'")
     return ckpt
 
-def _build_from_checkpoint(cls, ckpt: dict, where: str):
-    "Instantiate `cls` from the checkpoint's hyper-parameters and load its weights strictly."
-    hparams = dict(ckpt.get('hyper_parameters') or {})
-    try: model = cls(**hparams)
-    except TypeError as e: raise ValueError(f"{where}: cannot rebuild {cls.__name__} from its hyper-parameters: {e}") from e
-    model.on_load_checkpoint(ckpt)
-    own = model.state_dict()
-    saved = ckpt['state_dict']
+class _WeightsOnMeta(torch.overrides.TorchFunctionMode):
+    "While active, `torch.empty` without a device (how nn layers allocate weights) makes meta tensors: no memory."
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.empty and kwargs.get('device') is None: kwargs['device'] = 'meta'
+        return func(*args, **kwargs)
+
+def _rebuild(cls, hparams: dict, where: str, on_meta: bool):
+    "`cls(**hparams)`, its weights on the meta device if `on_meta`; ValueError naming the archive on bad hyper-parameters."
+    try:
+        if not on_meta: return cls(**hparams)
+        with _WeightsOnMeta(): return cls(**hparams)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: cannot rebuild {cls.__name__} from its hyper-parameters: {e}") from e
+
+def _check_tensors(own: dict, saved: dict, cls, where: str, max_bytes: int):
+    "ValueError unless `saved` has exactly the tensors (names, shapes) of `own`, and the architecture fits `max_bytes`."
+    need = sum(v.numel() * v.element_size() for v in own.values() if isinstance(v, torch.Tensor))
+    if need > max_bytes:
+        raise ValueError(f"{where}: the hyper-parameters describe {cls.__name__} weights of {need / 2**30:.1f} GiB, over the "
+                         f"'model' limit of {max_bytes / 2**30:.1f} GiB; refusing to allocate them")
     missing = sorted(set(own) - set(saved)); unexpected = sorted(set(saved) - set(own))
     mismatched = [f"{k}: saved {tuple(saved[k].shape)} vs model {tuple(own[k].shape)}" for k in sorted(set(own) & set(saved))
                   if isinstance(saved[k], torch.Tensor) and saved[k].shape != own[k].shape]
     if missing or unexpected or mismatched:
         raise ValueError(f"{where}: checkpoint does not match {cls.__name__}: missing tensors {missing}, "
                          f"unexpected tensors {unexpected}, shape mismatches {mismatched}")
-    model.load_state_dict(saved, strict=True)
+
+def _build_from_checkpoint(cls, ckpt: dict, where: str, max_bytes: int = ARCHIVE_LIMITS['model']):
+    "Check the checkpoint's tensors against the architecture built on the meta device (nothing allocated), then load strictly."
+    hparams, saved = dict(ckpt.get('hyper_parameters') or {}), ckpt['state_dict']
+    model = _rebuild(cls, hparams, where, on_meta=True)
+    model.on_load_checkpoint(ckpt)
+    _check_tensors(model.state_dict(), saved, cls, where, max_bytes)
+    model.load_state_dict(saved, strict=True, assign=True)       # the meta weights become the saved tensors
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):   # a non-persistent meta buffer
+        model = _rebuild(cls, hparams, where, on_meta=False)
+        model.on_load_checkpoint(ckpt)
+        model.load_state_dict(saved, strict=True)
     return model.eval()
+
+def _hparam(hp: dict, key: str):
+    "A hyper-parameter the params snapshot must agree with: at the top level or inside `model_config`."
+    if key in hp: return hp[key]
+    mc = hp.get('model_config')
+    return mc.get(key) if isinstance(mc, dict) else None
+
+def _check_consistent(params: dict, hp: dict, where: str):
+    "ValueError when params.json and the checkpoint disagree on the architecture keys (N, gridsize)."
+    for key in REQUIRED_PARAMS:
+        v = _hparam(hp, key)
+        if v is not None and v != params[key]:
+            raise ValueError(f"{where}: the params snapshot says {key}={params[key]!r} but the checkpoint was built with "
+                             f"{key}={v!r}; the archive is inconsistent (params.json edited or mixed from two runs?)")
 
 @contextlib.contextmanager
 def _one_thread():
@@ -441,11 +522,12 @@ def _one_thread():
 def load_torch_bundle(base_path,  # archive path with or without '.zip' (e.g. output_dir/'wts.h5')
                       model_name: Optional[str] = None,  # load only this model (default: every model in the manifest)
                       map_location='cpu',  # where tensors go (torch.load's map_location)
-                      restore_params: bool = True  # write the params snapshot into params.cfg
+                      restore_params: bool = True,  # write the params snapshot into params.cfg
+                      limits: Optional[dict] = None  # overrides of `ARCHIVE_LIMITS` (bytes per member kind, 'model', 'members')
                      ) -> tuple:
     "(models, params): rebuild the archive's models in eval mode from the archive alone and restore params.cfg."
     zip_path = _archive_path(base_path)
-    with _Archive(zip_path) as archive:
+    with _Archive(zip_path, limits) as archive:
         manifest = _read_manifest(archive)
         names = list(manifest['models'])
         if model_name is not None:
@@ -466,12 +548,9 @@ def load_torch_bundle(base_path,  # archive path with or without '.zip' (e.g. ou
             if member not in by_ckpt:
                 cls = _resolve_model_class(str(info['model_class']), f"{zip_path}: {n}/model.json")
                 ckpt = _read_checkpoint(archive, member, map_location)
-                hp = ckpt.get('hyper_parameters') or {}
-                for key in REQUIRED_PARAMS:
-                    if key in hp and hp[key] != params[key]:
-                        raise ValueError(f"{zip_path}: params snapshot says {key}={params[key]!r} but the checkpoint "
-                                         f"{member!r} was built with {key}={hp[key]!r}")
-                with _one_thread(): by_ckpt[member] = _build_from_checkpoint(cls, ckpt, f"{zip_path}: {member}")
+                _check_consistent(params, ckpt.get('hyper_parameters') or {}, f"{zip_path}: {params_of}/params.json vs {member}")
+                with _one_thread():
+                    by_ckpt[member] = _build_from_checkpoint(cls, ckpt, f"{zip_path}: {member}", int(archive.limits['model']))
             models[n] = by_ckpt[member]
     if restore_params:
         _legacy_params().update({k: v for k, v in params.items() if k != '_version'})
@@ -479,17 +558,18 @@ def load_torch_bundle(base_path,  # archive path with or without '.zip' (e.g. ou
 
 def load_inference_bundle_torch(model_dir,  # directory holding wts.h5.zip (an output_dir of training), or the .zip itself
                                 model_name: Optional[str] = None,  # load only this model (default: all)
-                                map_location='cpu'
+                                map_location='cpu',
+                                limits: Optional[dict] = None  # overrides of `ARCHIVE_LIMITS`
                                ) -> tuple:
     "(models, params) from `model_dir/wts.h5.zip`; FileNotFoundError naming the directory or file when absent."
     model_dir = Path(os.fspath(model_dir))
     if model_dir.suffix == '.zip' and model_dir.is_file():  # the archive itself was named
-        return load_torch_bundle(model_dir, model_name=model_name, map_location=map_location)
+        return load_torch_bundle(model_dir, model_name=model_name, map_location=map_location, limits=limits)
     if not model_dir.exists(): raise FileNotFoundError(f"model directory not found: {model_dir}")
     if not model_dir.is_dir(): raise FileNotFoundError(f"model directory is not a directory: {model_dir}")
     zip_path = model_dir / ARCHIVE_NAME
     if not zip_path.exists(): raise FileNotFoundError(f"no {ARCHIVE_NAME} in model directory {model_dir} (expected {zip_path})")
-    return load_torch_bundle(zip_path, model_name=model_name, map_location=map_location)
+    return load_torch_bundle(zip_path, model_name=model_name, map_location=map_location, limits=limits)
 
 def extract_torch_bundle(base_path,  # archive path with or without '.zip'
                          dest  # folder to extract into (created)

@@ -235,7 +235,9 @@ def _load_scans(files):
                                                cat('scan_index'), scans[0].objectGuess)
 
 def _training_config(settings: ReconstructorSettings, train, output_dir):
-    from ptycho_torch_nb.config import ModelConfig, TrainingConfig
+    from ptycho_torch_nb.config import ModelConfig, TrainingConfig, validate_run_options
+    validate_run_options('ReconstructorSettings', gridsize=settings.gridsize, n_groups=settings.n_groups,
+                         nphotons=settings.nphotons)   # gridsize and n_groups feed arithmetic below
     nphotons = settings.nphotons
     if nphotons is None:   # the measured counts: (amplitude)^2 summed per pattern, averaged
         nphotons = float(np.mean(np.sum(np.asarray(train.diff3d, np.float64) ** 2, axis=(1, 2))))
@@ -259,17 +261,23 @@ def train_model(input_path,                                  # training NPZ file
     "Train on ptychodus-exported data; returns `(archive_path, history)` (history: 'train_loss', 'val_loss' lists)."
     from ptycho_torch_nb.backend import run_cdi_example_with_backend
     from ptycho_torch_nb.config import PyTorchExecutionConfig
+    from ptycho_torch_nb.config import validate_run
+    from ptycho_torch_nb.persistence import save_torch_bundle
     files, test_file = training_files(input_path)
     train = _load_scans(files)
     test = _load_scans([test_file]) if test_file is not None else None
-    out = Path(output_path); out.mkdir(parents=True, exist_ok=True)
+    out = Path(output_path)
     config = _training_config(settings, train, out)
     ec = PyTorchExecutionConfig(accelerator=settings.accelerator, logger_backend=None, enable_progress_bar=False)
+    validate_run(config, ec, where='ReconstructorSettings', seed=settings.seed, M=settings.stitch_crop)  # before any write
+    from ptycho_torch_nb.training import prepare_output_dir
+    prepare_output_dir(out, overwrite=True)   # ptychodus' Train names this folder: its previous run is replaced, never mixed
+    out.mkdir(parents=True, exist_ok=True)
     _, _, results = run_cdi_example_with_backend(train, test, config, torch_execution_config=ec)
-    archive = Path(results.get('bundle_path') or out / ARCHIVE_NAME)
-    if not archive.is_file(): raise FileNotFoundError(f"training finished but wrote no model archive {archive}")
     history = {k: [float(v) for v in (results['history'].get(k) or [])] for k in ('train_loss', 'val_loss')}
-    with zipfile.ZipFile(archive, 'a') as zf: zf.writestr(HISTORY_MEMBER, json.dumps(history))
+    # the history goes into the archive inside one atomic save (never an in-place append to a fresh archive)
+    archive = save_torch_bundle(results['models'], out / 'wts.h5', config,
+                                extra_members={HISTORY_MEMBER: json.dumps(history).encode()})
     return archive, history
 
 # %% ../nbs/06b_ptychodus.ipynb #5b4cad18
@@ -282,8 +290,16 @@ def resolve_archive(model_path) -> Path:
 
 def archive_history(archive) -> dict:
     "The training history stored in an archive by `train_model` ({} when absent)."
-    with zipfile.ZipFile(resolve_archive(archive)) as zf:
-        return json.loads(zf.read(HISTORY_MEMBER)) if HISTORY_MEMBER in zf.namelist() else {}
+    from ptycho_torch_nb.persistence import ARCHIVE_LIMITS
+    path = resolve_archive(archive)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if HISTORY_MEMBER not in zf.namelist(): return {}
+            if zf.getinfo(HISTORY_MEMBER).file_size > ARCHIVE_LIMITS['json']:
+                raise ValueError(f"{path}: {HISTORY_MEMBER} is larger than the {ARCHIVE_LIMITS['json']}-byte limit")
+            return json.loads(zf.read(HISTORY_MEMBER))
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the training history {HISTORY_MEMBER}: {type(e).__name__}: {e}") from e
 
 _MODEL_CACHE: dict = {}
 
@@ -313,8 +329,10 @@ def reconstruct_scan(raw,                       # RawDataTorch of the scan (obje
     from ptycho_torch_nb.config import InferenceConfig, ModelConfig
     from ptycho_torch_nb.stitching import reassemble_position
     from ptycho_torch_nb.workflow import reassemble_cdi_image_torch
+    from ptycho_torch_nb.config import validate_run_options
     model, params = load_model(model_path)
     N, gridsize = int(params['N']), int(params['gridsize'])
+    validate_run_options('ReconstructorSettings', N=N, M=settings.stitch_crop, seed=settings.seed)
     if raw.N != N:
         raise ValueError(f"the model in {model_path} was trained on {N}x{N} patterns; this scan has {raw.N}x{raw.N}")
     C = gridsize * gridsize

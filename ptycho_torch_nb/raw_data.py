@@ -11,13 +11,15 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'REQUIRED_KEYS', 'DIFFRACTION_KEYS', 'validate_raw_arrays', 'RawDataTorch', 'normalization_factor',
-           'pattern_energy', 'normalize_data', 'intensity_scale', 'extract_patches', 'group_indices',
-           'grouped_from_indices', 'generate_grouped_data']
+__all__ = ['log', 'REQUIRED_KEYS', 'DIFFRACTION_KEYS', 'OPTIONAL_KEYS', 'CONTRACT_KEYS', 'validate_raw_arrays', 'RawDataTorch',
+           'intensity_evidence', 'normalization_factor', 'pattern_energy', 'normalize_data', 'intensity_scale',
+           'extract_patches', 'group_indices', 'grouped_from_indices', 'generate_grouped_data']
 
 # %% ../nbs/02a_raw_data.ipynb #95e36ece
 REQUIRED_KEYS = ('xcoords', 'ycoords', 'probeGuess')
 DIFFRACTION_KEYS = ('diff3d', 'diffraction')
+OPTIONAL_KEYS = ('xcoords_start', 'ycoords_start', 'scan_index', 'objectGuess', 'Y', 'norm_Y_I', '_metadata', 'bad_pixels')
+CONTRACT_KEYS = REQUIRED_KEYS + DIFFRACTION_KEYS + OPTIONAL_KEYS   # the only keys `from_file` reads
 
 def _bad(src, key, problem):
     return ValueError(f"{src}: key '{key}' {problem}")
@@ -42,7 +44,28 @@ def _check_finite(a, src, key):
             bad = np.argwhere(~ok)
             raise _bad(src, key, f"contains {len(bad)} NaN/Inf value(s), first at index {tuple(int(i) for i in bad[0])}")
 
+def _check_signal(d, src, key):
+    "ValueError if no pattern holds any signal; a warning naming the count of all-zero patterns otherwise."
+    if not d.size: return
+    lit = d.reshape(len(d), -1).any(axis=1)          # (M,) bool: pattern has a non-zero pixel
+    if not lit.any(): raise _bad(src, key, f"is all zero: none of its {len(d)} patterns holds any signal")
+    if not lit.all():
+        log.warning("%s: key '%s' has %d all-zero pattern(s) of %d, first at index %d", src, key,
+                    int((~lit).sum()), len(d), int(np.argmin(lit)))
+
 # %% ../nbs/02a_raw_data.ipynb #60034424
+def _valid_patterns(diff3d, M: int, src):
+    "The (M, N, N) amplitude stack, checked: real, square, M patterns, finite, >= 0, some signal."
+    d = _as_real_numeric(diff3d, src, 'diff3d')
+    if d.ndim != 3: raise _bad(src, 'diff3d', f"has shape {d.shape}, expected 3-D (M, N, N)")
+    if d.shape[1] != d.shape[2]: raise _bad(src, 'diff3d', f"has shape {d.shape}: patterns are not square (expected (M, N, N))")
+    if d.shape[0] != M: raise _bad(src, 'diff3d', f"holds {d.shape[0]} patterns but 'xcoords' has {M} positions")
+    _check_finite(d, src, 'diff3d')
+    if d.dtype.kind in 'if' and d.size and d.min() < 0:
+        raise _bad(src, 'diff3d', f"has negative values (min {d.min():.4g}); diffraction amplitudes must be >= 0")
+    _check_signal(d, src, 'diff3d')
+    return d
+
 def validate_raw_arrays(xcoords, ycoords, xcoords_start, ycoords_start, diff3d, probeGuess, scan_index,
                         objectGuess=None, Y=None,
                         src: str = '<memory>'  # where the arrays came from, named in every error
@@ -56,6 +79,7 @@ def validate_raw_arrays(xcoords, ycoords, xcoords_start, ycoords_start, diff3d, 
         _check_finite(a, src, key)
         out[key] = a.astype(np.float64, copy=False)
     M = len(out['xcoords'])
+    if M == 0: raise _bad(src, 'xcoords', "is empty: the scan has no positions (expected M >= 1)")
     if len(out['ycoords']) != M:
         raise _bad(src, 'ycoords', f"has length {len(out['ycoords'])} but 'xcoords' has length {M}")
     for key, a, fallback in (('xcoords_start', xcoords_start, 'xcoords'), ('ycoords_start', ycoords_start, 'ycoords')):
@@ -69,18 +93,8 @@ def validate_raw_arrays(xcoords, ycoords, xcoords_start, ycoords_start, diff3d, 
         s = _as_real_numeric(scan_index, src, 'scan_index')
         if s.shape != (M,): raise _bad(src, 'scan_index', f"has shape {s.shape}, expected ({M},)")
         out['scan_index'] = s.astype(np.int64, copy=False)
-    N = None
-    if diff3d is not None:
-        d = _as_real_numeric(diff3d, src, 'diff3d')
-        if d.ndim != 3: raise _bad(src, 'diff3d', f"has shape {d.shape}, expected 3-D (M, N, N)")
-        if d.shape[1] != d.shape[2]: raise _bad(src, 'diff3d', f"has shape {d.shape}: patterns are not square (expected (M, N, N))")
-        if d.shape[0] != M: raise _bad(src, 'diff3d', f"holds {d.shape[0]} patterns but 'xcoords' has {M} positions")
-        _check_finite(d, src, 'diff3d')
-        if d.dtype.kind in 'if' and d.size and d.min() < 0:
-            raise _bad(src, 'diff3d', f"has negative values (min {d.min():.4g}); diffraction amplitudes must be >= 0")
-        out['diff3d'] = d
-        N = d.shape[1]
-    else: out['diff3d'] = None
+    out['diff3d'] = None if diff3d is None else _valid_patterns(diff3d, M, src)
+    N = None if diff3d is None else out['diff3d'].shape[1]
     if probeGuess is None: raise _bad(src, 'probeGuess', "is missing (required)")
     p = _as_numeric(probeGuess, src, 'probeGuess')
     if p.ndim != 2 or p.shape[0] != p.shape[1]: raise _bad(src, 'probeGuess', f"has shape {p.shape}, expected (N, N)")
@@ -145,44 +159,71 @@ class RawDataTorch:
 
 # %% ../nbs/02a_raw_data.ipynb #08899de5
 def _read_npz(path: Path) -> dict:
-    "All arrays of an NPZ file (pickle refused); a clear `ValueError` for a truncated/corrupt/non-NPZ file."
+    "The contract's arrays of an NPZ file (other keys are never read; pickle refused); `ValueError` for a bad file."
     if not path.exists(): raise FileNotFoundError(f"data file not found: {path}")
     if path.is_dir(): raise ValueError(f"{path}: is a directory, expected an .npz file")
     try:
         with np.load(path, allow_pickle=False) as f:
             if not isinstance(f, np.lib.npyio.NpzFile):
                 raise ValueError(f"{path}: holds a single array, expected an .npz archive of named arrays")
-            data = {}
-            for k in f.files:
+            data, unread = {}, sorted(set(f.files) - set(CONTRACT_KEYS))
+            if unread: log.info("%s: keys outside the data contract left unread: %s", path, unread)
+            for k in (k for k in CONTRACT_KEYS if k in f.files):   # lazy: each member is inflated only when read
                 try: data[k] = f[k]
                 except ValueError as e:
                     if k == '_metadata' and 'pickle' in str(e):
                         log.warning("%s: '_metadata' is a pickled object and was skipped (pickle is never loaded)", path)
                         continue
                     raise
+            data['__files__'] = list(f.files)
             return data
     except (FileNotFoundError, ValueError) as e:
         if str(e).startswith(str(path)): raise
         raise ValueError(f"{path}: cannot read the NPZ archive (truncated or corrupt file?): {type(e).__name__}: {e}") from e
+    except PermissionError as e: raise ValueError(f"{path}: cannot read the data file: permission denied") from e
     except Exception as e:  # zipfile.BadZipFile, EOFError, OSError, zlib.error ...
         raise ValueError(f"{path}: cannot read the NPZ archive (truncated or corrupt file?): {type(e).__name__}: {e}") from e
 
 # %% ../nbs/02a_raw_data.ipynb #b30547a1
-def _parse_metadata(raw) -> dict:
+def _parse_metadata(raw, src='<memory>') -> dict:
+    "The `_metadata` mapping (JSON text); an unreadable one is logged and ignored, a bad `nphotons` in it refused."
     try:
         v = raw.item() if isinstance(raw, np.ndarray) else raw
-        return json.loads(v) if isinstance(v, (str, bytes)) else dict(v)
-    except Exception: return {}
+        meta = json.loads(v) if isinstance(v, (str, bytes)) else dict(v)
+        if not isinstance(meta, dict): raise TypeError(f"a {type(meta).__name__}, not a mapping")
+    except Exception as e:
+        log.warning("%s: '_metadata' is unreadable and was ignored (%s: %s)", src, type(e).__name__, e)
+        return {}
+    from ptycho_torch_nb.config import validate_run_options
+    validate_run_options(f"{src}: _metadata", nphotons=meta.get('nphotons'))   # same rule as the config field
+    return meta
 
-def _diffraction_from_npz(data: dict, src, M: int):
-    "The pattern stack as (M,N,N): key `diff3d` or `diffraction`, (M,N,N) or (N,N,M), trailing singleton squeezed."
+def intensity_evidence(d,  # diffraction stack as stored
+                       sample: int = 200_000  # values inspected (a fixed stride through the array)
+                      ) -> str | None:
+    "Why `d` looks like intensities / photon counts rather than amplitudes (None if it does not)."
+    d = np.asarray(d)
+    if d.dtype.kind in 'iu': return f"integer dtype {d.dtype} (photon counts?)"
+    flat = d.reshape(-1)[::max(1, d.size // sample)]
+    nz = flat[(flat != 0) & np.isfinite(flat)]
+    # sqrt of Poisson counts >= 4 always comes with sqrt(2), sqrt(3)...: whole numbers alone mean counts
+    if len(nz) >= 64 and nz.max() >= 2 and np.all(nz == np.round(nz)):
+        return f"every one of the {len(nz)} non-zero values sampled is a whole number (max {nz.max():.4g}): photon counts?"
+    return None
+
+def _diffraction_from_npz(data: dict, src, M: int, layout: str | None = None):
+    "The pattern stack as (M,N,N): key `diff3d` or `diffraction`, (M,N,N) or (N,N,M) (`layout` when M = N), singleton squeezed."
     key = next((k for k in DIFFRACTION_KEYS if k in data), None)
     if key is None:
-        raise ValueError(f"{src}: missing required key 'diff3d' (or 'diffraction'); keys present: {sorted(data)}")
+        raise ValueError(f"{src}: missing required key 'diff3d' (or 'diffraction'); keys present: {sorted(data.get('__files__', data))}")
+    if layout not in (None, 'MNN', 'NNM'): raise ValueError(f"diffraction_layout={layout!r} is invalid: allowed 'MNN', 'NNM' or None")
     d = _as_real_numeric(data[key], src, key)
     if d.ndim == 4 and d.shape[-1] == 1: d = d[..., 0]
     if d.ndim != 3: raise _bad(src, key, f"has shape {d.shape}, expected 3-D (M, N, N) or (N, N, M)")
-    if d.shape[0] != M and d.shape[2] == M and d.shape[0] == d.shape[1]:
+    if layout is None and d.shape[0] == d.shape[1] == d.shape[2] == M:
+        raise _bad(src, key, f"has shape {d.shape}: with M = N = {M} the layout is ambiguous, (M, N, N) or (N, N, M); "
+                             "pass diffraction_layout='MNN' or 'NNM'")
+    if layout == 'NNM' or (layout is None and d.shape[0] != M and d.shape[2] == M and d.shape[0] == d.shape[1]):
         log.info("%s: '%s' stored as (N, N, M) %s; transposed to (M, N, N)", src, key, d.shape)
         d = np.ascontiguousarray(np.moveaxis(d, 2, 0))
     if d.shape[1] != d.shape[2]: raise _bad(src, key, f"has shape {d.shape}: patterns are not square (expected (M, N, N))")
@@ -190,17 +231,26 @@ def _diffraction_from_npz(data: dict, src, M: int):
     return key, d
 
 # %% ../nbs/02a_raw_data.ipynb #c7d7f718
-def _load_raw(cls, path, diffraction_is_intensity=None):
+def _load_raw(cls, path, diffraction_is_intensity=None, diffraction_layout=None):
     path = Path(path)
     data = _read_npz(path)
     for k in REQUIRED_KEYS:
-        if k not in data: raise ValueError(f"{path}: missing required key '{k}'; keys present: {sorted(data)}")
+        if k not in data: raise ValueError(f"{path}: missing required key '{k}'; keys present: {sorted(data['__files__'])}")
     x = _as_real_numeric(data['xcoords'], path, 'xcoords')
     if x.ndim != 1: raise _bad(path, 'xcoords', f"has shape {x.shape}, expected (M,)")
-    key, d = _diffraction_from_npz(data, path, len(x))
-    probe = data['probeGuess']
+    if len(x) == 0: raise _bad(path, 'xcoords', "is empty: the scan has no positions (expected M >= 1)")
     from_ptychodus = 'bad_pixels' in data
+    meta = _parse_metadata(data['_metadata'], path) if '_metadata' in data else {}
+    stated = meta.pop('diffraction_layout', None)   # written by `to_file`
+    if diffraction_layout is None: diffraction_layout = 'MNN' if from_ptychodus else stated   # ptychodus writes (M, N, N)
+    key, d = _diffraction_from_npz(data, path, len(x), diffraction_layout)
+    _check_finite(d, path, key)   # before any guess about what the numbers are
+    probe = data['probeGuess']
     intensity = from_ptychodus if diffraction_is_intensity is None else bool(diffraction_is_intensity)
+    if diffraction_is_intensity is None and not from_ptychodus:
+        why = intensity_evidence(d)
+        if why: raise _bad(path, key, f"looks like intensities, not amplitudes: {why}; pass diffraction_is_intensity=True "
+                                      "to convert (amplitude = sqrt(intensity)), or False if these are amplitudes")
     if probe.ndim == 3:
         log.warning("%s: 'probeGuess' is a %s mode stack; keeping mode 0 only", path, probe.shape)
         probe = probe[0]
@@ -213,7 +263,7 @@ def _load_raw(cls, path, diffraction_is_intensity=None):
         d = np.sqrt(d.astype(np.float32))
     raw = cls(data['xcoords'], data.get('ycoords'), data.get('xcoords_start'), data.get('ycoords_start'), d, probe,
               data.get('scan_index'), data.get('objectGuess'), data.get('Y'),
-              metadata=_parse_metadata(data['_metadata']) if '_metadata' in data else None, source=str(path))
+              metadata=meta or None, source=str(path))
     if 'bad_pixels' in data: raw.bad_pixels = np.asarray(data['bad_pixels'], dtype=bool)
     if 'norm_Y_I' in data and data['norm_Y_I'].ndim == 0: raw.norm_Y_I = float(data['norm_Y_I'])
     raw.source_path = path.resolve()
@@ -221,10 +271,11 @@ def _load_raw(cls, path, diffraction_is_intensity=None):
 
 # %% ../nbs/02a_raw_data.ipynb #1a8a56c7
 def _raw_from_file(path,  # an .npz file following the data contract
-                   diffraction_is_intensity: bool | None = None  # None: intensity iff ptychodus' 'bad_pixels' key is present
+                   diffraction_is_intensity: bool | None = None,  # None: intensity iff ptychodus' 'bad_pixels' key is present; data that look like counts are refused
+                   diffraction_layout: str | None = None  # 'MNN' or 'NNM'; needed only when M = N makes the layout ambiguous
                   ) -> RawDataTorch:
     "Load and validate one scan from an NPZ file."
-    return _load_raw(RawDataTorch, path, diffraction_is_intensity)
+    return _load_raw(RawDataTorch, path, diffraction_is_intensity, diffraction_layout)
 
 def _raw_to_file(self, path  # destination .npz (written atomically: temp name + rename)
                 ) -> Path:
@@ -237,7 +288,7 @@ def _raw_to_file(self, path  # destination .npz (written atomically: temp name +
     if self.objectGuess is not None: arrays['objectGuess'] = self.objectGuess
     if self.Y is not None: arrays['Y'] = self.Y
     if self.norm_Y_I is not None: arrays['norm_Y_I'] = np.asarray(float(self.norm_Y_I))
-    if self.metadata: arrays['_metadata'] = np.asarray(json.dumps(self.metadata, default=str))
+    arrays['_metadata'] = np.asarray(json.dumps({**self.metadata, 'diffraction_layout': 'MNN'}, default=str))  # no M = N ambiguity on reading
     with atomic_path(path, suffix='.npz') as tmp:
         with open(tmp, 'wb') as fh: np.savez(fh, **arrays)
     return path
@@ -431,19 +482,13 @@ def grouped_from_indices(raw, nn: np.ndarray, N: int,
     return out
 
 # %% ../nbs/02a_raw_data.ipynb #91621281
-def _default_gridsize():
-    try:
-        from ptycho_torch_nb import params
-        return int(params.cfg.get('gridsize', 1))
-    except Exception: return 1
-
 def generate_grouped_data(self, N: int,                 # pattern size
                           K: int = 4,                   # nearest neighbours to choose group members from
                           nsamples: int = 1,            # number of groups
                           dataset_path=None,            # unused (reference signature)
                           seed: int | None = None,      # RNG seed (None: numpy's global RNG)
                           sequential_sampling: bool = False,  # seeds = the first nsamples positions
-                          gridsize: int | None = None,  # None: params.cfg['gridsize'] (default 1)
+                          gridsize: int | None = None,  # patterns per group side (C = gridsize²); required
                           enable_oversampling: bool = False,  # allow nsamples > positions for gridsize > 1
                           neighbor_pool_size: int | None = None,  # K for oversampling
                           include_patterns: bool = True,      # False: coordinates and indices only
@@ -452,7 +497,11 @@ def generate_grouped_data(self, N: int,                 # pattern size
                           cache_dir=None                      # cache root (default: $PTYCHO_TORCH_NB_CACHE or ~/.cache/...)
                          ) -> dict:
     "Group the scan into `nsamples` solution regions of gridsize² neighbours: the reference's dict (channel-last)."
-    gridsize = _default_gridsize() if gridsize is None else int(gridsize)
+    if gridsize is None:
+        raise TypeError("generate_grouped_data() needs gridsize= (1: single patterns, 2: 2x2 groups, ...); params.cfg is not read")
+    if isinstance(gridsize, bool) or int(gridsize) != gridsize or gridsize < 1:
+        raise ValueError(f"{self.source}: gridsize={gridsize!r} is invalid: allowed an int >= 1")
+    gridsize = int(gridsize)
     params = dict(N=int(N), K=int(K), nsamples=int(nsamples), seed=seed, sequential_sampling=bool(sequential_sampling),
                   gridsize=gridsize, enable_oversampling=bool(enable_oversampling),
                   neighbor_pool_size=neighbor_pool_size, include_patterns=bool(include_patterns),

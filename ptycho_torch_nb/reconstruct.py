@@ -11,7 +11,7 @@ import numpy as np
 from .core import require_torch, atomic_path, jsonable
 torch = require_torch()
 from . import physics, params
-from .config import ModelConfig, TrainingConfig, ScanOptions, update_legacy_dict
+from .config import ModelConfig, TrainingConfig, ScanOptions, update_legacy_dict, validate_run
 from .raw_data import RawDataTorch
 from .data_container import PtychoDataContainerTorch, grouped_container, inference_container, scan_nphotons
 from .simulation import extract_patches_torch
@@ -19,7 +19,7 @@ from .model import PtychoPINN_Lightning
 from .stitching import stitch_scan, reassemble_position, stitch_geometry
 from .evaluation import score_scan, ground_truth_on_canvas, save_outputs
 from .training import (default_execution_config, resolve_precision, build_trainer, ContainerDataModule,
-                                      LossHistory, TrainingClock, predict_scan)
+                                      LossHistory, TrainingClock, predict_scan, prepare_output_dir)
 from .persistence import load_torch_bundle, save_torch_bundle
 
 # %% auto #0
@@ -188,6 +188,7 @@ def reconstruct_scan(data,  # NPZ path or RawDataTorch: the scan to reconstruct 
                      progress: bool = True,  # progress lines on stderr
                      seed: int = 42,
                      use_scan_probe: bool = True,  # fine-tuning: replace the archive's probe by the scan's
+                     overwrite: bool = False,  # replace a previous run in output_dir (else refused)
                      **options,  # `ScanOptions` fields (learning_rate, batch_size, gridsize, ...) or config fields
                     ) -> dict:
     "Train on the scan's own diffraction, then reconstruct and stitch it; returns images, metrics, timings and the model."
@@ -195,8 +196,10 @@ def reconstruct_scan(data,  # NPZ path or RawDataTorch: the scan to reconstruct 
     raw = _load_scan(data)
     out = Path(output_dir) if output_dir is not None else None
     config, opts = scan_setup(raw, config, parity, out, **options)
-    M = int(M or opts.M)
     ec = execution_config if execution_config is not None else scan_execution_config(opts)
+    validate_run(config, ec, where='reconstruct_scan', time_budget_s=time_budget_s, M=M, seed=seed)   # the one gate
+    M = int(M if M is not None else opts.M)
+    if out is not None: prepare_output_dir(out, overwrite)   # before training: a used folder is refused
     torch.manual_seed(seed)
     update_legacy_dict(params.cfg, config)  # CONFIG-001: the reference's grouping (parity) reads it
     train_c, infer_c, P = scan_containers(raw, config, opts, parity, seed)

@@ -16,8 +16,9 @@ from .config import PyTorchExecutionConfig
 from .model import warmup_cosine
 
 # %% auto #0
-__all__ = ['torch', 'default_execution_config', 'resolve_precision', 'ContainerDataset', 'make_dataloader', 'ContainerDataModule',
-           'LossHistory', 'build_trainer', 'TrainingClock', 'predict_object_patches', 'predict_scan']
+__all__ = ['torch', 'RUN_ARTIFACTS', 'default_execution_config', 'resolve_precision', 'ContainerDataset', 'make_dataloader',
+           'ContainerDataModule', 'LossHistory', 'build_trainer', 'TrainingClock', 'predict_object_patches',
+           'predict_scan', 'prepare_output_dir', 'resume_checkpoint']
 
 # %% ../nbs/04_training.ipynb #4c250cb0
 def default_execution_config(**overrides):
@@ -293,3 +294,44 @@ def predict_scan(model,  # a trained `PtychoPINN_Lightning`
             views = _merged_views(m, own, torch.as_tensor(nn_idx, dtype=torch.int64).to(dev), co, batch_size)
     finally: model.train(was_training)
     return views.to(torch.complex64).numpy()
+
+# %% ../nbs/04_training.ipynb #f5dc41d7
+RUN_ARTIFACTS = ('wts.h5.zip', 'checkpoints', 'lightning_logs', 'mlruns', 'metrics.json', 'reconstruction.npz',
+                 'reconstruct.json', 'stitched_object.npy', 'reconstructed_amplitude.png', 'reconstructed_phase.png',
+                 'comparison.png', 'loss_curve.png', 'ssim_curve.png')   # what a run writes into its output folder
+
+def prepare_output_dir(output_dir,  # the run's output folder
+                       overwrite: bool = False,  # remove a previous run's artifacts (only `RUN_ARTIFACTS`) first
+                       resume=None  # a resumed run continues in its own folder
+                      ) -> Path:
+    "Refuse a folder that holds a previous run, so two runs never mix (`FileExistsError` naming it and the fix)."
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{out}: output folder exists and is not a folder")
+    found = [n for n in RUN_ARTIFACTS if (out / n).exists()]
+    if not found or resume not in (None, False): return out
+    if not overwrite:
+        raise FileExistsError(f"{out}: holds a previous run ({', '.join(found)}); pass --overwrite (overwrite=True) "
+                              "to replace it, or choose a new output folder")
+    import shutil
+    for n in found:
+        shutil.rmtree(out / n) if (out / n).is_dir() else (out / n).unlink()
+    return out
+
+def resume_checkpoint(resume,  # None/False, True/'last' (this run's last.ckpt) or a checkpoint path
+                      output_dir,  # the run's output folder
+                      config=None  # the run's TrainingConfig: its architecture must match the checkpoint's
+                     ) -> Optional[str]:
+    "The checkpoint to resume: this run's own (`output_dir/checkpoints/`), trained with this run's architecture."
+    if resume in (None, False): return None
+    own = Path(output_dir) / 'checkpoints'
+    p = own / 'last.ckpt' if resume in (True, 'last') else Path(resume)
+    if not p.is_file(): raise FileNotFoundError(f"checkpoint to resume from not found: {p}")
+    if own.resolve() not in p.resolve().parents:
+        raise ValueError(f"{p}: --resume takes a checkpoint of this run ({own}/); another run's checkpoint would mix two runs")
+    try: mc = (torch.load(p, map_location='cpu', weights_only=True).get('hyper_parameters') or {}).get('model_config') or {}
+    except Exception: mc = {}   # not a plain checkpoint: Lightning reports it when it loads
+    for k in ('N', 'gridsize', 'n_filters_scale', 'architecture'):
+        mine = getattr(getattr(config, 'model', None), k, None)
+        if k in mc and mine is not None and mc[k] != mine:
+            raise ValueError(f"{p}: checkpoint was trained with {k}={mc[k]!r} but this run has {k}={mine!r}")
+    return str(p)

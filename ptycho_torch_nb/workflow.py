@@ -12,7 +12,7 @@ from .core import require_torch, in_test
 torch = require_torch()
 import lightning as L
 from . import params
-from .config import update_legacy_dict
+from .config import update_legacy_dict, validate_run
 from .raw_data import RawDataTorch
 from .data_container import PtychoDataContainerTorch
 from .simulation import make_run1084_datasets
@@ -20,7 +20,7 @@ from .model import PtychoPINN_Lightning
 from .stitching import patch_positions, stitch_patches
 from .evaluation import evaluate_reconstruction
 from .training import (default_execution_config, build_trainer, ContainerDataModule, LossHistory,
-                                      predict_object_patches)
+                                      predict_object_patches, prepare_output_dir, resume_checkpoint)
 from .persistence import save_torch_bundle
 
 # %% auto #0
@@ -84,25 +84,24 @@ def build_model(config,  # TrainingConfig
                                              intensity_scale=float(train_container.intensity_scale), execution_config=ec)
 
 # %% ../nbs/05_workflow.ipynb #a58a8e0d
-def _resolve_resume(resume, output_dir: Path):
-    if resume in (None, False): return None
-    p = output_dir / 'checkpoints' / 'last.ckpt' if resume in (True, 'last') else Path(resume)
-    if not p.is_file(): raise FileNotFoundError(f"checkpoint to resume from not found: {p}")
-    return str(p)
-
 def train_cdi_model_torch(train_data,          # NPZ path, RawDataTorch or container
                           test_data,           # same, or None (then no validation/early stopping)
                           config,              # TrainingConfig
                           execution_config=None,  # PyTorchExecutionConfig (default: CPU/GPU auto)
                           *, resume=None,      # True/'last' or a checkpoint path: continue that run
                           shuffle: bool = True,  # shuffle training batches (the DDP equivalence test turns it off)
-                          seed: int = 42,      # Lightning seed_everything (weights, shuffling)
+                          seed: int = 42,      # the one seed: grouping (unless config.subsample_seed), weights, shuffling
+                          overwrite: bool = False,  # replace a previous run in config.output_dir (else refused)
                           **trainer_kwargs) -> dict:  # passed to `training.build_trainer` (tests: limit_train_batches ...)
     "Train the PyTorch PtychoPINN on `train_data`; returns the history, models, intensity scale and containers."
-    _update_legacy(config)                                      # CONFIG-001, before grouping/model construction
     ec = execution_config if execution_config is not None else default_execution_config()
+    validate_run(config, ec, where='train_cdi_model_torch', seed=seed)   # the gate: before any grouping, build or write
     out = Path(getattr(config, 'output_dir', None) or 'training_outputs')
-    ckpt_path = _resolve_resume(resume, out)                    # fail on a missing checkpoint before any work
+    ckpt_path = resume_checkpoint(resume, out, config)         # fail on a missing/foreign checkpoint before any work
+    prepare_output_dir(out, overwrite, resume)
+    if getattr(config, 'subsample_seed', None) is None:        # no numpy global RNG: the seed drives grouping too
+        config = dataclasses.replace(config, subsample_seed=seed)
+    _update_legacy(config)                                      # CONFIG-001, before grouping/model construction
     train_c = as_container(train_data, config, 'train')
     if train_c is None: raise ValueError("train_data is required")
     test_c = as_container(test_data, config, 'test')
@@ -165,8 +164,9 @@ def run_cdi_example_torch(train_data, test_data, config, flip_x: bool = False, f
                           transpose: bool = False, M: int = 20, do_stitching: bool = False,
                           execution_config=None, **train_kwargs):
     "Train, then (with `do_stitching` and test data) stitch the test reconstruction: (amplitude|None, phase|None, results)."
-    _update_legacy(config)
     ec = execution_config if execution_config is not None else default_execution_config()
+    validate_run(config, ec, where='run_cdi_example_torch', M=M, seed=train_kwargs.get('seed'))   # before anything runs
+    _update_legacy(config)
     results = train_cdi_model_torch(train_data, test_data, config, ec, **train_kwargs)
     amp = phase = None
     if do_stitching and results.get('test_container') is not None:

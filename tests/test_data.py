@@ -146,7 +146,9 @@ def test_variants_accepted(tmp_path):
     np.testing.assert_array_equal(r.xcoords_start, a['xcoords'])
     np.testing.assert_array_equal(r.scan_index, np.zeros(M, np.int64))
     np.savez(tmp_path / 'u.npz', **{**a, 'diff3d': (a['diff3d'] * 100).astype(np.uint16)})
-    assert RawDataTorch.from_file(tmp_path / 'u.npz').diff3d.dtype == np.uint16
+    with pytest.raises(ValueError, match=r"u\.npz: key 'diff3d' looks like intensities.*uint16"):  # counts? say so
+        RawDataTorch.from_file(tmp_path / 'u.npz')
+    assert RawDataTorch.from_file(tmp_path / 'u.npz', diffraction_is_intensity=False).diff3d.dtype == np.uint16
 
 
 def test_ptychodus_export_converted_once(tmp_path, caplog):

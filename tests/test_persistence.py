@@ -366,7 +366,7 @@ def test_cli_train_writes_archive_and_infer_loads_it(tmp_path, monkeypatch, caps
                              '--output_dir', str(tmp_path / 'inf'), '--accelerator', 'cpu', '--quiet'])
     assert rc in (0, None)
     assert (tmp_path / 'inf' / 'reconstructed_amplitude.png').exists()
-    # the CLI refuses a folder without an archive (exit code 2, one line naming it), and a TensorFlow archive (1)
+    # the CLI refuses a folder without an archive and a TensorFlow archive: user errors, exit code 2, one line
     (tmp_path / 'empty').mkdir()
     args = ['--test_data', str(tmp_path / 'test.npz'), '--output_dir', str(tmp_path / 'inf2'), '--accelerator', 'cpu', '--quiet']
     capsys.readouterr()
@@ -376,5 +376,5 @@ def test_cli_train_writes_archive_and_infer_loads_it(tmp_path, monkeypatch, caps
     with zipfile.ZipFile(tmp_path / 'tf' / 'wts.h5.zip', 'w') as zf:
         zf.writestr('manifest.dill', pickle.dumps({'models': ['autoencoder', 'diffraction_to_obj'], 'version': '1.0'}))
         zf.writestr('diffraction_to_obj/model.keras', b'keras')
-    assert cli.infer_main(['--model_path', str(tmp_path / 'tf')] + args) == 1
+    assert cli.infer_main(['--model_path', str(tmp_path / 'tf')] + args) == 2
     assert 'archive backend: tensorflow, loader backend: pytorch' in capsys.readouterr().err
