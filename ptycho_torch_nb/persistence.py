@@ -192,7 +192,8 @@ def _checkpoint_bytes(module, where: str) -> bytes:
 # %% ../nbs/06a_persistence.ipynb #537c929b
 def _legacy_params():
     "The process-wide legacy `params.cfg` dictionary (ptycho_torch_nb.params.cfg)."
-    return importlib.import_module('ptycho_torch_nb.params').cfg
+    from ptycho_torch_nb import params  # deferred: persistence is imported by lighter modules' users too
+    return params.cfg
 
 def _lightning_module_of(model, name: str):
     "The LightningModule behind a models-dict entry; None for an upstream-style {'_sentinel': ...} placeholder."
