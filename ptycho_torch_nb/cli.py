@@ -523,7 +523,7 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> int:
 from .hdf5_data import add_hdf5_arguments, hdf5_options  # numpy only: --help stays torch-free
 def stream_parser() -> argparse.ArgumentParser:
     "The argument parser of `ptycho-torch-stream`."
-    p = argparse.ArgumentParser(prog='ptycho-torch-stream', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = OneLineParser(prog='ptycho-torch-stream', formatter_class=HelpFormatter,
                                 description='Reconstruct a scan live, chunk by chunk, with live.png and snapshots as it goes.')
     p.add_argument('model', type=Path, help='trained archive: wts.h5.zip or the folder holding it')
     p.add_argument('source', type=Path, help='scan file: .npz (data contract) or .h5/.hdf5/.nxs (detector counts)')
@@ -572,7 +572,7 @@ def stream_main(argv: Optional[Sequence[str]] = None) -> int:
 
 def export_parser() -> argparse.ArgumentParser:
     "The argument parser of `ptycho-torch-export`."
-    p = argparse.ArgumentParser(prog='ptycho-torch-export', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = OneLineParser(prog='ptycho-torch-export', formatter_class=HelpFormatter,
                                 description="Export an archive's per-pattern generator to TorchScript (torch only) or ONNX.")
     p.add_argument('model', type=Path, help='trained archive: wts.h5.zip or the folder holding it')
     p.add_argument('output', type=Path, help='exported file (e.g. generator.pt or generator.onnx)')
