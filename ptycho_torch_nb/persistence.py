@@ -236,6 +236,8 @@ def params_snapshot(config=None,  # TrainingConfig/InferenceConfig (or None: par
     for owner in ((module, getattr(module, 'model', None)) if module is not None else ()):
         if isinstance(getattr(owner, 'probe', None), torch.Tensor):
             snap['probe'] = owner.probe.detach().cpu().numpy(); break
+    arch = (dict(getattr(module, 'hparams', {}) or {}).get('model_config') or {}) if module is not None else {}
+    snap.update({k: arch[k] for k in ('N', 'gridsize') if k in arch})  # so does the architecture the weights have
     snap['_version'] = ARCHIVE_VERSION
     return snap
 

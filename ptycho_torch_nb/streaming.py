@@ -284,6 +284,15 @@ def replay_file(path,  # NPZ (data contract) or HDF5 (see `HDF5Scan`) scan
     return paced(iter_hdf5_chunks(path, chunk=chunk, **hdf5_options), rate)
 
 # %% ../nbs/05c_streaming.ipynb #2e3fbde9
+def _open_when_ready(path, diffraction, positions, poll_s: float, timeout_s: float, options: dict):
+    "The growing file as an `HDF5Scan`, once its datasets exist (a writer creates them one after another)."
+    t0 = time.perf_counter()
+    while True:
+        try: return HDF5Scan(path, diffraction, positions, growing=True, swmr=True, **options)
+        except (OSError, ValueError, KeyError):
+            if time.perf_counter() - t0 > timeout_s: raise
+            time.sleep(poll_s)
+
 def poll_hdf5(path,  # HDF5 file being written (SWMR or flushed regularly)
               diffraction: str = 'entry/data/data', positions=None,  # see `HDF5Scan`
               chunk: int = 64,  # patterns per yielded chunk (the last one may be shorter)
@@ -297,7 +306,7 @@ def poll_hdf5(path,  # HDF5 file being written (SWMR or flushed regularly)
     while not path.is_file():
         if time.perf_counter() - t_change > idle_timeout_s: raise FileNotFoundError(f"HDF5 file not found after {idle_timeout_s} s: {path}")
         time.sleep(poll_s)
-    with HDF5Scan(path, diffraction, positions, growing=True, swmr=True, **options) as scan:
+    with _open_when_ready(path, diffraction, positions, poll_s, idle_timeout_s, options) as scan:
         done, seen = 0, -1
         while expected is None or done < expected:
             n = scan.refresh() if done else len(scan)
