@@ -8,7 +8,7 @@ import argparse, dataclasses, os, sys, warnings
 from pathlib import Path
 from typing import Optional, Sequence
 from .config import ScanOptions, GENERATOR_MODES, validate_run_options
-from .core import OneLineParser, run_command
+from .core import OneLineParser, run_command, quiet_libraries
 
 # %% auto #0
 __all__ = ['ACCELERATORS', 'COMMANDS', 'CLIError', 'HelpFormatter', 'train_parser', 'build_train_configs', 'train_main',
@@ -255,19 +255,6 @@ def build_train_configs(args):
 # %% ../nbs/06_cli.ipynb #87d25026
 def _run(prog: str, fn, argv): return run_command(prog, fn, argv, (CLIError,))   # one line per error (core)
 
-_LIBRARIES = r'(lightning|pytorch_lightning|torch|torchmetrics|torchvision)(\.|$)'
-
-def _quiet_lightning(verbose: bool = False):
-    "Unless `verbose`: Lightning's info lines (GPU/TPU available, tips) and library warnings are not shown."
-    if verbose: return
-    import logging
-    import lightning.pytorch  # noqa: F401  (its import sets its loggers to INFO: lower them after it)
-    for name in ('lightning', 'lightning.pytorch', 'lightning.fabric', 'pytorch_lightning'):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for category in (UserWarning, DeprecationWarning, FutureWarning):
-        warnings.filterwarnings('ignore', category=category, module=_LIBRARIES)
-    warnings.filterwarnings('ignore', message='.*(does not have many workers|LeafSpec).*')
-
 def _summary(paths: dict, quiet: bool, extra=()):
     "The output files, then the scores of `metrics.json` (one line per metric: amplitude, phase)."
     if quiet: return
@@ -290,7 +277,7 @@ def _train(argv):
     _check_scan(args.train_data_file, 'training data file')   # contents: still before torch is imported
     _check_scan(args.test_data_file, 'test data file')
     training, execution = build_train_configs(args)
-    _quiet_lightning(args.verbose)
+    quiet_libraries(args.verbose)
     from ptycho_torch_nb import workflow as W
     from ptycho_torch_nb.evaluation import save_outputs
     amp, phase, results = W.run_cdi_example_torch(
@@ -333,7 +320,7 @@ def _infer(argv):
     _check_file(args.model_path / 'wts.h5.zip', 'model archive')
     _check_scan(args.test_data, 'test data file')
     _resolve_accelerator_flags(args)
-    _quiet_lightning(args.verbose)
+    quiet_libraries(args.verbose)
     from ptycho_torch_nb import config as C, persistence as P, workflow as W, params as legacy
     from ptycho_torch_nb.evaluation import save_outputs, evaluate_reconstruction
     import torch
@@ -433,7 +420,7 @@ def _reconstruct(argv):
     opts = {dst: getattr(args, src) for src, dst in _CLI_OPTIONS.items() if getattr(args, src) is not None}
     if args.probe_trainable: opts['probe_trainable'] = True
     if args.no_backprop_input: opts['backprop_input'] = False
-    _quiet_lightning(args.verbose)
+    quiet_libraries(args.verbose)
     from ptycho_torch_nb.reconstruct import reconstruct_scan, scan_options, scan_execution_config
     run_opts = scan_options(args.parity, **{k: opts[k] for k in ('learning_rate',) if k in opts},
                             **({'precision': args.precision} if args.precision else {}))
@@ -505,7 +492,7 @@ def _pretrain(argv):
     from ptycho_torch_nb.corpus import TRAINING_FAMILIES   # torch from here on: after parsing and the cheap checks
     bad = [f for f in args.families or () if f not in TRAINING_FAMILIES]
     if bad: raise CLIError(f"--families {bad}: not training families (choose from {sorted(TRAINING_FAMILIES)})")
-    _quiet_lightning(args.verbose)
+    quiet_libraries(args.verbose)
     from ptycho_torch_nb.pretrain import pretrain
     res = pretrain(args.output_dir, args.n_scans, args.steps, args.time_budget, args.N, args.positions, args.seed,
                    args.batch_size, args.learning_rate, args.families, args.n_filters_scale, args.resume, args.overwrite,

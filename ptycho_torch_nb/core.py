@@ -9,9 +9,9 @@ import numpy as np
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'USER_ERRORS', 'require_torch', 'in_test', 'repo_root', 'data_path',
-           'fixtures_path', 'process_umask', 'fault_point', 'pid_alive', 'clean_stale_temps', 'glob_escape',
-           'atomic_path', 'jsonable', 'OneLineParser', 'run_command']
+__all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'USER_ERRORS', 'LIBRARY_MODULES', 'require_torch', 'in_test',
+           'repo_root', 'data_path', 'fixtures_path', 'process_umask', 'fault_point', 'pid_alive', 'clean_stale_temps',
+           'glob_escape', 'atomic_path', 'jsonable', 'OneLineParser', 'run_command', 'quiet_libraries']
 
 # %% ../nbs/00_core.ipynb #4360d238
 TORCH_INSTALL_HINT = "pip install 'torch>=2.2'"
@@ -164,3 +164,18 @@ def run_command(prog: str,  # the command's name, first on the error line
         print(f"{prog}: error: {type(e).__name__}: {' '.join(str(e).split())} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+# %% ../nbs/00_core.ipynb #5f88afbc
+import warnings
+LIBRARY_MODULES = r'(lightning|pytorch_lightning|torch|torchmetrics|torchvision)(\.|$)'
+
+def quiet_libraries(verbose: bool = False):
+    "Unless `verbose`: Lightning's info lines (GPU/TPU available, tips) and library warnings are not shown."
+    if verbose: return
+    import logging
+    import lightning.pytorch  # noqa: F401  (its import sets its loggers to INFO: lower them after it)
+    for name in ('lightning', 'lightning.pytorch', 'lightning.fabric', 'pytorch_lightning'):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for category in (UserWarning, DeprecationWarning, FutureWarning):
+        warnings.filterwarnings('ignore', category=category, module=LIBRARY_MODULES)
+    warnings.filterwarnings('ignore', message='.*(does not have many workers|LeafSpec).*')

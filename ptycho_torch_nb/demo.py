@@ -24,6 +24,7 @@ def demo_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, default=0, help='seed of the simulation, weights and grouping')
     p.add_argument('--overwrite', action='store_true', help='write into an output folder that already holds files')
     p.add_argument('--quiet', action='store_true', help='no progress lines')
+    p.add_argument('--verbose', action='store_true', help="show Lightning's own messages and library warnings")
     return p
 
 # %% auto #0
@@ -89,13 +90,15 @@ def run_demo(output_dir='demo_outputs',  # where everything goes
              seed: int = 0,
              overwrite: bool = False,  # write into a folder that already holds files
              quiet: bool = False,
+             verbose: bool = False,  # Lightning's own messages and library warnings
             ) -> dict:
     "Simulate, reconstruct (network and solver), draw and save; returns {'paths', 'network', 'solver', 'seconds'}."
     from ptycho_torch_nb.core import atomic_path, jsonable
     import numpy as np
     out = Path(output_dir); _check_output_dir(out, overwrite)
     from ptycho_torch_nb.reconstruct import reconstruct_scan, iterative_reference
-    warnings.filterwarnings('ignore', message='.*(does not have many workers|LeafSpec).*')
+    from ptycho_torch_nb.core import quiet_libraries
+    quiet_libraries(verbose)
     t0 = time.perf_counter()
     raw, paths = write_demo_data(out, n, seed)
     res = reconstruct_scan(raw, time_budget_s=time_budget_s, output_dir=out, progress=not quiet, seed=seed)
@@ -123,7 +126,7 @@ def run_demo(output_dir='demo_outputs',  # where everything goes
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of `python -m ptycho_torch_nb.demo`: prints the scores and where the outputs are."
     a = demo_parser().parse_args(argv)
-    try: r = run_demo(a.output_dir, a.time_budget, a.solver_epochs, a.n, a.seed, a.overwrite, a.quiet)
+    try: r = run_demo(a.output_dir, a.time_budget, a.solver_epochs, a.n, a.seed, a.overwrite, a.quiet, a.verbose)
     except (FileExistsError, ValueError) as e:
         print(f"python -m ptycho_torch_nb.demo: error: {e}", file=sys.stderr); return 2
     line = lambda m: f"amplitude SSIM {m['ssim_amp']:.3f}, phase SSIM {m['ssim_phase']:.3f}"
