@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 from .config import ScanOptions, GENERATOR_MODES, validate_run_options
 from .core import OneLineParser, run_command, quiet_libraries
+from .hdf5_data import add_hdf5_arguments, hdf5_options, is_hdf5, load_scan, scan_facts  # numpy/h5py: --help stays torch-free
 
 # %% auto #0
 __all__ = ['ACCELERATORS', 'COMMANDS', 'CLIError', 'HelpFormatter', 'train_parser', 'build_train_configs', 'train_main',
@@ -101,12 +102,12 @@ def _add_run_flags(g):
 def train_parser() -> argparse.ArgumentParser:
     "The argument parser of `ptycho-torch-train` (every flag documented in `--help`)."
     p = OneLineParser(prog='ptycho-torch-train', formatter_class=HelpFormatter,
-                                description='Train the PyTorch PtychoPINN on an NPZ scan; with a test file, reconstruct '
+                                description='Train the PyTorch PtychoPINN on an NPZ or HDF5 scan; with a test file, reconstruct '
                                             'and score the held-out region. Writes images, metrics.json, checkpoints, '
                                             'logs and wts.h5.zip into --output_dir.')
     g = p.add_argument_group('files')
     g.add_argument('--train_data_file', '--train-data-file', dest='train_data_file', type=Path, required=True,
-                   help='training scan (NPZ: xcoords, ycoords, diff3d, probeGuess[, objectGuess])')
+                   help='training scan: NPZ (xcoords, ycoords, diff3d, probeGuess[, objectGuess]) or HDF5 (see the HDF5 flags)')
     g.add_argument('--test_data_file', '--test-data-file', dest='test_data_file', type=Path, default=None,
                    help='held-out scan: validation loss every epoch, then stitched, scored and plotted')
     _add_data_flags(p)
@@ -136,6 +137,7 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument('--no-stitching', dest='do_stitching', action='store_false',
                    help='skip reconstructing the test region after training (default: reconstruct it)')
     _add_training_runtime_flags(_add_runtime_flags(p))
+    add_hdf5_arguments(p, probe=True)
     return p
 
 def _add_training_runtime_flags(g):
@@ -186,30 +188,17 @@ def _resolve_accelerator_flags(args):
         args.accelerator = 'cuda' if cuda else 'cpu'
     return args.accelerator
 
-def _file_facts(path: Path) -> dict:
-    "Pattern size (from the probe), scan positions and the simulation's `nphotons` (`_metadata`) of an NPZ, where present."
-    import json, numpy as np
-    facts = {}
-    try:
-        with np.load(path, allow_pickle=False) as d:
-            if 'probeGuess' in d: facts['N'] = int(d['probeGuess'].shape[-1])
-            if 'xcoords' in d: facts['n_positions'] = int(np.shape(d['xcoords'])[0])
-            if '_metadata' in d:
-                meta = json.loads(str(d['_metadata']))
-                if isinstance(meta, dict) and meta.get('nphotons'): facts['nphotons'] = float(meta['nphotons'])
-    except Exception: pass
-    return facts
-
 def _check_file(path, what):
     if path is not None and not Path(path).is_file(): raise CLIError(f"{what} not found: {path}")
 
-def _check_scan(path, what):
-    "A scan file exists and follows the data contract (`raw_data`, numpy only: answered before torch is imported)."
+def _check_scan(path, what, args=None):
+    """A scan file exists and can be read (numpy/h5py only: answered before torch is imported). An HDF5 file, read
+    with the HDF5 flags of `args`, comes back loaded (a `RawDataTorch`); an NPZ comes back as its path."""
     _check_file(path, what)
-    if path is None: return
-    from ptycho_torch_nb.raw_data import RawDataTorch
-    try: RawDataTorch.from_file(path)
+    if path is None: return None
+    try: raw = load_scan(path, **(hdf5_options(args) if args is not None and is_hdf5(path) else {}))
     except ValueError as e: raise CLIError(str(e)) from None
+    return raw if is_hdf5(path) else path
 
 def build_train_configs(args):
     "`(TrainingConfig, PyTorchExecutionConfig)` from parsed `ptycho-torch-train` flags."
@@ -219,7 +208,8 @@ def build_train_configs(args):
         args.logger, args.quiet = 'none', True
     _resolve_accelerator_flags(args)
     if args.scheduler == 'Adaptive': args.scheduler = 'ReduceLROnPlateau'
-    facts = _file_facts(args.train_data_file)
+    scan = getattr(args, 'train_scan', None)   # the loaded HDF5 scan, if the file is one
+    facts = scan_facts(args.train_data_file if scan is None else scan)
     N = args.N or facts.get('N') or 64
     if args.nphotons is None and 'nphotons' in facts: args.nphotons = facts['nphotons']
     if args.n_groups is None and 'n_positions' in facts:  # one group per position: never needs oversampling
@@ -274,14 +264,14 @@ def _train(argv):
     if args.resume is not None:
         _check_file(args.output_dir / 'checkpoints' / 'last.ckpt' if args.resume == 'last' else Path(args.resume),
                     'checkpoint to resume from')
-    _check_scan(args.train_data_file, 'training data file')   # contents: still before torch is imported
-    _check_scan(args.test_data_file, 'test data file')
+    args.train_scan = _check_scan(args.train_data_file, 'training data file', args)   # contents: still before torch is imported
+    args.test_scan = _check_scan(args.test_data_file, 'test data file', args)
     training, execution = build_train_configs(args)
     quiet_libraries(args.verbose)
     from ptycho_torch_nb import workflow as W
     from ptycho_torch_nb.evaluation import save_outputs
     amp, phase, results = W.run_cdi_example_torch(
-        args.train_data_file, args.test_data_file, training, M=args.M,
+        args.train_scan, args.test_scan, training, M=args.M,
         do_stitching=args.do_stitching and args.test_data_file is not None, execution_config=execution,
         resume=args.resume, seed=args.seed, overwrite=args.overwrite)
     if not results['trainer'].is_global_zero: return 0
@@ -309,16 +299,17 @@ def infer_parser() -> argparse.ArgumentParser:
     g.add_argument('--model_path', '--model-path', dest='model_path', type=Path, required=True,
                    help='folder holding wts.h5.zip (the --output_dir of ptycho-torch-train)')
     g.add_argument('--test_data', '--test_data_file', '--test-data-file', dest='test_data', type=Path, required=True,
-                   help='scan to reconstruct (NPZ)')
+                   help='scan to reconstruct (NPZ, or HDF5 with the HDF5 flags)')
     _add_data_flags(p, inference=True)
     _add_runtime_flags(p, inference=True)
+    add_hdf5_arguments(p, probe=True)
     return p
 
 def _infer(argv):
     args = infer_parser().parse_args(argv)
     if not args.model_path.is_dir(): raise CLIError(f"model folder not found: {args.model_path}")
     _check_file(args.model_path / 'wts.h5.zip', 'model archive')
-    _check_scan(args.test_data, 'test data file')
+    test = _check_scan(args.test_data, 'test data file', args)
     _resolve_accelerator_flags(args)
     quiet_libraries(args.verbose)
     from ptycho_torch_nb import config as C, persistence as P, workflow as W, params as legacy
@@ -341,7 +332,7 @@ def _infer(argv):
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from None
     C.update_legacy_dict(legacy.cfg, inference)
-    raw = W.load_raw(args.test_data, 'test data')
+    raw = W.load_raw(args.test_data, 'test data') if isinstance(test, Path) else test
     container = W.as_container(raw, inference, 'infer' if args.n_groups else 'test')
     amp, phase, rec = W.reassemble_cdi_image_torch(container, inference, model, M=args.M, execution_config=execution)
     if raw.objectGuess is not None:
@@ -367,7 +358,7 @@ def reconstruct_parser() -> argparse.ArgumentParser:
         description='Reconstruct one ptychography scan self-supervised: train PtychoPINN on the scan\'s own diffraction '
                     '(no labels, gridsize 2), then reconstruct and stitch it. Writes images, metrics.json, '
                     'reconstruct.json and the model archive wts.h5.zip into --output_dir.')
-    p.add_argument('scan', help='NPZ scan file (diff3d or diffraction, xcoords, ycoords, probeGuess; objectGuess is used as the truth for scores)')
+    p.add_argument('scan', help='scan file: NPZ (diff3d or diffraction, xcoords, ycoords, probeGuess; objectGuess is used as the truth for scores) or HDF5 (see the HDF5 flags)')
     p.add_argument('--output_dir', '--output-dir', required=True, help='folder for the outputs (created)')
     p.add_argument('--time_budget', '--time-budget', type=float, default=None, metavar='SECONDS',
                    help='training wall-clock budget in seconds; without it, training runs --nepochs epochs, which takes '
@@ -400,6 +391,7 @@ def reconstruct_parser() -> argparse.ArgumentParser:
                    help='training times at which to score the reconstruction against the truth (needs objectGuess)')
     p.add_argument('--seed', type=int, default=42, help='seed of weights, grouping and shuffling')
     _add_run_flags(_add_output_flags(p))
+    add_hdf5_arguments(p, probe=True)
     return p
 
 # %% ../nbs/06_cli.ipynb #4486de62
@@ -411,8 +403,7 @@ def _reconstruct(argv):
     args = reconstruct_parser().parse_args(argv)   # a usage error: one line, exit 2 (`_run`)
     validate_run_options('ptycho-torch-reconstruct', time_budget_s=args.time_budget, M=args.M, seed=args.seed, nepochs=args.nepochs,
                          gridsize=args.gridsize, batch_size=args.batch_size, learning_rate=args.learning_rate)   # the gate
-    scan = Path(args.scan)
-    _check_scan(scan, 'scan file')
+    scan = _check_scan(Path(args.scan), 'scan file', args)   # an NPZ path, or the loaded HDF5 scan
     if args.init_from is not None:
         ip = Path(args.init_from)
         if not (ip.is_file() or (ip / 'wts.h5.zip').is_file() or Path(f"{ip}.zip").is_file()):
@@ -507,7 +498,6 @@ def pretrain_main(argv: Optional[Sequence[str]] = None) -> int:
     return _run('ptycho-torch-pretrain', _pretrain, list(sys.argv[1:] if argv is None else argv))
 
 # %% ../nbs/06_cli.ipynb #70e8a77c
-from .hdf5_data import add_hdf5_arguments, hdf5_options  # numpy only: --help stays torch-free
 def stream_parser() -> argparse.ArgumentParser:
     "The argument parser of `ptycho-torch-stream`."
     p = OneLineParser(prog='ptycho-torch-stream', formatter_class=HelpFormatter,
@@ -527,6 +517,7 @@ def stream_parser() -> argparse.ArgumentParser:
     g.add_argument('--snapshot_every_s', '--snapshot-every-s', type=_positive_float, default=5.0, help='seconds between live products')
     g.add_argument('--format', choices=('npz', 'h5'), default='npz', help='snapshot and final object file format')
     g.add_argument('--threads', type=_positive_int, default=None, help='torch CPU threads (default: torch\'s choice)')
+    g.add_argument('--no_compile', '--no-compile', action='store_true', help="run the generator eagerly (no torch.compile start-up)")
     g.add_argument('--overwrite', action='store_true', help='write over a previous stream in --output_dir')
     g.add_argument('--quiet', action='store_true', help='no progress bar, no summary')
     add_hdf5_arguments(p)
@@ -542,9 +533,9 @@ def _stream(argv):
         opts = hdf5_options(args)
         source, total = S.open_source(args.source, args.follow, args.rate, args.chunk, args.poll_s, args.idle_timeout_s,
                                       args.expected, **opts)
-        rec = S.StreamingReconstructor(args.model, M=args.M, scale=args.scale, batch_size=args.chunk)
+        if args.threads: S.torch.set_num_threads(args.threads)
+        rec = S.StreamingReconstructor(args.model, M=args.M, scale=args.scale, compile=not args.no_compile)
     except ValueError as e: raise CLIError(str(e)) from None
-    if args.threads: S.torch.set_num_threads(args.threads)
     res = rec.run(source, args.output_dir, args.snapshot_every_s, args.format, not args.quiet, total, args.overwrite)
     st = res['stats']
     if not args.quiet:

@@ -12,8 +12,9 @@ from .raw_data import RawDataTorch
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DATA_KINDS', 'UNITS', 'counts_to_amplitude', 'object_pixel_size', 'positions_to_pixels', 'read_positions_csv',
-           'HDF5Scan', 'iter_hdf5_chunks', 'add_hdf5_arguments', 'hdf5_options']
+__all__ = ['log', 'DATA_KINDS', 'UNITS', 'HDF5_SUFFIXES', 'counts_to_amplitude', 'object_pixel_size', 'positions_to_pixels',
+           'read_positions_csv', 'HDF5Scan', 'iter_hdf5_chunks', 'add_hdf5_arguments', 'hdf5_options', 'is_hdf5',
+           'load_scan', 'scan_facts']
 
 # %% ../nbs/02d_hdf5_data.ipynb #fa488be4
 DATA_KINDS = ('counts', 'amplitude', 'intensity')
@@ -284,10 +285,12 @@ def _raw_from_hdf5(path,  # HDF5 file
 RawDataTorch.from_hdf5 = staticmethod(_raw_from_hdf5)
 
 # %% ../nbs/02d_hdf5_data.ipynb #e3dd1142
-def add_hdf5_arguments(parser  # an argparse.ArgumentParser
+def add_hdf5_arguments(parser,  # an argparse.ArgumentParser
+                       probe: bool = False,  # also `--probe` (commands that need the probe: train, infer, reconstruct)
                       ):
-    "Add the HDF5 input flags (`--diffraction_key --positions --units --pixel_size --mask --crop --centre --data`)."
-    g = parser.add_argument_group('HDF5 input (hdf5_data.HDF5Scan)')
+    "Add the HDF5 input flags (`--diffraction_key --positions --units --pixel_size --mask --crop --centre --data [--probe]`)."
+    g = parser.add_argument_group('HDF5 input (hdf5_data.HDF5Scan; for .h5/.hdf5/.nxs scan files)')
+    if probe: g.add_argument('--probe', metavar='KEY_OR_NPZ', help="the probe: a dataset key in the HDF5 file, or an .npz holding 'probeGuess'")
     g.add_argument('--diffraction_key', '--diffraction-key', default='entry/data/data', help='dataset of (M, H, W) detector counts')
     g.add_argument('--positions', nargs='+', metavar='KEY_OR_CSV', help='two dataset keys (x y), one (M, 2) key, or a CSV (x, y)')
     g.add_argument('--units', choices=tuple(UNITS), default='px', help="positions' units; not px: x_px = x * unit / pixel_size")
@@ -309,4 +312,37 @@ def hdf5_options(args) -> dict:
         except (ValueError, AssertionError): raise ValueError(f"--centre expects 'ROW COL' or 'auto', got {' '.join(args.centre)!r}")
     if args.crop is not None and args.crop < 1: raise ValueError(f"--crop {args.crop}: expected a positive pattern size")
     return dict(diffraction=args.diffraction_key, positions=pos, units=args.units, pixel_size=args.pixel_size,
-                mask=args.mask, crop=args.crop, centre=centre, data=args.data)
+                mask=args.mask, crop=args.crop, centre=centre, data=args.data, **({'probe': args.probe} if 'probe' in vars(args) else {}))
+
+# %% ../nbs/02d_hdf5_data.ipynb #16054b4b
+HDF5_SUFFIXES = ('.h5', '.hdf5', '.hdf', '.nxs', '.nx5')
+
+def is_hdf5(path) -> bool:
+    "Whether `path` names an HDF5 file (by its suffix: .h5, .hdf5, .hdf, .nxs, .nx5)."
+    return Path(path).suffix.lower() in HDF5_SUFFIXES
+
+def load_scan(path,  # .npz (data contract) or HDF5 detector file
+              **hdf5_options,  # HDF5 files: `RawDataTorch.from_hdf5` options (diffraction, positions, probe, units, ...)
+             ) -> RawDataTorch:
+    "The scan in `path` as a `RawDataTorch`; `FileNotFoundError`/`ValueError` naming the file (and dataset) otherwise."
+    p = Path(path)
+    if not p.is_file(): raise FileNotFoundError(f"scan file not found: {p}")
+    if is_hdf5(p): return RawDataTorch.from_hdf5(p, **hdf5_options)
+    return RawDataTorch.from_file(p)
+
+def scan_facts(scan,  # NPZ path or RawDataTorch
+              ) -> dict:
+    "Pattern size `N` (from the probe), `n_positions` and the simulation's `nphotons` (NPZ `_metadata`), where present."
+    import json
+    if isinstance(scan, RawDataTorch):
+        return dict(N=int(np.shape(scan.probeGuess)[-1]), n_positions=len(scan.xcoords))
+    facts = {}
+    try:
+        with np.load(scan, allow_pickle=False) as d:
+            if 'probeGuess' in d: facts['N'] = int(d['probeGuess'].shape[-1])
+            if 'xcoords' in d: facts['n_positions'] = int(np.shape(d['xcoords'])[0])
+            if '_metadata' in d:
+                meta = json.loads(str(d['_metadata']))
+                if isinstance(meta, dict) and meta.get('nphotons'): facts['nphotons'] = float(meta['nphotons'])
+    except Exception: pass   # not a readable NPZ: the loader says why
+    return facts

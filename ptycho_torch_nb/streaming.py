@@ -4,7 +4,7 @@
 
 # %% ../nbs/05c_streaming.ipynb #cfd99cde
 from __future__ import annotations
-import json, logging, math, os, signal, sys, threading, time
+import json, logging, math, os, signal, sys, threading, time, warnings
 from pathlib import Path
 import numpy as np
 from .core import require_torch, atomic_path
@@ -16,8 +16,9 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['torch', 'log', 'PatternGenerator', 'pattern_generator', 'IncrementalCanvas', 'StreamingReconstructor', 'canvas_rgb',
-           'write_snapshot', 'array_chunks', 'paced', 'replay_file', 'poll_hdf5', 'open_source']
+__all__ = ['torch', 'log', 'PatternGenerator', 'pattern_generator', 'IncrementalCanvas', 'compiled_generator',
+           'StreamingReconstructor', 'canvas_rgb', 'write_snapshot', 'array_chunks', 'paced', 'replay_file',
+           'poll_hdf5', 'open_source']
 
 # %% ../nbs/05c_streaming.ipynb #18797c56
 class PatternGenerator(nn.Module):
@@ -145,18 +146,38 @@ def _default_M(pinn) -> int:
     N = int(pinn.N)
     return N // 2 if pinn.cfg.get('pad_object', False) else 2 * ((3 * N // 4) // 2)
 
+def compiled_generator(generator,  # a `PatternGenerator`
+                       batch_size: int,  # the one batch shape it will be called with
+                       device: str = 'cpu'):
+    "`generator` through `torch.compile` for one static input shape, compiled now (not on the first chunk); the eager module if compiling fails."
+    try:
+        import torch._inductor.config as inductor_config
+        fn = torch.compile(generator, dynamic=False)
+        # compiled in this process: a pool of compile workers would keep importing torch on the cores the stream needs
+        with inductor_config.patch(compile_threads=1), torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')   # inductor's notes (e.g. the complex first guess stays an eager op)
+            fn(torch.ones(batch_size, 1, generator.N, generator.N, device=device))
+        return fn
+    except Exception as e:   # no C++ compiler, an unsupported device, ...: the same arithmetic, eagerly
+        log.warning("torch.compile failed (%s: %s); the generator runs eagerly", type(e).__name__, str(e).splitlines()[0][:200])
+        return generator
+
 class StreamingReconstructor:
     "Infer and stitch (amplitude, position) chunks into a growing canvas; memory bounded by the canvas."
     def __init__(self, model,  # archive (wts.h5.zip or its folder), LightningModule or PtychoPINN (pattern-wise or gridsize 1)
                  M: int | None = None,  # stitching crop (default: 48 at N=64; N/2 for pad_object models)
                  positions=None,  # [n, 2] all scan positions, if known up front: canvas in `stitch_geometry`'s frame
                  scale: float | None = None,  # input normalisation factor; None: fixed from the first chunk
-                 batch_size: int = 64,  # patterns per generator call
+                 batch_size: int = 16,  # patterns per generator call (16 keeps a call's N×N activations in cache)
                  device: str = 'cpu',
                  block: int = 256,  # canvas growth step (px)
+                 compile: bool = True,  # run the generator through `torch.compile` (one static shape; eager if that fails)
                 ):
         self.generator = pattern_generator(model).to(device)
         self.N, self.device, self.batch_size = self.generator.N, device, int(batch_size)
+        if self.batch_size < 1: raise ValueError(f"batch_size={batch_size}: expected a positive number of patterns")
+        self.forward = compiled_generator(self.generator, self.batch_size, device) if compile else self.generator
+        self.compiled = self.forward is not self.generator
         self.M = int(M or _default_M(self.generator.pinn))
         if self.M > self.N: raise ValueError(f"M={self.M} is larger than the pattern size N={self.N}")
         self.canvas = (IncrementalCanvas.for_positions(positions, self.M, block=block) if positions is not None
@@ -174,11 +195,14 @@ class StreamingReconstructor:
         if a.ndim != 3 or tuple(a.shape[1:]) != (self.N, self.N):
             raise ValueError(f"chunk of patterns has shape {tuple(a.shape)}, expected [k, {self.N}, {self.N}]")
         if self.scale is None: self.scale = float(normalization_factor(a.numpy(), self.N))
-        out = []
+        out, B = [], self.batch_size
         with torch.inference_mode():
-            for s in range(0, len(a), self.batch_size):
-                amp, phase = self.generator((a[s:s + self.batch_size, None] * self.scale).to(self.device))
-                out.append(torch.polar(amp, phase))
+            for s in range(0, len(a), B):
+                x = a[s:s + B, None] * self.scale
+                n = len(x)   # a short last batch is padded (with its last pattern) so the compiled shape never changes
+                if n < B and self.compiled: x = torch.cat([x, x[-1:].expand(B - n, -1, -1, -1)])
+                amp, phase = self.forward(x.to(self.device))
+                out.append(torch.polar(amp[:n], phase[:n]).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.N, self.N, dtype=torch.complex64)
 
 # %% ../nbs/05c_streaming.ipynb #1a46643e
@@ -221,21 +245,30 @@ StreamingReconstructor.image = lambda self: self.canvas.image()
 def canvas_rgb(img,  # complex [H, W] object
                weights,  # [H, W] overlap weights
                min_weight: float = 0.5,  # pixels below this weight are shown black
+               rows: int = 256,  # rows rendered at a time (bounds the temporary memory)
               ) -> np.ndarray:
     "uint8 [H, 2W, 3]: amplitude (grey, 1-99 percentile) next to phase (twilight colour map), uncovered pixels black."
     import matplotlib
-    seen = np.asarray(weights) >= min_weight
-    a, ph = np.abs(img), np.angle(img)
+    w = np.asarray(weights)
+    H, W = w.shape
+    seen = w >= min_weight
+    a = np.abs(img)
     lo, hi = (np.percentile(a[seen], [1, 99]) if seen.any() else (0.0, 1.0))
-    an = np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1)
-    amp_rgb = np.repeat(an[..., None], 3, -1)
-    ph_rgb = matplotlib.colormaps['twilight']((ph + np.pi) / (2 * np.pi))[..., :3]
-    out = np.concatenate([amp_rgb * seen[..., None], ph_rgb * seen[..., None]], axis=1)
-    return (out * 255).astype(np.uint8)
+    del a
+    cmap = matplotlib.colormaps['twilight']
+    lut = (cmap(np.arange(cmap.N))[:, :3] * 255).astype(np.uint8)   # [cmap.N, 3]: the colour map as a look-up table
+    out = np.zeros((H, 2 * W, 3), np.uint8)
+    for r in range(0, H, rows):   # in blocks of rows, in float32: a few MB of temporaries whatever the canvas size
+        blk, s = img[r:r + rows], seen[r:r + rows]
+        an = np.clip((np.abs(blk) - np.float32(lo)) / np.float32(max(hi - lo, 1e-12)), 0, 1) * np.float32(255) * s
+        out[r:r + rows, :W] = an.astype(np.uint8)[..., None]
+        idx = np.clip(((np.angle(blk) + np.float32(np.pi)) / np.float32(2 * np.pi) * cmap.N).astype(np.int32), 0, cmap.N - 1)
+        out[r:r + rows, W:] = lut[idx] * s[..., None]
+    return out
 
 def _write_png(path, rgb):
-    import matplotlib.image as mpimg
-    with atomic_path(path, suffix='.png') as tmp: mpimg.imsave(tmp, rgb, format='png')
+    from PIL import Image   # matplotlib's own dependency; writes the uint8 image as it is (no float copy)
+    with atomic_path(path, suffix='.png') as tmp: Image.fromarray(rgb).save(tmp, format='png')
     return Path(path)
 
 def write_snapshot(path,  # .npz or .h5 destination (written atomically)

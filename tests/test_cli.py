@@ -113,6 +113,33 @@ def test_help_documents_every_flag_subprocess():
                          env=_env(), cwd=ROOT, timeout=60)
     assert top.returncode == 0 and all(c in top.stdout for c in ('train', 'infer', 'reconstruct'))
 
+def _as_hdf5(npz, path):
+    "An NPZ scan rewritten as an HDF5 file: entry/data/data (float32 amplitudes), entry/x, entry/y, entry/probe."
+    import numpy as np, h5py
+    with np.load(npz) as d, h5py.File(path, 'w') as f:
+        f.create_dataset('entry/data/data', data=d['diff3d'].astype(np.float32), chunks=(1,) + d['diff3d'].shape[1:])
+        f['entry/x'], f['entry/y'], f['entry/probe'] = d['xcoords'], d['ycoords'], d['probeGuess']
+    return path
+
+def test_hdf5_input_flags(tiny_files, tmp_path, capsys):
+    "train/infer/reconstruct read an HDF5 scan named by the HDF5 flags; the pattern size comes from its probe."
+    import numpy as np
+    train, _ = tiny_files
+    h5 = _as_hdf5(train, tmp_path / 'train.h5')
+    flags = ['--data', 'amplitude', '--positions', 'entry/x', 'entry/y', '--probe', 'entry/probe']
+    args = cli.train_parser().parse_args(['--train_data_file', str(h5), '--gridsize', '1', *flags])
+    args.train_scan = cli._check_scan(args.train_data_file, 'training data file', args)
+    with np.load(train) as d: n, N = len(d['xcoords']), d['probeGuess'].shape[-1]
+    np.testing.assert_allclose(args.train_scan.diff3d, np.load(train)['diff3d'])
+    tc, _ = cli.build_train_configs(args)
+    assert (tc.model.N, tc.n_groups) == (N, n)
+    for main, argv in ((cli.train_main, ['--train_data_file', str(h5)]),
+                       (cli.reconstruct_main, [str(h5), '--output_dir', str(tmp_path / 'r')])):
+        code, err = _run(main, argv + flags[:-2], capsys)   # no --probe
+        assert code == 2 and 'a probe is required' in err and '\n' not in err, err
+        code, err = _run(main, argv + ['--positions', 'entry/nothing'], capsys)
+        assert code == 2 and 'entry/nothing' in err, err
+
 def test_train_then_infer_round_trip(tiny_files, tmp_path, capsys):
     train, test = tiny_files
     out = tmp_path / 'train_out'
@@ -136,6 +163,13 @@ def test_train_then_infer_round_trip(tiny_files, tmp_path, capsys):
         assert (inf / name).is_file(), name
     import numpy as np
     np.testing.assert_allclose(np.load(inf / 'stitched_object.npy'), np.load(out / 'stitched_object.npy'), atol=1e-5)
+    # the same test scan as an HDF5 detector file (amplitudes, positions and probe as datasets): the same object
+    h5 = _as_hdf5(test, tmp_path / 'test.h5')
+    code = cli.infer_main(['--model_path', str(out), '--test_data', str(h5), '--output_dir', str(tmp_path / 'infer_h5'),
+                           '--accelerator', 'cpu', '--inference-batch-size', '4', '--quiet', '--data', 'amplitude',
+                           '--positions', 'entry/x', 'entry/y', '--probe', 'entry/probe'])
+    assert code == 0, capsys.readouterr().err
+    np.testing.assert_allclose(np.load(tmp_path / 'infer_h5' / 'stitched_object.npy'), np.load(inf / 'stitched_object.npy'), atol=1e-5)
     mi = json.loads((inf / 'metrics.json').read_text())   # same model, data and default grouping seed: same scores
     core = {'schema', 'backend', 'amplitude', 'phase', 'alignment', 'conventions', 'loss', 'reference_metrics', 'history'}
     assert core <= set(mi) and core <= set(m) and mi['schema'] == m['schema'] and mi['history'] is None

@@ -47,7 +47,7 @@ def write_h5(path, amp, xy):
 
 def test_stream_equals_one_shot_stitch(model, data):
     amp, xy = data
-    sr = S.StreamingReconstructor(model, positions=xy)
+    sr = S.StreamingReconstructor(model, positions=xy, compile=False)
     for s in range(0, len(xy), 10): sr.update(amp[s:s + 10], xy[s:s + 10, 0], xy[s:s + 10, 1])
     img, w = sr.image()
     gen = S.pattern_generator(model)
@@ -62,7 +62,7 @@ def test_stream_equals_one_shot_stitch(model, data):
 
 def test_canvas_memory_is_bounded_by_the_area(model, data):
     amp, xy = data
-    sr = S.StreamingReconstructor(model, block=64)
+    sr = S.StreamingReconstructor(model, block=64, compile=False)
     sr.update(amp, xy[:, 0], xy[:, 1])
     shape, nbytes = sr.canvas.shape, sr.canvas.nbytes
     for _ in range(5): sr.update(amp, xy[:, 0] + 0.3, xy[:, 1] - 0.2)   # 6x the patterns over the same area
@@ -73,7 +73,7 @@ def test_canvas_memory_is_bounded_by_the_area(model, data):
 
 def test_grown_canvas_keeps_earlier_patches(model, data):
     amp, xy = data
-    a = S.StreamingReconstructor(model, block=16); b = S.StreamingReconstructor(model, block=16)
+    a = S.StreamingReconstructor(model, block=16, compile=False); b = S.StreamingReconstructor(model, block=16, compile=False)
     order = np.argsort(xy[:, 0])                 # left to right: the canvas grows right
     rev = order[::-1]                            # right to left: it grows left (origin moves)
     for s in range(0, 48, 8):
@@ -95,7 +95,7 @@ def test_group_model_is_refused(model):
 
 def test_bad_chunks(model, data):
     amp, xy = data
-    sr = S.StreamingReconstructor(model)
+    sr = S.StreamingReconstructor(model, compile=False)
     with pytest.raises(ValueError, match=r'expected \[k, 64, 64\]'): sr.update(amp[:2, :32, :32], xy[:2, 0], xy[:2, 1])
     with pytest.raises(ValueError, match='2 patterns but 3 x'): sr.update(amp[:2], xy[:3, 0], xy[:3, 1])
 
@@ -130,12 +130,12 @@ def test_ctrl_c_mid_chunk_leaves_a_valid_product(model, data, tmp_path):
     st = _check_final(tmp_path / 'cut', 24, True, 'h5')       # the chunk in flight completed, nothing after it
     assert res['stats']['n_chunks'] == 3 and st['error'] is None
     img, w = res['object'], res['weights']
-    ref = S.StreamingReconstructor(model); ref.update(amp[:8], xy[:8, 0], xy[:8, 1]); ref.update(amp[8:24], xy[8:24, 0], xy[8:24, 1])
+    ref = S.StreamingReconstructor(model, compile=False); ref.update(amp[:8], xy[:8, 0], xy[:8, 1]); ref.update(amp[8:24], xy[8:24, 0], xy[8:24, 1])
     np.testing.assert_allclose(img, ref.image()[0], atol=1e-5 * np.abs(img).max())   # exactly the 3 chunks, whole
 
 def test_ctrl_c_while_waiting_for_data(model, data, tmp_path):
     amp, xy = data
-    S.StreamingReconstructor(model).run(_sigint_while_waiting_for_third_chunk(amp, xy), tmp_path / 'wait', progress=False)
+    S.StreamingReconstructor(model, compile=False).run(_sigint_while_waiting_for_third_chunk(amp, xy), tmp_path / 'wait', progress=False)
     _check_final(tmp_path / 'wait', 16, True)
 
 def test_keyboard_interrupt_and_errors_in_the_source(model, data, tmp_path):
@@ -143,13 +143,13 @@ def test_keyboard_interrupt_and_errors_in_the_source(model, data, tmp_path):
     def raising(exc):
         yield amp[:8], xy[:8, 0], xy[:8, 1]
         raise exc
-    S.StreamingReconstructor(model).run(raising(KeyboardInterrupt()), tmp_path / 'ki', progress=False)
+    S.StreamingReconstructor(model, compile=False).run(raising(KeyboardInterrupt()), tmp_path / 'ki', progress=False)
     _check_final(tmp_path / 'ki', 8, True)
-    res = S.StreamingReconstructor(model).run(raising(OSError('detector went away')), tmp_path / 'err', progress=False)
+    res = S.StreamingReconstructor(model, compile=False).run(raising(OSError('detector went away')), tmp_path / 'err', progress=False)
     st = _check_final(tmp_path / 'err', 8, False)
     assert 'detector went away' in st['error'] and res['stats']['error'] == st['error']
     with pytest.raises(FileExistsError, match='previous stream'):
-        S.StreamingReconstructor(model).run(raising(KeyboardInterrupt()), tmp_path / 'ki', progress=False)
+        S.StreamingReconstructor(model, compile=False).run(raising(KeyboardInterrupt()), tmp_path / 'ki', progress=False)
 
 def test_live_snapshots_are_written(model, data, tmp_path):
     amp, xy = data
@@ -162,7 +162,7 @@ def test_live_snapshots_are_written(model, data, tmp_path):
             for c in slow():
                 yield c
                 seen.append((tmp_path / 'live' / 'live.npz').exists())
-    S.StreamingReconstructor(model).run(Watch(), tmp_path / 'live', snapshot_every_s=0.1, progress=False)
+    S.StreamingReconstructor(model, compile=False).run(Watch(), tmp_path / 'live', snapshot_every_s=0.1, progress=False)
     assert any(seen[:-1])                                       # a live snapshot existed before the end
 
 def test_replay_file_paces_and_reads_hdf5(model, data, tmp_path):
@@ -234,7 +234,7 @@ def test_cli_sigint_while_following(archive, data, tmp_path):
     out = tmp_path / 'follow'
     proc = subprocess.Popen([sys.executable, '-m', 'ptycho_torch_nb.cli', 'stream', str(archive), str(p), '--follow',
                              '--positions', 'entry/x', 'entry/y', '--output_dir', str(out), '--chunk', '8',
-                             '--idle_timeout_s', '120', '--snapshot_every_s', '0.1', '--quiet', '--threads', '1'],
+                             '--idle_timeout_s', '120', '--snapshot_every_s', '0.1', '--quiet', '--threads', '1', '--no_compile'],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t = time.time()
     while not (out / 'live.npz').exists() and time.time() - t < 120 and proc.poll() is None: time.sleep(0.1)
