@@ -356,6 +356,24 @@ class PtychoPINN(nn.Module):
 
     forward = autoencoder
 
+# %% ../nbs/03a_model.ipynb #820e2310
+def _adopt_scan(self, probe=None,  # [N, N] complex probe of the new scan (None: keep the model's)
+                intensity_scale: float | None = None,  # the new scan's s₀ (None: keep the model's)
+               ):
+    "Take a new scan's probe and intensity scale s₀, keeping the learned ratio exp(log_scale)/s₀; returns the model."
+    with torch.no_grad():
+        if probe is not None:
+            probe = torch.as_tensor(probe)
+            if tuple(probe.shape) != (self.N, self.N): raise ValueError(f"probe has shape {tuple(probe.shape)}, expected ({self.N}, {self.N}) for N={self.N}")
+            self.probe.copy_(physics.normalize_probe(probe, self.cfg['probe_scale']))
+        if intensity_scale is not None:
+            if not (float(intensity_scale) > 0 and math.isfinite(float(intensity_scale))): raise ValueError(f"intensity_scale={intensity_scale}: expected a positive number")
+            r = torch.exp(self.log_scale) / self.intensity_scale
+            self.intensity_scale.fill_(float(intensity_scale)); self.log_scale.copy_(torch.log(self.intensity_scale * r))
+    return self
+
+PtychoPINN.adopt_scan = _adopt_scan
+
 # %% ../nbs/03a_model.ipynb #9f672126
 SCHEDULERS = ('Default', 'Exponential', 'WarmupCosine', 'ReduceLROnPlateau')
 OPTIMIZERS = ('adam', 'adamw', 'sgd')

@@ -295,14 +295,8 @@ def load_pretrained(path,        # model_card.json, its folder, or the archive n
     return model, card
 
 def use_scan(model, scan):
-    "Give `model` the scan's normalised probe and scale s = sqrt(nphotons)/(N/2), keeping its learned ratio r."
-    m = model.model
-    N = m.N
-    s = math.sqrt(scan_nphotons(scan)) / (N / 2)
-    with torch.no_grad():
-        r = torch.exp(m.log_scale) / m.intensity_scale
-        m.probe.copy_(normalize_probe(torch.as_tensor(scan.probeGuess), m.cfg['probe_scale']))
-        m.intensity_scale.fill_(s); m.log_scale.copy_(torch.log(s * r))
+    "Give `model` the scan's normalised probe and scale s = sqrt(nphotons)/(N/2), keeping its learned ratio (`PtychoPINN.adopt_scan`)."
+    model.model.adopt_scan(scan.probeGuess, math.sqrt(scan_nphotons(scan)) / (model.model.N / 2))
     return model
 
 # %% ../nbs/05b_pretrain.ipynb #c2a90a33

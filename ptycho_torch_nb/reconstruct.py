@@ -92,15 +92,14 @@ def _load_for_finetune(init_from, N: int, gridsize: int):
     return model
 
 def scan_model(config, opts: ScanOptions, train_c, P, execution_config, init_from=None, probe=None, parity: bool = False):
-    "The model to train: a fresh `PtychoPINN_Lightning` with the scan options, or an archive to fine-tune (with the scan's probe)."
+    "The model to train: a fresh `PtychoPINN_Lightning` with the scan options, or an archive to fine-tune (given the scan's intensity scale and, with `probe`, its probe)."
     if init_from is None:
         kw = {} if parity else dict(merge_weight=opts.merge_weight, generator_mode=opts.generator_mode, backprop_input=opts.backprop_input)
         return PtychoPINN_Lightning.from_configs(config.model, config, probe=train_c.probe, intensity_scale=train_c.intensity_scale,
                                                  execution_config=execution_config, padded_size=P, **kw)
     model = _load_for_finetune(init_from, int(config.model.N), int(config.model.gridsize))
     if P is not None and P > model.model.P: model.model.P = P; model.hparams['padded_size'] = P
-    if probe is not None:
-        with torch.no_grad(): model.model.probe.copy_(physics.normalize_probe(torch.as_tensor(probe), model.model.cfg['probe_scale']))
+    model.model.adopt_scan(probe, train_c.intensity_scale)   # the scan's dose (and probe, if given), the learned ratio kept
     return model
 
 # %% ../nbs/05a_reconstruct.ipynb #36ea1c9d
