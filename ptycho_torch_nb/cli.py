@@ -534,6 +534,7 @@ def _stream(argv):
         source, total = S.open_source(args.source, args.follow, args.rate, args.chunk, args.poll_s, args.idle_timeout_s,
                                       args.expected, **opts)
         if args.threads: S.torch.set_num_threads(args.threads)
+        if not (args.quiet or args.no_compile): print("compiling the generator for this machine (~10 s, once; --no_compile skips it)", file=sys.stderr, flush=True)
         rec = S.StreamingReconstructor(args.model, M=args.M, scale=args.scale, compile=not args.no_compile)
     except ValueError as e: raise CLIError(str(e)) from None
     res = rec.run(source, args.output_dir, args.snapshot_every_s, args.format, not args.quiet, total, args.overwrite)
