@@ -8,46 +8,20 @@ import argparse, dataclasses, os, sys, warnings
 from pathlib import Path
 from typing import Optional, Sequence
 from .config import ScanOptions, GENERATOR_MODES, validate_run_options
-from .core import OneLineParser, run_command, quiet_libraries
+from .core import (OneLineParser, run_command, quiet_libraries, positive_int, non_negative_int, positive_float,
+                                  HelpFormatter)
 from .hdf5_data import add_hdf5_arguments, hdf5_options, is_hdf5, load_scan, scan_facts  # numpy/h5py: --help stays torch-free
 
 # %% auto #0
-__all__ = ['ACCELERATORS', 'COMMANDS', 'CLIError', 'HelpFormatter', 'train_parser', 'build_train_configs', 'train_main',
-           'infer_parser', 'infer_main', 'reconstruct_parser', 'reconstruct_main', 'main', 'pretrain_parser',
-           'pretrain_main', 'stream_parser', 'stream_main', 'export_parser', 'export_main']
+__all__ = ['ACCELERATORS', 'COMMANDS', 'CLIError', 'train_parser', 'build_train_configs', 'train_main', 'infer_parser',
+           'infer_main', 'reconstruct_parser', 'reconstruct_main', 'main', 'pretrain_parser', 'pretrain_main',
+           'stream_parser', 'stream_main', 'export_parser', 'export_main']
 
 # %% ../nbs/06_cli.ipynb #cc772f99
 ACCELERATORS = ('auto', 'cpu', 'gpu', 'cuda', 'mps', 'tpu')   # 'tpu' is accepted here and refused by the config, as upstream
 
 class CLIError(Exception):
     "A user error the CLI reports as one line (exit code 2)."
-
-def _positive_int(s):
-    try: v = int(s)
-    except ValueError: raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    if v <= 0: raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
-
-def _non_negative_int(s):
-    try: v = int(s)
-    except ValueError: raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
-    if v < 0: raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
-    return v
-
-def _positive_float(s):
-    try: v = float(s)
-    except ValueError: raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
-    if not v > 0 or v == float('inf'): raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
-    return v
-
-class HelpFormatter(argparse.HelpFormatter):
-    "Appends `(default: X)` to a flag's help once: not when the help already states its default, not for on/off switches."
-    def _get_help_string(self, action):
-        h = action.help or ''
-        d = action.default
-        if ('default' in h.lower() or not action.option_strings or d is None or isinstance(d, bool)
-                or d is argparse.SUPPRESS or action.nargs == 0 or (isinstance(d, (tuple, list)) and not d)): return h
-        return h + ' (default: %(default)s)'
 
 def _add_output_flags(g):
     "`--quiet` and `--verbose`, the same on every command."
@@ -57,17 +31,17 @@ def _add_output_flags(g):
     return g
 
 def _devices(s):
-    return 'auto' if s == 'auto' else _positive_int(s)
+    return 'auto' if s == 'auto' else positive_int(s)
 
 def _add_runtime_flags(p, inference: bool = False):
     g = p.add_argument_group('execution (PyTorchExecutionConfig)')
     g.add_argument('--accelerator', choices=ACCELERATORS, default='auto',
                    help="device kind; 'auto' = cuda when available, else cpu")
     g.add_argument('--devices', type=_devices, default=1, help="devices per node, or 'auto'")
-    g.add_argument('--num-workers', dest='num_workers', type=_non_negative_int, default=0,
+    g.add_argument('--num-workers', dest='num_workers', type=non_negative_int, default=0,
                    help='DataLoader worker processes (0 is best on CPU)')
     g.add_argument('--pin-memory', dest='pin_memory', action='store_true', help='pin host memory for GPU transfers')
-    g.add_argument('--inference-batch-size', dest='inference_batch_size', type=_positive_int, default=None,
+    g.add_argument('--inference-batch-size', dest='inference_batch_size', type=positive_int, default=None,
                    help='groups per prediction batch (default: 4 x the training batch size)')
     _add_output_flags(g)
     g.add_argument('--device', choices=('cpu', 'cuda'), default=None,
@@ -79,18 +53,18 @@ def _add_data_flags(p, inference: bool = False):
     g.add_argument('--output_dir', '--output-dir', dest='output_dir', type=Path,
                    default=Path('inference_outputs' if inference else 'training_outputs'),
                    help='folder for images, metrics, checkpoints, logs and wts.h5.zip')
-    g.add_argument('--n_groups', '--n-groups', '--n_images', '--n-images', dest='n_groups', type=_positive_int,
+    g.add_argument('--n_groups', '--n-groups', '--n_images', '--n-images', dest='n_groups', type=positive_int,
                    default=None, help='groups (patterns at gridsize 1) to use; --n_images is the older name '
                                       + ('(default: every scan position)' if inference else
                                          '(default: one group per scan position, so no oversampling is needed)'))
-    g.add_argument('--n_subsample', '--n-subsample', dest='n_subsample', type=_positive_int, default=None,
+    g.add_argument('--n_subsample', '--n-subsample', dest='n_subsample', type=positive_int, default=None,
                    help='positions to subsample before grouping (default: all)')
     g.add_argument('--subsample_seed', '--subsample-seed', dest='subsample_seed', type=int, default=0,
                    help='seed of the subsampling/grouping; train and infer use the same default, so they '
                         'group a test scan alike and report the same scores (default: 0)')
-    g.add_argument('--neighbor_count', '--neighbor-count', dest='neighbor_count', type=_positive_int, default=4,
+    g.add_argument('--neighbor_count', '--neighbor-count', dest='neighbor_count', type=positive_int, default=4,
                    help='K nearest neighbours considered when grouping')
-    g.add_argument('--M', '--stitch-crop', dest='M', type=_positive_int, default=20,
+    g.add_argument('--M', '--stitch-crop', dest='M', type=positive_int, default=20,
                    help='central M x M pixels of each patch kept when stitching')
     return _add_run_flags(g)
 
@@ -114,22 +88,22 @@ def train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group('model and training (ModelConfig / TrainingConfig)')
     g.add_argument('--N', dest='N', type=int, choices=(64, 128, 256), default=None,
                    help='pattern size (default: from the probe in the training file)')
-    g.add_argument('--gridsize', type=_positive_int, default=2, help='patterns per group = gridsize^2')
-    g.add_argument('--batch_size', '--batch-size', dest='batch_size', type=_positive_int, default=16,
+    g.add_argument('--gridsize', type=positive_int, default=2, help='patterns per group = gridsize^2')
+    g.add_argument('--batch_size', '--batch-size', dest='batch_size', type=positive_int, default=16,
                    help='groups per training batch (per device)')
-    g.add_argument('--nepochs', '--max_epochs', '--max-epochs', dest='nepochs', type=_positive_int, default=100,
+    g.add_argument('--nepochs', '--max_epochs', '--max-epochs', dest='nepochs', type=positive_int, default=100,
                    help='training epochs (--max_epochs is the older name)')
-    g.add_argument('--nphotons', type=_positive_float, default=None,
+    g.add_argument('--nphotons', type=positive_float, default=None,
                    help='expected photons per pattern (default: the file metadata, else 1e9)')
-    g.add_argument('--n_filters_scale', '--n-filters-scale', dest='n_filters_scale', type=_positive_int, default=2,
+    g.add_argument('--n_filters_scale', '--n-filters-scale', dest='n_filters_scale', type=positive_int, default=2,
                    help='multiplies every convolution width')
-    g.add_argument('--learning-rate', '--learning_rate', dest='learning_rate', type=_positive_float, default=1e-3,
+    g.add_argument('--learning-rate', '--learning_rate', dest='learning_rate', type=positive_float, default=1e-3,
                    help='Adam learning rate')
     g.add_argument('--scheduler', choices=('Default', 'Exponential', 'WarmupCosine', 'ReduceLROnPlateau', 'Adaptive'),
                    default='Default', help="learning-rate schedule ('Adaptive' = upstream's name for ReduceLROnPlateau)")
-    g.add_argument('--accumulate-grad-batches', '--accumulate_grad_batches', dest='accum_steps', type=_positive_int,
+    g.add_argument('--accumulate-grad-batches', '--accumulate_grad_batches', dest='accum_steps', type=positive_int,
                    default=1, help='batches whose gradients are accumulated per optimiser step')
-    g.add_argument('--gradient-clip-val', '--gradient_clip_val', dest='gradient_clip_val', type=_positive_float,
+    g.add_argument('--gradient-clip-val', '--gradient_clip_val', dest='gradient_clip_val', type=positive_float,
                    default=None, help='clip gradients to this norm (or value)')
     g.add_argument('--gradient-clip-algorithm', dest='gradient_clip_algorithm', choices=('norm', 'value'),
                    default='norm', help='how --gradient-clip-val clips')
@@ -143,7 +117,7 @@ def train_parser() -> argparse.ArgumentParser:
 def _add_training_runtime_flags(g):
     "Execution flags of training only (strategy, precision, logging, checkpoints, resume)."
     g.add_argument('--strategy', default='auto', help="Lightning strategy, e.g. 'ddp' for several GPUs/nodes")
-    g.add_argument('--num-nodes', '--num_nodes', dest='num_nodes', type=_positive_int, default=1,
+    g.add_argument('--num-nodes', '--num_nodes', dest='num_nodes', type=positive_int, default=1,
                    help='nodes for multi-node DDP (SLURM: = --nodes)')
     g.add_argument('--precision', choices=('32-true', '16-mixed', 'bf16-mixed'), default='32-true',
                    help='numeric precision')
@@ -154,13 +128,13 @@ def _add_training_runtime_flags(g):
     g.add_argument('--enable-checkpointing', '--disable-checkpointing', dest='enable_checkpointing',
                    action=_CheckpointToggle, nargs=0, default=True,
                    help='save checkpoints (top-k + last.ckpt) under output_dir/checkpoints')
-    g.add_argument('--checkpoint-save-top-k', dest='checkpoint_save_top_k', type=_non_negative_int, default=1,
+    g.add_argument('--checkpoint-save-top-k', dest='checkpoint_save_top_k', type=non_negative_int, default=1,
                    help='best checkpoints to keep')
     g.add_argument('--checkpoint-monitor', dest='checkpoint_monitor_metric', default='val_loss',
                    help="metric the checkpoints and early stopping watch ('val_loss' = the model's validation loss)")
     g.add_argument('--checkpoint-mode', dest='checkpoint_mode', choices=('min', 'max'), default='min',
                    help='whether the monitored metric should be minimised or maximised')
-    g.add_argument('--early-stop-patience', dest='early_stop_patience', type=_positive_int, default=100,
+    g.add_argument('--early-stop-patience', dest='early_stop_patience', type=positive_int, default=100,
                    help='epochs without improvement before stopping (needs a test file)')
     g.add_argument('--resume', default=None,
                    help="continue a run: 'last' (output_dir/checkpoints/last.ckpt) or a checkpoint path")
@@ -367,6 +341,10 @@ def reconstruct_parser() -> argparse.ArgumentParser:
                    help=f"epochs when there is no time budget; --epochs is the older name (default: {_SCAN.nepochs})")
     p.add_argument('--init_from', '--init-from', default=None, metavar='ARCHIVE',
                    help='fine-tune from this archive (wts.h5.zip or the output folder of an earlier run) instead of a fresh model')
+    p.add_argument('--pretrained', default=None, metavar='MODEL_DIR',
+                   help='image the scan with this pretrained network (folder of model_card.json and wts.h5.zip) by inference alone, no training')
+    p.add_argument('--polish', type=positive_int, default=None, metavar='EPOCHS',
+                   help="then this many passes of the same-physics solver from the network's object (the network's own result goes to OUTPUT_DIR/network)")
     p.add_argument('--gridsize', type=int, default=None, help=f"patterns per group = gridsize² (default: {_SCAN.gridsize})")
     p.add_argument('--neighbor_count', '--neighbor-count', type=int, default=None, metavar='K',
                    help=f"neighbours a training group is drawn from (default: {_SCAN.neighbor_count})")
@@ -411,16 +389,31 @@ def _reconstruct(argv):
     opts = {dst: getattr(args, src) for src, dst in _CLI_OPTIONS.items() if getattr(args, src) is not None}
     if args.probe_trainable: opts['probe_trainable'] = True
     if args.no_backprop_input: opts['backprop_input'] = False
+    if args.pretrained is not None and args.init_from is not None:
+        raise CLIError("--pretrained images the scan with the network as it is; to train it further on this scan use --init_from MODEL_DIR")
     quiet_libraries(args.verbose)
-    from ptycho_torch_nb.reconstruct import reconstruct_scan, scan_options, scan_execution_config
-    run_opts = scan_options(args.parity, **{k: opts[k] for k in ('learning_rate',) if k in opts},
-                            **({'precision': args.precision} if args.precision else {}))
-    ec = scan_execution_config(run_opts, args.accelerator)
-    res = reconstruct_scan(scan, None, ec, args.time_budget, init_from=args.init_from, output_dir=args.output_dir,
-                           snapshot_at_s=args.snapshots or (), parity=args.parity, progress=not args.quiet, seed=args.seed,
-                           overwrite=args.overwrite, **opts)
+    from ptycho_torch_nb.reconstruct import reconstruct_scan, scan_options, scan_execution_config, polish, save_scan_outputs
+    from ptycho_torch_nb.training import prepare_output_dir
+    out = prepare_output_dir(args.output_dir, args.overwrite)   # a used folder: refused before anything runs
+    net_dir = out / 'network' if args.polish else out
+    if args.pretrained is not None:   # zero-shot: the pretrained network's inference alone
+        from ptycho_torch_nb.pretrain import reconstruct_zero_shot
+        res = reconstruct_zero_shot(args.pretrained, scan if not isinstance(scan, Path) else load_scan(scan), M=args.M or _SCAN.M, seed=args.seed)
+        res.update(route='zero-shot', pretrained=str(args.pretrained)); save_scan_outputs(res, net_dir)
+        head = f"zero-shot inference {res['seconds']:.1f} s"
+    else:
+        run_opts = scan_options(args.parity, **{k: opts[k] for k in ('learning_rate',) if k in opts},
+                                **({'precision': args.precision} if args.precision else {}))
+        res = reconstruct_scan(scan, None, scan_execution_config(run_opts, args.accelerator), args.time_budget, init_from=args.init_from,
+                               output_dir=net_dir, snapshot_at_s=args.snapshots or (), parity=args.parity, progress=not args.quiet,
+                               seed=args.seed, overwrite=args.overwrite, **opts)
+        head = f"trained {res['train_seconds']:.1f} s"
+    if args.polish:
+        res = polish(scan, res, args.polish, seed=args.seed)
+        res['route'] = 'polish'; save_scan_outputs(res, out)
+        head += f", polished {args.polish} passes in {res['seconds']:.1f} s"
     m = res.get('metrics')
-    print(f"ptycho-torch-reconstruct: wrote {args.output_dir} (trained {res['train_seconds']:.1f} s"
+    print(f"ptycho-torch-reconstruct: wrote {args.output_dir} ({head}"
           + (f"; SSIM amplitude {m['ssim_amp']:.3f}, phase {m['ssim_phase']:.3f}" if m else "") + ")")
 
 def reconstruct_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -449,24 +442,24 @@ def pretrain_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog='ptycho-torch-pretrain', formatter_class=HelpFormatter, description='Pretrain PtychoPINN\'s single-scan network '
         'self-supervised on a simulated corpus of many samples; writes wts.h5.zip, model_card.json and checkpoints/.')
     p.add_argument('--output_dir', '--output-dir', required=True, type=Path, help='folder for the model, its card and checkpoints')
-    p.add_argument('--n_scans', '--n-scans', type=_positive_int, default=256, help='corpus scans to simulate')
-    p.add_argument('--positions', type=_positive_int, default=64, help='scan positions per corpus scan')
-    p.add_argument('--N', type=_positive_int, default=64, help='pattern size')
-    p.add_argument('--steps', type=_positive_int, default=None, help='optimiser steps (default: 1000 unless --time_budget)')
-    p.add_argument('--time_budget', '--time-budget', type=_positive_float, default=None, metavar='SECONDS',
+    p.add_argument('--n_scans', '--n-scans', type=positive_int, default=256, help='corpus scans to simulate')
+    p.add_argument('--positions', type=positive_int, default=64, help='scan positions per corpus scan')
+    p.add_argument('--N', type=positive_int, default=64, help='pattern size')
+    p.add_argument('--steps', type=positive_int, default=None, help='optimiser steps (default: 1000 unless --time_budget)')
+    p.add_argument('--time_budget', '--time-budget', type=positive_float, default=None, metavar='SECONDS',
                    help='wall-clock training budget in seconds')
-    p.add_argument('--batch_size', '--batch-size', type=_positive_int, default=16, help='groups per step, one scan each')
-    p.add_argument('--learning_rate', '--learning-rate', type=_positive_float, default=2e-3,
+    p.add_argument('--batch_size', '--batch-size', type=positive_int, default=16, help='groups per step, one scan each')
+    p.add_argument('--learning_rate', '--learning-rate', type=positive_float, default=2e-3,
                    help='peak learning rate of the warm-up + cosine schedule')
     p.add_argument('--families', nargs='+', default=None, help='training families to draw from (default: all)')
-    p.add_argument('--n_filters_scale', '--n-filters-scale', type=_positive_int, default=1, help='network width')
+    p.add_argument('--n_filters_scale', '--n-filters-scale', type=positive_int, default=1, help='network width')
     p.add_argument('--seed', type=int, default=0, help='seed of the corpus, the weights and the batch order')
-    p.add_argument('--checkpoint_every', '--checkpoint-every', type=_positive_int, default=200, help='steps between checkpoints')
+    p.add_argument('--checkpoint_every', '--checkpoint-every', type=positive_int, default=200, help='steps between checkpoints')
     p.add_argument('--resume', action='store_true', help='continue from OUTPUT_DIR/checkpoints/last.ckpt (same corpus from the seed)')
     p.add_argument('--overwrite', action='store_true', help='replace a pretrained model already in OUTPUT_DIR')
     p.add_argument('--accelerator', choices=ACCELERATORS, default='auto', help="device kind")
     p.add_argument('--devices', type=_devices, default=1, help="devices per node, or 'auto'")
-    p.add_argument('--num_nodes', '--num-nodes', type=_positive_int, default=1, help='nodes')
+    p.add_argument('--num_nodes', '--num-nodes', type=positive_int, default=1, help='nodes')
     p.add_argument('--precision', choices=('auto', '32-true', 'bf16-mixed', '16-mixed'), default='auto',
                    help="training precision; 'auto': bf16-mixed where the device computes bfloat16 natively")
     _add_output_flags(p)
@@ -507,16 +500,16 @@ def stream_parser() -> argparse.ArgumentParser:
     p.add_argument('--output_dir', '--output-dir', type=Path, default=Path('stream_outputs'), help='live and final products')
     g = p.add_argument_group('stream')
     g.add_argument('--follow', action='store_true', help='the HDF5 file is still being written: poll it (SWMR where used)')
-    g.add_argument('--rate', type=_positive_float, default=None, help='replay a complete file at this many patterns/s')
-    g.add_argument('--chunk', type=_positive_int, default=64, help='patterns per chunk')
-    g.add_argument('--poll_s', '--poll-s', type=_positive_float, default=0.2, help='--follow: seconds between polls')
-    g.add_argument('--idle_timeout_s', '--idle-timeout-s', type=_positive_float, default=10.0, help='--follow: stop after this long idle')
-    g.add_argument('--expected', type=_positive_int, default=None, help='--follow: stop after this many patterns')
-    g.add_argument('--M', type=_positive_int, default=None, help='stitching crop (default 3N/4; N/2 for pad_object models)')
-    g.add_argument('--scale', type=_positive_float, default=None, help='input normalisation factor (default: from the first chunk)')
-    g.add_argument('--snapshot_every_s', '--snapshot-every-s', type=_positive_float, default=5.0, help='seconds between live products')
+    g.add_argument('--rate', type=positive_float, default=None, help='replay a complete file at this many patterns/s')
+    g.add_argument('--chunk', type=positive_int, default=64, help='patterns per chunk')
+    g.add_argument('--poll_s', '--poll-s', type=positive_float, default=0.2, help='--follow: seconds between polls')
+    g.add_argument('--idle_timeout_s', '--idle-timeout-s', type=positive_float, default=10.0, help='--follow: stop after this long idle')
+    g.add_argument('--expected', type=positive_int, default=None, help='--follow: stop after this many patterns')
+    g.add_argument('--M', type=positive_int, default=None, help='stitching crop (default 3N/4; N/2 for pad_object models)')
+    g.add_argument('--scale', type=positive_float, default=None, help='input normalisation factor (default: from the first chunk)')
+    g.add_argument('--snapshot_every_s', '--snapshot-every-s', type=positive_float, default=5.0, help='seconds between live products')
     g.add_argument('--format', choices=('npz', 'h5'), default='npz', help='snapshot and final object file format')
-    g.add_argument('--threads', type=_positive_int, default=None, help='torch CPU threads (default: torch\'s choice)')
+    g.add_argument('--threads', type=positive_int, default=None, help='torch CPU threads (default: torch\'s choice)')
     g.add_argument('--no_compile', '--no-compile', action='store_true', help="run the generator eagerly (no torch.compile start-up)")
     g.add_argument('--overwrite', action='store_true', help='write over a previous stream in --output_dir')
     g.add_argument('--quiet', action='store_true', help='no progress bar, no summary')

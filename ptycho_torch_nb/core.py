@@ -11,7 +11,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'USER_ERRORS', 'LIBRARY_MODULES', 'require_torch', 'in_test',
            'repo_root', 'data_path', 'fixtures_path', 'process_umask', 'fault_point', 'pid_alive', 'clean_stale_temps',
-           'glob_escape', 'atomic_path', 'jsonable', 'OneLineParser', 'run_command', 'quiet_libraries']
+           'glob_escape', 'atomic_path', 'jsonable', 'OneLineParser', 'run_command', 'positive_int', 'non_negative_int',
+           'positive_float', 'HelpFormatter', 'quiet_libraries']
 
 # %% ../nbs/00_core.ipynb #4360d238
 TORCH_INSTALL_HINT = "pip install 'torch>=2.2'"
@@ -164,6 +165,37 @@ def run_command(prog: str,  # the command's name, first on the error line
         print(f"{prog}: error: {type(e).__name__}: {' '.join(str(e).split())} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+# %% ../nbs/00_core.ipynb #f81391e8
+def positive_int(s) -> int:
+    "argparse type: an integer > 0."
+    try: v = int(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    if v <= 0: raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+def non_negative_int(s) -> int:
+    "argparse type: an integer >= 0."
+    try: v = int(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
+    if v < 0: raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
+    return v
+
+def positive_float(s) -> float:
+    "argparse type: a finite number > 0."
+    try: v = float(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    if not v > 0 or v == float('inf'): raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+class HelpFormatter(argparse.HelpFormatter):
+    "Appends `(default: X)` to a flag's help once: not when the help already states its default, not for on/off switches."
+    def _get_help_string(self, action):
+        h = action.help or ''
+        d = action.default
+        if ('default' in h.lower() or not action.option_strings or d is None or isinstance(d, bool)
+                or d is argparse.SUPPRESS or action.nargs == 0 or (isinstance(d, (tuple, list)) and not d)): return h
+        return h + ' (default: %(default)s)'
 
 # %% ../nbs/00_core.ipynb #5f88afbc
 import warnings

@@ -18,7 +18,7 @@ from .corpus import sample_scan, corpus_spec, TRAINING_FAMILIES
 from .physics import normalize_probe, combined_loss, padded_size
 from .model import PtychoPINN_Lightning
 from .stitching import stitch_scan
-from .evaluation import score_scan
+from .evaluation import score_scan, ground_truth_on_canvas
 from .training import TrainingClock, build_trainer, default_execution_config, resolve_precision, predict_scan
 from .persistence import save_torch_bundle, load_torch_bundle
 
@@ -319,4 +319,5 @@ def reconstruct_zero_shot(pretrained,         # model_card.json / its folder / a
     truth = truth if truth is not None else getattr(scan, 'objectGuess', None)
     return dict(stitched_obj=img, amplitude=np.abs(img), phase=np.angle(img), weights=w, global_offsets=pos,
                 options=dict(M=M), inference_seconds=t1 - t0, seconds=time.perf_counter() - t0,
-                metrics=score_scan(img, w, pos, truth, M) if truth is not None else {})
+                metrics=score_scan(img, w, pos, truth, M) if truth is not None else {},
+                ground_truth_canvas=ground_truth_on_canvas(truth, pos, M) if truth is not None else None)

@@ -237,18 +237,19 @@ def _say_done(results: dict, out):
           + (f"; SSIM amplitude {m['ssim_amp']:.3f}, phase {m['ssim_phase']:.3f}" if m else "")
           + (f"; outputs in {out}" if out is not None else ""), file=sys.stderr, flush=True)
 
-_SUMMARY_KEYS = ('options', 'metrics', 'train_seconds', 'steps', 'epochs', 'stopped_by_budget', 'inference_seconds',
+_SUMMARY_KEYS = ('route', 'pretrained', 'options', 'metrics', 'seconds', 'train_seconds', 'steps', 'epochs', 'stopped_by_budget', 'inference_seconds',
                  'stitch_seconds', 'intensity_scale', 'n_patterns', 'snapshots', 'clock_history')
 
 def save_scan_outputs(results: dict, output_dir) -> dict:
-    "Images, `metrics.json`, `reconstruct.json` and the archive `wts.h5.zip`; returns {name: path}."
+    "Images, `metrics.json`, `reconstruct.json` and (for a trained network) the archive `wts.h5.zip`; returns {name: path}."
     out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
     paths = save_outputs(results['amplitude'], results['phase'], results, out)
     with atomic_path(out / 'reconstruct.json') as tmp:
         tmp.write_text(json.dumps(jsonable({k: results.get(k) for k in _SUMMARY_KEYS}), indent=1))
     paths['reconstruct.json'] = out / 'reconstruct.json'
-    paths['wts.h5.zip'] = Path(save_torch_bundle(results['models'], out / 'wts.h5', results['config'],
-                                                 intensity_scale=results['intensity_scale']))
+    if results.get('models') is not None:   # a solver's or a zero-shot product has no network of its own
+        paths['wts.h5.zip'] = Path(save_torch_bundle(results['models'], out / 'wts.h5', results['config'],
+                                                     intensity_scale=results['intensity_scale']))
     return paths
 
 # %% ../nbs/05a_reconstruct.ipynb #038dc67f
@@ -294,7 +295,7 @@ def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positi
                         seed: int = 0,
                         init=None,  # complex [H, W] start on `solver_grid(raw)` (rescaled to the counts); None: ones
                        ) -> dict:
-    "Free-object Poisson-likelihood reconstruction with the scan's own probe: {'object', 'stitched_obj', 'metrics', 'snapshots', 'seconds'}."
+    "Free-object Poisson-likelihood reconstruction with the scan's own probe: {'object', 'stitched_obj', 'metrics', 'snapshots', 'seconds', ...}, a product `save_scan_outputs` writes."
     N, grid = int(raw.diff3d.shape[-1]), solver_grid(raw)
     ox, oy, (H, W) = grid['ox'], grid['oy'], grid['shape']
     probe = torch.as_tensor(np.asarray(raw.probeGuess)).to(torch.complex64)
@@ -326,7 +327,9 @@ def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positi
     img, w, m = result()
     if m: snapshots.append(dict(epoch=epochs, train_s=spent, **m))
     return dict(object=torch.complex(re, im).detach().numpy(), stitched_obj=img, weights=w, metrics=m, snapshots=snapshots,
-                seconds=spent, photons_scale=s2, epochs=epochs)
+                seconds=spent, photons_scale=s2, epochs=epochs, amplitude=np.abs(img), phase=np.angle(img), global_offsets=pos,
+                options=dict(M=M, solver_epochs=epochs, learning_rate=learning_rate, batch_size=batch_size),
+                ground_truth_canvas=None if truth is None else ground_truth_on_canvas(truth, pos, M))
 
 # %% ../nbs/05a_reconstruct.ipynb #26c5773e
 def polish(raw,  # the scan (RawDataTorch or NPZ path)

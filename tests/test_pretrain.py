@@ -106,6 +106,11 @@ def test_fine_tune_from_the_pretrained_archive(pretrained, held_out_scan):
     out, _ = pretrained
     res = reconstruct_scan(held_out_scan, nepochs=1, init_from=out, batch_size=4, progress=False)
     assert np.isfinite(res['stitched_obj']).all() and res['steps'] > 0
+    # the archive was pretrained at intensity scale 1; fine-tuning works in this scan's s0 (PtychoPINN.adopt_scan)
+    m = res['models']['autoencoder'].model
+    from ptycho_torch_nb.data_container import scan_nphotons
+    s0 = np.sqrt(scan_nphotons(held_out_scan)) / (64 / 2)
+    assert float(m.intensity_scale) == pytest.approx(s0, rel=1e-5) and s0 != pytest.approx(1.0)
 
 
 def _cli(argv):
@@ -134,3 +139,30 @@ def test_polish_from_zero_shot(pretrained, held_out_scan):
     zs = PT.reconstruct_zero_shot(out, held_out_scan)
     pol = polish(held_out_scan, zs, epochs=2)
     assert np.isfinite(pol['stitched_obj']).all() and set(pol['metrics']) >= {'ssim_amp', 'ssim_phase'}
+
+
+def test_reconstruct_cli_zero_shot_and_polish(pretrained, held_out_scan, tmp_path):
+    "`ptycho-torch-reconstruct --pretrained DIR [--polish EPOCHS]`: products of each route; clear errors."
+    from ptycho_torch_nb.cli import reconstruct_main
+    out, _ = pretrained
+    held_out_scan.to_file(tmp_path / 'scan.npz')
+    def run(*argv):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = reconstruct_main([str(tmp_path / 'scan.npz'), *map(str, argv)])
+        return code, err.getvalue()
+    code, err = run('--output_dir', tmp_path / 'zs', '--pretrained', out, '--quiet')
+    assert code == 0, err
+    summary = json.loads((tmp_path / 'zs' / 'reconstruct.json').read_text())
+    assert summary['route'] == 'zero-shot' and 'ssim' in json.loads((tmp_path / 'zs' / 'metrics.json').read_text())['amplitude']
+    assert not (tmp_path / 'zs' / 'wts.h5.zip').exists()          # no network of its own
+    code, err = run('--output_dir', tmp_path / 'pol', '--pretrained', out, '--polish', 2, '--quiet')
+    assert code == 0, err
+    assert json.loads((tmp_path / 'pol' / 'reconstruct.json').read_text())['route'] == 'polish'
+    assert (tmp_path / 'pol' / 'network' / 'metrics.json').is_file() and (tmp_path / 'pol' / 'reconstructed_phase.png').is_file()
+    code, err = run('--output_dir', tmp_path / 'pol', '--pretrained', out, '--quiet')   # a used folder
+    assert code == 2 and 'previous run' in err and err.count('\n') == 1
+    code, err = run('--output_dir', tmp_path / 'x', '--pretrained', out, '--init_from', out)
+    assert code == 2 and '--init_from' in err
+    code, err = run('--output_dir', tmp_path / 'y', '--pretrained', tmp_path / 'nowhere')
+    assert code == 2 and 'nowhere' in err and err.count('\n') == 1
