@@ -9,7 +9,8 @@ For each case (scans of the held-out corpus families `corpus.HELD_OUT_FAMILIES`,
 - fine-tune: `reconstruct_scan(init_from=<pretrained>)` for --finetune_s seconds, then scored.
 Target = the flat solver's final SSIM minus 0.01 (amplitude and phase); it prints the time each route needs to reach
 it and the ratio to the flat solver's (acceptance: polish or fine-tune <= 0.5x), the zero-shot scores and times
-(acceptance: >= 0.75 / 0.65, <= 2 s for 256 patterns), and at low dose whether the amortised route's SSIM is at
+(acceptance: >= 0.75 / 0.65, <= 2 s for 256 patterns) with the zero-shot amplitude's contrast (its standard deviation over
+the truth's: a collapsed network that outputs a constant scores a high SSIM on a nearly flat object), and at low dose whether the amortised route's SSIM is at
 least the solver's at equal wall time.
 
 Usage: python benchmarks/bench_amortised.py --model data/pretrained_N64 [--n 256] [--solver_epochs 200]
@@ -47,8 +48,10 @@ def run_case(name, raw, model_dir, a):
     zs = reconstruct_zero_shot(load_pretrained(model_dir), raw)
     pol = polish(raw, zs, epochs=a.polish_epochs, score_every=max(1, a.polish_epochs // 20), seed=a.seed)
     pol_curve = [dict(r, train_s=r['train_s'] + zs['seconds']) for r in pol['snapshots']]
+    seen = np.asarray(zs['weights']) >= 0.5   # a network that outputs a constant can still score a high SSIM on a flat object
+    contrast = float(np.abs(zs['stitched_obj'])[seen].std() / max(np.abs(raw.objectGuess).std(), 1e-12))
     rec = dict(case=name, target=target, flat_final=flat['metrics'], flat_curve=flat['snapshots'],
-               zero_shot=dict(zs['metrics'], seconds=zs['seconds'], inference_seconds=zs['inference_seconds']),
+               zero_shot=dict(zs['metrics'], seconds=zs['seconds'], inference_seconds=zs['inference_seconds'], contrast=contrast),
                polish_curve=pol_curve, t_flat=time_to(flat['snapshots'], target), t_polish=time_to(pol_curve, target))
     if a.finetune_s > 0:
         ft = reconstruct_scan(raw, time_budget_s=a.finetune_s, init_from=Path(model_dir) / 'wts.h5.zip', progress=False, seed=a.seed)
@@ -81,6 +84,7 @@ def main(argv=None):
         r = run_case(name, raw, a.model, a); records.append(r)
         zs = r['zero_shot']
         print(f"{name:38s} flat {a.solver_epochs} epochs {f(r['flat_final'])} | zero-shot {f(zs)} in {zs['seconds']:.2f} s "
+              f"(amplitude contrast {zs['contrast']:.2f} of the truth's{'; CONSTANT OUTPUT' if zs['contrast'] < 0.05 else ''}) "
               f"(inference {zs['inference_seconds']:.2f} s) | time to target: flat {r['t_flat']} s, polish {r['t_polish']} s"
               + (f", ratio {r['ratio']:.2f}" if r.get('ratio') else '') + (f" | fine-tune {f(r['finetune'])}" if 'finetune' in r else ''),
               flush=True)
