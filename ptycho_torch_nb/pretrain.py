@@ -23,9 +23,9 @@ from .training import TrainingClock, build_trainer, default_execution_config, re
 from .persistence import save_torch_bundle, load_torch_bundle
 
 # %% auto #0
-__all__ = ['CARD_FORMAT', 'CARD_VERSION', 'Corpus', 'build_corpus', 'ScanBatchSampler', 'CorpusDataset', 'Pretrainer',
-           'PretrainClock', 'scan_configs', 'pretrain', 'model_card', 'check_fits', 'load_pretrained', 'use_scan',
-           'reconstruct_zero_shot']
+__all__ = ['COLLAPSED_SPREAD', 'CARD_FORMAT', 'CARD_VERSION', 'Corpus', 'build_corpus', 'ScanBatchSampler', 'CorpusDataset',
+           'Pretrainer', 'PretrainClock', 'scan_configs', 'output_spread', 'pretrain', 'model_card', 'check_fits',
+           'load_pretrained', 'use_scan', 'reconstruct_zero_shot']
 
 # %% ../nbs/05b_pretrain.ipynb #1ee3cb4e
 @dataclasses.dataclass
@@ -181,6 +181,23 @@ def _build_net(cfg, opts: ScanOptions, corpus: Corpus, learning_rate: float):
                                              generator_mode=opts.generator_mode, backprop_input=opts.backprop_input)
 
 # %% ../nbs/05b_pretrain.ipynb #666ff148
+COLLAPSED_SPREAD = 1e-3   # below this mean within-patch amplitude std the network outputs a constant
+
+def output_spread(net,  # a `PtychoPINN_Lightning`
+                  corpus: Corpus, n: int = 8,  # groups sampled evenly through the corpus
+                 ) -> float:
+    "Mean within-patch standard deviation of the generated amplitude on `n` corpus groups (about 0: a collapsed network)."
+    ds, m = CorpusDataset(corpus), net.model
+    was = m.training; m.eval()
+    vals = []
+    with torch.no_grad():
+        for i in np.linspace(0, len(ds) - 1, n).astype(int):
+            b = ds[int(i)]
+            amp, _ = m.generate(b['X'].float(), probe=corpus.probes[int(b['scan'][0])].to(b['X'].device))
+            vals.append(float(amp.float().std((-2, -1)).mean()))
+    m.train(was)
+    return float(np.mean(vals))
+
 def pretrain(output_dir,                      # folder for wts.h5.zip, model_card.json, checkpoints/
              n_scans: int = 256,              # corpus scans
              steps: Optional[int] = None,     # optimiser steps (None: `time_budget_s`, else 1000)
@@ -225,11 +242,15 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
     trainer.save_checkpoint(out / 'checkpoints' / 'last.ckpt')        # the final state, resumable
     wall_s = time.perf_counter() - t0
     if not trainer.is_global_zero: return dict(model=net, corpus=corpus)
+    spread = output_spread(net, corpus)
+    if spread < COLLAPSED_SPREAD:
+        warnings.warn(f"pretrain: the network's output is constant (amplitude spread {spread:.2g} < {COLLAPSED_SPREAD:g}): it has collapsed and is no prior", RuntimeWarning)
     archive = save_torch_bundle({'autoencoder': net, 'diffraction_to_obj': net}, out / 'wts.h5', cfg, intensity_scale=1.0)
     card = model_card(archive, corpus, cfg, opts, dict(n_scans=n_scans, positions_per_scan=n, seed=seed, families=families),
                       dict(steps=clock.steps, train_s=clock.train_s, wall_s=wall_s, corpus_s=gen_s, batch_size=batch_size,
                            learning_rate=learning_rate, precision=str(trainer.precision), devices=trainer.world_size // max(num_nodes, 1), num_nodes=num_nodes,
-                           final_loss=float(trainer.callback_metrics.get('train_loss_epoch', trainer.callback_metrics.get('train_loss', float('nan'))))),
+                           final_loss=float(trainer.callback_metrics.get('train_loss_epoch', trainer.callback_metrics.get('train_loss', float('nan')))),
+                           output_spread=spread, collapsed=bool(spread < COLLAPSED_SPREAD)),
                       command)
     with atomic_path(out / 'model_card.json') as tmp: tmp.write_text(json.dumps(card, indent=1))
     if progress: print(f"pretrain: {clock.steps} steps in {clock.train_s:.1f} s; wrote {archive} and {out / 'model_card.json'}", file=sys.stderr, flush=True)
@@ -287,6 +308,8 @@ def load_pretrained(path,        # model_card.json, its folder, or the archive n
     if digest != card['sha256']:
         raise ValueError(f"{archive}: SHA-256 {digest[:16]}... differs from the model card's {card['sha256'][:16]}... "
                          "(corrupted, truncated or replaced archive)")
+    if card.get('training', {}).get('collapsed'):
+        warnings.warn(f"{archive}: its card records a collapsed network (constant output, spread {card['training']['output_spread']:.2g}); it is no prior", RuntimeWarning)
     models, _ = load_torch_bundle(archive, restore_params=False)
     model = models['autoencoder']
     if scan is not None:

@@ -166,3 +166,20 @@ def test_reconstruct_cli_zero_shot_and_polish(pretrained, held_out_scan, tmp_pat
     assert code == 2 and '--init_from' in err
     code, err = run('--output_dir', tmp_path / 'y', '--pretrained', tmp_path / 'nowhere')
     assert code == 2 and 'nowhere' in err and err.count('\n') == 1
+
+
+def test_a_collapsed_network_is_flagged(pretrained, tmp_path):
+    "A network whose output is the same for every input is recorded as collapsed in its card and warned about on load."
+    import copy
+    out, res = pretrained
+    card = json.loads((out / 'model_card.json').read_text())
+    assert card['training']['output_spread'] > PT.COLLAPSED_SPREAD and card['training']['collapsed'] is False
+    net = copy.deepcopy(res['model'])
+    with torch.no_grad():
+        for mod in net.model.generator.modules():
+            if isinstance(mod, torch.nn.Conv2d): mod.weight.zero_()     # only the biases remain: one output for all
+    assert PT.output_spread(net, res['corpus']) < PT.COLLAPSED_SPREAD
+    shutil.copytree(out, tmp_path / 'm')
+    card['training'].update(collapsed=True, output_spread=0.0)
+    (tmp_path / 'm' / 'model_card.json').write_text(json.dumps(card))
+    with pytest.warns(RuntimeWarning, match='collapsed'): PT.load_pretrained(tmp_path / 'm')
