@@ -183,3 +183,11 @@ def test_a_collapsed_network_is_flagged(pretrained, tmp_path):
     card['training'].update(collapsed=True, output_spread=0.0)
     (tmp_path / 'm' / 'model_card.json').write_text(json.dumps(card))
     with pytest.warns(RuntimeWarning, match='collapsed'): PT.load_pretrained(tmp_path / 'm')
+
+
+def test_pretrain_warns_when_it_writes_a_collapsed_network(tmp_path, monkeypatch):
+    monkeypatch.setattr(PT, 'output_spread', lambda net, corpus: 0.0)
+    with pytest.warns(RuntimeWarning, match='collapsed'):
+        PT.pretrain(tmp_path / 'c', steps=1, **TINY)
+    card = json.loads((tmp_path / 'c' / 'model_card.json').read_text())
+    assert card['training']['collapsed'] is True and card['training']['output_spread'] == 0.0

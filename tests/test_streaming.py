@@ -244,3 +244,17 @@ def test_cli_sigint_while_following(archive, data, tmp_path):
     assert proc.returncode == 0, err
     st = _check_final(out, 24, True)
     assert st['n_chunks'] == 3
+
+
+def test_compile_failure_falls_back_to_eager(model, data, monkeypatch, caplog):
+    "No C++ compiler (or any compile error): a warning, then the same patches from the eager generator."
+    amp, xy = data
+    def broken(*a, **k): raise RuntimeError("no compiler found")
+    monkeypatch.setattr(S.torch, 'compile', broken)
+    with caplog.at_level('WARNING', logger=S.log.name):
+        sr = S.StreamingReconstructor(model, scale=1.0)
+    assert sr.compiled is False and 'torch.compile failed' in caplog.text and 'no compiler found' in caplog.text
+    ref = S.StreamingReconstructor(model, scale=1.0, compile=False)
+    np.testing.assert_allclose(sr.patches(amp[:5]).numpy(), ref.patches(amp[:5]).numpy())
+    with pytest.raises(ValueError, match='batch_size=0'):
+        S.StreamingReconstructor(model, batch_size=0, compile=False)
