@@ -165,14 +165,14 @@ def _resolve_accelerator_flags(args):
 def _check_file(path, what):
     if path is not None and not Path(path).is_file(): raise CLIError(f"{what} not found: {path}")
 
-def _check_scan(path, what, args=None):
+def _check_scan(path, what, args=None, loaded: bool = False):
     """A scan file exists and can be read (numpy/h5py only: answered before torch is imported). An HDF5 file, read
-    with the HDF5 flags of `args`, comes back loaded (a `RawDataTorch`); an NPZ comes back as its path."""
+    with the HDF5 flags of `args`, comes back loaded (a `RawDataTorch`), as does an NPZ with `loaded`; else its path."""
     _check_file(path, what)
     if path is None: return None
     try: raw = load_scan(path, **(hdf5_options(args) if args is not None and is_hdf5(path) else {}))
     except ValueError as e: raise CLIError(str(e)) from None
-    return raw if is_hdf5(path) else path
+    return raw if loaded or is_hdf5(path) else path
 
 def build_train_configs(args):
     "`(TrainingConfig, PyTorchExecutionConfig)` from parsed `ptycho-torch-train` flags."
@@ -381,7 +381,7 @@ def _reconstruct(argv):
     args = reconstruct_parser().parse_args(argv)   # a usage error: one line, exit 2 (`_run`)
     validate_run_options('ptycho-torch-reconstruct', time_budget_s=args.time_budget, M=args.M, seed=args.seed, nepochs=args.nepochs,
                          gridsize=args.gridsize, batch_size=args.batch_size, learning_rate=args.learning_rate)   # the gate
-    scan = _check_scan(Path(args.scan), 'scan file', args)   # an NPZ path, or the loaded HDF5 scan
+    scan = _check_scan(Path(args.scan), 'scan file', args, loaded=True)   # read once, used by every route
     if args.init_from is not None:
         ip = Path(args.init_from)
         if not (ip.is_file() or (ip / 'wts.h5.zip').is_file() or Path(f"{ip}.zip").is_file()):
@@ -398,7 +398,7 @@ def _reconstruct(argv):
     net_dir = out / 'network' if args.polish else out
     if args.pretrained is not None:   # zero-shot: the pretrained network's inference alone
         from ptycho_torch_nb.pretrain import reconstruct_zero_shot
-        res = reconstruct_zero_shot(args.pretrained, scan if not isinstance(scan, Path) else load_scan(scan), M=args.M or _SCAN.M, seed=args.seed)
+        res = reconstruct_zero_shot(args.pretrained, scan, M=args.M or _SCAN.M, seed=args.seed)
         res.update(route='zero-shot', pretrained=str(args.pretrained)); save_scan_outputs(res, net_dir)
         head = f"zero-shot inference {res['seconds']:.1f} s"
     else:
