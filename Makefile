@@ -72,5 +72,5 @@ PRETRAIN_FLAGS ?=
 .PHONY: pretrained
 pretrained: $(STAMP)
 	$(BIN)/ptycho-torch-pretrain --output_dir $(PRETRAINED) --N 64 --n_scans $(PRETRAIN_SCANS) --positions 64 \
-	  --time_budget $(PRETRAIN_BUDGET) --batch_size 16 --learning_rate 2e-3 --n_filters_scale 1 --seed 0 \
+	  --time_budget $(PRETRAIN_BUDGET) --batch_size 16 --learning_rate 5e-4 --n_filters_scale 1 --seed 0 \
 	  --checkpoint_every 100 $(PRETRAIN_FLAGS)

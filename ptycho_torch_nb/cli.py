@@ -449,8 +449,10 @@ def pretrain_parser() -> argparse.ArgumentParser:
     p.add_argument('--time_budget', '--time-budget', type=positive_float, default=None, metavar='SECONDS',
                    help='wall-clock training budget in seconds')
     p.add_argument('--batch_size', '--batch-size', type=positive_int, default=16, help='groups per step, one scan each')
-    p.add_argument('--learning_rate', '--learning-rate', type=positive_float, default=2e-3,
+    p.add_argument('--learning_rate', '--learning-rate', type=positive_float, default=5e-4,
                    help='peak learning rate of the warm-up + cosine schedule')
+    p.add_argument('--gradient_clip', '--gradient-clip', type=positive_float, default=1.0,
+                   help="clip the gradient's norm (of the per-photon loss) to this")
     p.add_argument('--families', nargs='+', default=None, help='training families to draw from (default: all)')
     p.add_argument('--n_filters_scale', '--n-filters-scale', type=positive_int, default=1, help='network width')
     p.add_argument('--seed', type=int, default=0, help='seed of the corpus, the weights and the batch order')
@@ -481,7 +483,8 @@ def _pretrain(argv):
     res = pretrain(args.output_dir, args.n_scans, args.steps, args.time_budget, args.N, args.positions, args.seed,
                    args.batch_size, args.learning_rate, args.families, args.n_filters_scale, args.resume, args.overwrite,
                    args.checkpoint_every, args.accelerator, args.devices, args.num_nodes, args.precision,
-                   progress=not args.quiet, command=' '.join(['ptycho-torch-pretrain'] + list(argv)))
+                   progress=not args.quiet, command=' '.join(['ptycho-torch-pretrain'] + list(argv)),
+                   gradient_clip=args.gradient_clip)
     if 'card' in res and not args.quiet:
         t = res['card']['training']
         print(f"ptycho-torch-pretrain: wrote {res['archive']} ({t['steps']} steps, {t['wall_s']:.0f} s, sha256 {res['card']['sha256'][:12]})")

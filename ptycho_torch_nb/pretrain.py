@@ -24,8 +24,8 @@ from .persistence import save_torch_bundle, load_torch_bundle
 
 # %% auto #0
 __all__ = ['COLLAPSED_SPREAD', 'CARD_FORMAT', 'CARD_VERSION', 'Corpus', 'build_corpus', 'ScanBatchSampler', 'CorpusDataset',
-           'Pretrainer', 'PretrainClock', 'scan_configs', 'output_spread', 'pretrain', 'model_card', 'check_fits',
-           'load_pretrained', 'use_scan', 'reconstruct_zero_shot']
+           'output_spread', 'Pretrainer', 'SpreadWatch', 'PretrainClock', 'scan_configs', 'pretrain', 'model_card',
+           'check_fits', 'load_pretrained', 'use_scan', 'reconstruct_zero_shot']
 
 # %% ../nbs/05b_pretrain.ipynb #1ee3cb4e
 @dataclasses.dataclass
@@ -108,6 +108,23 @@ class CorpusDataset(torch.utils.data.Dataset):
 def _keep(batch): return batch
 
 # %% ../nbs/05b_pretrain.ipynb #a5ecddf2
+COLLAPSED_SPREAD = 1e-3   # below this mean within-patch amplitude std the network outputs a constant
+
+def output_spread(net,  # a `PtychoPINN_Lightning`
+                  corpus: Corpus, n: int = 8,  # groups sampled evenly through the corpus
+                 ) -> float:
+    "Mean within-patch standard deviation of the generated amplitude on `n` corpus groups (about 0: a collapsed network)."
+    ds, m = CorpusDataset(corpus), net.model
+    was = m.training; m.eval()
+    vals = []
+    with torch.no_grad():
+        for i in np.linspace(0, len(ds) - 1, n).astype(int):
+            b = ds[int(i)]
+            amp, _ = m.generate(b['X'].float(), probe=corpus.probes[int(b['scan'][0])].to(b['X'].device))
+            vals.append(float(amp.float().std((-2, -1)).mean()))
+    m.train(was)
+    return float(np.mean(vals))
+
 class Pretrainer(L.LightningModule):
     "Self-supervised training of a single-scan model on a `Corpus` (one scan per batch)."
     def __init__(self, net,                  # the model to train (`PtychoPINN_Lightning`, intensity scale 1)
@@ -123,13 +140,30 @@ class Pretrainer(L.LightningModule):
         d = m.forward_details(batch['X'], batch['coords_relative'], probe=self.probes[k])
         s = self.scales[k]
         pred = s * d['pred_amp_scaled'] / m.intensity_scale              # s r A
-        return combined_loss(pred, s * batch['X'], tc['nll_weight'], tc['mae_weight'])
+        terms = combined_loss(pred, s * batch['X'], tc['nll_weight'], tc['mae_weight'])
+        return {k: v / (s * s) for k, v in terms.items()}                # per photon: every dose pulls alike
     def training_step(self, batch, batch_idx):
         loss = self.compute_losses(batch)['loss']
         self.log('train_loss', loss, on_step=True, on_epoch=True, batch_size=len(batch['X']), prog_bar=False)
         return loss
     def configure_optimizers(self):       # the learning rate is set every step by the clock (warm-up + cosine)
         return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.net.hparams.learning_rate)
+
+class SpreadWatch(L.Callback):
+    "Every `every` steps, the network's `output_spread` on the corpus; a collapse (a constant output) stops the run."
+    def __init__(self, corpus: Corpus, every: int = 500):
+        self.corpus, self.every, self.history = corpus, int(every), []   # history: [(step, spread)]
+    def state_dict(self): return dict(history=self.history)
+    def load_state_dict(self, state): self.history = [tuple(h) for h in state['history']]
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if not self.every or step % self.every or not trainer.is_global_zero: return
+        spread = output_spread(pl_module.net, self.corpus)
+        self.history.append((step, spread))
+        if spread < COLLAPSED_SPREAD:
+            warnings.warn(f"pretrain: at step {step} the network's output is constant (amplitude spread {spread:.2g} < "
+                          f"{COLLAPSED_SPREAD:g}); stopping: lower the learning rate or resume from an earlier checkpoint", RuntimeWarning)
+            trainer.should_stop = True
 
 class PretrainClock(TrainingClock):
     "`training.TrainingClock` whose spent time and steps survive a resume, with a progress line every `every_s` seconds."
@@ -181,22 +215,16 @@ def _build_net(cfg, opts: ScanOptions, corpus: Corpus, learning_rate: float):
                                              generator_mode=opts.generator_mode, backprop_input=opts.backprop_input)
 
 # %% ../nbs/05b_pretrain.ipynb #666ff148
-COLLAPSED_SPREAD = 1e-3   # below this mean within-patch amplitude std the network outputs a constant
-
-def output_spread(net,  # a `PtychoPINN_Lightning`
-                  corpus: Corpus, n: int = 8,  # groups sampled evenly through the corpus
-                 ) -> float:
-    "Mean within-patch standard deviation of the generated amplitude on `n` corpus groups (about 0: a collapsed network)."
-    ds, m = CorpusDataset(corpus), net.model
-    was = m.training; m.eval()
-    vals = []
-    with torch.no_grad():
-        for i in np.linspace(0, len(ds) - 1, n).astype(int):
-            b = ds[int(i)]
-            amp, _ = m.generate(b['X'].float(), probe=corpus.probes[int(b['scan'][0])].to(b['X'].device))
-            vals.append(float(amp.float().std((-2, -1)).mean()))
-    m.train(was)
-    return float(np.mean(vals))
+def _trainer(out: Path, callbacks: list, steps, checkpoint_every: int, learning_rate: float, gradient_clip,
+             accelerator: str, devices, num_nodes: int, precision: str):
+    "The pretraining `lightning.Trainer`: checkpoints every `checkpoint_every` steps, no logger, clipped gradients."
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    ckpt = ModelCheckpoint(dirpath=str(out / 'checkpoints'), save_last=True, save_top_k=0, every_n_train_steps=checkpoint_every)
+    ec = default_execution_config(learning_rate=learning_rate, enable_checkpointing=False, logger_backend=None,
+                                  precision=resolve_precision(precision, accelerator), devices=devices, num_nodes=num_nodes,
+                                  **({} if accelerator == 'auto' else {'accelerator': accelerator}))
+    return build_trainer(ec, out, 10 ** 6, 'train_loss', False, callbacks + [ckpt], gradient_clip_val=gradient_clip,
+                         logger=False, enable_checkpointing=True, max_steps=steps if steps else -1, use_distributed_sampler=False)
 
 def pretrain(output_dir,                      # folder for wts.h5.zip, model_card.json, checkpoints/
              n_scans: int = 256,              # corpus scans
@@ -206,7 +234,7 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
              n: int = 64,                     # positions per scan
              seed: int = 0,                   # corpus, weights and batch order
              batch_size: int = 16,            # groups per step (one scan each)
-             learning_rate: float = 2e-3,     # peak of the warm-up + cosine schedule
+             learning_rate: float = 5e-4,     # peak of the warm-up + cosine schedule
              families=None,                   # training families (default: all)
              n_filters_scale: int = 1,        # network width (1: 2.4 MB archive at N=64)
              resume: bool = False,            # continue from output_dir/checkpoints/last.ckpt
@@ -215,6 +243,8 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
              accelerator: str = 'auto', devices=1, num_nodes: int = 1, precision: str = 'auto',
              progress: bool = True,
              command: Optional[str] = None,   # recorded in the card (default: this process's command line)
+             gradient_clip: Optional[float] = 1.0,  # clip the gradient's norm (of the per-photon loss) to this; None: off
+             watch_every: int = 500,          # steps between `output_spread` checks (0: off); a collapse stops the run
             ) -> dict:
     "Pretrain the single-scan model on a simulated corpus; returns {'archive', 'card', 'model', 'corpus', ...}."
     out = Path(output_dir); _check_output_dir(out, resume, overwrite)
@@ -227,13 +257,9 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
     if progress: print(f"pretrain: {n_scans} scans, {len(corpus)} groups simulated in {gen_s:.1f} s", file=sys.stderr, flush=True)
     module = Pretrainer(net, corpus)
     clock = PretrainClock(time_budget_s, steps, learning_rate, opts.warmup_fraction, opts.lr_min_ratio, progress=progress)
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    ckpt = ModelCheckpoint(dirpath=str(out / 'checkpoints'), save_last=True, save_top_k=0, every_n_train_steps=checkpoint_every)
-    ec = default_execution_config(learning_rate=learning_rate, enable_checkpointing=False, logger_backend=None,
-                                  precision=resolve_precision(precision, accelerator), devices=devices, num_nodes=num_nodes,
-                                  **({} if accelerator == 'auto' else {'accelerator': accelerator}))
-    trainer = build_trainer(ec, out, 10 ** 6, 'train_loss', False, [clock, ckpt], logger=False, enable_checkpointing=True,
-                            max_steps=steps if steps else -1, use_distributed_sampler=False)
+    watch = SpreadWatch(corpus, watch_every)
+    trainer = _trainer(out, [clock, watch], steps, checkpoint_every, learning_rate, gradient_clip,
+                       accelerator, devices, num_nodes, precision)
     loader = torch.utils.data.DataLoader(CorpusDataset(corpus), batch_sampler=ScanBatchSampler(corpus.scan, batch_size, seed),
                                          collate_fn=_keep)   # the sampler shards over ranks itself
     with warnings.catch_warnings():
@@ -250,7 +276,8 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
                       dict(steps=clock.steps, train_s=clock.train_s, wall_s=wall_s, corpus_s=gen_s, batch_size=batch_size,
                            learning_rate=learning_rate, precision=str(trainer.precision), devices=trainer.world_size // max(num_nodes, 1), num_nodes=num_nodes,
                            final_loss=float(trainer.callback_metrics.get('train_loss_epoch', trainer.callback_metrics.get('train_loss', float('nan')))),
-                           output_spread=spread, collapsed=bool(spread < COLLAPSED_SPREAD)),
+                           gradient_clip=gradient_clip, loss='Poisson NLL per photon (divided by s^2 of the scan)',
+                           output_spread=spread, spread_history=watch.history, collapsed=bool(spread < COLLAPSED_SPREAD)),
                       command)
     with atomic_path(out / 'model_card.json') as tmp: tmp.write_text(json.dumps(card, indent=1))
     if progress: print(f"pretrain: {clock.steps} steps in {clock.train_s:.1f} s; wrote {archive} and {out / 'model_card.json'}", file=sys.stderr, flush=True)
