@@ -12,7 +12,7 @@ from pathlib import Path
 __all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'USER_ERRORS', 'LIBRARY_MODULES', 'require_torch', 'in_test',
            'repo_root', 'data_path', 'fixtures_path', 'process_umask', 'fault_point', 'pid_alive', 'clean_stale_temps',
            'glob_escape', 'atomic_path', 'jsonable', 'OneLineParser', 'run_command', 'positive_int', 'non_negative_int',
-           'positive_float', 'HelpFormatter', 'quiet_libraries']
+           'positive_float', 'HelpFormatter', 'release_memory', 'quiet_libraries']
 
 # %% ../nbs/00_core.ipynb #4360d238
 TORCH_INSTALL_HINT = "pip install 'torch>=2.2'"
@@ -196,6 +196,16 @@ class HelpFormatter(argparse.HelpFormatter):
         if ('default' in h.lower() or not action.option_strings or d is None or isinstance(d, bool)
                 or d is argparse.SUPPRESS or action.nargs == 0 or (isinstance(d, (tuple, list)) and not d)): return h
         return h + ' (default: %(default)s)'
+
+# %% ../nbs/00_core.ipynb #cfef94bd
+import ctypes, ctypes.util
+
+def release_memory() -> bool:
+    "Return freed heap pages to the operating system (glibc `malloc_trim`); False where that is unavailable."
+    try: libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+    except OSError: return False
+    trim = getattr(libc, 'malloc_trim', None)
+    return bool(trim(0)) if trim is not None else False
 
 # %% ../nbs/00_core.ipynb #5f88afbc
 import warnings

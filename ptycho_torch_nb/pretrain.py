@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import lightning as L
-from .core import atomic_path, repo_root
+from .core import atomic_path, repo_root, release_memory
 from .config import ModelConfig, TrainingConfig, ScanOptions
 from .data_container import grouped_container, scan_nphotons
 from .simulation import probe_diameter
@@ -63,6 +63,8 @@ def build_corpus(n_scans: int,            # scans to simulate
         groups.append(nn + offset); coords.append(c.coords_relative); scan.append(torch.full((len(c),), i))
         probes.append(normalize_probe(torch.as_tensor(raw.probeGuess), probe_scale))
         scales.append(c.intensity_scale); records.append(raw.metadata['corpus']); offset += len(raw)
+        if i % 64 == 63: release_memory()    # the simulation's freed temporaries (else ~10 MB per scan stays resident)
+    release_memory()
     return Corpus(torch.cat(pats), torch.cat(groups), torch.cat(coords), torch.cat(scan), torch.stack(probes),
                   torch.tensor(scales, dtype=torch.float32), records)
 

@@ -191,3 +191,27 @@ def test_pretrain_warns_when_it_writes_a_collapsed_network(tmp_path, monkeypatch
         PT.pretrain(tmp_path / 'c', steps=1, **TINY)
     card = json.loads((tmp_path / 'c' / 'model_card.json').read_text())
     assert card['training']['collapsed'] is True and card['training']['output_spread'] == 0.0
+
+
+def test_the_loss_is_per_photon(pretrained):
+    "The pretraining loss is divided by the scan's s^2: its gradient does not grow with the dose (raw: ~s^2)."
+    _, res = pretrained
+    corpus = res['corpus']
+    batch = PT.CorpusDataset(corpus).__getitems__([0, 1])
+    def grad_norm(scale):
+        c = PT.Corpus(**{**corpus.__dict__, 'scales': corpus.scales * scale})
+        module = PT.Pretrainer(res['model'], c)
+        module.zero_grad(); module.compute_losses(batch)['loss'].backward()
+        return float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in module.parameters() if p.grad is not None)))
+    g1, g100 = grad_norm(1.0), grad_norm(100.0)       # 1e4 times the photons
+    assert g1 > 0 and abs(g100 / g1 - 1) < 1e-2, (g1, g100)
+
+
+def test_spread_watch_stops_a_collapsing_run(tmp_path, monkeypatch):
+    "A collapse seen during the run (here: any spread counts as one) stops it at that check, with a warning."
+    monkeypatch.setattr(PT, 'COLLAPSED_SPREAD', 1e9)
+    with pytest.warns(RuntimeWarning, match='stopping'):
+        res = PT.pretrain(tmp_path / 'w', steps=8, watch_every=2, **TINY)
+    t = res['card']['training']
+    assert t['steps'] == 2 and [s for s, _ in t['spread_history']] == [2] and t['collapsed'] is True
+    assert (tmp_path / 'w' / 'checkpoints' / 'last.ckpt').is_file()
