@@ -15,6 +15,7 @@ least the solver's at equal wall time.
 
 Usage: python benchmarks/bench_amortised.py --model data/pretrained_N64 [--n 256] [--solver_epochs 200]
        [--polish_epochs 100] [--finetune_s 0] [--threads 2] [--out amortised.json]
+       [--fixture nbs/fixtures/amortised_bench.json]   (the curves the pretrain notebook plots)
 """
 import argparse, json, sys, time
 from pathlib import Path
@@ -73,6 +74,7 @@ def main(argv=None):
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--out', default=None, help='write the JSON record here')
+    ap.add_argument('--fixture', default=None, help="write the curves for the notebook's figure here (e.g. nbs/fixtures/amortised_bench.json)")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import torch, warnings, logging
@@ -89,6 +91,22 @@ def main(argv=None):
               + (f", ratio {r['ratio']:.2f}" if r.get('ratio') else '') + (f" | fine-tune {f(r['finetune'])}" if 'finetune' in r else ''),
               flush=True)
     if a.out: Path(a.out).write_text(json.dumps(records, indent=1, default=float))
+    if a.fixture: write_fixture(a.fixture, records, a, argv)
     return 0
+
+def write_fixture(path, records, a, argv):
+    "The curves (time, amplitude and phase SSIM) of every route per case, with the model's hash and the command."
+    import datetime
+    card = json.loads((Path(a.model) / 'model_card.json').read_text())
+    pts = lambda curve: [[round(r['train_s'], 3), round(r['ssim_amp'], 4), round(r['ssim_phase'], 4)] for r in curve]
+    out = dict(date=datetime.date.today().isoformat(), command='python benchmarks/bench_amortised.py ' + ' '.join(argv or sys.argv[1:]),
+               model=dict(sha256=card['sha256'], steps=card['training']['steps'], train_s=card['training']['train_s']),
+               cases=[dict(case=r['case'], target=[round(t, 4) for t in r['target']], flat=pts(r['flat_curve']),
+                           polish=pts(r['polish_curve']), zero_shot=[round(r['zero_shot']['seconds'], 3),
+                           round(r['zero_shot']['ssim_amp'], 4), round(r['zero_shot']['ssim_phase'], 4)],
+                           zero_shot_contrast=round(r['zero_shot']['contrast'], 3), t_flat=r['t_flat'], t_polish=r['t_polish'],
+                           finetune=[r['finetune']['seconds'], r['finetune']['ssim_amp'], r['finetune']['ssim_phase']] if 'finetune' in r else None)
+                      for r in records])
+    Path(path).write_text(json.dumps(out, indent=1))
 
 if __name__ == '__main__': sys.exit(main())

@@ -11,11 +11,11 @@ torch = require_torch()
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['torch', 'translate', 'probe_disk_mask', 'default_probe', 'normalize_probe', 'smooth_complex', 'illuminate',
-           'far_field_amplitude', 'diffraction_amplitude', 'backprop_estimate', 'padded_size', 'centre_mask', 'pad_to',
-           'crop_centre', 'merge_patches', 'extract_patches', 'weighted_merge', 'intensity_scale_closed_form',
-           'scale_input', 'unscale_output', 'poisson_nll', 'mae_loss', 'total_variation', 'realspace_loss',
-           'combined_loss']
+__all__ = ['torch', 'translate', 'shift_into_canvas', 'shifted_window', 'probe_disk_mask', 'default_probe', 'normalize_probe',
+           'smooth_complex', 'illuminate', 'far_field_amplitude', 'diffraction_amplitude', 'backprop_estimate',
+           'padded_size', 'centre_mask', 'pad_to', 'crop_centre', 'merge_patches', 'extract_patches', 'weighted_merge',
+           'intensity_scale_closed_form', 'scale_input', 'unscale_output', 'poisson_nll', 'mae_loss', 'total_variation',
+           'realspace_loss', 'combined_loss']
 
 # %% ../nbs/03_physics.ipynb #1365d52e
 def _shift_axis(x,  # [n, c, H, W]
@@ -51,6 +51,50 @@ def translate(images,  # [..., H, W] real or complex images
     out = _shift_axis(_shift_axis(x, offsets[:, 0], -1), offsets[:, 1], -2)
     if is_complex: return torch.view_as_complex(out.reshape(*lead, 2, H, W).movedim(-3, -1).contiguous())
     return out.reshape(*lead, H, W)
+
+# %% ../nbs/03_physics.ipynb #fc1a0ad6
+def _split_shift(shifts):
+    "Integer (floor) and fractional parts of [n, 2] shifts `[dx, dy]`: (long [n, 2], float [n, 2] in [0, 1))."
+    i = torch.floor(shifts)
+    return i.long(), shifts - i
+
+def _flat_index(rows, cols, P: int):
+    "Linear indices into a [P, P] image of the grid rows × cols ([n, K] each), and whether each lies inside it."
+    r, c = rows[:, :, None], cols[:, None, :]                       # [n, K, 1], [n, 1, K]
+    inside = (r >= 0) & (r < P) & (c >= 0) & (c < P)
+    return (r.clamp(0, P - 1) * P + c.clamp(0, P - 1)), inside      # [n, K, K]
+
+def shift_into_canvas(x,  # [B, C, N, N] real or complex patches
+                      shifts,  # [B, C, 2] translations `[dx, dy]` of each patch's content
+                      P: int,  # canvas size (the patches sit centred on it before the shift, as `pad_to`)
+                     ):
+    "Σ_c translate(pad_to(x_c, P), shifts_c): [B, P, P], in O(N²) per patch instead of O(P²)."
+    B, C, N, _ = x.shape
+    i, f = _split_shift(shifts.reshape(B * C, 2))
+    tile = translate(F.pad(x.reshape(B * C, N, N), (0, 1, 0, 1)), f)   # the fractional part on an (N+1)² tile
+    k, a = torch.arange(N + 1, device=x.device), (P - N) // 2
+    idx, inside = _flat_index(a + i[:, 1:2] + k, a + i[:, 0:1] + k, P)  # the integer part: where the tile lands
+    is_complex = tile.is_complex()
+    vals = torch.view_as_real(tile) if is_complex else tile[..., None]      # [BC, K, K, parts]
+    parts = vals.shape[-1]
+    vals = (vals * inside[..., None].to(vals.dtype)).reshape(B, -1)
+    idx = (idx[..., None] * parts + torch.arange(parts, device=x.device)).reshape(B, -1)
+    out = vals.new_zeros(B, P * P * parts).scatter_add_(1, idx, vals).reshape(B, P, P, parts)
+    return torch.view_as_complex(out) if is_complex else out[..., 0]
+
+def shifted_window(canvas,  # [B, P, P] real or complex
+                   shifts,  # [B, C, 2] translations `[dx, dy]` of the canvas content
+                   N: int,  # window size
+                  ):
+    "crop_centre(translate(canvas_b, shifts_bc), N): [B, C, N, N], reading only an (N+1)² window per patch."
+    B, P, _ = canvas.shape
+    C = shifts.shape[1]
+    i, f = _split_shift(shifts.reshape(B * C, 2))
+    k, m = torch.arange(N + 1, device=canvas.device), (P - N) // 2
+    idx, inside = _flat_index(m - 1 - i[:, 1:2] + k, m - 1 - i[:, 0:1] + k, P)
+    src = canvas.reshape(B, P * P)
+    win = torch.gather(src, 1, idx.reshape(B, -1)).reshape(B * C, N + 1, N + 1) * inside.to(canvas.real.dtype)
+    return translate(win, f)[:, 1:, 1:].reshape(B, C, N, N)
 
 # %% ../nbs/03_physics.ipynb #cd466f2f
 def probe_disk_mask(N: int,  # patch size
@@ -176,13 +220,12 @@ def merge_patches(patches,  # [B, C, N, N] complex object patches, channel order
     "Merge the C patches of each group onto a [B, P, P] canvas (shift-and-add, normalised by centre-mask counts)."
     B, C, N, _ = patches.shape
     shifts = -coords_relative.reshape(B, C, 2).to(patches.real.dtype)  # content of patch c moves to pos_c - mean
-    padded = pad_to(patches, P)  # [B, C, P, P]
-    mask = pad_to(centre_mask(N, patches.real.dtype, patches.device), P).expand(B, C, P, P)
+    mask = centre_mask(N, patches.real.dtype, patches.device).expand(B, C, N, N)
     if C == 1 and not bool(torch.any(shifts != 0)):
-        num, count = padded[:, 0], mask[:, 0]  # one pattern at the group centre: no translation needed
+        num, count = pad_to(patches[:, 0], P), pad_to(mask[:, 0], P)  # one pattern at the group centre: no translation
     else:
-        num = translate(padded, shifts).sum(1)  # [B, P, P]
-        count = translate(mask, shifts).sum(1)  # [B, P, P]
+        num = shift_into_canvas(patches, shifts, P)  # [B, P, P] = Σ_c translate(pad_to(patch_c, P), shifts_c)
+        count = shift_into_canvas(mask, shifts, P)  # [B, P, P]
     den = count + eps
     if min_denominator > 0: den = torch.clamp(den, min=min_denominator)
     canvas = num / den
@@ -197,8 +240,7 @@ def extract_patches(canvas,  # [B, P, P] complex canvas
     C = coords_relative.shape[1]
     shifts = coords_relative.reshape(B, C, 2).to(canvas.real.dtype)
     if C == 1 and not bool(torch.any(shifts != 0)): return crop_centre(canvas, N)[:, None]
-    # crop a margin first (translations never bring in content from beyond it), then translate the smaller tile
-    return crop_centre(translate(canvas[:, None].expand(B, C, P, P), shifts), N)
+    return shifted_window(canvas, shifts, N)   # = crop_centre(translate(canvas, shifts), N), reading (N+1)² pixels
 
 # %% ../nbs/03_physics.ipynb #64acc751
 def weighted_merge(patches,  # [B, C, N, N] complex object patches
@@ -210,11 +252,9 @@ def weighted_merge(patches,  # [B, C, N, N] complex object patches
     "Weighted average of the group's patches on a [B, P, P] canvas: Σ T(w·O_c) / (Σ T(w) + ε)."
     B, C, N, _ = patches.shape
     shifts = -coords_relative.reshape(B, C, 2).to(patches.real.dtype)  # content of patch c moves to pos_c - mean
-    a = (P - N) // 2
-    pad = lambda x: F.pad(x, (a, P - N - a, a, P - N - a))
     w = weight.to(patches.real.dtype)
-    num = translate(pad(patches * w), shifts).sum(1)  # [B, P, P] complex
-    den = translate(pad(w).expand(B, C, P, P), shifts).sum(1)  # [B, P, P]
+    num = shift_into_canvas(patches * w, shifts, P)  # [B, P, P] complex: Σ_c T(pad(w·O_c))
+    den = shift_into_canvas(w.expand(B, C, N, N), shifts, P)  # [B, P, P]
     return num / (den + rel_eps * w.max())
 
 # %% ../nbs/03_physics.ipynb #8cc0fb96
