@@ -153,8 +153,8 @@ class Pretrainer(L.LightningModule):
 
 class SpreadWatch(L.Callback):
     "Every `every` steps, the network's `output_spread` on the corpus; a collapse (a constant output) stops the run."
-    def __init__(self, corpus: Corpus, every: int = 500):
-        self.corpus, self.every, self.history = corpus, int(every), []   # history: [(step, spread)]
+    def __init__(self, corpus: Corpus, every: int = 500, progress: bool = False):
+        self.corpus, self.every, self.progress, self.history = corpus, int(every), progress, []   # history: [(step, spread)]
     def state_dict(self): return dict(history=self.history)
     def load_state_dict(self, state): self.history = [tuple(h) for h in state['history']]
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -162,6 +162,7 @@ class SpreadWatch(L.Callback):
         if not self.every or step % self.every or not trainer.is_global_zero: return
         spread = output_spread(pl_module.net, self.corpus)
         self.history.append((step, spread))
+        if self.progress: print(f"pretrain: step {step}, output spread {spread:.3g}", file=sys.stderr, flush=True)
         if spread < COLLAPSED_SPREAD:
             warnings.warn(f"pretrain: at step {step} the network's output is constant (amplitude spread {spread:.2g} < "
                           f"{COLLAPSED_SPREAD:g}); stopping: lower the learning rate or resume from an earlier checkpoint", RuntimeWarning)
@@ -259,7 +260,7 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
     if progress: print(f"pretrain: {n_scans} scans, {len(corpus)} groups simulated in {gen_s:.1f} s", file=sys.stderr, flush=True)
     module = Pretrainer(net, corpus)
     clock = PretrainClock(time_budget_s, steps, learning_rate, opts.warmup_fraction, opts.lr_min_ratio, progress=progress)
-    watch = SpreadWatch(corpus, watch_every)
+    watch = SpreadWatch(corpus, watch_every, progress)
     trainer = _trainer(out, [clock, watch], steps, checkpoint_every, learning_rate, gradient_clip,
                        accelerator, devices, num_nodes, precision)
     loader = torch.utils.data.DataLoader(CorpusDataset(corpus), batch_sampler=ScanBatchSampler(corpus.scan, batch_size, seed),
