@@ -90,6 +90,10 @@ def main(argv=None):
               f"(inference {zs['inference_seconds']:.2f} s) | time to target: flat {r['t_flat']} s, polish {r['t_polish']} s"
               + (f", ratio {r['ratio']:.2f}" if r.get('ratio') else '') + (f" | fine-tune {f(r['finetune'])}" if 'finetune' in r else ''),
               flush=True)
+        eq, end = r['flat_at_equal_time'], (r['polish_curve'] or [None])[-1]
+        if eq and end:
+            print(f"{'':38s} at equal wall time {end['train_s']:.1f} s: zero-shot + polish {f(end)}, flat solver {f(eq)} "
+                  f"({'amortised >= solver' if end['ssim_amp'] >= eq['ssim_amp'] and end['ssim_phase'] >= eq['ssim_phase'] else 'solver ahead'})", flush=True)
     if a.out: Path(a.out).write_text(json.dumps(records, indent=1, default=float))
     if a.fixture: write_fixture(a.fixture, records, a, argv)
     return 0
