@@ -62,6 +62,8 @@ def run_case(name, raw, model_dir, a):
     t_end = pol_curve[-1]['train_s'] if pol_curve else zs['seconds']
     at = [r for r in flat['snapshots'] if r['train_s'] <= t_end]
     rec['flat_at_equal_time'] = at[-1] if at else None
+    at = [r for r in flat['snapshots'] if r['train_s'] <= zs['seconds']]
+    rec['flat_at_zero_shot_time'] = at[-1] if at else None
     return rec
 
 def main(argv=None):
@@ -90,6 +92,8 @@ def main(argv=None):
               f"(inference {zs['inference_seconds']:.2f} s) | time to target: flat {r['t_flat']} s, polish {r['t_polish']} s"
               + (f", ratio {r['ratio']:.2f}" if r.get('ratio') else '') + (f" | fine-tune {f(r['finetune'])}" if 'finetune' in r else ''),
               flush=True)
+        eq0 = r['flat_at_zero_shot_time']
+        if eq0: print(f"{'':38s} at the zero-shot time {zs['seconds']:.1f} s the flat solver (epoch {eq0['epoch']}) has {f(eq0)}", flush=True)
         eq, end = r['flat_at_equal_time'], (r['polish_curve'] or [None])[-1]
         if eq and end:
             print(f"{'':38s} at equal wall time {end['train_s']:.1f} s: zero-shot + polish {f(end)}, flat solver {f(eq)} "
