@@ -122,11 +122,11 @@ def run_demo(output_dir='demo_outputs',  # where everything goes
     pol = iterative_reference(raw, solver_epochs, M=res['options']['M'], seed=seed) if solver_epochs > 0 else None
     t2 = time.perf_counter()
     images, scores = {'network': res['stitched_obj']}, {'network': res['metrics']}
+    zs = None
     if model is not None:
         from ptycho_torch_nb.pretrain import reconstruct_zero_shot
         zs = reconstruct_zero_shot(model, raw, M=res['options']['M'], seed=seed)
-    else: zs = None
-    if zs is not None: images['pretrained, zero-shot'], scores['pretrained, zero-shot'] = zs['stitched_obj'], zs['metrics']
+        images['pretrained, zero-shot'], scores['pretrained, zero-shot'] = zs['stitched_obj'], zs['metrics']
     if pol is not None:
         images['solver'], scores['solver'] = pol['stitched_obj'], pol['metrics']
         with atomic_path(out / 'solver.npz', suffix='.npz') as tmp, open(tmp, 'wb') as f:  # a file object: numpy adds no suffix

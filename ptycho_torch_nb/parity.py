@@ -80,6 +80,7 @@ ROWS = [
     _r('D', 'channel order follows the positions', 'ptycho_torch_nb.physics.extract_patches', 'nbs/03_physics.ipynb#physics-channel-order', 'invariant'),
     _r('D', 'mk_norm divides uncovered border by 0.001 (×1000 gain)', 'ptycho_torch_nb.physics.merge_patches', 'nbs/03_physics.ipynb#physics-merge-border-gain', 'deviation', 'min_denominator=1: a single patch merges back to itself; min_denominator=0 reproduces the reference'),
     _r('D', 'merge collapses all groups into one canvas when B·C ≥ 64', 'ptycho_torch_nb.physics.merge_patches', 'nbs/03_physics.ipynb#physics-merge-batch-collapse', 'deviation', 'always per group; equals the reference below the threshold'),
+    _r('D', 'merge and re-extraction translate the zero-padded P×P canvas', 'ptycho_torch_nb.physics.shift_into_canvas', 'nbs/03_physics.ipynb#physics-tile-shift', 'invariant', 'an (N+1)² tile shifted by the fraction, scattered / gathered at the integer part: bit-identical, O(N²) per patch'),
     _r('D', 'ProbeIllumination + pad_and_diffract + IntensityScaler_inv', 'ptycho_torch_nb.physics.far_field_amplitude', 'nbs/03_physics.ipynb#physics-forward', 'golden', 'gs1, gs2, probe_mask and σ=1 variants; ≤ 2e-7'),
     _r('D', 'PadReconstructionLayer (object_big=False)', 'ptycho_torch_nb.model.PtychoPINN', 'nbs/03_physics.ipynb#physics-objbig-false', 'golden'),
     _r('D', 'IntensityScaler / IntensityScaler_inv / calculate_intensity_scale', 'ptycho_torch_nb.physics.intensity_scale_closed_form', 'nbs/03_physics.ipynb#physics-scaler', 'golden', 'exp(float32 log s) = 988.211669921875'),
