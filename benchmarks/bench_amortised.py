@@ -5,7 +5,8 @@ For each case (scans of the held-out corpus families `corpus.HELD_OUT_FAMILIES`,
 - flat: the same-physics free-object solver `reconstruct.iterative_reference` from an object of ones, scored every
   few epochs (its curve of SSIM against wall time);
 - zero-shot: `pretrain.reconstruct_zero_shot` (inference + stitching only);
-- polish: `reconstruct.polish` started from the zero-shot object (time counted from the start of zero-shot);
+- polish: `reconstruct.polish` after zero-shot (its default start: the zero-shot object unless a flat object fits the
+  data better; time counted from the start of zero-shot);
 - fine-tune: `reconstruct_scan(init_from=<pretrained>)` for --finetune_s seconds, then scored.
 Target = the flat solver's final SSIM minus 0.01 (amplitude and phase); it prints the time each route needs to reach
 it and the ratio to the flat solver's (acceptance: polish or fine-tune <= 0.5x), the zero-shot scores and times
@@ -53,7 +54,8 @@ def run_case(name, raw, model_dir, a):
     contrast = float(np.abs(zs['stitched_obj'])[seen].std() / max(np.abs(raw.objectGuess).std(), 1e-12))
     rec = dict(case=name, target=target, flat_final=flat['metrics'], flat_curve=flat['snapshots'],
                zero_shot=dict(zs['metrics'], seconds=zs['seconds'], inference_seconds=zs['inference_seconds'], contrast=contrast),
-               polish_curve=pol_curve, t_flat=time_to(flat['snapshots'], target), t_polish=time_to(pol_curve, target))
+               polish_curve=pol_curve, polish_start=pol['options']['start'], start_misfit=pol['options']['start_misfit'],
+               t_flat=time_to(flat['snapshots'], target), t_polish=time_to(pol_curve, target))
     if a.finetune_s > 0:
         ft = reconstruct_scan(raw, time_budget_s=a.finetune_s, init_from=Path(model_dir) / 'wts.h5.zip', progress=False, seed=a.seed)
         rec['finetune'] = dict(ft['metrics'], seconds=ft['train_seconds'])
@@ -92,6 +94,8 @@ def main(argv=None):
               f"(inference {zs['inference_seconds']:.2f} s) | time to target: flat {r['t_flat']} s, polish {r['t_polish']} s"
               + (f", ratio {r['ratio']:.2f}" if r.get('ratio') else '') + (f" | fine-tune {f(r['finetune'])}" if 'finetune' in r else ''),
               flush=True)
+        mis = r['start_misfit']
+        print(f"{'':38s} polish start: {r['polish_start']} (data misfit: zero-shot {mis['network']:.4f}, flat object {mis['flat']:.4f})", flush=True)
         eq0 = r['flat_at_zero_shot_time']
         if eq0: print(f"{'':38s} at the zero-shot time {zs['seconds']:.1f} s the flat solver (epoch {eq0['epoch']}) has {f(eq0)}", flush=True)
         eq, end = r['flat_at_equal_time'], (r['polish_curve'] or [None])[-1]
@@ -110,7 +114,7 @@ def write_fixture(path, records, a, argv):
     out = dict(date=datetime.date.today().isoformat(), command='python benchmarks/bench_amortised.py ' + ' '.join(argv or sys.argv[1:]),
                model=dict(sha256=card['sha256'], steps=card['training']['steps'], train_s=card['training']['train_s']),
                cases=[dict(case=r['case'], target=[round(t, 4) for t in r['target']], flat=pts(r['flat_curve']),
-                           polish=pts(r['polish_curve']), zero_shot=[round(r['zero_shot']['seconds'], 3),
+                           polish=pts(r['polish_curve']), polish_start=r['polish_start'], zero_shot=[round(r['zero_shot']['seconds'], 3),
                            round(r['zero_shot']['ssim_amp'], 4), round(r['zero_shot']['ssim_phase'], 4)],
                            zero_shot_contrast=round(r['zero_shot']['contrast'], 3), t_flat=r['t_flat'], t_polish=r['t_polish'],
                            finetune=[r['finetune']['seconds'], r['finetune']['ssim_amp'], r['finetune']['ssim_phase']] if 'finetune' in r else None)

@@ -356,7 +356,7 @@ def use_scan(model, scan):
 def reconstruct_zero_shot(pretrained,         # model_card.json / its folder / archive, or a (model, card) from `load_pretrained`
                           scan,               # RawDataTorch
                           M: int = 48,        # central square of each patch kept when stitching
-                          batch_size: int = 64,
+                          batch_size: int = 32,  # patterns per forward pass (32: fastest per pattern on 2 CPU cores)
                           truth=None,         # complex object in the scan's frame (default: scan.objectGuess) for scores
                           seed: int = 42      # grouping seed (as `reconstruct_scan`)
                          ) -> dict:

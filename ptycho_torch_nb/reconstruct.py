@@ -25,7 +25,8 @@ from .persistence import load_torch_bundle, save_torch_bundle
 # %% auto #0
 __all__ = ['torch', 'SCAN_FIELDS', 'scan_defaults', 'scan_options', 'options_for_config', 'merge_canvas_size', 'scan_model',
            'scan_setup', 'scan_execution_config', 'scan_containers', 'fit_scan', 'predict_and_stitch',
-           'reconstruct_scan', 'save_scan_outputs', 'solver_grid', 'object_on_grid', 'iterative_reference', 'polish']
+           'reconstruct_scan', 'save_scan_outputs', 'illumination', 'pie_step', 'solver_grid', 'object_on_grid',
+           'iterative_reference', 'data_misfit', 'polish']
 
 # %% ../nbs/05a_reconstruct.ipynb #12e870ab
 def scan_defaults(N: int = 64,  # pattern size
@@ -252,7 +253,32 @@ def save_scan_outputs(results: dict, output_dir) -> dict:
                                                      intensity_scale=results['intensity_scale']))
     return paths
 
-# %% ../nbs/05a_reconstruct.ipynb #038dc67f
+# %% ../nbs/05a_reconstruct.ipynb #f4d404a6
+def illumination(shape,  # (H, W) of the object
+                 ox, oy,  # the patches' positions on it (`solver_grid`)
+                 probe,  # complex [N, N] probe
+                ) -> torch.Tensor:
+    "Σ|P|² the patches at (ox, oy) put on each object pixel (the adjoint of the patch sampling applied to |P|²): float [H, W]."
+    z = torch.zeros(tuple(shape), dtype=torch.complex64, requires_grad=True)
+    g, = torch.autograd.grad((extract_patches_torch(z, ox, oy, probe.shape[-1]).real * probe.abs().square()).sum(), z)
+    return g.real
+
+def pie_step(obj,  # complex [H, W] object
+             ox, oy,  # positions of the patterns in this update (`solver_grid`)
+             probe,  # complex [N, N] probe
+             amplitude,  # [B, N, N] measured amplitudes √counts of those patterns
+             s2: float,  # photon scale: counts of an object of ones are s2·|F(P)|²
+             step: float = 1.0,  # β: 1 is the full PIE step
+             alpha: float = 0.1,  # regularised PIE: weight of max Σ|P|² in the denominator (0: plain Σ|P|²)
+            ) -> torch.Tensor:
+    "One regularised-PIE update: the amplitude-likelihood gradient divided by the illumination the patterns put on each pixel."
+    z = obj.clone().requires_grad_(True)
+    pred = math.sqrt(s2) * physics.diffraction_amplitude(extract_patches_torch(z, ox, oy, probe.shape[-1]), probe)
+    g, = torch.autograd.grad(0.5 * (pred - amplitude).square().sum(), z)   # = s2·conj(P)(ψ − ψ') placed per patch
+    D = illumination(obj.shape, ox, oy, probe)
+    return (obj - step * g / (s2 * ((1 - alpha) * D + alpha * D.max()) + 1e-30)).detach()
+
+# %% ../nbs/05a_reconstruct.ipynb #1848f53b
 def solver_grid(raw) -> dict:
     "The free-object solver's grid: positions `ox`, `oy` on a canvas `shape` that holds every patch, and the object-frame `origin` (x, y) of its pixel (0, 0)."
     N = int(raw.diff3d.shape[-1])
@@ -285,60 +311,89 @@ def _photon_scale(obj, grid, probe, counts, N: int, s2: float) -> float:
         lam = s2 * physics.diffraction_amplitude(extract_patches_torch(obj, grid['ox'], grid['oy'], N), probe).square()
     return math.sqrt(float(counts.sum()) / max(float(lam.sum()), 1e-30))
 
+
+# %% ../nbs/05a_reconstruct.ipynb #b1416832
+def _solver_inputs(raw, init):
+    "Probe, measured amplitudes, photon scale and start object of the free-object solver."
+    N, grid = int(raw.diff3d.shape[-1]), solver_grid(raw)
+    probe = torch.as_tensor(np.asarray(raw.probeGuess)).to(torch.complex64)
+    amplitude = torch.as_tensor(np.asarray(raw.diff3d, np.float32))
+    counts = amplitude.square()
+    s2 = float(counts.sum((-2, -1)).mean()) / float(probe.abs().square().sum())  # photons for an object of ones
+    start = torch.ones(grid['shape'], dtype=torch.complex64) if init is None else torch.as_tensor(np.asarray(init, np.complex64))
+    if tuple(start.shape) != tuple(grid['shape']):
+        raise ValueError(f"init has shape {tuple(start.shape)}, expected the solver grid {tuple(grid['shape'])}")
+    if init is not None: start = start * _photon_scale(start, grid, probe, counts, N, s2)
+    return grid, probe, amplitude, s2, start
+
 def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positions, probeGuess)
                         epochs: int = 200,  # passes over the scan
-                        batch_size: int = 32,  # patterns per Adam step
-                        learning_rate: float = 0.02,
+                        batch_size: int = 32,  # patterns per update
+                        step: float = 1.0,  # β of `pie_step`
+                        alpha: float = 0.1,  # regularisation of `pie_step`
+                        momentum: float = 0.9,  # η: after each pass, v ← ηv + (change of the pass); O ← O + ηv (0: none)
                         M: int = 48,  # stitching crop used for scoring (the PINN's default)
                         truth=None,  # complex truth for snapshot scores (default: raw.objectGuess if any)
                         score_every: int = 0,  # score every this many epochs (0: only at the end)
                         seed: int = 0,
                         init=None,  # complex [H, W] start on `solver_grid(raw)` (rescaled to the counts); None: ones
                        ) -> dict:
-    "Free-object Poisson-likelihood reconstruction with the scan's own probe: {'object', 'stitched_obj', 'metrics', 'snapshots', 'seconds', ...}, a product `save_scan_outputs` writes."
-    N, grid = int(raw.diff3d.shape[-1]), solver_grid(raw)
-    ox, oy, (H, W) = grid['ox'], grid['oy'], grid['shape']
-    probe = torch.as_tensor(np.asarray(raw.probeGuess)).to(torch.complex64)
-    counts = torch.as_tensor(np.asarray(raw.diff3d, np.float32)) ** 2
-    s2 = float(counts.sum((-2, -1)).mean()) / float(probe.abs().square().sum())  # photons for an object of ones
+    "Free-object reconstruction with the scan's own probe (momentum-accelerated regularised PIE): {'object', 'stitched_obj', 'metrics', 'snapshots', 'seconds', ...}, a product `save_scan_outputs` writes."
+    for name, v, lo, hi in (('epochs', epochs, 1, None), ('batch_size', batch_size, 1, None), ('step', step, 1e-6, 2.0),
+                            ('alpha', alpha, 0.0, 1.0), ('momentum', momentum, 0.0, 0.99)):
+        if not (v >= lo and (hi is None or v <= hi)):
+            raise ValueError(f"iterative_reference: {name}={v} is outside [{lo}, {hi if hi is not None else 'inf'})")
+    grid, probe, amplitude, s2, obj = _solver_inputs(raw, init)
+    ox, oy = grid['ox'], grid['oy']
     truth = getattr(raw, 'objectGuess', None) if truth is None else truth
     gen = torch.Generator().manual_seed(seed)
-    start = torch.ones(H, W, dtype=torch.complex64) if init is None else torch.as_tensor(np.asarray(init, np.complex64))
-    if tuple(start.shape) != (H, W): raise ValueError(f"init has shape {tuple(start.shape)}, expected the solver grid {(H, W)}")
-    if init is not None: start = start * _photon_scale(start, grid, probe, counts, N, s2)
-    re, im = start.real.clone().requires_grad_(True), start.imag.clone().requires_grad_(True)
-    opt = torch.optim.Adam([re, im], lr=learning_rate)
     pos = np.column_stack([raw.xcoords, raw.ycoords]).astype(np.float64)
     def result():
-        with torch.no_grad(): patches = extract_patches_torch(torch.complex(re, im), ox, oy, N).numpy()
-        img, w = (np.asarray(a) for a in reassemble_position(patches, pos, M=M, return_weights=True))
+        img, w = (np.asarray(a) for a in reassemble_position(extract_patches_torch(obj, ox, oy, probe.shape[-1]).numpy(),
+                                                              pos, M=M, return_weights=True))
         return img, w, (score_scan(img, w, pos, truth, M) if truth is not None else {})
-    snapshots, t0, spent = [], time.perf_counter(), 0.0
+    snapshots, t0, spent, velocity = [], time.perf_counter(), 0.0, torch.zeros_like(obj)
     for ep in range(epochs):
+        before = obj
         for idx in torch.randperm(len(ox), generator=gen).split(batch_size):
             i = idx.numpy()
-            lam = s2 * physics.diffraction_amplitude(extract_patches_torch(torch.complex(re, im), ox[i], oy[i], N), probe).square()
-            loss = physics.poisson_nll(lam, counts[i], eps=1e-6)  # the forward operator, the Poisson likelihood
-            opt.zero_grad(); loss.backward(); opt.step()
+            obj = pie_step(obj, ox[i], oy[i], probe, amplitude[i], s2, step, alpha)
+        if momentum:
+            velocity = momentum * velocity + (obj - before); obj = obj + momentum * velocity
         if score_every and (ep + 1) % score_every == 0 and ep + 1 < epochs and truth is not None:
             spent += time.perf_counter() - t0
             snapshots.append(dict(epoch=ep + 1, train_s=spent, **result()[2])); t0 = time.perf_counter()
     spent += time.perf_counter() - t0
     img, w, m = result()
     if m: snapshots.append(dict(epoch=epochs, train_s=spent, **m))
-    return dict(object=torch.complex(re, im).detach().numpy(), stitched_obj=img, weights=w, metrics=m, snapshots=snapshots,
+    return dict(object=obj.numpy(), stitched_obj=img, weights=w, metrics=m, snapshots=snapshots,
                 seconds=spent, photons_scale=s2, epochs=epochs, amplitude=np.abs(img), phase=np.angle(img), global_offsets=pos,
-                options=dict(M=M, solver_epochs=epochs, learning_rate=learning_rate, batch_size=batch_size),
+                options=dict(M=M, solver_epochs=epochs, batch_size=batch_size, step=step, alpha=alpha, momentum=momentum),
                 ground_truth_canvas=None if truth is None else ground_truth_on_canvas(truth, pos, M))
 
 # %% ../nbs/05a_reconstruct.ipynb #26c5773e
+def data_misfit(raw,  # the scan (RawDataTorch)
+                obj=None,  # complex [H, W] object on `solver_grid(raw)` (rescaled to the counts first); None: a flat object
+               ) -> float:
+    "Relative amplitude misfit Σ(√s·|F(P·O)| − √counts)² / Σ counts: how far the object's predicted patterns are from the measured ones."
+    grid, probe, amplitude, s2, o = _solver_inputs(raw, obj)
+    with torch.no_grad():
+        pred = math.sqrt(s2) * physics.diffraction_amplitude(extract_patches_torch(o, grid['ox'], grid['oy'], probe.shape[-1]), probe)
+    return float((pred - amplitude).square().sum() / amplitude.square().sum())
+
 def polish(raw,  # the scan (RawDataTorch or NPZ path)
-           results: dict,  # a `reconstruct_scan` result: its stitched object is the start
+           results: dict,  # a `reconstruct_scan` (or zero-shot) result: its stitched object is the start
            epochs: int = 60,  # passes of the free-object solver
-           **kw,  # `iterative_reference` options (batch_size, learning_rate, score_every, truth, ...)
+           start: str = 'auto',  # 'network': its object; 'auto': the network's object unless it fits the data worse than a flat one
+           **kw,  # `iterative_reference` options (batch_size, step, alpha, momentum, score_every, truth, ...)
           ) -> dict:
     "Physics polish: the same-physics free-object solver started from the network's stitched object (an ordinary product)."
+    if start not in ('auto', 'network'): raise ValueError(f"polish: start={start!r}; expected 'auto' or 'network'")
     raw = _load_scan(raw)
-    start = object_on_grid(results['stitched_obj'], results['weights'], results['global_offsets'], results['options']['M'],
-                           solver_grid(raw))
-    return iterative_reference(raw, epochs, M=results['options']['M'], init=start, **kw)
+    net = object_on_grid(results['stitched_obj'], results['weights'], results['global_offsets'], results['options']['M'],
+                         solver_grid(raw))
+    misfit = dict(network=data_misfit(raw, net), flat=data_misfit(raw))
+    chosen = 'network' if start == 'network' or misfit['network'] < misfit['flat'] else 'flat'
+    out = iterative_reference(raw, epochs, M=results['options']['M'], init=net if chosen == 'network' else None, **kw)
+    out['options'].update(start=chosen, start_misfit=misfit)
+    return out
