@@ -345,6 +345,10 @@ def reconstruct_parser() -> argparse.ArgumentParser:
                    help='image the scan with this pretrained network (folder of model_card.json and wts.h5.zip) by inference alone, no training')
     p.add_argument('--polish', type=positive_int, default=None, metavar='EPOCHS',
                    help="then this many passes of the same-physics solver from the network's object (the network's own result goes to OUTPUT_DIR/network)")
+    p.add_argument('--polish_budget', '--polish-budget', type=positive_float, default=None, metavar='SECONDS',
+                   help='stop the polish after the pass that reaches this many seconds (needs --polish, then the most passes)')
+    p.add_argument('--polish_probe', '--polish-probe', action='store_true',
+                   help='the polish also refines the probe (written as probe.npy)')
     p.add_argument('--gridsize', type=int, default=None, help=f"patterns per group = gridsize² (default: {_SCAN.gridsize})")
     p.add_argument('--neighbor_count', '--neighbor-count', type=int, default=None, metavar='K',
                    help=f"neighbours a training group is drawn from (default: {_SCAN.neighbor_count})")
@@ -381,6 +385,8 @@ def _reconstruct(argv):
     args = reconstruct_parser().parse_args(argv)   # a usage error: one line, exit 2 (`_run`)
     validate_run_options('ptycho-torch-reconstruct', time_budget_s=args.time_budget, M=args.M, seed=args.seed, nepochs=args.nepochs,
                          gridsize=args.gridsize, batch_size=args.batch_size, learning_rate=args.learning_rate)   # the gate
+    if (args.polish_budget is not None or args.polish_probe) and not args.polish:
+        raise CLIError("--polish_budget and --polish_probe set up the polish: give --polish EPOCHS too")
     scan = _check_scan(Path(args.scan), 'scan file', args, loaded=True)   # read once, used by every route
     if args.init_from is not None:
         ip = Path(args.init_from)
@@ -409,9 +415,9 @@ def _reconstruct(argv):
                                seed=args.seed, overwrite=args.overwrite, **opts)
         head = f"trained {res['train_seconds']:.1f} s"
     if args.polish:
-        res = polish(scan, res, args.polish, seed=args.seed)
+        res = polish(scan, res, args.polish, seed=args.seed, refine_probe=args.polish_probe, time_budget_s=args.polish_budget)
         res['route'] = 'polish'; save_scan_outputs(res, out)
-        head += f", polished {args.polish} passes in {res['seconds']:.1f} s"
+        head += f", polished {res['epochs']} passes in {res['seconds']:.1f} s" + (', probe refined' if args.polish_probe else '')
     m = res.get('metrics')
     print(f"ptycho-torch-reconstruct: wrote {args.output_dir} ({head}"
           + (f"; SSIM amplitude {m['ssim_amp']:.3f}, phase {m['ssim_phase']:.3f}" if m else "") + ")")

@@ -295,6 +295,9 @@ RUN_OPTION_RULES = {  # option -> (test, what is allowed); None values are skipp
     'N': (lambda v: _int_like(v) and v in (64, 128, 256), 'one of [64, 128, 256]'),
     'M': (lambda v: _int_like(v) and v >= 1, 'an int in 1..N (the central crop of each patch kept when stitching)'),
     'learning_rate': (lambda v: _finite(v) and v > 0, 'a finite number > 0'),
+    'step': (lambda v: _finite(v) and 0 < v <= 2, "a number in (0, 2] (the free-object solver's PIE step; 1: full)"),
+    'alpha': (lambda v: _finite(v) and 0 <= v <= 1, "a number in [0, 1] (the solver's regularisation of Σ|P|²)"),
+    'momentum': (lambda v: _finite(v) and 0 <= v <= 0.99, "a number in [0, 0.99] (the solver's momentum per pass; 0: none)"),
 }
 
 def validate_run_options(where: str = 'options',  # named in the error (a file, 'ptycho-torch-train', ...)

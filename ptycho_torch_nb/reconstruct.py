@@ -11,7 +11,7 @@ import numpy as np
 from .core import require_torch, atomic_path, jsonable
 torch = require_torch()
 from . import physics, params
-from .config import ModelConfig, TrainingConfig, ScanOptions, update_legacy_dict, validate_run
+from .config import ModelConfig, TrainingConfig, ScanOptions, update_legacy_dict, validate_run, validate_run_options
 from .raw_data import RawDataTorch
 from .data_container import PtychoDataContainerTorch, grouped_container, inference_container, scan_nphotons
 from .simulation import extract_patches_torch
@@ -242,12 +242,15 @@ _SUMMARY_KEYS = ('route', 'pretrained', 'options', 'metrics', 'seconds', 'train_
                  'stitch_seconds', 'intensity_scale', 'n_patterns', 'snapshots', 'clock_history')
 
 def save_scan_outputs(results: dict, output_dir) -> dict:
-    "Images, `metrics.json`, `reconstruct.json` and (for a trained network) the archive `wts.h5.zip`; returns {name: path}."
+    "Images, `metrics.json`, `reconstruct.json`, (for a trained network) the archive `wts.h5.zip` and (for a solver that refined it) `probe.npy`; returns {name: path}."
     out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
     paths = save_outputs(results['amplitude'], results['phase'], results, out)
     with atomic_path(out / 'reconstruct.json') as tmp:
         tmp.write_text(json.dumps(jsonable({k: results.get(k) for k in _SUMMARY_KEYS}), indent=1))
     paths['reconstruct.json'] = out / 'reconstruct.json'
+    if results.get('probe') is not None:   # a solver run that refined the probe
+        with atomic_path(out / 'probe.npy') as tmp, open(tmp, 'wb') as f: np.save(f, np.asarray(results['probe'], np.complex64))
+        paths['probe.npy'] = out / 'probe.npy'
     if results.get('models') is not None:   # a solver's or a zero-shot product has no network of its own
         paths['wts.h5.zip'] = Path(save_torch_bundle(results['models'], out / 'wts.h5', results['config'],
                                                      intensity_scale=results['intensity_scale']))
@@ -270,13 +273,19 @@ def pie_step(obj,  # complex [H, W] object
              s2: float,  # photon scale: counts of an object of ones are s2·|F(P)|²
              step: float = 1.0,  # β: 1 is the full PIE step
              alpha: float = 0.1,  # regularised PIE: weight of max Σ|P|² in the denominator (0: plain Σ|P|²)
-            ) -> torch.Tensor:
-    "One regularised-PIE update: the amplitude-likelihood gradient divided by the illumination the patterns put on each pixel."
-    z = obj.clone().requires_grad_(True)
-    pred = math.sqrt(s2) * physics.diffraction_amplitude(extract_patches_torch(z, ox, oy, probe.shape[-1]), probe)
-    g, = torch.autograd.grad(0.5 * (pred - amplitude).square().sum(), z)   # = s2·conj(P)(ψ − ψ') placed per patch
+             probe_step: float = 0.0,  # > 0: the probe takes the same kind of step (divided by s·Σ|O|² of the patches)
+            ) -> tuple:
+    "One regularised-PIE update: the amplitude-likelihood gradient divided by the illumination the patterns put on each pixel; returns (object, probe)."
+    z, p = obj.clone().requires_grad_(True), probe.clone().requires_grad_(probe_step > 0)
+    patches = extract_patches_torch(z, ox, oy, probe.shape[-1])
+    loss = 0.5 * (math.sqrt(s2) * physics.diffraction_amplitude(patches, p) - amplitude).square().sum()
+    grads = torch.autograd.grad(loss, (z, p) if probe_step > 0 else (z,))   # object: s2·P̄(ψ − ψ′) placed per patch
     D = illumination(obj.shape, ox, oy, probe)
-    return (obj - step * g / (s2 * ((1 - alpha) * D + alpha * D.max()) + 1e-30)).detach()
+    obj = (obj - step * grads[0] / (s2 * ((1 - alpha) * D + alpha * D.max()) + 1e-30)).detach()
+    if probe_step > 0:   # probe: s2·Σ Ō(ψ − ψ′) over the patches, the same preconditioning with Σ|O|²
+        Dp = patches.detach().abs().square().sum(0)
+        probe = (probe - probe_step * grads[1] / (s2 * ((1 - alpha) * Dp + alpha * Dp.max()) + 1e-30)).detach()
+    return obj, probe
 
 # %% ../nbs/05a_reconstruct.ipynb #1848f53b
 def solver_grid(raw) -> dict:
@@ -327,7 +336,7 @@ def _solver_inputs(raw, init):
     return grid, probe, amplitude, s2, start
 
 def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positions, probeGuess)
-                        epochs: int = 200,  # passes over the scan
+                        epochs: int = 200,  # passes over the scan (at most, with a time budget)
                         batch_size: int = 32,  # patterns per update
                         step: float = 1.0,  # β of `pie_step`
                         alpha: float = 0.1,  # regularisation of `pie_step`
@@ -337,12 +346,12 @@ def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positi
                         score_every: int = 0,  # score every this many epochs (0: only at the end)
                         seed: int = 0,
                         init=None,  # complex [H, W] start on `solver_grid(raw)` (rescaled to the counts); None: ones
+                        refine_probe: bool = False,  # also refine the probe (full PIE step); the result's 'probe'
+                        time_budget_s: Optional[float] = None,  # stop after the pass that reaches this many seconds
                        ) -> dict:
     "Free-object reconstruction with the scan's own probe (momentum-accelerated regularised PIE): {'object', 'stitched_obj', 'metrics', 'snapshots', 'seconds', ...}, a product `save_scan_outputs` writes."
-    for name, v, lo, hi in (('epochs', epochs, 1, None), ('batch_size', batch_size, 1, None), ('step', step, 1e-6, 2.0),
-                            ('alpha', alpha, 0.0, 1.0), ('momentum', momentum, 0.0, 0.99)):
-        if not (v >= lo and (hi is None or v <= hi)):
-            raise ValueError(f"iterative_reference: {name}={v} is outside [{lo}, {hi if hi is not None else 'inf'})")
+    validate_run_options('iterative_reference', nepochs=epochs, batch_size=batch_size, step=step, alpha=alpha, momentum=momentum,
+                         time_budget_s=time_budget_s)   # the one validator (config.RUN_OPTION_RULES)
     grid, probe, amplitude, s2, obj = _solver_inputs(raw, init)
     ox, oy = grid['ox'], grid['oy']
     truth = getattr(raw, 'objectGuess', None) if truth is None else truth
@@ -352,23 +361,24 @@ def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positi
         img, w = (np.asarray(a) for a in reassemble_position(extract_patches_torch(obj, ox, oy, probe.shape[-1]).numpy(),
                                                               pos, M=M, return_weights=True))
         return img, w, (score_scan(img, w, pos, truth, M) if truth is not None else {})
-    snapshots, t0, spent, velocity = [], time.perf_counter(), 0.0, torch.zeros_like(obj)
-    for ep in range(epochs):
-        before = obj
+    snapshots, t0, spent, velocity, done = [], time.perf_counter(), 0.0, torch.zeros_like(obj), 0
+    while done < epochs and (time_budget_s is None or spent + time.perf_counter() - t0 < time_budget_s):
+        before, done = obj, done + 1
         for idx in torch.randperm(len(ox), generator=gen).split(batch_size):
             i = idx.numpy()
-            obj = pie_step(obj, ox[i], oy[i], probe, amplitude[i], s2, step, alpha)
+            obj, probe = pie_step(obj, ox[i], oy[i], probe, amplitude[i], s2, step, alpha, 1.0 if refine_probe else 0.0)
         if momentum:
             velocity = momentum * velocity + (obj - before); obj = obj + momentum * velocity
-        if score_every and (ep + 1) % score_every == 0 and ep + 1 < epochs and truth is not None:
+        if score_every and done % score_every == 0 and done < epochs and truth is not None:
             spent += time.perf_counter() - t0
-            snapshots.append(dict(epoch=ep + 1, train_s=spent, **result()[2])); t0 = time.perf_counter()
+            snapshots.append(dict(epoch=done, train_s=spent, **result()[2])); t0 = time.perf_counter()
     spent += time.perf_counter() - t0
     img, w, m = result()
-    if m: snapshots.append(dict(epoch=epochs, train_s=spent, **m))
-    return dict(object=obj.numpy(), stitched_obj=img, weights=w, metrics=m, snapshots=snapshots,
-                seconds=spent, photons_scale=s2, epochs=epochs, amplitude=np.abs(img), phase=np.angle(img), global_offsets=pos,
-                options=dict(M=M, solver_epochs=epochs, batch_size=batch_size, step=step, alpha=alpha, momentum=momentum),
+    if m and (not snapshots or snapshots[-1]['epoch'] != done): snapshots.append(dict(epoch=done, train_s=spent, **m))
+    return dict(object=obj.numpy(), stitched_obj=img, weights=w, metrics=m, snapshots=snapshots, probe=probe.numpy() if refine_probe else None,
+                seconds=spent, photons_scale=s2, epochs=done, amplitude=np.abs(img), phase=np.angle(img), global_offsets=pos,
+                options=dict(M=M, solver_epochs=epochs, batch_size=batch_size, step=step, alpha=alpha, momentum=momentum,
+                             refine_probe=refine_probe, time_budget_s=time_budget_s),
                 ground_truth_canvas=None if truth is None else ground_truth_on_canvas(truth, pos, M))
 
 # %% ../nbs/05a_reconstruct.ipynb #26c5773e

@@ -174,7 +174,7 @@ def test_iterative_reference_recovers_a_small_scan():
     torch.set_num_threads(1)
     raw = simulated_scan(n=32, seed=4)
     ref = R.iterative_reference(raw, epochs=100, batch_size=8, score_every=25)
-    first, last = ref['snapshots'][0], ref['snapshots'][-1]   # measured: 0.41 / 0.31 at epoch 25, 0.61 / 0.62 at 100
+    first, last = ref['snapshots'][0], ref['snapshots'][-1]   # measured: 0.65 / 0.77 at epoch 25, 0.83 / 0.90 at 100 (Adam: 0.61 / 0.62)
     assert last['epoch'] == 100 and ref['object'].dtype == np.complex64
-    assert last['ssim_amp'] > max(first['ssim_amp'], 0.5), ref['snapshots']
+    assert last['ssim_amp'] > max(first['ssim_amp'], 0.75), ref['snapshots']
     assert last['ssim_phase'] > first['ssim_phase'], ref['snapshots']
