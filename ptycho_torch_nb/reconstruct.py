@@ -23,10 +23,10 @@ from .training import (default_execution_config, resolve_precision, build_traine
 from .persistence import load_torch_bundle, save_torch_bundle
 
 # %% auto #0
-__all__ = ['torch', 'SCAN_FIELDS', 'scan_defaults', 'scan_options', 'options_for_config', 'merge_canvas_size', 'scan_model',
-           'scan_setup', 'scan_execution_config', 'scan_containers', 'fit_scan', 'predict_and_stitch',
-           'reconstruct_scan', 'save_scan_outputs', 'illumination', 'pie_step', 'solver_grid', 'object_on_grid',
-           'iterative_reference', 'data_misfit', 'polish']
+__all__ = ['torch', 'SCAN_FIELDS', 'PIE_ALPHA', 'scan_defaults', 'scan_options', 'options_for_config', 'merge_canvas_size',
+           'scan_model', 'scan_setup', 'scan_execution_config', 'scan_containers', 'fit_scan', 'predict_and_stitch',
+           'reconstruct_scan', 'save_scan_outputs', 'predicted_amplitude', 'illumination', 'pie_step', 'solver_grid',
+           'object_on_grid', 'iterative_reference', 'data_misfit', 'polish']
 
 # %% ../nbs/05a_reconstruct.ipynb #12e870ab
 def scan_defaults(N: int = 64,  # pattern size
@@ -257,6 +257,16 @@ def save_scan_outputs(results: dict, output_dir) -> dict:
     return paths
 
 # %% ../nbs/05a_reconstruct.ipynb #f4d404a6
+PIE_ALPHA = 0.3  # default regularisation of the PIE step (0.3: no phase vortices, good at low dose; benchmarks/RESULTS.md)
+
+def predicted_amplitude(obj,  # complex [H, W] object
+                        ox, oy,  # patch positions on it (`solver_grid`)
+                        probe,  # complex [N, N] probe
+                        s2: float,  # photon scale
+                       ) -> torch.Tensor:
+    "The solver's forward model: √s·|F(P·O)| of the patches at (ox, oy), [B, N, N] in units of √counts."
+    return math.sqrt(s2) * physics.diffraction_amplitude(extract_patches_torch(obj, ox, oy, probe.shape[-1]), probe)
+
 def illumination(shape,  # (H, W) of the object
                  ox, oy,  # the patches' positions on it (`solver_grid`)
                  probe,  # complex [N, N] probe
@@ -272,20 +282,19 @@ def pie_step(obj,  # complex [H, W] object
              amplitude,  # [B, N, N] measured amplitudes √counts of those patterns
              s2: float,  # photon scale: counts of an object of ones are s2·|F(P)|²
              step: float = 1.0,  # β: 1 is the full PIE step
-             alpha: float = 0.1,  # regularised PIE: weight of max Σ|P|² in the denominator (0: plain Σ|P|²)
+             alpha: float = PIE_ALPHA,  # regularised PIE: weight of max Σ|P|² in the denominator (0: plain Σ|P|²)
              probe_step: float = 0.0,  # > 0: the probe takes the same kind of step (divided by s·Σ|O|² of the patches)
             ) -> tuple:
     "One regularised-PIE update: the amplitude-likelihood gradient divided by the illumination the patterns put on each pixel; returns (object, probe)."
     z, p = obj.clone().requires_grad_(True), probe.clone().requires_grad_(probe_step > 0)
-    patches = extract_patches_torch(z, ox, oy, probe.shape[-1])
-    loss = 0.5 * (math.sqrt(s2) * physics.diffraction_amplitude(patches, p) - amplitude).square().sum()
+    loss = 0.5 * (predicted_amplitude(z, ox, oy, p, s2) - amplitude).square().sum()
     grads = torch.autograd.grad(loss, (z, p) if probe_step > 0 else (z,))   # object: s2·P̄(ψ − ψ′) placed per patch
     D = illumination(obj.shape, ox, oy, probe)
-    obj = (obj - step * grads[0] / (s2 * ((1 - alpha) * D + alpha * D.max()) + 1e-30)).detach()
+    new_obj = (obj - step * grads[0] / (s2 * ((1 - alpha) * D + alpha * D.max()) + 1e-30)).detach()
     if probe_step > 0:   # probe: s2·Σ Ō(ψ − ψ′) over the patches, the same preconditioning with Σ|O|²
-        Dp = patches.detach().abs().square().sum(0)
+        Dp = extract_patches_torch(obj, ox, oy, probe.shape[-1]).abs().square().sum(0)
         probe = (probe - probe_step * grads[1] / (s2 * ((1 - alpha) * Dp + alpha * Dp.max()) + 1e-30)).detach()
-    return obj, probe
+    return new_obj, probe
 
 # %% ../nbs/05a_reconstruct.ipynb #1848f53b
 def solver_grid(raw) -> dict:
@@ -316,8 +325,7 @@ def object_on_grid(stitched,  # complex [P, P] stitched image
 
 def _photon_scale(obj, grid, probe, counts, N: int, s2: float) -> float:
     "The factor on `obj` whose predicted counts sum to the measured counts (the solver's scale is set for an object of ones)."
-    with torch.no_grad():
-        lam = s2 * physics.diffraction_amplitude(extract_patches_torch(obj, grid['ox'], grid['oy'], N), probe).square()
+    with torch.no_grad(): lam = predicted_amplitude(obj, grid['ox'], grid['oy'], probe, s2).square()
     return math.sqrt(float(counts.sum()) / max(float(lam.sum()), 1e-30))
 
 
@@ -339,7 +347,7 @@ def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positi
                         epochs: int = 200,  # passes over the scan (at most, with a time budget)
                         batch_size: int = 32,  # patterns per update
                         step: float = 1.0,  # β of `pie_step`
-                        alpha: float = 0.1,  # regularisation of `pie_step`
+                        alpha: float = PIE_ALPHA,  # regularisation of `pie_step`
                         momentum: float = 0.9,  # η: after each pass, v ← ηv + (change of the pass); O ← O + ηv (0: none)
                         M: int = 48,  # stitching crop used for scoring (the PINN's default)
                         truth=None,  # complex truth for snapshot scores (default: raw.objectGuess if any)
@@ -387,8 +395,7 @@ def data_misfit(raw,  # the scan (RawDataTorch)
                ) -> float:
     "Relative amplitude misfit Σ(√s·|F(P·O)| − √counts)² / Σ counts: how far the object's predicted patterns are from the measured ones."
     grid, probe, amplitude, s2, o = _solver_inputs(raw, obj)
-    with torch.no_grad():
-        pred = math.sqrt(s2) * physics.diffraction_amplitude(extract_patches_torch(o, grid['ox'], grid['oy'], probe.shape[-1]), probe)
+    with torch.no_grad(): pred = predicted_amplitude(o, grid['ox'], grid['oy'], probe, s2)
     return float((pred - amplitude).square().sum() / amplitude.square().sum())
 
 def polish(raw,  # the scan (RawDataTorch or NPZ path)
