@@ -116,7 +116,7 @@ def run_demo(output_dir='demo_outputs',  # where everything goes
     quiet_libraries(verbose)
     t0 = time.perf_counter()
     raw, paths = write_demo_data(out, n, seed)
-    res = reconstruct_scan(raw, time_budget_s=time_budget_s, output_dir=out, progress=not quiet, seed=seed)
+    res = reconstruct_scan(raw, time_budget_s=time_budget_s, output_dir=out, progress=not quiet, seed=seed, overwrite=overwrite)
     paths.update(res['paths'])
     t1 = time.perf_counter()
     pol = iterative_reference(raw, solver_epochs, M=res['options']['M'], seed=seed) if solver_epochs > 0 else None
