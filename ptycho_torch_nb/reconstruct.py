@@ -271,10 +271,21 @@ def illumination(shape,  # (H, W) of the object
                  ox, oy,  # the patches' positions on it (`solver_grid`)
                  probe,  # complex [N, N] probe
                 ) -> torch.Tensor:
-    "Σ|P|² the patches at (ox, oy) put on each object pixel (the adjoint of the patch sampling applied to |P|²): float [H, W]."
-    z = torch.zeros(tuple(shape), dtype=torch.complex64, requires_grad=True)
-    g, = torch.autograd.grad((extract_patches_torch(z, ox, oy, probe.shape[-1]).real * probe.abs().square()).sum(), z)
-    return g.real
+    "Σ|P|² the patches at (ox, oy) put on each object pixel: the adjoint of `extract_patches_torch`'s bilinear sampling applied to |P|², float [H, W]."
+    N, (H, W) = probe.shape[-1], tuple(shape)
+    x, y = (torch.as_tensor(np.asarray(v, np.float64)) for v in (ox, oy))
+    fx, fy = torch.floor(x), torch.floor(y)
+    tx, ty = ((v - f).to(torch.float32)[:, None, None] for v, f in ((x, fx), (y, fy)))
+    w = probe.abs().square().to(torch.float32)
+    tile = torch.zeros(len(x), N + 1, N + 1)   # each patch's |P|² spread over the (N+1)² pixels its samples read
+    tile[:, :N, :N] += (1 - tx) * (1 - ty) * w; tile[:, :N, 1:] += tx * (1 - ty) * w
+    tile[:, 1:, :N] += (1 - tx) * ty * w; tile[:, 1:, 1:] += tx * ty * w
+    g = torch.arange(N + 1)
+    rows, cols = (fy.long() - N // 2)[:, None] + g, (fx.long() - N // 2)[:, None] + g
+    inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
+    flat = rows[:, :, None] * W + cols[:, None, :]
+    if not bool(inside.all()): flat, tile = flat[inside], tile[inside]   # a patch that overhangs the object
+    return torch.zeros(H * W).index_add_(0, flat.reshape(-1), tile.reshape(-1)).view(H, W)
 
 def pie_step(obj,  # complex [H, W] object
              ox, oy,  # positions of the patterns in this update (`solver_grid`)
