@@ -348,11 +348,16 @@ def _solver_inputs(raw, init):
     amplitude = torch.as_tensor(np.asarray(raw.diff3d, np.float32))
     counts = amplitude.square()
     s2 = float(counts.sum((-2, -1)).mean()) / float(probe.abs().square().sum())  # photons for an object of ones
-    start = torch.ones(grid['shape'], dtype=torch.complex64) if init is None else torch.as_tensor(np.asarray(init, np.complex64))
-    if tuple(start.shape) != tuple(grid['shape']):
-        raise ValueError(f"init has shape {tuple(start.shape)}, expected the solver grid {tuple(grid['shape'])}")
+    start = _on_grid(init, grid)
     if init is not None: start = start * _photon_scale(start, grid, probe, counts, N, s2)
     return grid, probe, amplitude, s2, start
+
+def _on_grid(obj, grid):
+    "`obj` as a complex64 tensor checked against the solver grid (None: an object of ones)."
+    o = torch.ones(grid['shape'], dtype=torch.complex64) if obj is None else torch.as_tensor(np.asarray(obj, np.complex64))
+    if tuple(o.shape) != tuple(grid['shape']):
+        raise ValueError(f"init has shape {tuple(o.shape)}, expected the solver grid {tuple(grid['shape'])}")
+    return o
 
 def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positions, probeGuess)
                         epochs: int = 200,  # passes over the scan (at most, with a time budget)
@@ -405,8 +410,9 @@ def data_misfit(raw,  # the scan (RawDataTorch)
                 obj=None,  # complex [H, W] object on `solver_grid(raw)` (rescaled to the counts first); None: a flat object
                ) -> float:
     "Relative amplitude misfit Σ(√s·|F(P·O)| − √counts)² / Σ counts: how far the object's predicted patterns are from the measured ones."
-    grid, probe, amplitude, s2, o = _solver_inputs(raw, obj)
-    with torch.no_grad(): pred = predicted_amplitude(o, grid['ox'], grid['oy'], probe, s2)
+    grid, probe, amplitude, s2, _ = _solver_inputs(raw, None)
+    with torch.no_grad(): pred = predicted_amplitude(_on_grid(obj, grid), grid['ox'], grid['oy'], probe, s2)
+    pred = pred * math.sqrt(float(amplitude.square().sum()) / max(float(pred.square().sum()), 1e-30))   # = `_photon_scale`, applied after
     return float((pred - amplitude).square().sum() / amplitude.square().sum())
 
 def polish(raw,  # the scan (RawDataTorch or NPZ path)
