@@ -30,21 +30,23 @@ def plain_copy(net):
                 setattr(mod, name, c)
     return plain
 
-def plain_rate(net, patterns: int, in_channels: int, steps: int, N: int = 64) -> float:
-    "Training patterns/s of the plain CNN (float32, Adam, MSE on amplitude and phase), `patterns` per step."
+def plain_rate(net, patterns: int, in_channels: int, steps: int, N: int = 64, device: str = 'cpu') -> float:
+    "Training patterns/s of the plain CNN (float32, Adam, MSE on amplitude and phase), `patterns` per step, on `device`."
     import torch
     torch.manual_seed(0)
-    x = torch.rand(patterns, in_channels, N, N)
-    ta, tp = torch.rand(patterns, 1, N, N), torch.rand(patterns, 1, N, N) - 0.5
+    x = torch.rand(patterns, in_channels, N, N, device=device)
+    ta, tp = torch.rand(patterns, 1, N, N, device=device), torch.rand(patterns, 1, N, N, device=device) - 0.5
+    sync = torch.cuda.synchronize if str(device).startswith('cuda') else (lambda: None)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     def step():
         opt.zero_grad(set_to_none=True)
         a, p = net(x)
         loss = torch.nn.functional.mse_loss(a, ta) + torch.nn.functional.mse_loss(p, tp)
         loss.backward(); opt.step()
-    step()   # set-up (allocations, oneDNN primitives) excluded, as the clock excludes ours
+    step(); sync()   # set-up (allocations, oneDNN primitives, kernels) excluded, as the clock excludes ours
     t = time.perf_counter()
     for _ in range(steps): step()
+    sync()
     return steps * patterns / (time.perf_counter() - t)
 
 def ours_rate(steps: int, precision: str, batch_size: int, workdir: Path) -> dict:

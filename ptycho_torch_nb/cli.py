@@ -404,7 +404,7 @@ def _reconstruct(argv):
     net_dir = out / 'network' if args.polish else out
     if args.pretrained is not None:   # zero-shot: the pretrained network's inference alone
         from ptycho_torch_nb.pretrain import reconstruct_zero_shot
-        res = reconstruct_zero_shot(args.pretrained, scan, M=args.M or _SCAN.M, seed=args.seed)
+        res = reconstruct_zero_shot(args.pretrained, scan, M=args.M or _SCAN.M, seed=args.seed, accelerator=args.accelerator)
         res.update(route='zero-shot', pretrained=str(args.pretrained)); save_scan_outputs(res, net_dir)
         head = f"zero-shot inference {res['seconds']:.1f} s"
     else:

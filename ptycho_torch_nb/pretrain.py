@@ -19,7 +19,7 @@ from .physics import normalize_probe, combined_loss, padded_size
 from .model import PtychoPINN_Lightning
 from .stitching import stitch_scan
 from .evaluation import score_scan, ground_truth_on_canvas
-from .training import TrainingClock, build_trainer, default_execution_config, resolve_precision, predict_scan
+from .training import TrainingClock, build_trainer, default_execution_config, resolve_precision, predict_scan, inference_device
 from .persistence import save_torch_bundle, load_torch_bundle
 
 # %% auto #0
@@ -358,12 +358,13 @@ def reconstruct_zero_shot(pretrained,         # model_card.json / its folder / a
                           M: int = 48,        # central square of each patch kept when stitching
                           batch_size: int = 32,  # patterns per forward pass (32: fastest per pattern on 2 CPU cores)
                           truth=None,         # complex object in the scan's frame (default: scan.objectGuess) for scores
-                          seed: int = 42      # grouping seed (as `reconstruct_scan`)
+                          seed: int = 42,     # grouping seed (as `reconstruct_scan`)
+                          accelerator: str = 'auto'  # where inference runs (`training.inference_device`: a GPU when visible)
                          ) -> dict:
     "Stitched object of `scan` from the pretrained network alone: {'stitched_obj', 'amplitude', 'phase', 'weights', 'seconds', 'metrics'}."
     t0 = time.perf_counter()
     model, card = pretrained if isinstance(pretrained, tuple) else load_pretrained(pretrained)
-    check_fits(card, scan); use_scan(model, scan)
+    check_fits(card, scan); use_scan(model, scan); model.to(inference_device(accelerator))
     m = model.model
     c = grouped_container(scan, m.N, m.gridsize, scan_nphotons(scan), K=int(model.tc['neighbor_count']), seed=seed)
     patches = predict_scan(model, c, batch_size)                 # each pattern's view of its group's merge

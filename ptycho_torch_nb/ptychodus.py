@@ -314,13 +314,6 @@ def load_model(model_path) -> tuple:
         _MODEL_CACHE[key] = (models['diffraction_to_obj'], params)
     return _MODEL_CACHE[key]
 
-def _inference_device(accelerator: str) -> str:
-    "'cuda' when the accelerator allows it and a GPU is visible, else 'cpu'."
-    if accelerator in ('auto', 'gpu', 'cuda'):
-        from ptycho_torch_nb.core import require_torch
-        if require_torch().cuda.is_available(): return 'cuda'
-    return 'cpu'
-
 def reconstruct_scan(raw,                       # RawDataTorch of the scan (object-pixel positions, amplitudes)
                      model_path,                # wts.h5.zip or a folder holding it
                      settings: ReconstructorSettings = ReconstructorSettings(),
@@ -341,7 +334,8 @@ def reconstruct_scan(raw,                       # RawDataTorch of the scan (obje
                              neighbor_count=int(params.get('neighbor_count', settings.neighbor_count)),
                              subsample_seed=settings.seed, backend='pytorch')
     M = settings.stitch_crop
-    model.to(_inference_device(settings.accelerator))
+    from ptycho_torch_nb.training import inference_device
+    model.to(inference_device(settings.accelerator))
     _, _, res = reassemble_cdi_image_torch(raw, config, model, M=M)
     stitched, weights = reassemble_position(res['obj_tensor_full'], res['global_offsets'], M=M, return_weights=True)
     return {'stitched': res['stitched_obj'], 'weights': np.asarray(weights), 'positions': res['global_offsets'], 'M': M}

@@ -16,9 +16,9 @@ from .config import PyTorchExecutionConfig
 from .model import warmup_cosine
 
 # %% auto #0
-__all__ = ['torch', 'RUN_ARTIFACTS', 'default_execution_config', 'resolve_precision', 'ContainerDataset', 'make_dataloader',
-           'ContainerDataModule', 'LossHistory', 'build_trainer', 'TrainingClock', 'predict_object_patches',
-           'predict_scan', 'prepare_output_dir', 'resume_checkpoint']
+__all__ = ['torch', 'RUN_ARTIFACTS', 'default_execution_config', 'resolve_precision', 'inference_device', 'ContainerDataset',
+           'make_dataloader', 'ContainerDataModule', 'LossHistory', 'build_trainer', 'TrainingClock',
+           'predict_object_patches', 'predict_scan', 'prepare_output_dir', 'resume_checkpoint']
 
 # %% ../nbs/04_training.ipynb #4c250cb0
 def default_execution_config(**overrides):
@@ -37,6 +37,17 @@ def resolve_precision(precision: str = 'auto',  # 'auto' or a Lightning precisio
     cpu = getattr(torch, 'cpu', None)
     fast = any(bool(getattr(cpu, f, lambda: False)()) for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
     return 'bf16-mixed' if fast else '32-true'
+
+def inference_device(accelerator: str = 'auto',  # 'auto' (a GPU when one is visible), 'cpu', 'gpu'/'cuda', 'mps'
+                    ) -> str:
+    "The torch device inference runs on: 'cuda' or 'mps' when asked for (or 'auto') and present, else 'cpu'."
+    if accelerator not in ('auto', 'cpu', 'gpu', 'cuda', 'mps'):
+        raise ValueError(f"accelerator={accelerator!r}: expected 'auto', 'cpu', 'gpu', 'cuda' or 'mps'")
+    if accelerator in ('auto', 'gpu', 'cuda') and torch.cuda.is_available(): return 'cuda'
+    mps = getattr(torch.backends, 'mps', None)
+    if accelerator == 'mps' and mps is not None and mps.is_available(): return 'mps'
+    return 'cpu'
+
 
 # %% ../nbs/04_training.ipynb #a4dc5c71
 def _field(container, name: str):

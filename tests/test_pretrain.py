@@ -225,3 +225,36 @@ def test_spread_watch_stops_a_collapsing_run(tmp_path, monkeypatch):
     t = res['card']['training']
     assert t['steps'] == 2 and [s for s, _ in t['spread_history']] == [2] and t['collapsed'] is True
     assert (tmp_path / 'w' / 'checkpoints' / 'last.ckpt').is_file()
+
+
+def test_zero_shot_runs_where_it_is_told(pretrained, held_out_scan):
+    out, _ = pretrained
+    res = PT.reconstruct_zero_shot(out, held_out_scan, accelerator='cpu')
+    assert np.isfinite(res['stitched_obj']).all()
+    with pytest.raises(ValueError, match="accelerator='tpu'"):
+        PT.reconstruct_zero_shot(out, held_out_scan, accelerator='tpu')
+
+
+def test_the_prepared_gpu_check_runs(tmp_path):
+    "benchmarks/gpu_check.py (the one call a session with a lent GPU makes) in its seconds-sized CPU form."
+    import importlib.util, subprocess, sys
+    root = Path(__file__).resolve().parent.parent
+    script = root / 'benchmarks' / 'gpu_check.py'
+    r = subprocess.run([sys.executable, str(script), '--out', str(tmp_path / 'o'), '--tiny'], capture_output=True, text=True,
+                       env={'OMP_NUM_THREADS': '2', 'PATH': '/usr/bin:/bin'}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads((tmp_path / 'o' / 'gpu_check.json').read_text())
+    assert rec['throughput']['plain'] > 0 and rec['throughput']['ratio'] > 0
+    assert rec['zero_shot_rate']['cpu']['patterns_per_s'] > 0
+    assert rec['pretrain']['steps'] > 0 and len(rec['zero_shot_scores']) == 5
+    model = tmp_path / 'o' / 'pretrained_N64'
+    card = json.loads((model / 'model_card.json').read_text())
+    assert card['sha256'] == rec['pretrain']['sha256'] and (model / 'last.ckpt').is_file()
+    assert not (model / 'checkpoints').exists()       # three folders down would not come back from the device machine
+    spec = importlib.util.spec_from_file_location('gpu_check', script); gc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gc)
+    assert gc._resume_into(model / 'last.ckpt', tmp_path / 'next') == pytest.approx(card['training']['train_s'])
+    assert (tmp_path / 'next' / 'checkpoints' / 'last.ckpt').is_file()
+    bad = subprocess.run([sys.executable, str(script), '--out', str(tmp_path / 'x'), '--resume', str(tmp_path / 'none.ckpt')],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and 'none.ckpt' in bad.stderr

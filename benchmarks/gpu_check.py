@@ -1,0 +1,157 @@
+"""Issue 16's GPU check: one prepared script for a lent accelerator (not a test; prints figures, writes a record).
+
+On a session with a device machine (`status` shows one lent), one call does it all, inside the 600 s limit:
+
+    run(command="PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out $OUT", timeout_s=600)
+
+The machine's own python3 has every runtime dependency (torch, lightning, h5py, scipy, scikit-image); the package runs
+from the copied tree (`sys.path`), no install. Phases, each timed, in this order (the pretraining budget is what the
+deadline leaves, so a slow phase shortens it instead of losing the call):
+1. throughput: training patterns/s of `pretrain` (bf16-mixed and 32-true) against the plain CNN of the same layers,
+   same run, same batch (`bench_pretrain_throughput`): the issue's bar is ours / plain >= 1.1;
+2. zero-shot rate: `reconstruct_zero_shot` of the shipped model on a --rate_n-pattern scan, on the accelerator and on
+   the machine's CPU (patterns/s of inference, and the whole call with stitching);
+3. pretraining: the shipped model's recipe (`make pretrained`) on a --n_scans corpus for the time left, bf16, one scan
+   per step (--batch_size groups); writes OUT/pretrained_N64/ (wts.h5.zip, model_card.json, last.ckpt: resume a later
+   chunk with --resume OUT/pretrained_N64/last.ckpt, after copying it back);
+4. zero-shot scores (SSIM amplitude / phase) of the new model and of the shipped one on the amortised benchmark's
+   cases (`bench_amortised.cases`: held-out families, camera/astronaut, low dose).
+Everything goes to OUT/gpu_check.json. On a machine without a GPU it runs the same phases on the CPU (`--tiny` shrinks
+them to seconds: the test suite runs it so, to keep it working).
+
+Usage: python benchmarks/gpu_check.py --out DIR [--deadline_s 540] [--n_scans 4096] [--batch_size 64]
+       [--resume CKPT] [--tiny]
+"""
+import argparse, json, shutil, sys, tempfile, time
+from pathlib import Path
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+sys.path[:0] = [str(ROOT.parent), str(ROOT)]
+
+def environment() -> dict:
+    "torch, device name, the precision 'auto' resolves to, CPU threads."
+    import torch
+    from ptycho_torch_nb.training import resolve_precision, inference_device
+    dev = inference_device('auto')
+    return dict(torch=torch.__version__, device=dev, name=torch.cuda.get_device_name(0) if dev == 'cuda' else 'cpu',
+                precision=resolve_precision('auto', 'gpu' if dev == 'cuda' else 'cpu'), cpu_threads=torch.get_num_threads())
+
+def throughput(steps: int, batch_size: int, device: str, workdir: Path) -> dict:
+    "Training patterns/s of `pretrain` in each precision and of the plain CNN of the same layers (same batch)."
+    from bench_pretrain_throughput import ours_rate, plain_copy, plain_rate
+    from ptycho_torch_nb.training import resolve_precision
+    chosen = resolve_precision('auto', 'gpu' if device == 'cuda' else 'cpu')
+    ours = {p: ours_rate(steps, p, batch_size, workdir) for p in dict.fromkeys([chosen, '32-true'])}
+    gen = ours[chosen]['model'].model.generator
+    plain = plain_rate(plain_copy(gen.net).to(device), ours[chosen]['patterns_per_step'], int(gen.in_channels), steps, device=device)
+    rec = dict(plain=plain, chosen=chosen, patterns_per_step=ours[chosen]['patterns_per_step'],
+               **{f'ours_{p}': o['patterns_per_s'] for p, o in ours.items()})
+    rec['ratio'] = rec[f'ours_{chosen}'] / plain
+    return rec
+
+def zero_shot_rate(model_dir: Path, n: int, device: str) -> dict:
+    "Inference and whole-call patterns/s of the shipped model's zero-shot on an n-pattern scan, on `device` and the CPU."
+    from ptycho_torch_nb.pretrain import load_pretrained, reconstruct_zero_shot
+    from ptycho_torch_nb.simulation import simulated_scan
+    raw = simulated_scan(n=n, seed=3)
+    out = {}
+    for dev in dict.fromkeys([device, 'cpu']):
+        kw = dict(accelerator='gpu' if dev == 'cuda' else 'cpu', batch_size=256 if dev == 'cuda' else 32)
+        reconstruct_zero_shot(load_pretrained(model_dir), raw, **kw)               # warm-up (kernels, allocator)
+        zs = reconstruct_zero_shot(load_pretrained(model_dir), raw, **kw)
+        out[dev] = dict(n=n, seconds=zs['seconds'], inference_seconds=zs['inference_seconds'],
+                        patterns_per_s=n / zs['inference_seconds'], ssim_amp=zs['metrics']['ssim_amp'],
+                        ssim_phase=zs['metrics']['ssim_phase'])
+    return out
+
+def _resume_into(ckpt: Path, out: Path) -> float:
+    "Put `ckpt` where `pretrain(resume=True)` looks; returns the training seconds it already holds."
+    import torch
+    (out / 'checkpoints').mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ckpt, out / 'checkpoints' / 'last.ckpt')
+    state = torch.load(ckpt, map_location='cpu', weights_only=False).get('callbacks', {})
+    return max([float(v['train_s']) for v in state.values() if isinstance(v, dict) and 'train_s' in v] or [0.0])
+
+def pretrain_chunk(out: Path, n_scans: int, budget_s: float, batch_size: int, device: str, resume, checkpoint_every: int) -> dict:
+    "Pretrain the shipped recipe for `budget_s` more seconds of training (resuming `resume` when given)."
+    from ptycho_torch_nb.pretrain import pretrain
+    done = _resume_into(Path(resume), out) if resume else 0.0
+    r = pretrain(out, n_scans=n_scans, time_budget_s=done + budget_s, batch_size=batch_size, learning_rate=5e-4,
+                 n_filters_scale=1, seed=0, resume=bool(resume), overwrite=not resume, checkpoint_every=checkpoint_every,
+                 accelerator='gpu' if device == 'cuda' else 'cpu', precision='auto', progress=True,
+                 command=f"python3 benchmarks/gpu_check.py (pretraining: n_scans={n_scans}, batch_size={batch_size}, "
+                         f"{done + budget_s:.0f} s of training{', resumed' if resume else ''})")
+    shutil.copy2(out / 'checkpoints' / 'last.ckpt', out / 'last.ckpt')   # two folders down: comes back from the device
+    shutil.rmtree(out / 'checkpoints')
+    t = r['card']['training']
+    return dict(steps=t['steps'], train_s=t['train_s'], corpus_s=t['corpus_s'], precision=t['precision'],
+                final_loss=t['final_loss'], output_spread=t['output_spread'], sha256=r['card']['sha256'], resumed_from_s=done)
+
+def zero_shot_scores(model_dirs: dict, n: int, device: str) -> list:
+    "SSIM amplitude / phase of zero-shot per model on each of the amortised benchmark's cases."
+    from bench_amortised import cases
+    from ptycho_torch_nb.pretrain import load_pretrained, reconstruct_zero_shot
+    acc = 'gpu' if device == 'cuda' else 'cpu'
+    rows = []
+    for name, raw in cases(n, 0):
+        row = dict(case=name)
+        for label, d in model_dirs.items():
+            try: zs = reconstruct_zero_shot(load_pretrained(d), raw, accelerator=acc)
+            except ValueError as e: row[label] = str(e); continue        # a model that does not fit this scan's probe
+            row[label] = [round(zs['metrics']['ssim_amp'], 4), round(zs['metrics']['ssim_phase'], 4)]
+        rows.append(row)
+    return rows
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--out', type=Path, required=True, help='folder for gpu_check.json and pretrained_N64/ (on the device: $OUT)')
+    ap.add_argument('--deadline_s', type=float, default=540, help='the whole script ends within about this (s)')
+    ap.add_argument('--n_scans', type=int, default=4096, help='pretraining corpus scans (the shipped CPU model: 2048)')
+    ap.add_argument('--batch_size', type=int, default=64, help='groups per pretraining step (64: a whole corpus scan)')
+    ap.add_argument('--resume', type=Path, default=None, help="a last.ckpt of an earlier chunk to continue")
+    ap.add_argument('--model', type=Path, default=ROOT.parent / 'data' / 'pretrained_N64', help='the shipped model')
+    ap.add_argument('--tiny', action='store_true', help='seconds-sized phases (a CPU smoke test of this script)')
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    import torch, warnings
+    from ptycho_torch_nb.core import quiet_libraries
+    quiet_libraries(False); warnings.filterwarnings('ignore', message='.*(does not have many workers|GPU available).*')
+    if a.resume is not None and not a.resume.is_file():
+        print(f"gpu_check: --resume {a.resume}: no such checkpoint", file=sys.stderr); return 2
+    out = a.out; out.mkdir(parents=True, exist_ok=True)
+    rec = dict(environment=environment(), argv=sys.argv[1:] if argv is None else argv)
+    dev = rec['environment']['device']
+    print(f"gpu_check: {rec['environment']}", flush=True)
+    tiny = dict(steps=2, rate_n=32, n_scans=2, eval_n=32, batch=4) if a.tiny else dict(steps=30, rate_n=1024, n_scans=a.n_scans, eval_n=256, batch=a.batch_size)
+    save = lambda: (out / 'gpu_check.json').write_text(json.dumps(rec, indent=1, default=float))
+    with tempfile.TemporaryDirectory() as work:
+        t = time.perf_counter(); rec['throughput'] = throughput(tiny['steps'], tiny['batch'], dev, Path(work))
+        rec['throughput']['seconds'] = time.perf_counter() - t; save()
+        th = rec['throughput']; ours = th['ours_' + th['chosen']]
+        print(f"throughput: ours ({th['chosen']}) {ours:.0f} patterns/s, plain CNN {th['plain']:.0f} "
+              f"patterns/s: {th['ratio']:.2f}x (bar 1.1); ours 32-true {th['ours_32-true']:.0f}", flush=True)
+    t = time.perf_counter(); rec['zero_shot_rate'] = zero_shot_rate(a.model, tiny['rate_n'], dev)
+    rec['zero_shot_rate']['seconds'] = time.perf_counter() - t; save()
+    for d, z in rec['zero_shot_rate'].items():
+        if isinstance(z, dict): print(f"zero-shot on {d}: {z['n']} patterns, inference {z['inference_seconds']:.2f} s "
+                                      f"({z['patterns_per_s']:.0f} patterns/s), whole call {z['seconds']:.2f} s", flush=True)
+    reserve = 15 if a.tiny else 90                # the corpus simulation is outside the training budget; then scoring
+    corpus_s = 0.03 * tiny['n_scans']             # about 25 ms per corpus scan on one core (2048 scans: 52 s on this project's CPU)
+    budget = 3.0 if a.tiny else a.deadline_s - (time.perf_counter() - t0) - reserve - corpus_s
+    if budget < 30 and not a.tiny:
+        print(f"gpu_check: only {budget:.0f} s left for pretraining: skipped", flush=True)
+    else:
+        model_dir = out / 'pretrained_N64'
+        rec['pretrain'] = pretrain_chunk(model_dir, tiny['n_scans'], budget, tiny['batch'], dev, a.resume, 10 if a.tiny else 1000)
+        save(); p = rec['pretrain']
+        print(f"pretrain: {p['steps']} steps in {p['train_s']:.0f} s ({p['precision']}), corpus {p['corpus_s']:.0f} s, "
+              f"loss {p['final_loss']:.4g}, SHA-256 {p['sha256'][:12]}", flush=True)
+        rec['zero_shot_scores'] = zero_shot_scores({'shipped': a.model, 'new': model_dir}, tiny['eval_n'], dev); save()
+        f = lambda v: f"{v[0]:.3f} / {v[1]:.3f}" if isinstance(v, list) else v
+        for r in rec['zero_shot_scores']: print(f"zero-shot {r['case']:38s} shipped {f(r['shipped'])}   new {f(r['new'])}", flush=True)
+    rec['seconds'] = time.perf_counter() - t0; save()
+    print(f"gpu_check: done in {rec['seconds']:.0f} s; record {out / 'gpu_check.json'}", flush=True)
+    return 0
+
+if __name__ == '__main__': sys.exit(main())
