@@ -125,7 +125,7 @@ def _check_final(out, n, interrupted, fmt='npz'):
 def test_ctrl_c_mid_chunk_leaves_a_valid_product(model, data, tmp_path):
     amp, xy = data
     old = signal.getsignal(signal.SIGINT)
-    res = CtrlCDuringThirdChunk(model).run(S.array_chunks(amp, xy[:, 0], xy[:, 1], 8), tmp_path / 'cut', progress=False, fmt='h5')
+    res = CtrlCDuringThirdChunk(model, compile=False).run(S.array_chunks(amp, xy[:, 0], xy[:, 1], 8), tmp_path / 'cut', progress=False, fmt='h5')
     assert signal.getsignal(signal.SIGINT) is old             # handler restored
     st = _check_final(tmp_path / 'cut', 24, True, 'h5')       # the chunk in flight completed, nothing after it
     assert res['stats']['n_chunks'] == 3 and st['error'] is None
@@ -217,7 +217,7 @@ def test_cli_stream_hdf5_and_errors(archive, data, tmp_path):
     amp, xy = data
     p = write_h5(tmp_path / 's.h5', amp, xy)
     out = _cli('stream', archive, p, '--positions', 'entry/x', 'entry/y', '--output_dir', tmp_path / 'o', '--chunk', '16',
-               '--quiet', '--threads', '1')
+               '--quiet', '--threads', '1', '--no_compile')   # compiled == eager is proven in 05c_streaming
     assert out.returncode == 0, out.stderr
     _check_final(tmp_path / 'o', 48, False)
     bad = _cli('stream', archive, p, '--diffraction_key', 'entry/nothing', '--positions', 'entry/x', 'entry/y',
