@@ -117,12 +117,13 @@ def output_spread(net,  # a `PtychoPINN_Lightning`
                  ) -> float:
     "Mean within-patch standard deviation of the generated amplitude on `n` corpus groups (about 0: a collapsed network)."
     ds, m = CorpusDataset(corpus), net.model
+    dev = next(m.parameters()).device                  # the corpus stays in host memory; the model may be on a GPU
     was = m.training; m.eval()
     vals = []
     with torch.no_grad():
         for i in np.linspace(0, len(ds) - 1, n).astype(int):
             b = ds[int(i)]
-            amp, _ = m.generate(b['X'].float(), probe=corpus.probes[int(b['scan'][0])].to(b['X'].device))
+            amp, _ = m.generate(b['X'].float().to(dev), probe=corpus.probes[int(b['scan'][0])].to(dev))
             vals.append(float(amp.float().std((-2, -1)).mean()))
     m.train(was)
     return float(np.mean(vals))
