@@ -463,6 +463,8 @@ def pretrain_parser() -> argparse.ArgumentParser:
     p.add_argument('--n_filters_scale', '--n-filters-scale', type=positive_int, default=1, help='network width')
     p.add_argument('--seed', type=int, default=0, help='seed of the corpus, the weights and the batch order')
     p.add_argument('--checkpoint_every', '--checkpoint-every', type=positive_int, default=200, help='steps between checkpoints')
+    p.add_argument('--corpus_workers', '--corpus-workers', type=positive_int, default=None,
+                   help='processes simulating the corpus (default: one per core up to 16, one per 64 scans; the corpus is the same)')
     p.add_argument('--resume', action='store_true', help='continue from OUTPUT_DIR/checkpoints/last.ckpt (same corpus from the seed)')
     p.add_argument('--overwrite', action='store_true', help='replace a pretrained model already in OUTPUT_DIR')
     p.add_argument('--accelerator', choices=ACCELERATORS, default='auto', help="device kind")
@@ -490,7 +492,7 @@ def _pretrain(argv):
                    args.batch_size, args.learning_rate, args.families, args.n_filters_scale, args.resume, args.overwrite,
                    args.checkpoint_every, args.accelerator, args.devices, args.num_nodes, args.precision,
                    progress=not args.quiet, command=' '.join(['ptycho-torch-pretrain'] + list(argv)),
-                   gradient_clip=args.gradient_clip)
+                   gradient_clip=args.gradient_clip, workers=args.corpus_workers)
     if 'card' in res and not args.quiet:
         t = res['card']['training']
         print(f"ptycho-torch-pretrain: wrote {res['archive']} ({t['steps']} steps, {t['wall_s']:.0f} s, sha256 {res['card']['sha256'][:12]})")

@@ -17,7 +17,7 @@ __all__ = ['TRAINING_FAMILIES', 'HELD_OUT_FAMILIES', 'FAMILIES', 'MATERIAL_RANGE
            'particles', 'cells', 'fibres', 'grains', 'natural_texture', 'dendrites', 'lattice', 'labyrinth',
            'draw_material', 'thickness_to_object', 'make_object', 'fresnel_propagate', 'rescale_probe',
            'gaussian_probe', 'zone_plate_probe', 'pinhole_probe', 'run1084_probe', 'make_probe', 'fermat_spiral',
-           'scan_positions', 'sample_scan', 'corpus_spec']
+           'scan_positions', 'sample_scan', 'grouped_corpus_scan', 'corpus_spec']
 
 # %% ../nbs/03e_corpus.ipynb #c52c1528
 def _unit(t):
@@ -402,6 +402,31 @@ def sample_scan(rng: np.random.Generator,   # seeds every draw and the Poisson n
                                   probe=pinfo, overlap=overlap, step=step, scan=kind, n=n, N=N,
                                   nphotons=float(nphotons), object_size=size)
     return raw
+
+# %% ../nbs/03e_corpus.ipynb #144de9f8
+def grouped_corpus_scan(stream,               # `numpy.random.SeedSequence` (or int) of this scan's random draws
+                        index: int = 0,       # the scan's place in its corpus (its grouping is seeded with seed + index)
+                        N: int = 64,          # pattern size
+                        n: int = 64,          # positions
+                        families=None,        # training families to draw from (default: all)
+                        gridsize: int = 2,    # group size gridsize^2
+                        K: int = 6,           # neighbours a group is drawn from
+                        probe_scale: float = 4.0,  # the model's probe normalisation (`ModelConfig.probe_scale`)
+                        seed: int = 0,        # the corpus seed
+                       ) -> dict:
+    "{'patterns' [n, N, N], 'groups' [n, C] (indices into patterns), 'coords' [n, C, 1, 2], 'probe', 'scale', 'record'} of one scan."
+    import torch
+    from ptycho_torch_nb.data_container import grouped_container
+    from ptycho_torch_nb.physics import normalize_probe
+    from ptycho_torch_nb.core import release_memory
+    raw = sample_scan(np.random.default_rng(stream), N=N, n=n, families=families)
+    c = grouped_container(raw, N, gridsize, raw.metadata['nphotons'], K=K, seed=seed + index)
+    nn = c.nn_indices                                          # one group per position: group m starts at pattern m
+    if index % 64 == 63: release_memory()   # every 64th scan: the simulation's freed temporaries back to the OS (else ~10 MB per scan stays)
+    return dict(patterns=c.X[torch.argsort(nn[:, 0]), 0].clone(), groups=nn, coords=c.coords_relative,
+                probe=normalize_probe(torch.as_tensor(raw.probeGuess), probe_scale), scale=float(c.intensity_scale),
+                record=raw.metadata['corpus'])
+
 
 # %% ../nbs/03e_corpus.ipynb #c1a32264
 CORPUS_VERSION = 1

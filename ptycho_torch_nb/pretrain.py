@@ -4,7 +4,7 @@
 
 # %% ../nbs/05b_pretrain.ipynb #6e7a6a6e
 from __future__ import annotations
-import dataclasses, datetime, hashlib, json, math, os, subprocess, sys, time, warnings
+import dataclasses, datetime, functools, hashlib, json, math, os, subprocess, sys, time, warnings
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
@@ -14,7 +14,7 @@ from .core import atomic_path, repo_root, release_memory
 from .config import ModelConfig, TrainingConfig, ScanOptions
 from .data_container import grouped_container, scan_nphotons
 from .simulation import probe_diameter
-from .corpus import sample_scan, corpus_spec, TRAINING_FAMILIES
+from .corpus import sample_scan, corpus_spec, grouped_corpus_scan, TRAINING_FAMILIES
 from .physics import normalize_probe, combined_loss, padded_size
 from .model import PtychoPINN_Lightning
 from .stitching import stitch_scan
@@ -23,9 +23,9 @@ from .training import TrainingClock, build_trainer, default_execution_config, re
 from .persistence import save_torch_bundle, load_torch_bundle
 
 # %% auto #0
-__all__ = ['COLLAPSED_SPREAD', 'CARD_FORMAT', 'CARD_VERSION', 'Corpus', 'build_corpus', 'ScanBatchSampler', 'CorpusDataset',
-           'output_spread', 'Pretrainer', 'SpreadWatch', 'PretrainClock', 'scan_configs', 'pretrain', 'model_card',
-           'check_fits', 'load_pretrained', 'use_scan', 'reconstruct_zero_shot']
+__all__ = ['COLLAPSED_SPREAD', 'CARD_FORMAT', 'CARD_VERSION', 'Corpus', 'corpus_workers', 'build_corpus', 'ScanBatchSampler',
+           'CorpusDataset', 'output_spread', 'Pretrainer', 'SpreadWatch', 'PretrainClock', 'scan_configs', 'pretrain',
+           'model_card', 'check_fits', 'load_pretrained', 'use_scan', 'reconstruct_zero_shot']
 
 # %% ../nbs/05b_pretrain.ipynb #1ee3cb4e
 @dataclasses.dataclass
@@ -42,6 +42,10 @@ class Corpus:
     @property
     def n_scans(self) -> int: return len(self.probes)
 
+def corpus_workers(n_scans: int) -> int:
+    "Processes `build_corpus` uses by default: one per core (at most 16), and one per 64 scans at most."
+    return max(1, min(os.cpu_count() or 1, 16, n_scans // 64))
+
 def build_corpus(n_scans: int,            # scans to simulate
                  N: int = 64,             # pattern size
                  n: int = 64,             # positions per scan
@@ -49,24 +53,29 @@ def build_corpus(n_scans: int,            # scans to simulate
                  families=None,           # training families (default: all of `corpus.TRAINING_FAMILIES`)
                  gridsize: int = 2,       # group size gridsize^2
                  K: int = 6,              # neighbours a group is drawn from
-                 probe_scale: float = 4.0 # ModelConfig.probe_scale (the model's probe normalisation)
+                 probe_scale: float = 4.0,# ModelConfig.probe_scale (the model's probe normalisation)
+                 workers: Optional[int] = None,  # processes simulating scans (None: `corpus_workers`); the corpus does not depend on it
                 ) -> Corpus:
-    "Simulate `n_scans` corpus scans and group each like `reconstruct_scan` does."
+    "Simulate `n_scans` corpus scans (scan i from its own stream `SeedSequence(seed).spawn`) and group each like `reconstruct_scan` does."
     if n_scans < 1: raise ValueError(f"n_scans={n_scans}: expected at least one scan")
-    rng = np.random.default_rng(seed)
-    pats, groups, coords, scan, probes, scales, records, offset = [], [], [], [], [], [], [], 0
-    for i in range(n_scans):
-        raw = sample_scan(rng, N=N, n=n, families=families)
-        c = grouped_container(raw, N, gridsize, raw.metadata['nphotons'], K=K, seed=seed + i)
-        nn = c.nn_indices                                     # [M, C]; one group per position: group m starts at m
-        pats.append(c.X[torch.argsort(nn[:, 0]), 0])           # pattern m, normalised like the groups
-        groups.append(nn + offset); coords.append(c.coords_relative); scan.append(torch.full((len(c),), i))
-        probes.append(normalize_probe(torch.as_tensor(raw.probeGuess), probe_scale))
-        scales.append(c.intensity_scale); records.append(raw.metadata['corpus']); offset += len(raw)
-        if i % 64 == 63: release_memory()    # the simulation's freed temporaries (else ~10 MB per scan stays resident)
+    workers = corpus_workers(n_scans) if workers is None else int(workers)
+    if workers < 1: raise ValueError(f"workers={workers}: expected at least one process")
+    one = functools.partial(grouped_corpus_scan, N=N, n=n, families=families, gridsize=gridsize, K=K, probe_scale=probe_scale, seed=seed)
+    streams = np.random.SeedSequence(seed).spawn(n_scans)
+    if workers == 1: scans = list(map(one, streams, range(n_scans)))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'),   # fresh interpreters: no forked torch threads
+                                 initializer=torch.set_num_threads, initargs=(1,)) as ex:
+            scans = list(ex.map(one, streams, range(n_scans), chunksize=8))
     release_memory()
-    return Corpus(torch.cat(pats), torch.cat(groups), torch.cat(coords), torch.cat(scan), torch.stack(probes),
-                  torch.tensor(scales, dtype=torch.float32), records)
+    sizes = np.cumsum([0] + [len(s['patterns']) for s in scans[:-1]])
+    return Corpus(torch.cat([s['patterns'] for s in scans]), torch.cat([s['groups'] + int(o) for s, o in zip(scans, sizes)]),
+                  torch.cat([s['coords'] for s in scans]), torch.cat([torch.full((len(s['groups']),), i) for i, s in enumerate(scans)]),
+                  torch.stack([s['probe'] for s in scans]), torch.tensor([s['scale'] for s in scans], dtype=torch.float32),
+                  [s['record'] for s in scans])
+
 
 # %% ../nbs/05b_pretrain.ipynb #1aeb78ed
 class ScanBatchSampler(torch.utils.data.Sampler):
@@ -249,13 +258,14 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
              command: Optional[str] = None,   # recorded in the card (default: this process's command line)
              gradient_clip: Optional[float] = 1.0,  # clip the gradient's norm (of the per-photon loss) to this; None: off
              watch_every: int = 500,          # steps between `output_spread` checks (0: off); a collapse stops the run
+             workers: Optional[int] = None,   # processes simulating the corpus (None: `corpus_workers`; same corpus)
             ) -> dict:
     "Pretrain the single-scan model on a simulated corpus; returns {'archive', 'card', 'model', 'corpus', ...}."
     out = Path(output_dir); _check_output_dir(out, resume, overwrite)
     if steps is None and time_budget_s is None: steps = 1000
     t0 = time.perf_counter(); torch.manual_seed(seed)
     cfg, opts = scan_configs(N, n_filters_scale=n_filters_scale, batch_size=batch_size, learning_rate=learning_rate)
-    corpus = build_corpus(n_scans, N, n, seed, families, int(cfg.model.gridsize), int(cfg.neighbor_count), cfg.model.probe_scale)
+    corpus = build_corpus(n_scans, N, n, seed, families, int(cfg.model.gridsize), int(cfg.neighbor_count), cfg.model.probe_scale, workers)
     net = _build_net(cfg, opts, corpus, learning_rate)
     gen_s = time.perf_counter() - t0
     if progress: print(f"pretrain: {n_scans} scans, {len(corpus)} groups simulated in {gen_s:.1f} s", file=sys.stderr, flush=True)
@@ -276,7 +286,7 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
     if spread < COLLAPSED_SPREAD:
         warnings.warn(f"pretrain: the network's output is constant (amplitude spread {spread:.2g} < {COLLAPSED_SPREAD:g}): it has collapsed and is no prior", RuntimeWarning)
     archive = save_torch_bundle({'autoencoder': net, 'diffraction_to_obj': net}, out / 'wts.h5', cfg, intensity_scale=1.0)
-    card = model_card(archive, corpus, cfg, opts, dict(n_scans=n_scans, positions_per_scan=n, seed=seed, families=families),
+    card = model_card(archive, corpus, cfg, opts, dict(n_scans=n_scans, positions_per_scan=n, seed=seed, families=families, seeding='scan i: numpy SeedSequence(seed).spawn(n_scans)[i]'),
                       dict(steps=clock.steps, train_s=clock.train_s, wall_s=wall_s, corpus_s=gen_s, batch_size=batch_size,
                            learning_rate=learning_rate, precision=str(trainer.precision), devices=trainer.world_size // max(num_nodes, 1), num_nodes=num_nodes,
                            final_loss=float(trainer.callback_metrics.get('train_loss_epoch', trainer.callback_metrics.get('train_loss', float('nan')))),
@@ -300,7 +310,7 @@ def model_card(archive, corpus: Corpus, cfg, opts: ScanOptions, corpus_args: dic
                 probe=dict(family='corpus.PROBE_VARIANTS (bundled Run1084 probe and variations)', shape=[N, N],
                            diameter80_range=[min(d80), max(d80)], probe_scale=float(cfg.model.probe_scale)),
                 corpus=dict(corpus_spec(N, corpus_args['positions_per_scan'], corpus_args['families']),
-                            n_scans=corpus_args['n_scans'], seed=corpus_args['seed'], groups=len(corpus),
+                            n_scans=corpus_args['n_scans'], seed=corpus_args['seed'], seeding=corpus_args.get('seeding'), groups=len(corpus),
                             families_drawn=sorted({r['family'] for r in corpus.records})),
                 model=dict(class_='PtychoPINN_Lightning', n_filters_scale=int(cfg.model.n_filters_scale), intensity_scale=1.0,
                            **{k: getattr(opts, k) for k in ('merge_weight', 'generator_mode', 'backprop_input')}),

@@ -549,7 +549,7 @@ def test_reconstruct_refuses_a_used_folder(tiny_files, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('flags,needle', [(['--N', '48'], 'N=48'), (['--seed', '-1'], 'seed=-1'), (['--time_budget', '-5'], 'time_budget'),
-                                          (['--steps', '0'], 'steps')])
+                                          (['--steps', '0'], 'steps'), (['--corpus_workers', '0'], 'corpus_workers')])
 def test_pretrain_cli_refuses_bad_values(flags, needle, tmp_path, capsys):
     from ptycho_torch_nb import cli
     out = tmp_path / 'pre'
