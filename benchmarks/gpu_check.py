@@ -7,6 +7,8 @@ On a session with a device machine (`status` shows one lent), one call does it a
 The machine's own python3 has every runtime dependency (torch, lightning, h5py, scipy, scikit-image); the package runs
 from the copied tree (`sys.path`), no install. Phases, each timed, in this order (the pretraining budget is what the
 deadline leaves, so a slow phase shortens it instead of losing the call):
+0. tests: the suite's model and pretraining tests, on this machine (the CUDA bf16 fit; pretraining, zero-shot and
+   polish run on the accelerator there), pass/fail and the tail of pytest's output;
 1. throughput: training patterns/s of `pretrain` (bf16-mixed and 32-true) against the plain CNN of the same layers,
    same run, same batch (`bench_pretrain_throughput`): the issue's bar is ours / plain >= 1.1;
 2. zero-shot rate: `reconstruct_zero_shot` of the shipped model on a --rate_n-pattern scan, on the accelerator and on
@@ -28,6 +30,19 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT.parent), str(ROOT)]
+
+GPU_TESTS = ['tests/test_model.py', 'tests/test_pretrain.py', '-k', 'not prepared_gpu_check']
+
+def gpu_tests(timeout_s: float = 150) -> dict:
+    "The suite's tests that use the accelerator when there is one (the CUDA bf16 fit; pretraining, zero-shot and polish on 'auto')."
+    import subprocess
+    t = time.perf_counter()
+    try:
+        r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-x', *GPU_TESTS], cwd=ROOT.parent,
+                           capture_output=True, text=True, timeout=timeout_s)
+        code, tail = r.returncode, (r.stdout + r.stderr)[-1500:]
+    except subprocess.TimeoutExpired: code, tail = None, f'timed out after {timeout_s:.0f} s'
+    return dict(returncode=code, passed=code == 0, tail=tail, seconds=time.perf_counter() - t)
 
 def environment() -> dict:
     "torch, device name, the precision 'auto' resolves to, CPU threads."
@@ -127,6 +142,10 @@ def main(argv=None):
     print(f"gpu_check: {rec['environment']}", flush=True)
     tiny = dict(steps=2, rate_n=32, n_scans=2, eval_n=32, batch=4) if a.tiny else dict(steps=30, rate_n=1024, n_scans=a.n_scans, eval_n=256, batch=a.batch_size)
     save = lambda: (out / 'gpu_check.json').write_text(json.dumps(rec, indent=1, default=float))
+    if not a.tiny:   # (the suite runs the tiny form itself)
+        rec['tests'] = gpu_tests(); save()
+        print(f"tests on this machine ({' '.join(GPU_TESTS)}): {'passed' if rec['tests']['passed'] else 'FAILED'} "
+              f"in {rec['tests']['seconds']:.0f} s: {(rec['tests']['tail'].strip().splitlines() or [''])[-1]}", flush=True)
     with tempfile.TemporaryDirectory() as work:
         t = time.perf_counter(); rec['throughput'] = throughput(tiny['steps'], tiny['batch'], dev, Path(work))
         rec['throughput']['seconds'] = time.perf_counter() - t; save()
