@@ -14,8 +14,8 @@ from .core import atomic_path, repo_root, release_memory
 from .config import ModelConfig, TrainingConfig, ScanOptions
 from .data_container import grouped_container, scan_nphotons
 from .simulation import probe_diameter
-from .corpus import sample_scan, corpus_spec, grouped_corpus_scan, TRAINING_FAMILIES
-from .physics import normalize_probe, combined_loss, padded_size
+from .corpus import corpus_spec, grouped_corpus_scan, TRAINING_FAMILIES
+from .physics import combined_loss, padded_size
 from .model import PtychoPINN_Lightning
 from .stitching import stitch_scan
 from .evaluation import score_scan, ground_truth_on_canvas
