@@ -328,3 +328,26 @@ def test_site_in_browser(site):
         assert r.returncode == 0 and '<html' in r.stdout, f"chromium failed on {page}: {r.stderr[-2000:]}"
         assert _figures(parse(r.stdout), page), f"{page.name}: no figure in the browser's DOM"
     print(f"screenshots: {shots}")
+
+
+def test_a_failing_or_hanging_notebook_is_named_and_the_rest_are_built(tmp_path):
+    "The long-lived workers: a notebook that raises or hangs is reported by name; the next one gets a fresh interpreter."
+    proj, nbs = tmp_path / 'proj', tmp_path / 'proj' / 'nbs'
+    nbs.mkdir(parents=True)
+    ini = (REPO / 'settings.ini').read_text()
+    (proj / 'settings.ini').write_text(re.sub(r'(?m)^lib_path\s*=.*$', 'lib_path = tinylib', ini))
+    (proj / 'tinylib').mkdir()
+    def nb(name, title, body):
+        (nbs / name).write_text(json.dumps(_nb([('code', f'#| default_exp {name[3:-6]}'), ('markdown', f'# {title}'),
+                                                 ('code', '#| export\n' + body)])))
+    nb('00_a.ipynb', 'A', 'def f(): return 1')
+    nb('01_bad.ipynb', 'Bad', 'raise RuntimeError("boom 4417")')
+    nb('02_hang.ipynb', 'Hang', 'import time\ntime.sleep(600)')
+    nb('03_c.ipynb', 'C', 'def g(): return 2')
+    proc = tmp_path / '_proc'
+    failed = build_docs.process_notebooks(nbs, proc, quiet=True, keep_going=True, timeout=4, n_workers=1)
+    assert len(failed) == 2, failed
+    assert failed[0].startswith('01_bad.ipynb') and 'boom 4417' in failed[0]
+    assert failed[1].startswith('02_hang.ipynb') and 'timed out' in failed[1]
+    assert (proc / '00_a.ipynb').is_file() and (proc / '03_c.ipynb').is_file()
+    assert not (proc / '01_bad.ipynb').exists() and not (proc / '02_hang.ipynb').exists()

@@ -16,7 +16,9 @@ saved outputs are kept. Two project changes to nbdev's stock processing, applied
   2. Only exported cells, `show_doc` cells, import-only cells and hidden setup cells are executed. nbdev
      also runs every visible cell that merely contains an import, which in these notebooks means running
      examples out of context (NameError) or training models during a docs build.
-Each notebook is processed in its own interpreter (two at a time), so no notebook's state leaks into another.
+Notebooks are processed by two long-lived worker interpreters (torch imported once per worker), each notebook with
+its own nbdev processor and kernel namespace; one that fails or hangs is reported by name and the next notebook
+gets a fresh interpreter, as does every notebook with --execute.
 Processed notebooks are cached in `--proc` (default `_proc/`) and redone when their notebook changes.
 
 * With Quarto: nbdev's `nbdev_docs` renders `_proc/` with `_quarto.yml` and moves the site to `_docs/`.
@@ -38,7 +40,7 @@ it was saved in the notebook. `--execute` first runs each notebook (cells flagge
 of the notebook tests.
 """
 from __future__ import annotations
-import argparse, base64, fnmatch, html, json, os, re, shutil, subprocess, sys, time, warnings
+import argparse, base64, fnmatch, html, json, os, re, shutil, subprocess, sys, threading, time, warnings
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -189,11 +191,58 @@ def _stamp(execute: bool) -> str:
     return h.hexdigest()
 
 
+class _Worker:
+    """A long-lived interpreter (`--_proc-worker`, cwd nbs/) that processes one notebook per request, so torch and
+    the package are imported once per worker, not once per notebook. Each notebook still gets its own nbdev
+    processor and kernel namespace; a notebook that fails, hangs past `timeout` or crashes the interpreter is
+    reported by name and the next one gets a fresh interpreter, as does every notebook run with --execute."""
+    MARK = '@@build_docs_result@@'
+    def __init__(self, nbs: Path): self.nbs, self.p, self.q = nbs, None, None
+    def _start(self):
+        import queue, threading
+        self.p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), '--_proc-worker'], cwd=self.nbs, text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
+        self.q = queue.Queue()
+        def pump(p=self.p, q=self.q):
+            for line in p.stdout: q.put(line)
+            q.put(None)
+        threading.Thread(target=pump, daemon=True).start()
+        return self._answer(120.0, 'starting')    # {'ready': True} once nbdev is imported: a notebook's timeout excludes start-up
+    def run(self, src: Path, dst: Path, execute: bool, timeout: float) -> dict:
+        if self.p is None or self.p.poll() is not None:
+            started = self._start()
+            if 'error' in started: return started
+        self.p.stdin.write(json.dumps([str(src), str(dst), bool(execute)]) + '\n'); self.p.stdin.flush()
+        res = self._answer(timeout, 'processing')
+        if 'error' in res or execute: self.stop()   # a failed or executed notebook: the next one gets a fresh interpreter
+        return res
+    def _answer(self, timeout: float, doing: str) -> dict:
+        "The worker's next marked JSON line (its other output kept for the error message)."
+        import queue
+        log, deadline = [], time.monotonic() + timeout
+        while True:
+            try: line = self.q.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty: self.stop(kill=True); return {'error': f"timed out after {timeout:g}s ({doing})"}
+            if line is None:
+                self.stop(); return {'error': ''.join(log).strip()[-2000:] or 'the worker interpreter exited'}
+            if line.startswith(self.MARK): return json.loads(line[len(self.MARK):])
+            log.append(line)
+    def stop(self, kill: bool = False):
+        "End the interpreter: at once (`kill`, a hung one), else by closing its input (it ends its loop)."
+        if self.p is not None:
+            if self.p.poll() is None:
+                try:
+                    if kill: raise subprocess.TimeoutExpired('worker', 0)
+                    self.p.stdin.close(); self.p.wait(timeout=10)
+                except (OSError, subprocess.TimeoutExpired): self.p.kill(); self.p.wait()
+            self.p = None
+
+
 def process_notebooks(nbs: Path, proc: Path, execute: bool = False, force: bool = False, quiet: bool = False,
                       n_workers: int | None = None, timeout: int = 600, keep_going: bool = False, **_) -> list[str]:
-    """nbdev's `proc_nbs` (same file walk, same processors, same mtime cache) into `proc`; each notebook is
-    processed in a fresh interpreter (cwd = nbs/, `n_workers` at a time), so no notebook's state leaks into
-    another's and a crash or hang is reported against its notebook. Returns the failures (`keep_going`),
+    """nbdev's `proc_nbs` (same file walk, same processors, same mtime cache) into `proc`, by `n_workers`
+    long-lived `_Worker` interpreters (cwd = nbs/): each notebook with its own processor and kernel namespace, a
+    crash or hang reported against its notebook (and its worker replaced). Returns the failures (`keep_going`),
     otherwise exits on the first report of failures."""
     from nbdev.doclinks import nbglob
     from nbdev.serve import _proc_file
@@ -212,29 +261,29 @@ def process_notebooks(nbs: Path, proc: Path, execute: bool = False, force: bool 
     jobs = [(src, dst, execute) for src, dst, _ in jobs if src.suffix == '.ipynb']
     n = n_workers or min(2, os.cpu_count() or 1)
     failed = []
+    local, workers = threading.local(), []
     def run(job):
         src, dst, ex = job
-        cmd = [sys.executable, str(Path(__file__).resolve()), '--_proc-one', str(src), str(dst)] + (['--execute'] if ex else [])
+        if getattr(local, 'worker', None) is None: local.worker = _Worker(nbs); workers.append(local.worker)
         t0 = time.perf_counter()
-        try: r = subprocess.run(cmd, cwd=nbs, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired: return job, None, [], f"timed out after {timeout}s", time.perf_counter() - t0
-        lines = r.stdout.strip().splitlines()
-        try: res = json.loads(lines[-1]) if lines else {}
-        except ValueError: res = {}
-        if r.returncode or 'error' in res or 'seconds' not in res:
-            return job, None, [], res.get('error') or (r.stderr.strip()[-2000:] or f"exit status {r.returncode}"), time.perf_counter() - t0
+        res = local.worker.run(src, dst, ex, timeout)
+        if 'error' in res or 'seconds' not in res:
+            return job, None, [], res.get('error') or 'no result', time.perf_counter() - t0
         return job, res['seconds'], res['warnings'], None, time.perf_counter() - t0
     from concurrent.futures import ThreadPoolExecutor
-    with ThreadPoolExecutor(max(1, min(n, len(jobs)))) as ex:   # one fresh interpreter per notebook, n at a time
-        for (src, dst, _), secs, msgs, err, wall in ex.map(run, jobs):
-            name = src.relative_to(nbs)
-            if err:
-                failed.append(f"{name}: {err}")
-                if dst.exists(): dst.unlink()
-                continue
-            if not quiet:
-                print(f"  processed {name} in {wall:.1f}s" + (f" ({len(msgs)} warnings)" if msgs else ''), flush=True)
-                for m in msgs: print(f"    {m}")
+    try:
+        with ThreadPoolExecutor(max(1, min(n, len(jobs)))) as ex:   # n worker interpreters, one per thread
+            for (src, dst, _), secs, msgs, err, wall in ex.map(run, jobs):
+                name = src.relative_to(nbs)
+                if err:
+                    failed.append(f"{name}: {err}")
+                    if dst.exists(): dst.unlink()
+                    continue
+                if not quiet:
+                    print(f"  processed {name} in {wall:.1f}s" + (f" ({len(msgs)} warnings)" if msgs else ''), flush=True)
+                    for m in msgs: print(f"    {m}")
+    finally:
+        for w in workers: w.stop()
     if failed:
         msg = "build_docs: processing failed for\n  " + "\n  ".join(failed)
         if not keep_going: raise SystemExit(msg)
@@ -686,18 +735,22 @@ def build_with_quarto(force: bool = False, readme: bool = False):
     print(f"build_docs: nbdev_docs wrote {cfg.doc_path} in {time.perf_counter()-t0:.1f}s")
 
 
-def _proc_one_main(argv):
-    "Hidden CLI used by `process_notebooks`: process one notebook, print a JSON result line."
-    src, dst = Path(argv[0]).resolve(), Path(argv[1]).resolve()
-    try: secs, msgs = _proc_one((src, dst, '--execute' in argv))
-    except BaseException as e:
-        print(json.dumps({'error': str(e)})); sys.exit(1)
-    print(json.dumps({'seconds': secs, 'warnings': msgs}))
+def _proc_worker_main():
+    "Hidden CLI used by `_Worker`: read [src, dst, execute] lines, process each notebook, answer with a marked JSON line."
+    import nbdev.serve_drv, nbdev.processors   # noqa: F401 (imported before 'ready': the per-notebook timeout excludes it)
+    print('\n' + _Worker.MARK + json.dumps({'ready': True}), flush=True)
+    for line in sys.stdin:
+        src, dst, execute = json.loads(line)
+        try:
+            secs, msgs = _proc_one((Path(src).resolve(), Path(dst).resolve(), execute))
+            res = {'seconds': secs, 'warnings': msgs}
+        except BaseException as e: res = {'error': str(e)}
+        print('\n' + _Worker.MARK + json.dumps(res), flush=True)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ['--_proc-one']: return _proc_one_main(argv[1:])
+    if argv[:1] == ['--_proc-worker']: return _proc_worker_main()
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--offline', action='store_true', help='render without Quarto even where it is installed')
     ap.add_argument('--quarto', action='store_true', help='require Quarto (run nbdev_docs)')
