@@ -76,7 +76,11 @@ def is_sealed() -> bool:
     "Whether `seal()` is in force."
     return _state['sealed']
 
-_NO_DEFAULT = object()
+class _NoDefault:
+    "The `default` of `get` when none is given (a missing key then raises); shown as `<no default>`."
+    def __repr__(self): return '<no default>'
+
+_NO_DEFAULT = _NoDefault()
 DERIVED_KEYS = {'bigN': get_bigN, 'padding_size': get_padding_size, 'padded_size': get_padded_size}
 
 def get(key: str,  # legacy key, e.g. 'N', 'probe.big' or the derived 'bigN'
