@@ -81,9 +81,10 @@ def main(argv=None):
     ap.add_argument('--fixture', default=None, help="write the curves for the notebook's figure here (e.g. nbs/fixtures/amortised_bench.json)")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    import torch, warnings, logging
+    import torch, warnings
     torch.set_num_threads(a.threads); warnings.filterwarnings('ignore')
-    logging.getLogger('lightning.pytorch').setLevel(logging.ERROR)
+    from ptycho_torch_nb.core import quiet_libraries
+    quiet_libraries(False)   # Lightning's banner lines off (the fine-tune route trains), as in the CLIs
     f = lambda m: f"{m['ssim_amp']:.3f} / {m['ssim_phase']:.3f}"
     records = []
     for name, raw in cases(a.n, a.seed):
