@@ -14,8 +14,9 @@ deadline leaves, so a slow phase shortens it instead of losing the call):
 2. zero-shot rate: `reconstruct_zero_shot` of the shipped model on a --rate_n-pattern scan, on the accelerator and on
    the machine's CPU (patterns/s of inference, and the whole call with stitching);
 3. pretraining: the shipped model's recipe (`make pretrained`) on a --n_scans corpus for the time left, bf16, one scan
-   per step (--batch_size groups); writes OUT/pretrained_N64/ (wts.h5.zip, model_card.json, last.ckpt: resume a later
-   chunk with --resume OUT/pretrained_N64/last.ckpt, after copying it back);
+   per step (--batch_size groups), starting from the shipped model's weights (--init_from none: from random ones);
+   writes OUT/pretrained_N64/ (wts.h5.zip, model_card.json, last.ckpt: resume a later chunk with
+   --resume OUT/pretrained_N64/last.ckpt, after copying it back);
 4. zero-shot scores (SSIM amplitude / phase) of the new model and of the shipped one on the amortised benchmark's
    cases (`bench_amortised.cases`: held-out families, camera/astronaut, low dose).
 Everything goes to OUT/gpu_check.json. On a machine without a GPU it runs the same phases on the CPU (`--tiny` shrinks
@@ -89,20 +90,23 @@ def _resume_into(ckpt: Path, out: Path) -> float:
     return max([float(v['train_s']) for v in state.values() if isinstance(v, dict) and 'train_s' in v] or [0.0])
 
 def pretrain_chunk(out: Path, n_scans: int, budget_s: float, batch_size: int, device: str, resume, checkpoint_every: int,
-                   n_filters_scale: int = 1) -> dict:
-    "Pretrain the shipped recipe for `budget_s` more seconds of training (resuming `resume` when given)."
+                   n_filters_scale: int = 1, init_from=None) -> dict:
+    "Pretrain the shipped recipe for `budget_s` more seconds of training (resuming `resume`, or starting from `init_from`)."
     from ptycho_torch_nb.pretrain import pretrain
     done = _resume_into(Path(resume), out) if resume else 0.0
-    r = pretrain(out, n_scans=n_scans, time_budget_s=done + budget_s, batch_size=batch_size, learning_rate=5e-4,
+    init_from = None if resume else init_from
+    r = pretrain(out, n_scans=n_scans, time_budget_s=done + budget_s, batch_size=batch_size, learning_rate=5e-4, init_from=init_from,
                  n_filters_scale=n_filters_scale, seed=0, resume=bool(resume), overwrite=not resume, checkpoint_every=checkpoint_every,
                  accelerator='gpu' if device == 'cuda' else 'cpu', precision='auto', progress=True,
                  command=f"python3 benchmarks/gpu_check.py (pretraining: n_scans={n_scans}, batch_size={batch_size}, "
-                         f"n_filters_scale={n_filters_scale}, {done + budget_s:.0f} s of training{', resumed' if resume else ''})")
+                         f"n_filters_scale={n_filters_scale}, {done + budget_s:.0f} s of training{', resumed' if resume else ''}"
+                         f"{f', from {init_from}' if init_from else ''})")
     shutil.copy2(out / 'checkpoints' / 'last.ckpt', out / 'last.ckpt')   # two folders down: comes back from the device
     shutil.rmtree(out / 'checkpoints')
     t = r['card']['training']
     return dict(steps=t['steps'], train_s=t['train_s'], corpus_s=t['corpus_s'], precision=t['precision'],
-                final_loss=t['final_loss'], output_spread=t['output_spread'], sha256=r['card']['sha256'], resumed_from_s=done)
+                final_loss=t['final_loss'], output_spread=t['output_spread'], sha256=r['card']['sha256'], resumed_from_s=done,
+                init_from=t.get('init_from'))
 
 def zero_shot_scores(model_dirs: dict, n: int, device: str) -> list:
     "SSIM amplitude / phase of zero-shot per model on each of the amortised benchmark's cases."
@@ -127,6 +131,7 @@ def main(argv=None):
     ap.add_argument('--batch_size', type=int, default=64, help='groups per pretraining step (64: a whole corpus scan)')
     ap.add_argument('--n_filters_scale', type=int, default=1, help='network width (1: the shipped 2.5 MB model; 2: about 4x the weights)')
     ap.add_argument('--resume', type=Path, default=None, help="a last.ckpt of an earlier chunk to continue")
+    ap.add_argument('--init_from', default='shipped', help="weights to start from: 'shipped' (--model), 'none' (random), or a model folder")
     ap.add_argument('--model', type=Path, default=ROOT.parent / 'data' / 'pretrained_N64', help='the shipped model')
     ap.add_argument('--tiny', action='store_true', help='seconds-sized phases (a CPU smoke test of this script)')
     a = ap.parse_args(argv)
@@ -165,8 +170,9 @@ def main(argv=None):
         print(f"gpu_check: only {budget:.0f} s left for pretraining: skipped", flush=True)
     else:
         model_dir = out / 'pretrained_N64'
+        start = {'shipped': a.model, 'none': None}.get(a.init_from, a.init_from)
         rec['pretrain'] = pretrain_chunk(model_dir, tiny['n_scans'], budget, tiny['batch'], dev, a.resume, 10 if a.tiny else 1000,
-                                        a.n_filters_scale)
+                                        a.n_filters_scale, start)
         save(); p = rec['pretrain']
         print(f"pretrain: {p['steps']} steps in {p['train_s']:.0f} s ({p['precision']}), corpus {p['corpus_s']:.0f} s, "
               f"loss {p['final_loss']:.4g}, SHA-256 {p['sha256'][:12]}", flush=True)

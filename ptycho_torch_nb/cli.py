@@ -466,6 +466,8 @@ def pretrain_parser() -> argparse.ArgumentParser:
     p.add_argument('--corpus_workers', '--corpus-workers', type=positive_int, default=None,
                    help='processes simulating the corpus (default: one per core up to 16, one per 64 scans; the corpus is the same)')
     p.add_argument('--resume', action='store_true', help='continue from OUTPUT_DIR/checkpoints/last.ckpt (same corpus from the seed)')
+    p.add_argument('--init_from', '--init-from', type=Path, default=None, metavar='MODEL_DIR',
+                   help="start from this pretrained model's weights (its card is hash-checked), not from random ones")
     p.add_argument('--overwrite', action='store_true', help='replace a pretrained model already in OUTPUT_DIR')
     p.add_argument('--accelerator', choices=ACCELERATORS, default='auto', help="device kind")
     p.add_argument('--devices', type=_devices, default=1, help="devices per node, or 'auto'")
@@ -481,6 +483,8 @@ def _pretrain(argv):
                          batch_size=args.batch_size, learning_rate=args.learning_rate)   # the gate, before anything runs
     if (args.output_dir / 'wts.h5.zip').exists() and not (args.resume or args.overwrite):
         raise CLIError(f"{args.output_dir}: already holds a pretrained model; use --resume, --overwrite or another --output_dir")
+    if args.resume and args.init_from is not None:
+        raise CLIError("--init_from with --resume: the checkpoint already holds the weights; use one or the other")
     if args.resume and not (args.output_dir / 'checkpoints' / 'last.ckpt').exists():
         raise CLIError(f"{args.output_dir}: nothing to resume (no checkpoints/last.ckpt)")
     from ptycho_torch_nb.corpus import TRAINING_FAMILIES   # torch from here on: after parsing and the cheap checks
@@ -492,7 +496,7 @@ def _pretrain(argv):
                    args.batch_size, args.learning_rate, args.families, args.n_filters_scale, args.resume, args.overwrite,
                    args.checkpoint_every, args.accelerator, args.devices, args.num_nodes, args.precision,
                    progress=not args.quiet, command=' '.join(['ptycho-torch-pretrain'] + list(argv)),
-                   gradient_clip=args.gradient_clip, workers=args.corpus_workers)
+                   gradient_clip=args.gradient_clip, workers=args.corpus_workers, init_from=args.init_from)
     if 'card' in res and not args.quiet:
         t = res['card']['training']
         print(f"ptycho-torch-pretrain: wrote {res['archive']} ({t['steps']} steps, {t['wall_s']:.0f} s, sha256 {res['card']['sha256'][:12]})")

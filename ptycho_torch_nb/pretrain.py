@@ -239,6 +239,28 @@ def _trainer(out: Path, callbacks: list, steps, checkpoint_every: int, learning_
     return build_trainer(ec, out, 10 ** 6, 'train_loss', False, callbacks + [ckpt], gradient_clip_val=gradient_clip,
                          logger=False, enable_checkpointing=True, max_steps=steps if steps else -1, use_distributed_sampler=False)
 
+def _load_start(init_from, resume: bool):
+    "(model, card) of the pretrained model to start from, checked before anything is simulated; None for random weights."
+    if init_from is None: return None
+    if resume: raise ValueError(f"init_from={init_from} with resume=True: the checkpoint already holds the weights; use one or the other")
+    return load_pretrained(init_from)
+
+def _start_from(net, start, init_from) -> Optional[dict]:
+    "Copy the weights of `start` (from `_load_start`) into `net`; the card's record of it."
+    if start is None: return None
+    try: net.model.load_state_dict(start[0].model.state_dict())
+    except RuntimeError as e:
+        raise ValueError(f"{init_from}: its network does not match this one (N, n_filters_scale): {' '.join(str(e).split())[:300]}") from None
+    return dict(path=str(init_from), sha256=start[1]['sha256'], steps=start[1]['training']['steps'])
+
+def _training_record(trainer, clock, watch, spread: float, **kw) -> dict:
+    "The card's `training` entry (`kw`: the run's settings and timings)."
+    m = trainer.callback_metrics
+    return dict(steps=clock.steps, train_s=clock.train_s, precision=str(trainer.precision), **kw,
+                final_loss=float(m.get('train_loss_epoch', m.get('train_loss', float('nan')))),
+                loss='Poisson NLL per photon (divided by s^2 of the scan)', output_spread=spread, spread_history=watch.history,
+                collapsed=bool(spread < COLLAPSED_SPREAD))
+
 def pretrain(output_dir,                      # folder for wts.h5.zip, model_card.json, checkpoints/
              n_scans: int = 256,              # corpus scans
              steps: Optional[int] = None,     # optimiser steps (None: `time_budget_s`, else 1000)
@@ -259,14 +281,15 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
              gradient_clip: Optional[float] = 1.0,  # clip the gradient's norm (of the per-photon loss) to this; None: off
              watch_every: int = 500,          # steps between `output_spread` checks (0: off); a collapse stops the run
              workers: Optional[int] = None,   # processes simulating the corpus (None: `corpus_workers`; same corpus)
+             init_from=None,                  # a pretrained model to start from (card folder or archive), not from random weights
             ) -> dict:
     "Pretrain the single-scan model on a simulated corpus; returns {'archive', 'card', 'model', 'corpus', ...}."
-    out = Path(output_dir); _check_output_dir(out, resume, overwrite)
+    out = Path(output_dir); _check_output_dir(out, resume, overwrite); start = _load_start(init_from, resume)
     if steps is None and time_budget_s is None: steps = 1000
     t0 = time.perf_counter(); torch.manual_seed(seed)
     cfg, opts = scan_configs(N, n_filters_scale=n_filters_scale, batch_size=batch_size, learning_rate=learning_rate)
     corpus = build_corpus(n_scans, N, n, seed, families, int(cfg.model.gridsize), int(cfg.neighbor_count), cfg.model.probe_scale, workers)
-    net = _build_net(cfg, opts, corpus, learning_rate)
+    net = _build_net(cfg, opts, corpus, learning_rate); started = _start_from(net, start, init_from)
     gen_s = time.perf_counter() - t0
     if progress: print(f"pretrain: {n_scans} scans, {len(corpus)} groups simulated in {gen_s:.1f} s", file=sys.stderr, flush=True)
     module = Pretrainer(net, corpus)
@@ -287,11 +310,8 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
         warnings.warn(f"pretrain: the network's output is constant (amplitude spread {spread:.2g} < {COLLAPSED_SPREAD:g}): it has collapsed and is no prior", RuntimeWarning)
     archive = save_torch_bundle({'autoencoder': net, 'diffraction_to_obj': net}, out / 'wts.h5', cfg, intensity_scale=1.0)
     card = model_card(archive, corpus, cfg, opts, dict(n_scans=n_scans, positions_per_scan=n, seed=seed, families=families, seeding='scan i: numpy SeedSequence(seed).spawn(n_scans)[i]'),
-                      dict(steps=clock.steps, train_s=clock.train_s, wall_s=wall_s, corpus_s=gen_s, batch_size=batch_size,
-                           learning_rate=learning_rate, precision=str(trainer.precision), devices=trainer.world_size // max(num_nodes, 1), num_nodes=num_nodes,
-                           final_loss=float(trainer.callback_metrics.get('train_loss_epoch', trainer.callback_metrics.get('train_loss', float('nan')))),
-                           gradient_clip=gradient_clip, loss='Poisson NLL per photon (divided by s^2 of the scan)',
-                           output_spread=spread, spread_history=watch.history, collapsed=bool(spread < COLLAPSED_SPREAD)),
+                      _training_record(trainer, clock, watch, spread, wall_s=wall_s, corpus_s=gen_s, batch_size=batch_size, learning_rate=learning_rate,
+                                       devices=trainer.world_size // max(num_nodes, 1), num_nodes=num_nodes, gradient_clip=gradient_clip, init_from=started),
                       command)
     with atomic_path(out / 'model_card.json') as tmp: tmp.write_text(json.dumps(card, indent=1))
     if progress: print(f"pretrain: {clock.steps} steps in {clock.train_s:.1f} s; wrote {archive} and {out / 'model_card.json'}", file=sys.stderr, flush=True)

@@ -131,6 +131,17 @@ def test_cli(tmp_path):
     assert code == 2 and 'already holds' in err and 'Traceback' not in err and err.count('\n') == 1
     code, _, err = _cli(['--output_dir', str(tmp_path / 'x'), '--families', 'labyrinth'])
     assert code == 2 and 'labyrinth' in err
+    # continuing from a pretrained model: recorded in the card; with --resume, or from a corrupted model: one line, exit 2
+    code, _, err = _cli(['--output_dir', str(tmp_path / 'more'), '--n_scans', '2', '--positions', '8', '--steps', '1',
+                         '--batch_size', '4', '--accelerator', 'cpu', '--quiet', '--init_from', str(out)])
+    assert code == 0, err
+    assert json.loads((tmp_path / 'more' / 'model_card.json').read_text())['training']['init_from']['sha256'] == card['sha256']
+    code, _, err = _cli(['--output_dir', str(out), '--resume', '--init_from', str(out), '--quiet'])
+    assert code == 2 and '--init_from with --resume' in err and err.count('\n') == 1
+    bad = tmp_path / 'bad'; shutil.copytree(out, bad)
+    with open(bad / 'wts.h5.zip', 'r+b') as f: f.seek(100); f.write(b'\0' * 8)
+    code, _, err = _cli(['--output_dir', str(tmp_path / 'y'), '--steps', '1', '--quiet', '--init_from', str(bad)])
+    assert code == 2 and 'SHA-256' in err and 'Traceback' not in err and not (tmp_path / 'y' / 'wts.h5.zip').exists()
 
 
 def test_polish_from_zero_shot(pretrained, held_out_scan):
@@ -250,6 +261,8 @@ def test_the_prepared_gpu_check_runs(tmp_path):
     model = tmp_path / 'o' / 'pretrained_N64'
     card = json.loads((model / 'model_card.json').read_text())
     assert card['sha256'] == rec['pretrain']['sha256'] and (model / 'last.ckpt').is_file()
+    shipped = json.loads((root / 'data' / 'pretrained_N64' / 'model_card.json').read_text())
+    assert card['training']['init_from']['sha256'] == shipped['sha256']     # the chunk starts from the shipped weights
     assert not (model / 'checkpoints').exists()       # three folders down would not come back from the device machine
     spec = importlib.util.spec_from_file_location('gpu_check', script); gc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gc)
