@@ -126,7 +126,7 @@ def zero_shot_scores(model_dirs: dict, n: int, device: str) -> list:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--out', type=Path, required=True, help='folder for gpu_check.json and pretrained_N64/ (on the device: $OUT)')
-    ap.add_argument('--deadline_s', type=float, default=420, help='the whole script ends within about this (s); 420: with the start, about half of a session'"'"'s 15 device minutes')
+    ap.add_argument('--deadline_s', type=float, default=420, help="the whole script ends within about this (s); 420: with the start, about half of a session's 15 device minutes")
     ap.add_argument('--n_scans', type=int, default=4096, help='pretraining corpus scans (the shipped CPU model: 2048)')
     ap.add_argument('--batch_size', type=int, default=64, help='groups per pretraining step (64: a whole corpus scan)')
     ap.add_argument('--n_filters_scale', type=int, default=1, help='network width (1: the shipped 2.5 MB model; 2: 4x the weights, a 9.7 MB archive)')
@@ -171,6 +171,10 @@ def main(argv=None):
     else:
         model_dir = out / 'pretrained_N64'
         start = {'shipped': a.model, 'none': None}.get(a.init_from, a.init_from)
+        shipped_width = json.loads((a.model / 'model_card.json').read_text())['model']['n_filters_scale']
+        if a.init_from == 'shipped' and a.n_filters_scale != shipped_width:   # another width cannot take its weights
+            print(f"gpu_check: --n_filters_scale {a.n_filters_scale} differs from the shipped model's {shipped_width}: "
+                  "pretraining from random weights", flush=True); start = None
         rec['pretrain'] = pretrain_chunk(model_dir, tiny['n_scans'], budget, tiny['batch'], dev, a.resume, 10 if a.tiny else 1000,
                                         a.n_filters_scale, start)
         save(); p = rec['pretrain']
