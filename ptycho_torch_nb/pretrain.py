@@ -393,9 +393,9 @@ def reconstruct_zero_shot(pretrained,         # model_card.json / its folder / a
                           accelerator: str = 'auto'  # where inference runs (`training.inference_device`: a GPU when visible)
                          ) -> dict:
     "Stitched object of `scan` from the pretrained network alone: {'stitched_obj', 'amplitude', 'phase', 'weights', 'seconds', 'metrics'}."
-    t0 = time.perf_counter()
+    t0, device = time.perf_counter(), inference_device(accelerator)   # a bad accelerator is refused before any loading
     model, card = pretrained if isinstance(pretrained, tuple) else load_pretrained(pretrained)
-    check_fits(card, scan); use_scan(model, scan); model.to(inference_device(accelerator))
+    check_fits(card, scan); use_scan(model, scan); model.to(device)
     m = model.model
     c = grouped_container(scan, m.N, m.gridsize, scan_nphotons(scan), K=int(model.tc['neighbor_count']), seed=seed)
     patches = predict_scan(model, c, batch_size)                 # each pattern's view of its group's merge

@@ -12,7 +12,7 @@ from .core import require_torch
 torch = require_torch()
 import lightning as L
 from . import physics
-from .config import PyTorchExecutionConfig
+from .config import PyTorchExecutionConfig, VALID_ACCELERATORS
 from .model import warmup_cosine
 
 # %% auto #0
@@ -41,8 +41,8 @@ def resolve_precision(precision: str = 'auto',  # 'auto' or a Lightning precisio
 def inference_device(accelerator: str = 'auto',  # 'auto' (a GPU when one is visible), 'cpu', 'gpu'/'cuda', 'mps'
                     ) -> str:
     "The torch device inference runs on: 'cuda' or 'mps' when asked for (or 'auto') and present, else 'cpu'."
-    if accelerator not in ('auto', 'cpu', 'gpu', 'cuda', 'mps'):
-        raise ValueError(f"accelerator={accelerator!r}: expected 'auto', 'cpu', 'gpu', 'cuda' or 'mps'")
+    if accelerator not in VALID_ACCELERATORS:
+        raise ValueError(f"accelerator={accelerator!r}: expected one of {list(VALID_ACCELERATORS)}")
     if accelerator in ('auto', 'gpu', 'cuda') and torch.cuda.is_available(): return 'cuda'
     mps = getattr(torch.backends, 'mps', None)
     if accelerator == 'mps' and mps is not None and mps.is_available(): return 'mps'

@@ -150,12 +150,18 @@ def _nb(cells):
             'language': 'python', 'name': 'python3'}}, 'nbformat': 4, 'nbformat_minor': 5}
 
 
-def test_processing_rules(tmp_path):
+def _tiny_project(tmp_path) -> Path:
+    "A project folder with this repository's settings.ini (library folder `tinylib`); returns its nbs/."
     proj, nbs = tmp_path / 'proj', tmp_path / 'proj' / 'nbs'
     nbs.mkdir(parents=True)
     ini = (REPO / 'settings.ini').read_text()
     (proj / 'settings.ini').write_text(re.sub(r'(?m)^lib_path\s*=.*$', 'lib_path = tinylib', ini))
     (proj / 'tinylib').mkdir()
+    return nbs
+
+
+def test_processing_rules(tmp_path):
+    nbs = _tiny_project(tmp_path)
     (nbs / 'images').mkdir()
     (nbs / 'images' / 'dot.png').write_bytes(base64.b64decode(_PNG))
     img_out = {'output_type': 'display_data', 'metadata': {}, 'data': {'image/png': _PNG, 'text/plain': ['<Figure>']}}
@@ -332,11 +338,7 @@ def test_site_in_browser(site):
 
 def test_a_failing_or_hanging_notebook_is_named_and_the_rest_are_built(tmp_path):
     "The long-lived workers: a notebook that raises or hangs is reported by name; the next one gets a fresh interpreter."
-    proj, nbs = tmp_path / 'proj', tmp_path / 'proj' / 'nbs'
-    nbs.mkdir(parents=True)
-    ini = (REPO / 'settings.ini').read_text()
-    (proj / 'settings.ini').write_text(re.sub(r'(?m)^lib_path\s*=.*$', 'lib_path = tinylib', ini))
-    (proj / 'tinylib').mkdir()
+    nbs = _tiny_project(tmp_path)
     def nb(name, title, body):
         (nbs / name).write_text(json.dumps(_nb([('code', f'#| default_exp {name[3:-6]}'), ('markdown', f'# {title}'),
                                                  ('code', '#| export\n' + body)])))

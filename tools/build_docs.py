@@ -40,7 +40,7 @@ it was saved in the notebook. `--execute` first runs each notebook (cells flagge
 of the notebook tests.
 """
 from __future__ import annotations
-import argparse, base64, fnmatch, html, json, os, re, shutil, subprocess, sys, threading, time, warnings
+import argparse, base64, fnmatch, html, json, os, queue, re, shutil, subprocess, sys, threading, time, warnings
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -199,7 +199,6 @@ class _Worker:
     MARK = '@@build_docs_result@@'
     def __init__(self, nbs: Path): self.nbs, self.p, self.q = nbs, None, None
     def _start(self):
-        import queue, threading
         self.p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), '--_proc-worker'], cwd=self.nbs, text=True,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
         self.q = queue.Queue()
@@ -218,7 +217,6 @@ class _Worker:
         return res
     def _answer(self, timeout: float, doing: str) -> dict:
         "The worker's next marked JSON line (its other output kept for the error message)."
-        import queue
         log, deadline = [], time.monotonic() + timeout
         while True:
             try: line = self.q.get(timeout=max(0.0, deadline - time.monotonic()))
