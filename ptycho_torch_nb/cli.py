@@ -468,6 +468,8 @@ def pretrain_parser() -> argparse.ArgumentParser:
     p.add_argument('--resume', action='store_true', help='continue from OUTPUT_DIR/checkpoints/last.ckpt (same corpus from the seed)')
     p.add_argument('--init_from', '--init-from', type=Path, default=None, metavar='MODEL_DIR',
                    help="start from this pretrained model's weights (its card is hash-checked), not from random ones")
+    p.add_argument('--label_weight', '--label-weight', type=float, default=0.0,
+                   help="add this times the label loss against the corpus' true patches (0: the physics loss alone; labels cost memory)")
     p.add_argument('--overwrite', action='store_true', help='replace a pretrained model already in OUTPUT_DIR')
     p.add_argument('--accelerator', choices=ACCELERATORS, default='auto', help="device kind")
     p.add_argument('--devices', type=_devices, default=1, help="devices per node, or 'auto'")
@@ -480,7 +482,7 @@ def pretrain_parser() -> argparse.ArgumentParser:
 def _pretrain(argv):
     args = pretrain_parser().parse_args(argv)
     validate_run_options('ptycho-torch-pretrain', N=args.N, seed=args.seed, time_budget_s=args.time_budget,
-                         batch_size=args.batch_size, learning_rate=args.learning_rate)   # the gate, before anything runs
+                         batch_size=args.batch_size, learning_rate=args.learning_rate, label_weight=args.label_weight)   # the gate
     if (args.output_dir / 'wts.h5.zip').exists() and not (args.resume or args.overwrite):
         raise CLIError(f"{args.output_dir}: already holds a pretrained model; use --resume, --overwrite or another --output_dir")
     if args.resume and args.init_from is not None:
@@ -496,7 +498,8 @@ def _pretrain(argv):
                    args.batch_size, args.learning_rate, args.families, args.n_filters_scale, args.resume, args.overwrite,
                    args.checkpoint_every, args.accelerator, args.devices, args.num_nodes, args.precision,
                    progress=not args.quiet, command=' '.join(['ptycho-torch-pretrain'] + list(argv)),
-                   gradient_clip=args.gradient_clip, workers=args.corpus_workers, init_from=args.init_from)
+                   gradient_clip=args.gradient_clip, workers=args.corpus_workers, init_from=args.init_from,
+                   label_weight=args.label_weight)
     if 'card' in res and not args.quiet:
         t = res['card']['training']
         print(f"ptycho-torch-pretrain: wrote {res['archive']} ({t['steps']} steps, {t['wall_s']:.0f} s, sha256 {res['card']['sha256'][:12]})")

@@ -298,6 +298,7 @@ RUN_OPTION_RULES = {  # option -> (test, what is allowed); None values are skipp
     'step': (lambda v: _finite(v) and 0 < v <= 2, "a number in (0, 2] (the free-object solver's PIE step; 1: full)"),
     'alpha': (lambda v: _finite(v) and 0 <= v <= 1, "a number in [0, 1] (the solver's regularisation of Σ|P|²)"),
     'momentum': (lambda v: _finite(v) and 0 <= v <= 0.99, "a number in [0, 0.99] (the solver's momentum per pass; 0: none)"),
+    'label_weight': (lambda v: _finite(v) and v >= 0, "a finite number >= 0 (pretraining's label term; 0: the physics loss alone)"),
 }
 
 def validate_run_options(where: str = 'options',  # named in the error (a file, 'ptycho-torch-train', ...)

@@ -413,8 +413,9 @@ def grouped_corpus_scan(stream,               # `numpy.random.SeedSequence` (or 
                         K: int = 6,           # neighbours a group is drawn from
                         probe_scale: float = 4.0,  # the model's probe normalisation (`ModelConfig.probe_scale`)
                         seed: int = 0,        # the corpus seed
+                        labels: bool = False, # also keep each pattern's true object patch ('labels', complex64 [n, N, N])
                        ) -> dict:
-    "{'patterns' [n, N, N], 'groups' [n, C] (indices into patterns), 'coords' [n, C, 1, 2], 'probe', 'scale', 'record'} of one scan."
+    "{'patterns' [n, N, N], 'groups' [n, C] (indices into patterns), 'coords' [n, C, 1, 2], 'probe', 'scale', 'record'[, 'labels']} of one scan."
     import torch
     from ptycho_torch_nb.data_container import grouped_container
     from ptycho_torch_nb.physics import normalize_probe
@@ -423,9 +424,12 @@ def grouped_corpus_scan(stream,               # `numpy.random.SeedSequence` (or 
     c = grouped_container(raw, N, gridsize, raw.metadata['nphotons'], K=K, seed=seed + index)
     nn = c.nn_indices                                          # one group per position: group m starts at pattern m
     if index % 64 == 63: release_memory()   # every 64th scan: the simulation's freed temporaries back to the OS (else ~10 MB per scan stays)
-    return dict(patterns=c.X[torch.argsort(nn[:, 0]), 0].clone(), groups=nn, coords=c.coords_relative,
-                probe=normalize_probe(torch.as_tensor(raw.probeGuess), probe_scale), scale=float(c.intensity_scale),
-                record=raw.metadata['corpus'])
+    order = torch.argsort(nn[:, 0])
+    out = dict(patterns=c.X[order, 0].clone(), groups=nn, coords=c.coords_relative,
+               probe=normalize_probe(torch.as_tensor(raw.probeGuess), probe_scale), scale=float(c.intensity_scale),
+               record=raw.metadata['corpus'])
+    if labels: out['labels'] = c.Y[order, 0].clone()             # the true patch at each pattern's position
+    return out
 
 
 # %% ../nbs/03e_corpus.ipynb #c1a32264

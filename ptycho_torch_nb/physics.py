@@ -15,7 +15,7 @@ __all__ = ['torch', 'translate', 'shift_into_canvas', 'shifted_window', 'probe_d
            'smooth_complex', 'illuminate', 'far_field_amplitude', 'diffraction_amplitude', 'backprop_estimate',
            'padded_size', 'centre_mask', 'pad_to', 'crop_centre', 'merge_patches', 'extract_patches', 'weighted_merge',
            'intensity_scale_closed_form', 'scale_input', 'unscale_output', 'poisson_nll', 'mae_loss', 'total_variation',
-           'realspace_loss', 'combined_loss']
+           'realspace_loss', 'combined_loss', 'label_loss']
 
 # %% ../nbs/03_physics.ipynb #1365d52e
 def _shift_axis(x,  # [n, c, H, W]
@@ -334,3 +334,16 @@ def combined_loss(pred_amp,  # s·Â [B, C, N, N]
                            if (realspace_weight and pred_obj is not None) else zero)
     terms['loss'] = nll_weight * terms['poisson'] + mae_weight * terms['mae'] + realspace_weight * terms['realspace']
     return terms
+
+# %% ../nbs/03_physics.ipynb #966befe7
+def label_loss(pred_obj,  # [..., N, N] complex predicted patches
+               target_obj,  # [..., N, N] complex true patches
+               probe,  # [N, N] complex probe: its intensity weights the pixels
+               eps: float = 1e-12,  # guard of the divisions
+              ):
+    "Mean over patches of Σw|c·O − Y|² / Σw|Y|², w = |P|²/max|P|², c the complex scale that fits O to Y best."
+    w = probe.abs().square().to(torch.float32); w = w / w.max().clamp_min(eps)
+    pred_obj, target_obj = pred_obj.to(torch.complex64), target_obj.to(torch.complex64)
+    c = (w * target_obj * pred_obj.conj()).sum((-2, -1), keepdim=True) / ((w * pred_obj.abs().square()).sum((-2, -1), keepdim=True) + eps)
+    err = (w * (c * pred_obj - target_obj).abs().square()).sum((-2, -1))
+    return (err / ((w * target_obj.abs().square()).sum((-2, -1)) + eps)).mean()

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 import lightning as L
 from .core import atomic_path, repo_root, release_memory
-from .config import ModelConfig, TrainingConfig, ScanOptions
+from .config import ModelConfig, TrainingConfig, ScanOptions, validate_run_options
 from .data_container import grouped_container, scan_nphotons
 from .simulation import probe_diameter
 from .corpus import corpus_spec, grouped_corpus_scan, TRAINING_FAMILIES
-from .physics import combined_loss, padded_size
+from .physics import combined_loss, label_loss, padded_size
 from .model import PtychoPINN_Lightning
 from .stitching import stitch_scan
 from .evaluation import score_scan, ground_truth_on_canvas
@@ -38,6 +38,7 @@ class Corpus:
     probes: torch.Tensor           # [S, N, N] complex64 normalised probes
     scales: torch.Tensor           # [S] float32 s = sqrt(nphotons)/(N/2)
     records: list                  # [S] `sample_scan` metadata (family, probe, overlap, ...)
+    labels: Optional[torch.Tensor] = None  # [sum M, N, N] complex64 true patch of every pattern (`labels=True` only)
     def __len__(self): return len(self.groups)
     @property
     def n_scans(self) -> int: return len(self.probes)
@@ -55,12 +56,13 @@ def build_corpus(n_scans: int,            # scans to simulate
                  K: int = 6,              # neighbours a group is drawn from
                  probe_scale: float = 4.0,# ModelConfig.probe_scale (the model's probe normalisation)
                  workers: Optional[int] = None,  # processes simulating scans (None: `corpus_workers`); the corpus does not depend on it
+                 labels: bool = False,    # also keep the true object patch of every pattern (for `Pretrainer(label_weight=...)`)
                 ) -> Corpus:
     "Simulate `n_scans` corpus scans (scan i from its own stream `SeedSequence(seed).spawn`) and group each like `reconstruct_scan` does."
     if n_scans < 1: raise ValueError(f"n_scans={n_scans}: expected at least one scan")
     workers = corpus_workers(n_scans) if workers is None else int(workers)
     if workers < 1: raise ValueError(f"workers={workers}: expected at least one process")
-    one = functools.partial(grouped_corpus_scan, N=N, n=n, families=families, gridsize=gridsize, K=K, probe_scale=probe_scale, seed=seed)
+    one = functools.partial(grouped_corpus_scan, N=N, n=n, families=families, gridsize=gridsize, K=K, probe_scale=probe_scale, seed=seed, labels=labels)
     streams = np.random.SeedSequence(seed).spawn(n_scans)
     if workers == 1: scans = list(map(one, streams, range(n_scans)))
     else:
@@ -74,7 +76,7 @@ def build_corpus(n_scans: int,            # scans to simulate
     return Corpus(torch.cat([s['patterns'] for s in scans]), torch.cat([s['groups'] + int(o) for s, o in zip(scans, sizes)]),
                   torch.cat([s['coords'] for s in scans]), torch.cat([torch.full((len(s['groups']),), i) for i, s in enumerate(scans)]),
                   torch.stack([s['probe'] for s in scans]), torch.tensor([s['scale'] for s in scans], dtype=torch.float32),
-                  [s['record'] for s in scans])
+                  [s['record'] for s in scans], torch.cat([s['labels'] for s in scans]) if labels else None)
 
 
 # %% ../nbs/05b_pretrain.ipynb #1aeb78ed
@@ -108,13 +110,15 @@ class ScanBatchSampler(torch.utils.data.Sampler):
     def __len__(self): return len(self._batches())
 
 class CorpusDataset(torch.utils.data.Dataset):
-    "Batch `{'X' [B,C,N,N], 'coords_relative' [B,C,1,2], 'scan' [B]}` gathered from a `Corpus`."
+    "Batch `{'X' [B,C,N,N], 'coords_relative' [B,C,1,2], 'scan' [B]}` (and 'Y' [B,C,N,N], the true patches, if it has labels) gathered from a `Corpus`."
     def __init__(self, corpus: Corpus): self.c = corpus
     def __len__(self): return len(self.c)
     def __getitem__(self, i): return self.__getitems__([i])
     def __getitems__(self, idx):
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return {'X': self.c.patterns[self.c.groups[idx]], 'coords_relative': self.c.coords_relative[idx], 'scan': self.c.scan[idx]}
+        out = {'X': self.c.patterns[self.c.groups[idx]], 'coords_relative': self.c.coords_relative[idx], 'scan': self.c.scan[idx]}
+        if self.c.labels is not None: out['Y'] = self.c.labels[self.c.groups[idx]]
+        return out
 
 def _keep(batch): return batch
 
@@ -138,11 +142,14 @@ def output_spread(net,  # a `PtychoPINN_Lightning`
     return float(np.mean(vals))
 
 class Pretrainer(L.LightningModule):
-    "Self-supervised training of a single-scan model on a `Corpus` (one scan per batch)."
+    "Self-supervised training of a single-scan model on a `Corpus` (one scan per batch), optionally with a label term."
     def __init__(self, net,                  # the model to train (`PtychoPINN_Lightning`, intensity scale 1)
-                 corpus: Corpus):
+                 corpus: Corpus,
+                 label_weight: float = 0.0): # weight of `physics.label_loss` against the corpus' true patches (needs `corpus.labels`)
         super().__init__()
-        self.net = net
+        if label_weight and corpus.labels is None:
+            raise ValueError(f"label_weight={label_weight}: the corpus has no labels (build it with labels=True)")
+        self.net, self.label_weight = net, float(label_weight)
         self.register_buffer('probes', corpus.probes, persistent=False)
         self.register_buffer('scales', corpus.scales, persistent=False)
     def compute_losses(self, batch) -> dict:
@@ -152,8 +159,11 @@ class Pretrainer(L.LightningModule):
         d = m.forward_details(batch['X'], batch['coords_relative'], probe=self.probes[k])
         s = self.scales[k]
         pred = s * d['pred_amp_scaled'] / m.intensity_scale              # s r A
-        terms = combined_loss(pred, s * batch['X'], tc['nll_weight'], tc['mae_weight'])
-        return {k: v / (s * s) for k, v in terms.items()}                # per photon: every dose pulls alike
+        terms = {k: v / (s * s) for k, v in combined_loss(pred, s * batch['X'], tc['nll_weight'], tc['mae_weight']).items()}  # per photon
+        if self.label_weight:   # a relative error: dose-free already
+            terms['label'] = label_loss(d['obj'], batch['Y'], self.probes[k])
+            terms['loss'] = terms['loss'] + self.label_weight * terms['label']
+        return terms
     def training_step(self, batch, batch_idx):
         loss = self.compute_losses(batch)['loss']
         self.log('train_loss', loss, on_step=True, on_epoch=True, batch_size=len(batch['X']), prog_bar=False)
@@ -258,7 +268,8 @@ def _training_record(trainer, clock, watch, spread: float, **kw) -> dict:
     m = trainer.callback_metrics
     return dict(steps=clock.steps, train_s=clock.train_s, precision=str(trainer.precision), **kw,
                 final_loss=float(m.get('train_loss_epoch', m.get('train_loss', float('nan')))),
-                loss='Poisson NLL per photon (divided by s^2 of the scan)', output_spread=spread, spread_history=watch.history,
+                loss='Poisson NLL per photon (divided by s^2 of the scan)' + (f" + {kw['label_weight']:g} x label_loss (true patches)" if kw.get('label_weight') else ''),
+                output_spread=spread, spread_history=watch.history,
                 collapsed=bool(spread < COLLAPSED_SPREAD))
 
 def pretrain(output_dir,                      # folder for wts.h5.zip, model_card.json, checkpoints/
@@ -282,17 +293,21 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
              watch_every: int = 500,          # steps between `output_spread` checks (0: off); a collapse stops the run
              workers: Optional[int] = None,   # processes simulating the corpus (None: `corpus_workers`; same corpus)
              init_from=None,                  # a pretrained model to start from (card folder or archive), not from random weights
+             label_weight: float = 0.0,       # > 0: add this times `physics.label_loss` against the corpus' true patches (labels kept in memory)
             ) -> dict:
     "Pretrain the single-scan model on a simulated corpus; returns {'archive', 'card', 'model', 'corpus', ...}."
+    validate_run_options('pretrain', N=N, seed=seed, time_budget_s=time_budget_s, batch_size=batch_size, learning_rate=learning_rate,
+                         label_weight=label_weight)
     out = Path(output_dir); _check_output_dir(out, resume, overwrite); start = _load_start(init_from, resume)
     if steps is None and time_budget_s is None: steps = 1000
     t0 = time.perf_counter(); torch.manual_seed(seed)
     cfg, opts = scan_configs(N, n_filters_scale=n_filters_scale, batch_size=batch_size, learning_rate=learning_rate)
-    corpus = build_corpus(n_scans, N, n, seed, families, int(cfg.model.gridsize), int(cfg.neighbor_count), cfg.model.probe_scale, workers)
+    corpus = build_corpus(n_scans, N, n, seed, families, int(cfg.model.gridsize), int(cfg.neighbor_count), cfg.model.probe_scale, workers,
+                          labels=label_weight > 0)
     net = _build_net(cfg, opts, corpus, learning_rate); started = _start_from(net, start, init_from)
     gen_s = time.perf_counter() - t0
     if progress: print(f"pretrain: {n_scans} scans, {len(corpus)} groups simulated in {gen_s:.1f} s", file=sys.stderr, flush=True)
-    module = Pretrainer(net, corpus)
+    module = Pretrainer(net, corpus, label_weight)
     clock = PretrainClock(time_budget_s, steps, learning_rate, opts.warmup_fraction, opts.lr_min_ratio, progress=progress)
     watch = SpreadWatch(corpus, watch_every, progress)
     trainer = _trainer(out, [clock, watch], steps, checkpoint_every, learning_rate, gradient_clip,
@@ -308,14 +323,20 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
     spread = output_spread(net, corpus)
     if spread < COLLAPSED_SPREAD:
         warnings.warn(f"pretrain: the network's output is constant (amplitude spread {spread:.2g} < {COLLAPSED_SPREAD:g}): it has collapsed and is no prior", RuntimeWarning)
-    archive = save_torch_bundle({'autoencoder': net, 'diffraction_to_obj': net}, out / 'wts.h5', cfg, intensity_scale=1.0)
-    card = model_card(archive, corpus, cfg, opts, dict(n_scans=n_scans, positions_per_scan=n, seed=seed, families=families, seeding='scan i: numpy SeedSequence(seed).spawn(n_scans)[i]'),
-                      _training_record(trainer, clock, watch, spread, wall_s=wall_s, corpus_s=gen_s, batch_size=batch_size, learning_rate=learning_rate,
-                                       devices=trainer.world_size // max(num_nodes, 1), num_nodes=num_nodes, gradient_clip=gradient_clip, init_from=started),
-                      command)
-    with atomic_path(out / 'model_card.json') as tmp: tmp.write_text(json.dumps(card, indent=1))
+    run = _training_record(trainer, clock, watch, spread, wall_s=wall_s, corpus_s=gen_s, batch_size=batch_size, learning_rate=learning_rate,
+                           devices=trainer.world_size // max(num_nodes, 1), num_nodes=num_nodes, gradient_clip=gradient_clip,
+                           init_from=started, label_weight=label_weight)
+    archive, card = _write_model(out, net, corpus, cfg, opts, dict(n_scans=n_scans, positions_per_scan=n, seed=seed, families=families,
+                                 seeding='scan i: numpy SeedSequence(seed).spawn(n_scans)[i]'), run, command)
     if progress: print(f"pretrain: {clock.steps} steps in {clock.train_s:.1f} s; wrote {archive} and {out / 'model_card.json'}", file=sys.stderr, flush=True)
     return dict(archive=archive, card=card, model=net, corpus=corpus, clock=clock)
+
+def _write_model(out: Path, net, corpus: Corpus, cfg, opts: ScanOptions, corpus_args: dict, training: dict, command):
+    "(archive, card): the network's archive and its `model_card.json`, each written under a temporary name and renamed."
+    archive = save_torch_bundle({'autoencoder': net, 'diffraction_to_obj': net}, out / 'wts.h5', cfg, intensity_scale=1.0)
+    card = model_card(archive, corpus, cfg, opts, corpus_args, training, command)
+    with atomic_path(out / 'model_card.json') as tmp: tmp.write_text(json.dumps(card, indent=1))
+    return archive, card
 
 # %% ../nbs/05b_pretrain.ipynb #0e4b94fb
 CARD_FORMAT = 'ptycho_torch_nb pretrained model card'

@@ -144,6 +144,19 @@ def test_cli(tmp_path):
     assert code == 2 and 'SHA-256' in err and 'Traceback' not in err and not (tmp_path / 'y' / 'wts.h5.zip').exists()
 
 
+def test_cli_label_weight(tmp_path):
+    # with labels: the card says which loss made the model; a negative weight is refused before anything is simulated
+    out = tmp_path / 'labelled'
+    code, _, err = _cli(['--output_dir', str(out), '--n_scans', '2', '--positions', '8', '--steps', '2', '--batch_size', '4',
+                         '--accelerator', 'cpu', '--quiet', '--label_weight', '0.5'])
+    assert code == 0, err
+    t = json.loads((out / 'model_card.json').read_text())['training']
+    assert t['label_weight'] == 0.5 and 'label_loss' in t['loss']
+    for bad in ('-1', 'inf'):
+        code, _, err = _cli(['--output_dir', str(tmp_path / 'z'), '--label_weight', bad])
+        assert code == 2 and 'label_weight' in err and err.count('\n') == 1 and not (tmp_path / 'z').exists()
+
+
 def test_polish_from_zero_shot(pretrained, held_out_scan):
     from ptycho_torch_nb.reconstruct import polish
     out, _ = pretrained
@@ -263,6 +276,7 @@ def test_the_prepared_gpu_check_runs(tmp_path):
     assert card['sha256'] == rec['pretrain']['sha256'] and (model / 'last.ckpt').is_file()
     shipped = json.loads((root / 'data' / 'pretrained_N64' / 'model_card.json').read_text())
     assert card['training']['init_from']['sha256'] == shipped['sha256']     # the chunk starts from the shipped weights
+    assert card['training']['label_weight'] == 1.0 and rec['pretrain']['label_weight'] == 1.0   # with the label term by default
     assert not (model / 'checkpoints').exists()       # three folders down would not come back from the device machine
     spec = importlib.util.spec_from_file_location('gpu_check', script); gc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gc)
