@@ -5,8 +5,8 @@ For each case (scans of the held-out corpus families `corpus.HELD_OUT_FAMILIES`,
 - flat: the same-physics free-object solver `reconstruct.iterative_reference` from an object of ones, scored every
   few epochs (its curve of SSIM against wall time);
 - zero-shot: `pretrain.reconstruct_zero_shot` (inference + stitching only);
-- polish: `reconstruct.polish` after zero-shot (its default start: the zero-shot object unless a flat object fits the
-  data better; time counted from the start of zero-shot);
+- polish: `reconstruct.polish` after zero-shot (its default start: the zero-shot phase on a unit amplitude, unless a
+  flat object fits the data better than the zero-shot object; time counted from the start of zero-shot);
 - fine-tune: `reconstruct_scan(init_from=<pretrained>)` for --finetune_s seconds, then scored.
 Target = the flat solver's final SSIM minus 0.01 (amplitude and phase); it prints the time each route needs to reach
 it and the ratio to the flat solver's (acceptance: polish or fine-tune <= 0.5x), the zero-shot scores and times
@@ -66,7 +66,18 @@ def run_case(name, raw, model_dir, a):
     rec['flat_at_equal_time'] = at[-1] if at else None
     at = [r for r in flat['snapshots'] if r['train_s'] <= zs['seconds']]
     rec['flat_at_zero_shot_time'] = at[-1] if at else None
+    rec['ahead_at'] = ahead_at(pol_curve, flat['snapshots'])
     return rec
+
+def ahead_at(route, solver):
+    "Times of `route`'s points at which both its SSIMs are >= the solver's latest point at or before that time: (times ahead, all times)."
+    ahead, times = [], []
+    for r in route:
+        before = [q for q in solver if q['train_s'] <= r['train_s']]
+        if not before: continue
+        times.append(round(r['train_s'], 2))
+        if r['ssim_amp'] >= before[-1]['ssim_amp'] and r['ssim_phase'] >= before[-1]['ssim_phase']: ahead.append(times[-1])
+    return ahead, times
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -103,6 +114,9 @@ def main(argv=None):
         if eq and end:
             print(f"{'':38s} at equal wall time {end['train_s']:.1f} s: zero-shot + polish {f(end)}, flat solver {f(eq)} "
                   f"({'amortised >= solver' if end['ssim_amp'] >= eq['ssim_amp'] and end['ssim_phase'] >= eq['ssim_phase'] else 'solver ahead'})", flush=True)
+        ahead, times = r['ahead_at']
+        print(f"{'':38s} zero-shot + polish >= the solver at equal wall time at {len(ahead)} of its {len(times)} scored times"
+              + (f" (from {ahead[0]:.1f} s{'' if ahead == times[times.index(ahead[0]):] else ', not at every later one'})" if ahead else ''), flush=True)
     if a.out: Path(a.out).write_text(json.dumps(records, indent=1, default=float))
     if a.fixture: write_fixture(a.fixture, records, a, argv)
     return 0

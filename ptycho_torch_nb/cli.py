@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, dataclasses, os, sys, warnings
 from pathlib import Path
 from typing import Optional, Sequence
-from .config import ScanOptions, GENERATOR_MODES, validate_run_options
+from .config import ScanOptions, GENERATOR_MODES, POLISH_STARTS, validate_run_options
 from .core import (OneLineParser, run_command, quiet_libraries, positive_int, non_negative_int, positive_float,
                                   HelpFormatter)
 from .hdf5_data import add_hdf5_arguments, hdf5_options, is_hdf5, load_scan, scan_facts  # numpy/h5py: --help stays torch-free
@@ -349,6 +349,8 @@ def reconstruct_parser() -> argparse.ArgumentParser:
                    help='stop the polish after the pass that reaches this many seconds (needs --polish, then the most passes)')
     p.add_argument('--polish_probe', '--polish-probe', action='store_true',
                    help='the polish also refines the probe (written as probe.npy)')
+    p.add_argument('--polish_start', '--polish-start', choices=POLISH_STARTS, default=None,
+                   help="the polish's start: the network's phase on a unit amplitude ('phase'), its whole image ('network'), or 'auto': the phase when the image fits the data better than a flat object, else flat (default: auto)")
     p.add_argument('--gridsize', type=int, default=None, help=f"patterns per group = gridsize² (default: {_SCAN.gridsize})")
     p.add_argument('--neighbor_count', '--neighbor-count', type=int, default=None, metavar='K',
                    help=f"neighbours a training group is drawn from (default: {_SCAN.neighbor_count})")
@@ -385,8 +387,8 @@ def _reconstruct(argv):
     args = reconstruct_parser().parse_args(argv)   # a usage error: one line, exit 2 (`_run`)
     validate_run_options('ptycho-torch-reconstruct', time_budget_s=args.time_budget, M=args.M, seed=args.seed, nepochs=args.nepochs,
                          gridsize=args.gridsize, batch_size=args.batch_size, learning_rate=args.learning_rate)   # the gate
-    if (args.polish_budget is not None or args.polish_probe) and not args.polish:
-        raise CLIError("--polish_budget and --polish_probe set up the polish: give --polish EPOCHS too")
+    if (args.polish_budget is not None or args.polish_probe or args.polish_start) and not args.polish:
+        raise CLIError("--polish_budget, --polish_probe and --polish_start set up the polish: give --polish EPOCHS too")
     scan = _check_scan(Path(args.scan), 'scan file', args, loaded=True)   # read once, used by every route
     if args.init_from is not None:
         ip = Path(args.init_from)
@@ -415,7 +417,8 @@ def _reconstruct(argv):
                                seed=args.seed, overwrite=args.overwrite, **opts)
         head = f"trained {res['train_seconds']:.1f} s"
     if args.polish:
-        res = polish(scan, res, args.polish, seed=args.seed, refine_probe=args.polish_probe, time_budget_s=args.polish_budget)
+        res = polish(scan, res, args.polish, start=args.polish_start or 'auto', seed=args.seed, refine_probe=args.polish_probe,
+                     time_budget_s=args.polish_budget)
         res['route'] = 'polish'; save_scan_outputs(res, out)
         head += f", polished {res['epochs']} passes in {res['seconds']:.1f} s" + (', probe refined' if args.polish_probe else '')
     m = res.get('metrics')

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['N_IMAGES_DEPRECATION', 'KEY_MAPPINGS', 'RUN_OPTION_RULES', 'VALID_ACCELERATORS', 'VALID_PRECISIONS', 'MERGE_WEIGHTS',
-           'GENERATOR_MODES', 'SCAN_PRECISIONS', 'CONFIG_TYPES', 'ModelConfig', 'TrainingConfig', 'InferenceConfig',
-           'legacy_key', 'dataclass_to_legacy_dict', 'update_legacy_dict', 'validate_model_config',
+           'GENERATOR_MODES', 'POLISH_STARTS', 'SCAN_PRECISIONS', 'CONFIG_TYPES', 'ModelConfig', 'TrainingConfig',
+           'InferenceConfig', 'legacy_key', 'dataclass_to_legacy_dict', 'update_legacy_dict', 'validate_model_config',
            'validate_training_config', 'validate_inference_config', 'validate_config', 'validate_run_options',
            'validate_run', 'PyTorchExecutionConfig', 'check_model_options', 'ScanOptions', 'validate_scan_options',
            'config_to_dict', 'config_from_dict', 'save_config', 'load_yaml_config', 'load_config']
@@ -434,6 +434,7 @@ def _validate_execution(c: PyTorchExecutionConfig):
 # %% ../nbs/01_config.ipynb #94581472
 MERGE_WEIGHTS = ('full', 'probe', 'centre')  # 'centre' is the reference's merge
 GENERATOR_MODES = ('group', 'pattern')  # 'group' is the reference CNN
+POLISH_STARTS = ('auto', 'network', 'phase')  # where `reconstruct.polish` starts the solver
 SCAN_PRECISIONS = ('auto',) + VALID_PRECISIONS
 
 def check_model_options(merge_weight: str = 'centre',  # see `ScanOptions`

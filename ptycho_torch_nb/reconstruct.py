@@ -11,7 +11,7 @@ import numpy as np
 from .core import require_torch, atomic_path, jsonable
 torch = require_torch()
 from . import physics, params
-from .config import ModelConfig, TrainingConfig, ScanOptions, update_legacy_dict, validate_run, validate_run_options
+from .config import ModelConfig, TrainingConfig, ScanOptions, POLISH_STARTS, update_legacy_dict, validate_run, validate_run_options
 from .raw_data import RawDataTorch
 from .data_container import PtychoDataContainerTorch, grouped_container, inference_container, scan_nphotons
 from .simulation import extract_patches_torch
@@ -26,7 +26,7 @@ from .persistence import load_torch_bundle, save_torch_bundle
 __all__ = ['torch', 'SCAN_FIELDS', 'PIE_ALPHA', 'scan_defaults', 'scan_options', 'options_for_config', 'merge_canvas_size',
            'scan_model', 'scan_setup', 'scan_execution_config', 'scan_containers', 'fit_scan', 'predict_and_stitch',
            'reconstruct_scan', 'save_scan_outputs', 'predicted_amplitude', 'illumination', 'pie_step', 'solver_grid',
-           'object_on_grid', 'iterative_reference', 'data_misfit', 'polish']
+           'object_on_grid', 'iterative_reference', 'data_misfit', 'polish_start', 'polish']
 
 # %% ../nbs/05a_reconstruct.ipynb #12e870ab
 def scan_defaults(N: int = 64,  # pattern size
@@ -415,19 +415,28 @@ def data_misfit(raw,  # the scan (RawDataTorch)
     pred = pred * math.sqrt(float(amplitude.square().sum()) / max(float(pred.square().sum()), 1e-30))   # = `_photon_scale`, applied after
     return float((pred - amplitude).square().sum() / amplitude.square().sum())
 
-def polish(raw,  # the scan (RawDataTorch or NPZ path)
-           results: dict,  # a `reconstruct_scan` (or zero-shot) result: its stitched object is the start
-           epochs: int = 60,  # passes of the free-object solver
-           start: str = 'auto',  # 'network': its object; 'auto': the network's object unless it fits the data worse than a flat one
-           **kw,  # `iterative_reference` options (batch_size, step, alpha, momentum, score_every, truth, ...)
-          ) -> dict:
-    "Physics polish: the same-physics free-object solver started from the network's stitched object (an ordinary product)."
-    if start not in ('auto', 'network'): raise ValueError(f"polish: start={start!r}; expected 'auto' or 'network'")
-    raw = _load_scan(raw)
+def polish_start(raw,  # the scan (RawDataTorch)
+                 results: dict,  # a network's result: 'stitched_obj', 'weights', 'global_offsets', options['M']
+                 start: str = 'auto',  # one of POLISH_STARTS
+                ) -> tuple:
+    "The polish's start on the solver grid (None: a flat object), the start chosen, and the misfits of the network's object and a flat one."
+    if start not in POLISH_STARTS: raise ValueError(f"polish: start={start!r}; expected one of {', '.join(map(repr, POLISH_STARTS))}")
     net = object_on_grid(results['stitched_obj'], results['weights'], results['global_offsets'], results['options']['M'],
                          solver_grid(raw))
     misfit = dict(network=data_misfit(raw, net), flat=data_misfit(raw))
-    chosen = 'network' if start == 'network' or misfit['network'] < misfit['flat'] else 'flat'
-    out = iterative_reference(raw, epochs, M=results['options']['M'], init=net if chosen == 'network' else None, **kw)
+    chosen = start if start != 'auto' else 'phase' if misfit['network'] < misfit['flat'] else 'flat'
+    init = dict(network=net, phase=np.exp(1j * np.angle(net)).astype(np.complex64), flat=None)[chosen]
+    return init, chosen, misfit
+
+def polish(raw,  # the scan (RawDataTorch or NPZ path)
+           results: dict,  # a `reconstruct_scan` (or zero-shot) result: its stitched object is the start
+           epochs: int = 60,  # passes of the free-object solver
+           start: str = 'auto',  # 'network': its object; 'phase': its phase on a unit amplitude; 'auto': `polish_start`'s rule
+           **kw,  # `iterative_reference` options (batch_size, step, alpha, momentum, score_every, truth, ...)
+          ) -> dict:
+    "Physics polish: the same-physics free-object solver started from the network's stitched object (an ordinary product)."
+    raw = _load_scan(raw)
+    init, chosen, misfit = polish_start(raw, results, start)
+    out = iterative_reference(raw, epochs, M=results['options']['M'], init=init, **kw)
     out['options'].update(start=chosen, start_misfit=misfit)
     return out

@@ -184,13 +184,16 @@ def test_reconstruct_cli_zero_shot_and_polish(pretrained, held_out_scan, tmp_pat
     assert code == 0, err
     assert json.loads((tmp_path / 'pol' / 'reconstruct.json').read_text())['route'] == 'polish'
     assert (tmp_path / 'pol' / 'network' / 'metrics.json').is_file() and (tmp_path / 'pol' / 'reconstructed_phase.png').is_file()
-    code, err = run('--output_dir', tmp_path / 'pp', '--pretrained', out, '--polish', 500, '--polish_budget', 0.5, '--polish_probe', '--quiet')
+    code, err = run('--output_dir', tmp_path / 'pp', '--pretrained', out, '--polish', 500, '--polish_budget', 0.5, '--polish_probe',
+                    '--polish_start', 'network', '--quiet')
     assert code == 0, err
     summary = json.loads((tmp_path / 'pp' / 'reconstruct.json').read_text())
     assert summary['options']['refine_probe'] is True and summary['options']['time_budget_s'] == 0.5
+    assert summary['options']['start'] == 'network'                     # as asked, whatever the misfits say
     assert 1 <= summary['epochs'] < 500                                  # the budget stopped it
     assert np.load(tmp_path / 'pp' / 'probe.npy').shape == held_out_scan.probeGuess.shape
-    for bad in (('--polish_probe',), ('--polish_budget', 5), ('--polish', 2, '--polish_budget', -1)):
+    for bad in (('--polish_probe',), ('--polish_budget', 5), ('--polish', 2, '--polish_budget', -1), ('--polish_start', 'phase'),
+                ('--polish', 2, '--polish_start', 'truth')):
         code, err = run('--output_dir', tmp_path / 'bad', '--pretrained', out, *bad)
         assert code == 2 and err.count('\n') == 1 and '--polish' in err, (bad, err)
         assert not (tmp_path / 'bad').exists()
