@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, dataclasses, os, sys, warnings
 from pathlib import Path
 from typing import Optional, Sequence
-from .config import ScanOptions, GENERATOR_MODES, POLISH_STARTS, validate_run_options
+from .config import ScanOptions, GENERATOR_MODES, POLISH_STARTS, POLISH_EPOCHS, ROUTES, validate_run_options
 from .core import (OneLineParser, run_command, quiet_libraries, positive_int, non_negative_int, positive_float,
                                   HelpFormatter)
 from .hdf5_data import add_hdf5_arguments, hdf5_options, is_hdf5, load_scan, scan_facts  # numpy/h5py: --help stays torch-free
@@ -329,9 +329,11 @@ _SCAN = ScanOptions()  # the defaults the help text quotes
 def reconstruct_parser() -> argparse.ArgumentParser:
     "Argument parser of `ptycho-torch-reconstruct`."
     p = OneLineParser(prog='ptycho-torch-reconstruct', formatter_class=HelpFormatter,
-        description='Reconstruct one ptychography scan self-supervised: train PtychoPINN on the scan\'s own diffraction '
-                    '(no labels, gridsize 2), then reconstruct and stitch it. Writes images, metrics.json, '
-                    'reconstruct.json and the model archive wts.h5.zip into --output_dir.')
+        description='Reconstruct one ptychography scan. By default (--route auto) with the shipped pretrained network and '
+                    f'{POLISH_EPOCHS} passes of the same-physics solver from its image, where that network fits the scan; '
+                    'otherwise, or with any training flag, by training PtychoPINN on the scan\'s own diffraction (no labels, '
+                    'gridsize 2; the archive wts.h5.zip is written too). Writes images, metrics.json and reconstruct.json '
+                    '(which route ran and why) into --output_dir.')
     p.add_argument('scan', help='scan file: NPZ (diff3d or diffraction, xcoords, ycoords, probeGuess; objectGuess is used as the truth for scores) or HDF5 (see the HDF5 flags)')
     p.add_argument('--output_dir', '--output-dir', required=True, help='folder for the outputs (created)')
     p.add_argument('--time_budget', '--time-budget', type=float, default=None, metavar='SECONDS',
@@ -341,12 +343,14 @@ def reconstruct_parser() -> argparse.ArgumentParser:
                    help=f"epochs when there is no time budget; --epochs is the older name (default: {_SCAN.nepochs})")
     p.add_argument('--init_from', '--init-from', default=None, metavar='ARCHIVE',
                    help='fine-tune from this archive (wts.h5.zip or the output folder of an earlier run) instead of a fresh model')
+    p.add_argument('--route', choices=ROUTES, default='auto',
+                   help="'pretrained': a pretrained network, then the solver; 'train': train on the scan; 'auto': pretrained where a model fits and no training flag is given (default: auto)")
     p.add_argument('--pretrained', default=None, metavar='MODEL_DIR',
-                   help='image the scan with this pretrained network (folder of model_card.json and wts.h5.zip) by inference alone, no training')
-    p.add_argument('--polish', type=positive_int, default=None, metavar='EPOCHS',
-                   help="then this many passes of the same-physics solver from the network's object (the network's own result goes to OUTPUT_DIR/network)")
+                   help='the pretrained network of the pretrained route (folder of model_card.json and wts.h5.zip; default: the shipped data/pretrained_N64)')
+    p.add_argument('--polish', type=non_negative_int, default=None, metavar='EPOCHS',
+                   help=f"passes of the same-physics solver from the network's object, the network's own result going to OUTPUT_DIR/network (default: {POLISH_EPOCHS} on the pretrained route, none after training; 0: the network's image alone)")
     p.add_argument('--polish_budget', '--polish-budget', type=positive_float, default=None, metavar='SECONDS',
-                   help='stop the polish after the pass that reaches this many seconds (needs --polish, then the most passes)')
+                   help='stop the polish after the pass that reaches this many seconds (then --polish is the most passes)')
     p.add_argument('--polish_probe', '--polish-probe', action='store_true',
                    help='the polish also refines the probe (written as probe.npy)')
     p.add_argument('--polish_start', '--polish-start', choices=POLISH_STARTS, default=None,
@@ -382,33 +386,36 @@ def reconstruct_parser() -> argparse.ArgumentParser:
 _CLI_OPTIONS = {'nepochs': 'nepochs', 'gridsize': 'gridsize', 'neighbor_count': 'neighbor_count', 'group_radius': 'group_radius',
                 'batch_size': 'batch_size', 'learning_rate': 'learning_rate', 'n_filters_scale': 'n_filters_scale', 'M': 'M',
                 'generator_mode': 'generator_mode'}
+_TRAINING_FLAGS = ('time_budget', 'nepochs', 'init_from', 'parity', 'snapshots', 'probe_trainable', 'no_backprop_input', 'precision',
+                   *(k for k in _CLI_OPTIONS if k not in ('nepochs', 'M')))   # flags that only training reads: they ask for it
 
 def _reconstruct(argv):
     args = reconstruct_parser().parse_args(argv)   # a usage error: one line, exit 2 (`_run`)
     validate_run_options('ptycho-torch-reconstruct', time_budget_s=args.time_budget, M=args.M, seed=args.seed, nepochs=args.nepochs,
                          gridsize=args.gridsize, batch_size=args.batch_size, learning_rate=args.learning_rate)   # the gate
-    if (args.polish_budget is not None or args.polish_probe or args.polish_start) and not args.polish:
-        raise CLIError("--polish_budget, --polish_probe and --polish_start set up the polish: give --polish EPOCHS too")
     scan = _check_scan(Path(args.scan), 'scan file', args, loaded=True)   # read once, used by every route
     if args.init_from is not None:
         ip = Path(args.init_from)
         if not (ip.is_file() or (ip / 'wts.h5.zip').is_file() or Path(f"{ip}.zip").is_file()):
             raise CLIError(f"archive to fine-tune from not found: {ip}")
-    opts = {dst: getattr(args, src) for src, dst in _CLI_OPTIONS.items() if getattr(args, src) is not None}
-    if args.probe_trainable: opts['probe_trainable'] = True
-    if args.no_backprop_input: opts['backprop_input'] = False
-    if args.pretrained is not None and args.init_from is not None:
-        raise CLIError("--pretrained images the scan with the network as it is; to train it further on this scan use --init_from MODEL_DIR")
+    opts = ({dst: getattr(args, src) for src, dst in _CLI_OPTIONS.items() if getattr(args, src) is not None}
+            | ({'probe_trainable': True} if args.probe_trainable else {}) | ({'backprop_input': False} if args.no_backprop_input else {}))
     quiet_libraries(args.verbose)
+    from ptycho_torch_nb.route import choose_route, amortised_reconstruct
+    training = [f"--{k}" for k in _TRAINING_FLAGS if getattr(args, k) not in (None, False, [], ())]
+    try: route, model, why = choose_route(scan, args.route, args.pretrained, training)
+    except ValueError as e: raise CLIError(f"{e}{'; to train it further on this scan use --init_from MODEL_DIR' if args.init_from else ''}") from None
+    passes = args.polish if args.polish is not None else (POLISH_EPOCHS if route == 'pretrained' else 0)
+    if (args.polish_budget is not None or args.polish_probe or args.polish_start) and not passes:
+        raise CLIError("--polish_budget, --polish_probe and --polish_start set up the polish: give --polish EPOCHS too")
     from ptycho_torch_nb.reconstruct import reconstruct_scan, scan_options, scan_execution_config, polish, save_scan_outputs
-    from ptycho_torch_nb.training import prepare_output_dir
-    out = prepare_output_dir(args.output_dir, args.overwrite)   # a used folder: refused before anything runs
-    net_dir = out / 'network' if args.polish else out
-    if args.pretrained is not None:   # zero-shot: the pretrained network's inference alone
-        from ptycho_torch_nb.pretrain import reconstruct_zero_shot
-        res = reconstruct_zero_shot(args.pretrained, scan, M=args.M or _SCAN.M, seed=args.seed, accelerator=args.accelerator)
-        res.update(route='zero-shot', pretrained=str(args.pretrained)); save_scan_outputs(res, net_dir)
-        head = f"zero-shot inference {res['seconds']:.1f} s"
+    from ptycho_torch_nb.training import prepare_output_dir; out = prepare_output_dir(args.output_dir, args.overwrite)   # used: refused
+    net_dir, pol = out / 'network' if passes else out, None
+    if route == 'pretrained':   # the network's inference, then the polish from its image
+        res, pol = amortised_reconstruct(scan, model, passes, args.polish_start or 'auto', args.polish_probe, args.polish_budget,
+                                         M=args.M or _SCAN.M, seed=args.seed, accelerator=args.accelerator)
+        res.update(route_reason=why, pretrained=str(args.pretrained or 'shipped')); save_scan_outputs(res, net_dir)
+        head = f"pretrained network {res['seconds']:.1f} s"
     else:
         run_opts = scan_options(args.parity, **{k: opts[k] for k in ('learning_rate',) if k in opts},
                                 **({'precision': args.precision} if args.precision else {}))
@@ -416,23 +423,23 @@ def _reconstruct(argv):
                                output_dir=net_dir, snapshot_at_s=args.snapshots or (), parity=args.parity, progress=not args.quiet,
                                seed=args.seed, overwrite=args.overwrite, **opts)
         head = f"trained {res['train_seconds']:.1f} s"
-    if args.polish:
-        res = polish(scan, res, args.polish, start=args.polish_start or 'auto', seed=args.seed, refine_probe=args.polish_probe,
-                     time_budget_s=args.polish_budget)
-        res['route'] = 'polish'; save_scan_outputs(res, out)
+        if passes: pol = polish(scan, res, passes, start=args.polish_start or 'auto', seed=args.seed, refine_probe=args.polish_probe,
+                                time_budget_s=args.polish_budget)
+    if pol is not None:
+        pol.update(route='polish', route_reason=why, pretrained=res.get('pretrained')); res = pol; save_scan_outputs(res, out)
         head += f", polished {res['epochs']} passes in {res['seconds']:.1f} s" + (', probe refined' if args.polish_probe else '')
     m = res.get('metrics')
-    print(f"ptycho-torch-reconstruct: wrote {args.output_dir} ({head}"
+    print(f"ptycho-torch-reconstruct: wrote {args.output_dir} (route {route}: {why}; {head}"
           + (f"; SSIM amplitude {m['ssim_amp']:.3f}, phase {m['ssim_phase']:.3f}" if m else "") + ")")
 
 def reconstruct_main(argv: Optional[Sequence[str]] = None) -> int:
-    "Entry point of `ptycho-torch-reconstruct`: train on one scan and reconstruct it (`reconstruct.reconstruct_scan`)."
+    "Entry point of `ptycho-torch-reconstruct`: image one scan by the route `route.choose_route` picks."
     return _run('ptycho-torch-reconstruct', _reconstruct, argv)
 
 # %% ../nbs/06_cli.ipynb #999442e7
 COMMANDS = {'train': (train_main, 'train a model (ptycho-torch-train)'),
             'infer': (infer_main, 'reconstruct with a trained model (ptycho-torch-infer)'),
-            'reconstruct': (reconstruct_main, 'train on a scan and reconstruct it (ptycho-torch-reconstruct)')}
+            'reconstruct': (reconstruct_main, 'image one scan: pretrained network + solver, or training on it (ptycho-torch-reconstruct)')}
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "`python -m ptycho_torch_nb.cli {train,infer,reconstruct} …`."

@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['N_IMAGES_DEPRECATION', 'KEY_MAPPINGS', 'RUN_OPTION_RULES', 'VALID_ACCELERATORS', 'VALID_PRECISIONS', 'MERGE_WEIGHTS',
-           'GENERATOR_MODES', 'POLISH_STARTS', 'SCAN_PRECISIONS', 'CONFIG_TYPES', 'ModelConfig', 'TrainingConfig',
-           'InferenceConfig', 'legacy_key', 'dataclass_to_legacy_dict', 'update_legacy_dict', 'validate_model_config',
-           'validate_training_config', 'validate_inference_config', 'validate_config', 'validate_run_options',
-           'validate_run', 'PyTorchExecutionConfig', 'check_model_options', 'ScanOptions', 'validate_scan_options',
-           'config_to_dict', 'config_from_dict', 'save_config', 'load_yaml_config', 'load_config']
+           'GENERATOR_MODES', 'POLISH_STARTS', 'POLISH_EPOCHS', 'ROUTES', 'SCAN_PRECISIONS', 'CONFIG_TYPES',
+           'ModelConfig', 'TrainingConfig', 'InferenceConfig', 'legacy_key', 'dataclass_to_legacy_dict',
+           'update_legacy_dict', 'validate_model_config', 'validate_training_config', 'validate_inference_config',
+           'validate_config', 'validate_run_options', 'validate_run', 'PyTorchExecutionConfig', 'check_model_options',
+           'ScanOptions', 'validate_scan_options', 'config_to_dict', 'config_from_dict', 'save_config',
+           'load_yaml_config', 'load_config']
 
 # %% ../nbs/01_config.ipynb #917ba3e1
 import math, numbers, os, json, typing, warnings, dataclasses
@@ -435,6 +436,8 @@ def _validate_execution(c: PyTorchExecutionConfig):
 MERGE_WEIGHTS = ('full', 'probe', 'centre')  # 'centre' is the reference's merge
 GENERATOR_MODES = ('group', 'pattern')  # 'group' is the reference CNN
 POLISH_STARTS = ('auto', 'network', 'phase')  # where `reconstruct.polish` starts the solver
+POLISH_EPOCHS = 200  # solver passes after the pretrained network on the pretrained route (`route`)
+ROUTES = ('auto', 'pretrained', 'train')  # how `ptycho-torch-reconstruct` images a scan (`route.choose_route`)
 SCAN_PRECISIONS = ('auto',) + VALID_PRECISIONS
 
 def check_model_options(merge_weight: str = 'centre',  # see `ScanOptions`

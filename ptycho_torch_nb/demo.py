@@ -19,10 +19,10 @@ def demo_parser() -> argparse.ArgumentParser:
     p.add_argument('--time_budget', '--time-budget', dest='time_budget', type=float, default=90.0,
                    help='seconds of network training')
     p.add_argument('--solver_epochs', '--solver-epochs', dest='solver_epochs', type=int, default=200,
-                   help='passes of the same-physics free-object solver (0: skip it)')
+                   help='passes of the same-physics solver, from a flat start and after the pretrained network (0: skip both)')
     p.add_argument('--pretrained', default='shipped', metavar='MODEL_DIR',
-                   help="pretrained network to image the scan zero-shot beside the others ('shipped': data/pretrained_N64 "
-                        "where present; 'none': skip)")
+                   help="pretrained network to image the scan with, zero-shot and then with the solver ('shipped': "
+                        "data/pretrained_N64 where present; 'none': skip)")
     p.add_argument('--n', type=int, default=256, help='scan positions')
     p.add_argument('--seed', type=int, default=0, help='seed of the simulation, weights and grouping')
     p.add_argument('--overwrite', action='store_true', help='write into an output folder that already holds files')
@@ -104,9 +104,9 @@ def run_demo(output_dir='demo_outputs',  # where everything goes
              overwrite: bool = False,  # write into a folder that already holds files
              quiet: bool = False,
              verbose: bool = False,  # Lightning's own messages and library warnings
-             pretrained='shipped',  # pretrained model folder imaged zero-shot too ('shipped': data/pretrained_N64 if present; None/'none': skip)
+             pretrained='shipped',  # pretrained model folder: zero-shot, and + `solver_epochs` solver passes ('shipped': data/pretrained_N64 if present; None/'none': skip)
             ) -> dict:
-    "Simulate, reconstruct (network and solver), draw and save; returns {'paths', 'network', 'solver', 'seconds'}."
+    "Simulate, reconstruct (network, pretrained network with and without the solver, solver), draw and save; returns the scores, 'paths', 'seconds'."
     from ptycho_torch_nb.core import atomic_path, jsonable
     import numpy as np
     out = Path(output_dir); _check_output_dir(out, overwrite)
@@ -122,11 +122,12 @@ def run_demo(output_dir='demo_outputs',  # where everything goes
     pol = iterative_reference(raw, solver_epochs, M=res['options']['M'], seed=seed) if solver_epochs > 0 else None
     t2 = time.perf_counter()
     images, scores = {'network': res['stitched_obj']}, {'network': res['metrics']}
-    zs = None
-    if model is not None:
-        from ptycho_torch_nb.pretrain import reconstruct_zero_shot
-        zs = reconstruct_zero_shot(model, raw, M=res['options']['M'], seed=seed)
+    zs = pp = None
+    if model is not None:   # the default route of ptycho-torch-reconstruct: the network, then the solver from its image
+        from ptycho_torch_nb.route import amortised_reconstruct
+        zs, pp = amortised_reconstruct(raw, model, solver_epochs, M=res['options']['M'], seed=seed)
         images['pretrained, zero-shot'], scores['pretrained, zero-shot'] = zs['stitched_obj'], zs['metrics']
+        if pp is not None: images['pretrained + solver'], scores['pretrained + solver'] = pp['stitched_obj'], pp['metrics']
     if pol is not None:
         images['solver'], scores['solver'] = pol['stitched_obj'], pol['metrics']
         with atomic_path(out / 'solver.npz', suffix='.npz') as tmp, open(tmp, 'wb') as f:  # a file object: numpy adds no suffix
@@ -137,12 +138,12 @@ def run_demo(output_dir='demo_outputs',  # where everything goes
     with atomic_path(out / 'demo.png', suffix='.png') as tmp: fig.savefig(tmp, dpi=90, format='png')
     paths['demo.png'] = out / 'demo.png'
     seconds = dict(total=time.perf_counter() - t0, network_training=res['train_seconds'], solver=t2 - t1,
-                   zero_shot=zs and zs['seconds'])
-    summary = dict(network=res['metrics'], solver=scores.get('solver'), zero_shot=zs and zs['metrics'], seconds=seconds,
-                   scan=raw.metadata, options=res['options'])
+                   zero_shot=zs and zs['seconds'], pretrained_solver=pp and zs['seconds'] + pp['seconds'])
+    ours = dict(network=res['metrics'], solver=scores.get('solver'), zero_shot=zs and zs['metrics'], pretrained_solver=pp and pp['metrics'])
+    summary = dict(**ours, seconds=seconds, scan=raw.metadata, options=res['options'])
     with atomic_path(out / 'demo.json') as tmp: tmp.write_text(json.dumps(jsonable(summary), indent=1))
     paths['demo.json'] = out / 'demo.json'
-    return dict(paths=paths, network=res['metrics'], solver=scores.get('solver'), zero_shot=zs and zs['metrics'], seconds=seconds)
+    return dict(paths=paths, **ours, seconds=seconds)
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of `python -m ptycho_torch_nb.demo`: prints the scores and where the outputs are."
@@ -151,9 +152,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"python -m ptycho_torch_nb.demo: error: {e}", file=sys.stderr); return 2
     line = lambda m: f"amplitude SSIM {m['ssim_amp']:.3f}, phase SSIM {m['ssim_phase']:.3f}"
-    print(f"\ndone in {r['seconds']['total']:.0f} s; outputs in {a.output_dir}/ (demo.png: truth, network, pretrained zero-shot, solver)")
+    print(f"\ndone in {r['seconds']['total']:.0f} s; outputs in {a.output_dir}/ (demo.png: truth, network, pretrained zero-shot, pretrained + solver, solver)")
     print(f"  network ({r['seconds']['network_training']:.0f} s of training):  {line(r['network'])}")
     if r['zero_shot']: print(f"  pretrained network, zero-shot ({r['seconds']['zero_shot']:.1f} s, no training): {line(r['zero_shot'])}")
+    if r['pretrained_solver']:
+        print(f"  pretrained network + solver ({r['seconds']['pretrained_solver']:.1f} s, ptycho-torch-reconstruct's default): {line(r['pretrained_solver'])}")
     if r['solver']: print(f"  same-physics solver ({r['seconds']['solver']:.0f} s, {a.solver_epochs} passes from a flat start): {line(r['solver'])}")
     return 0
 

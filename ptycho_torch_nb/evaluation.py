@@ -74,10 +74,11 @@ def psnr_cv2(target, pred) -> float:
 def psnr(target, pred,
          data_range: float | None = None,  # peak value; default max(target) - min(target)
         ) -> float:
-    "PSNR in dB with the peak taken as the target's range: 10·log10(range² / MSE)."
+    "PSNR in dB with the peak taken as the target's range: 10·log10(range² / MSE) (NaN for a constant target)."
     t, p = np.asarray(target, np.float64), np.asarray(pred, np.float64)
     rng = float(t.max() - t.min()) if data_range is None else float(data_range)
     mse = float(np.mean((t - p) ** 2))
+    if rng == 0: return math.nan   # a constant target has no peak: no PSNR
     return math.inf if mse == 0 else 10 * math.log10(rng ** 2 / mse)
 
 # %% ../nbs/03c_evaluation.ipynb #4e6198ce

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
 from .core import atomic_path
+from .config import POLISH_EPOCHS
 
 logger = logging.getLogger(__name__)
 
@@ -21,9 +22,9 @@ __all__ = ['logger', 'PTYCHODUS_INSTALL_HINT', 'SUPPORTED_PTYCHODUS', 'PTYCHODUS
            'simulate_reconstruct_input', 'arrays_from_reconstruct_input', 'raw_data_from_reconstruct_input',
            'object_from_stitched', 'output_product', 'ReconstructorSettings', 'training_files', 'losses_from_history',
            'train_model', 'resolve_archive', 'archive_history', 'load_model', 'reconstruct_scan', 'reconstruct_product',
-           'export_training_data', 'copy_model', 'PtychoPINNTorchReconstructor', 'ReconstructPayload', 'TrainPayload',
-           'run_reconstruct', 'run_train', 'build_subprocess_reconstructor', 'PtychoTorchNBLibrary', 'enable',
-           'install', 'main']
+           'pretrained_product', 'export_training_data', 'copy_model', 'PtychoPINNTorchReconstructor',
+           'ReconstructPayload', 'TrainPayload', 'run_reconstruct', 'run_train', 'build_subprocess_reconstructor',
+           'PtychoTorchNBLibrary', 'enable', 'install', 'main']
 
 # %% ../nbs/06b_ptychodus.ipynb #9a50f160
 PTYCHODUS_INSTALL_HINT = "pip install 'ptycho_torch_nb[ptychodus]'  (installs the supported ptychodus==1.7.0)"
@@ -206,6 +207,8 @@ class ReconstructorSettings:
     seed: int = 42
     accelerator: str = 'auto'           # Lightning accelerator ('auto' uses a GPU when there is one)
     model_type: str = 'pinn'
+    pretrained: str = 'shipped'         # with no model loaded: this pretrained model folder ('shipped': data/pretrained_N64; 'none': refuse)
+    polish_epochs: int = POLISH_EPOCHS  # solver passes after the pretrained network (0: its image alone)
 
 ARCHIVE_NAME = 'wts.h5.zip'
 HISTORY_MEMBER = 'ptychodus/training_history.json'   # losses, added to the archive so products can report them
@@ -344,12 +347,28 @@ def reconstruct_product(parameters: ReconstructInput,   # what ptychodus passes 
                         model_path,                     # wts.h5.zip or a folder holding it
                         settings: ReconstructorSettings = ReconstructorSettings(),
                        ) -> Product:
-    "The whole ptychodus-side reconstruction: convert the input, run the model, return the output `Product`."
+    "The whole ptychodus-side reconstruction: convert the input, run the model (none loaded: `pretrained_product`), return the output `Product`."
+    if model_path is None: return pretrained_product(parameters, settings)
     raw = raw_data_from_reconstruct_input(parameters)
     rec = reconstruct_scan(raw, model_path, settings)
     obj = object_from_stitched(rec['stitched'], rec['weights'], rec['positions'], parameters.product.object_, rec['M'])
     train_losses, _ = losses_from_history(archive_history(model_path))
     return output_product(parameters, obj, train_losses)
+
+def pretrained_product(parameters: ReconstructInput,     # what ptychodus passes to `reconstruct`
+                       settings: ReconstructorSettings = ReconstructorSettings(),
+                      ) -> Product:
+    "With no model loaded: the pretrained network and the solver from its image (`route`), where the pretrained model fits the scan."
+    from ptycho_torch_nb.route import fitting_model, amortised_reconstruct
+    raw = raw_data_from_reconstruct_input(parameters)
+    raw.objectGuess = None                               # the input's guess is no truth to score against
+    named = None if settings.pretrained == 'shipped' else settings.pretrained
+    got, why = (None, "settings.pretrained is 'none'") if named == 'none' else fitting_model(raw, named)
+    if got is None: raise RuntimeError(f"Cannot reconstruct: no model loaded (open a {ARCHIVE_NAME} or train one), and {why}")
+    zs, pol = amortised_reconstruct(raw, got, settings.polish_epochs, seed=settings.seed, accelerator=settings.accelerator)
+    rec = pol or zs
+    obj = object_from_stitched(rec['stitched_obj'], rec['weights'], rec['global_offsets'], parameters.product.object_, zs['options']['M'])
+    return output_product(parameters, obj)
 
 # %% ../nbs/06b_ptychodus.ipynb #0ccb1bd1
 MODEL_FILE_FILTER = 'PtychoPINN-Torch model archive (*.h5.zip *.zip)'
@@ -378,9 +397,7 @@ class PtychoPINNTorchReconstructor(TrainableReconstructor):
     def name(self) -> str: return self._name
     def get_progress_goal(self) -> int: return int(self.settings.nepochs)
 
-    def reconstruct(self, parameters: ReconstructInput):
-        if self._model_path is None:
-            raise RuntimeError(f"Cannot reconstruct with {self._name}: no model loaded (open a {ARCHIVE_NAME} or train one)")
+    def reconstruct(self, parameters: ReconstructInput):   # no model loaded: the pretrained route (`pretrained_product`)
         yield ReconstructOutput(reconstruct_product(parameters, self._model_path, self.settings),
                                 progress=self.get_progress_goal(), status=0)
 
@@ -428,9 +445,7 @@ def _put(queue, tag, value):
 def run_reconstruct(payload,   # `ReconstructPayload` (or ptychodus' PtychoPINN-Torch ReconstructPayload)
                     queue):    # the child's result queue
     "Child entry point: reconstruct once and send `('output', pickle(ReconstructOutput))`."
-    if payload.model_path is None:
-        raise RuntimeError('Cannot reconstruct: no model archive has been loaded (load a wts.h5.zip or train first).')
-    archive = resolve_archive(payload.model_path)          # fail fast, before torch is imported
+    archive = None if payload.model_path is None else resolve_archive(payload.model_path)   # fail fast, before torch is imported
     settings = getattr(payload, 'settings', None) or ReconstructorSettings()
     product = reconstruct_product(payload.reconstruct_input, archive, settings)
     _put(queue, 'output', ReconstructOutput(product=product, progress=int(settings.nepochs), status=0))
@@ -446,10 +461,8 @@ def run_train(payload: TrainPayload, queue):
 # %% ../nbs/06b_ptychodus.ipynb #fe81fc0b
 class _ReconstructPayloadBuilder:
     def __init__(self, settings): self.settings = settings
-    def __call__(self, parameters, model_path):
-        if model_path is None:
-            raise RuntimeError(f'Cannot reconstruct: no model archive has been loaded (open a {ARCHIVE_NAME} or train first).')
-        return ReconstructPayload(Path(model_path), parameters, self.settings())
+    def __call__(self, parameters, model_path):   # None: no model loaded, the pretrained route
+        return ReconstructPayload(None if model_path is None else Path(model_path), parameters, self.settings())
 
 class _TrainPayloadBuilder:
     def __init__(self, settings): self.settings = settings

@@ -238,7 +238,7 @@ def _say_done(results: dict, out):
           + (f"; SSIM amplitude {m['ssim_amp']:.3f}, phase {m['ssim_phase']:.3f}" if m else "")
           + (f"; outputs in {out}" if out is not None else ""), file=sys.stderr, flush=True)
 
-_SUMMARY_KEYS = ('route', 'pretrained', 'options', 'metrics', 'seconds', 'train_seconds', 'steps', 'epochs', 'stopped_by_budget', 'inference_seconds',
+_SUMMARY_KEYS = ('route', 'route_reason', 'pretrained', 'options', 'metrics', 'seconds', 'train_seconds', 'steps', 'epochs', 'stopped_by_budget', 'inference_seconds',
                  'stitch_seconds', 'intensity_scale', 'n_patterns', 'snapshots', 'clock_history')
 
 def save_scan_outputs(results: dict, output_dir) -> dict:

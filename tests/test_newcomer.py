@@ -53,8 +53,9 @@ def runnable(argv: list) -> list:
 def test_readme_commands_parse():
     cmds = readme_shell_commands()
     test_progs = [c[0] for c in cmds]
-    assert test_progs == ['ptycho-torch-reconstruct', 'ptycho-torch-train', 'ptycho-torch-infer'], test_progs
-    assert '--time_budget' in cmds[0], "the reconstruct command must carry a time budget (an hour without one)"
+    assert test_progs == ['ptycho-torch-reconstruct', 'ptycho-torch-reconstruct', 'ptycho-torch-train', 'ptycho-torch-infer'], test_progs
+    assert not set(cmds[0]) & {'--time_budget', '--nepochs', '--init_from'}, "the first shows the default route (no training)"
+    assert '--time_budget' in cmds[1], "the training reconstruct command must carry a time budget (an hour without one)"
     assert runnable(['ptycho-torch-train', '--nepochs', '5', '--seed', '3'])[-4:] == ['--nepochs', '1', '--seed', '3']
 
 
@@ -82,7 +83,7 @@ def readme_run(tmp_path_factory):
 @pytest.mark.slow
 def test_readme_shell_commands(readme_run):
     work, runs = readme_run
-    assert len(runs) == 3
+    assert len(runs) == 4
     for out, p in runs.items():
         d = work / out
         for name in ('metrics.json', 'reconstructed_amplitude.png', 'reconstructed_phase.png', 'comparison.png',
@@ -91,7 +92,9 @@ def test_readme_shell_commands(readme_run):
         noise = [l for l in (p.stdout + p.stderr).splitlines()
                  if re.search(r'GPU available|TPU available|💡|Tip:|LeafSpec|does not have many workers', l)]
         assert not noise, f"{out}: Lightning's lines without --verbose: {noise}"
-    assert (work / 'runs/train/wts.h5.zip').is_file() and (work / 'runs/scan/wts.h5.zip').is_file()
+    assert (work / 'runs/train/wts.h5.zip').is_file() and (work / 'runs/scan_trained/wts.h5.zip').is_file()
+    assert not (work / 'runs/scan/wts.h5.zip').exists() and (work / 'runs/scan/network/metrics.json').is_file()   # the default route
+    assert 'route pretrained' in runs['runs/scan'].stdout and 'route train' in runs['runs/scan_trained'].stdout
 
 
 @pytest.mark.slow

@@ -175,7 +175,7 @@ def test_reconstruct_cli_zero_shot_and_polish(pretrained, held_out_scan, tmp_pat
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             code = reconstruct_main([str(tmp_path / 'scan.npz'), *map(str, argv)])
         return code, err.getvalue()
-    code, err = run('--output_dir', tmp_path / 'zs', '--pretrained', out, '--quiet')
+    code, err = run('--output_dir', tmp_path / 'zs', '--pretrained', out, '--polish', 0, '--quiet')   # the network's image alone
     assert code == 0, err
     summary = json.loads((tmp_path / 'zs' / 'reconstruct.json').read_text())
     assert summary['route'] == 'zero-shot' and 'ssim' in json.loads((tmp_path / 'zs' / 'metrics.json').read_text())['amplitude']
@@ -192,15 +192,17 @@ def test_reconstruct_cli_zero_shot_and_polish(pretrained, held_out_scan, tmp_pat
     assert summary['options']['start'] == 'network'                     # as asked, whatever the misfits say
     assert 1 <= summary['epochs'] < 500                                  # the budget stopped it
     assert np.load(tmp_path / 'pp' / 'probe.npy').shape == held_out_scan.probeGuess.shape
-    for bad in (('--polish_probe',), ('--polish_budget', 5), ('--polish', 2, '--polish_budget', -1), ('--polish_start', 'phase'),
-                ('--polish', 2, '--polish_start', 'truth')):
+    for bad in (('--polish', 0, '--polish_probe'), ('--polish', 0, '--polish_budget', 5), ('--polish', 2, '--polish_budget', -1),
+                ('--polish', 0, '--polish_start', 'phase'), ('--polish', 2, '--polish_start', 'truth'), ('--polish', -1)):
         code, err = run('--output_dir', tmp_path / 'bad', '--pretrained', out, *bad)
         assert code == 2 and err.count('\n') == 1 and '--polish' in err, (bad, err)
         assert not (tmp_path / 'bad').exists()
     code, err = run('--output_dir', tmp_path / 'pol', '--pretrained', out, '--quiet')   # a used folder
     assert code == 2 and 'previous run' in err and err.count('\n') == 1
     code, err = run('--output_dir', tmp_path / 'x', '--pretrained', out, '--init_from', out)
-    assert code == 2 and '--init_from' in err
+    assert code == 2 and '--init_from' in err and err.count('\n') == 1
+    code, err = run('--output_dir', tmp_path / 'x', '--pretrained', out, '--route', 'train')
+    assert code == 2 and 'route train' in err and not (tmp_path / 'x').exists()
     code, err = run('--output_dir', tmp_path / 'y', '--pretrained', tmp_path / 'nowhere')
     assert code == 2 and 'nowhere' in err and err.count('\n') == 1
 

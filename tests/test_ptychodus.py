@@ -116,7 +116,10 @@ def test_reconstruct_in_process_and_hdf5_roundtrip(trained, tmp_path):
 def test_errors_surface_clearly(trained, tmp_path):
     rec, ri, truth, root, _ = trained
     fresh = ptn.PtychoPINNTorchReconstructor()
-    with pytest.raises(RuntimeError, match='no model loaded'): list(fresh.reconstruct(ri))
+    refusing = ptn.PtychoPINNTorchReconstructor(settings=ptn.ReconstructorSettings(pretrained='none'))   # no pretrained route
+    with pytest.raises(RuntimeError, match="no model loaded.*'none'"): list(refusing.reconstruct(ri))
+    named = ptn.PtychoPINNTorchReconstructor(settings=ptn.ReconstructorSettings(pretrained=str(tmp_path / 'nowhere')))
+    with pytest.raises(FileNotFoundError, match='nowhere'): list(named.reconstruct(ri))
     with pytest.raises(RuntimeError, match='no model has been loaded or trained'): fresh.save_model(tmp_path / 'x.h5.zip')
     with pytest.raises(FileNotFoundError, match='model archive not found'): fresh.load_model_from_file(tmp_path / 'none.h5.zip')
     (tmp_path / 'bad.h5.zip').write_bytes(b'not a zip')
@@ -157,7 +160,9 @@ def test_subprocess_reconstructor(trained):
     sub = ptn.build_subprocess_reconstructor('Unsupervised', ptn.ReconstructorSettings(nepochs=EPOCHS, **TINY))
     assert isinstance(sub, TrainableReconstructor) and sub.name == 'Unsupervised' and sub.get_progress_goal() == EPOCHS
     assert not sub.is_model_loaded()
-    with pytest.raises(RuntimeError, match='no model archive has been loaded'): list(sub.reconstruct(ri))
+    refusing = ptn.build_subprocess_reconstructor('Unsupervised', ptn.ReconstructorSettings(pretrained='none', **TINY))
+    with pytest.raises(ChildError) as e: list(refusing.reconstruct(ri))   # no model and no pretrained route: said in the child
+    assert e.value.child_exception_type == 'RuntimeError' and 'no model loaded' in e.value.child_traceback
     sub.load_model_from_file(root / 'missing.h5.zip')           # recorded only; the child finds it missing
     with pytest.raises(ChildError) as e: list(sub.reconstruct(ri))
     assert e.value.child_exception_type == 'FileNotFoundError' and 'missing.h5.zip' in e.value.child_traceback
