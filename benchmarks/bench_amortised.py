@@ -107,7 +107,9 @@ def main(argv=None):
               + (f", ratio {r['ratio']:.2f}" if r.get('ratio') else '') + (f" | fine-tune {f(r['finetune'])}" if 'finetune' in r else ''),
               flush=True)
         mis = r['start_misfit']
-        print(f"{'':38s} polish start: {r['polish_start']} (data misfit: zero-shot {mis['network']:.4f}, flat object {mis['flat']:.4f})", flush=True)
+        race = mis.get('after_race')
+        print(f"{'':38s} polish start: {r['polish_start']} (data misfit: zero-shot {mis['network']:.4f}, flat object {mis['flat']:.4f}"
+              + (f"; after the race: phase start {race['phase']:.5f}, flat start {race['flat']:.5f}" if race else '') + ")", flush=True)
         eq0 = r['flat_at_zero_shot_time']
         if eq0: print(f"{'':38s} at the zero-shot time {zs['seconds']:.1f} s the flat solver (epoch {eq0['epoch']}) has {f(eq0)}", flush=True)
         eq, end = r['flat_at_equal_time'], (r['polish_curve'] or [None])[-1]

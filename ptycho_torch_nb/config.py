@@ -435,7 +435,7 @@ def _validate_execution(c: PyTorchExecutionConfig):
 # %% ../nbs/01_config.ipynb #94581472
 MERGE_WEIGHTS = ('full', 'probe', 'centre')  # 'centre' is the reference's merge
 GENERATOR_MODES = ('group', 'pattern')  # 'group' is the reference CNN
-POLISH_STARTS = ('auto', 'network', 'phase')  # where `reconstruct.polish` starts the solver
+POLISH_STARTS = ('auto', 'network', 'phase', 'flat')  # where `reconstruct.polish` starts the solver
 POLISH_EPOCHS = 200  # solver passes after the pretrained network on the pretrained route (`route`)
 ROUTES = ('auto', 'pretrained', 'train')  # how `ptycho-torch-reconstruct` images a scan (`route.choose_route`)
 SCAN_PRECISIONS = ('auto',) + VALID_PRECISIONS

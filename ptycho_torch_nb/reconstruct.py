@@ -23,10 +23,10 @@ from .training import (default_execution_config, resolve_precision, build_traine
 from .persistence import load_torch_bundle, save_torch_bundle
 
 # %% auto #0
-__all__ = ['torch', 'SCAN_FIELDS', 'PIE_ALPHA', 'scan_defaults', 'scan_options', 'options_for_config', 'merge_canvas_size',
-           'scan_model', 'scan_setup', 'scan_execution_config', 'scan_containers', 'fit_scan', 'predict_and_stitch',
-           'reconstruct_scan', 'save_scan_outputs', 'predicted_amplitude', 'illumination', 'pie_step', 'solver_grid',
-           'object_on_grid', 'iterative_reference', 'data_misfit', 'polish_start', 'polish']
+__all__ = ['torch', 'SCAN_FIELDS', 'PIE_ALPHA', 'RACE_PASSES', 'scan_defaults', 'scan_options', 'options_for_config',
+           'merge_canvas_size', 'scan_model', 'scan_setup', 'scan_execution_config', 'scan_containers', 'fit_scan',
+           'predict_and_stitch', 'reconstruct_scan', 'save_scan_outputs', 'predicted_amplitude', 'illumination',
+           'pie_step', 'solver_grid', 'object_on_grid', 'iterative_reference', 'data_misfit', 'polish_start', 'polish']
 
 # %% ../nbs/05a_reconstruct.ipynb #12e870ab
 def scan_defaults(N: int = 64,  # pattern size
@@ -372,6 +372,7 @@ def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positi
                         init=None,  # complex [H, W] start on `solver_grid(raw)` (rescaled to the counts); None: ones
                         refine_probe: bool = False,  # also refine the probe (full PIE step); the result's 'probe'
                         time_budget_s: Optional[float] = None,  # stop after the pass that reaches this many seconds
+                        score: bool = True,  # score the result against the truth (False: a solver run nobody will look at)
                        ) -> dict:
     "Free-object reconstruction with the scan's own probe (momentum-accelerated regularised PIE): {'object', 'stitched_obj', 'metrics', 'snapshots', 'seconds', ...}, a product `save_scan_outputs` writes."
     validate_run_options('iterative_reference', nepochs=epochs, batch_size=batch_size, step=step, alpha=alpha, momentum=momentum,
@@ -384,7 +385,7 @@ def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positi
     def result():
         img, w = (np.asarray(a) for a in reassemble_position(extract_patches_torch(obj, ox, oy, probe.shape[-1]).numpy(),
                                                               pos, M=M, return_weights=True))
-        return img, w, (score_scan(img, w, pos, truth, M) if truth is not None else {})
+        return img, w, (score_scan(img, w, pos, truth, M) if truth is not None and score else {})
     snapshots, t0, spent, velocity, done = [], time.perf_counter(), 0.0, torch.zeros_like(obj), 0
     while done < epochs and (time_budget_s is None or spent + time.perf_counter() - t0 < time_budget_s):
         before, done = obj, done + 1
@@ -415,28 +416,37 @@ def data_misfit(raw,  # the scan (RawDataTorch)
     pred = pred * math.sqrt(float(amplitude.square().sum()) / max(float(pred.square().sum()), 1e-30))   # = `_photon_scale`, applied after
     return float((pred - amplitude).square().sum() / amplitude.square().sum())
 
+RACE_PASSES = 5  # solver passes from each candidate start before `start='auto'` keeps one
+
 def polish_start(raw,  # the scan (RawDataTorch)
                  results: dict,  # a network's result: 'stitched_obj', 'weights', 'global_offsets', options['M']
                  start: str = 'auto',  # one of POLISH_STARTS
+                 seed: int = 0,  # the race's shuffling
                 ) -> tuple:
-    "The polish's start on the solver grid (None: a flat object), the start chosen, and the misfits of the network's object and a flat one."
+    "The polish's start on the solver grid (None: a flat object), the start chosen, and the data misfits behind the choice."
     if start not in POLISH_STARTS: raise ValueError(f"polish: start={start!r}; expected one of {', '.join(map(repr, POLISH_STARTS))}")
     net = object_on_grid(results['stitched_obj'], results['weights'], results['global_offsets'], results['options']['M'],
                          solver_grid(raw))
+    starts = dict(network=net, phase=np.exp(1j * np.angle(net)).astype(np.complex64), flat=None)
     misfit = dict(network=data_misfit(raw, net), flat=data_misfit(raw))
-    chosen = start if start != 'auto' else 'phase' if misfit['network'] < misfit['flat'] else 'flat'
-    init = dict(network=net, phase=np.exp(1j * np.angle(net)).astype(np.complex64), flat=None)[chosen]
-    return init, chosen, misfit
+    if start == 'auto':   # a race: RACE_PASSES from the network's phase and from a flat object; the better fit goes on
+        misfit['after_race'] = {k: data_misfit(raw, iterative_reference(raw, RACE_PASSES, init=starts[k], seed=seed, score=False)['object'])
+                                for k in ('phase', 'flat')}
+        start = min(misfit['after_race'], key=misfit['after_race'].get)
+    return starts[start], start, misfit
 
 def polish(raw,  # the scan (RawDataTorch or NPZ path)
            results: dict,  # a `reconstruct_scan` (or zero-shot) result: its stitched object is the start
            epochs: int = 60,  # passes of the free-object solver
-           start: str = 'auto',  # 'network': its object; 'phase': its phase on a unit amplitude; 'auto': `polish_start`'s rule
+           start: str = 'auto',  # 'network': its object; 'phase': its phase on a unit amplitude; 'flat'; 'auto': `polish_start`'s race
            **kw,  # `iterative_reference` options (batch_size, step, alpha, momentum, score_every, truth, ...)
           ) -> dict:
     "Physics polish: the same-physics free-object solver started from the network's stitched object (an ordinary product)."
-    raw = _load_scan(raw)
-    init, chosen, misfit = polish_start(raw, results, start)
+    raw, t0 = _load_scan(raw), time.perf_counter()
+    init, chosen, misfit = polish_start(raw, results, start, kw.get('seed', 0))
+    choosing = time.perf_counter() - t0   # counted in the polish's time, as are its snapshots'
     out = iterative_reference(raw, epochs, M=results['options']['M'], init=init, **kw)
-    out['options'].update(start=chosen, start_misfit=misfit)
+    out['options'].update(start=chosen, start_misfit=misfit, start_seconds=choosing)
+    out['seconds'] += choosing
+    for s in out['snapshots']: s['train_s'] += choosing
     return out
