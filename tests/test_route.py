@@ -41,13 +41,6 @@ def test_the_default_route_is_the_pretrained_network_and_the_solver(scan_files, 
     assert 'route pretrained' in out
 
 
-def test_training_flags_ask_for_training(scan_files, tmp_path):
-    code, out, err = run(scan_files[0], '--output_dir', tmp_path / 't', '--epochs', '1', '--n_filters_scale', '1',
-                         '--batch_size', '4', '--quiet')
-    assert code == 0, err
-    assert (tmp_path / 't' / 'wts.h5.zip').is_file() and 'route train: training options given (--nepochs' in out
-
-
 @pytest.mark.parametrize('argv, needle', [
     (['--route', 'pretrained', '--time_budget', '5'], '--time_budget'),
     (['--route', 'train', '--pretrained', 'data/pretrained_N64'], 'route train'),
