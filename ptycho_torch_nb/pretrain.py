@@ -411,7 +411,8 @@ def reconstruct_zero_shot(pretrained,         # model_card.json / its folder / a
                           batch_size: int = 32,  # patterns per forward pass (32: fastest per pattern on 2 CPU cores)
                           truth=None,         # complex object in the scan's frame (default: scan.objectGuess) for scores
                           seed: int = 42,     # grouping seed (as `reconstruct_scan`)
-                          accelerator: str = 'auto'  # where inference runs (`training.inference_device`: a GPU when visible)
+                          accelerator: str = 'auto',  # where inference runs (`training.inference_device`: a GPU when visible)
+                          precision: str = 'auto',  # the generator's precision ('auto': bf16 where the device computes it natively)
                          ) -> dict:
     "Stitched object of `scan` from the pretrained network alone: {'stitched_obj', 'amplitude', 'phase', 'weights', 'seconds', 'metrics'}."
     t0, device = time.perf_counter(), inference_device(accelerator)   # a bad accelerator is refused before any loading
@@ -419,11 +420,12 @@ def reconstruct_zero_shot(pretrained,         # model_card.json / its folder / a
     check_fits(card, scan); use_scan(model, scan); model.to(device)
     m = model.model
     c = grouped_container(scan, m.N, m.gridsize, scan_nphotons(scan), K=int(model.tc['neighbor_count']), seed=seed)
-    patches = predict_scan(model, c, batch_size)                 # each pattern's view of its group's merge
+    precision = resolve_precision(precision, device)
+    patches = predict_scan(model, c, batch_size, precision)      # each pattern's view of its group's merge
     t1 = time.perf_counter()
     img, w, pos = stitch_scan(patches, c, M)                     # phase-synchronised, stitched
     truth = truth if truth is not None else getattr(scan, 'objectGuess', None)
     return dict(stitched_obj=img, amplitude=np.abs(img), phase=np.angle(img), weights=w, global_offsets=pos,
-                options=dict(M=M), inference_seconds=t1 - t0, seconds=time.perf_counter() - t0,
+                options=dict(M=M, precision=precision), inference_seconds=t1 - t0, seconds=time.perf_counter() - t0,
                 metrics=score_scan(img, w, pos, truth, M) if truth is not None else {},
                 ground_truth_canvas=ground_truth_on_canvas(truth, pos, M) if truth is not None else None)

@@ -287,8 +287,11 @@ def _merged_views(m, own, nn_idx, co, batch_size: int):
 def predict_scan(model,  # a trained `PtychoPINN_Lightning`
                  container,  # the groups to predict (see above)
                  batch_size: int = 64,  # groups (or patterns) per forward pass
+                 precision: str = '32-true',  # 'bf16-mixed' / '16-mixed': the pattern-wise generator under autocast (merge in float32)
                 ) -> np.ndarray:
     "Patches to stitch, complex64: each pattern's view of its group's merged object ([B, 1, N, N] consensus views, or [B, C, N, N])."
+    half = {'32-true': None, 'bf16-mixed': torch.bfloat16, '16-mixed': torch.float16}
+    if precision not in half: raise ValueError(f"predict_scan: precision={precision!r}; expected one of {list(half)}")
     m = model.model
     nn_idx = _field(container, 'nn_indices')
     if getattr(m, 'generator_mode', 'group') != 'pattern' or nn_idx is None or not _one_group_per_position(nn_idx):
@@ -300,8 +303,9 @@ def predict_scan(model,  # a trained `PtychoPINN_Lightning`
     model.eval()
     try:
         with torch.inference_mode():
-            own = torch.cat([m.generate_patches(X[i:i + batch_size, :1].to(dev))[2][:, 0]
-                             for i in range(0, len(X), batch_size)])  # [n, N, N]: pattern k's patch
+            with torch.autocast(dev.type, dtype=half[precision] or torch.bfloat16, enabled=half[precision] is not None):
+                own = torch.cat([m.generate_patches(X[i:i + batch_size, :1].to(dev))[2][:, 0]
+                                 for i in range(0, len(X), batch_size)])  # [n, N, N]: pattern k's patch (complex64)
             views = _merged_views(m, own, torch.as_tensor(nn_idx, dtype=torch.int64).to(dev), co, batch_size)
     finally: model.train(was_training)
     return views.to(torch.complex64).numpy()
