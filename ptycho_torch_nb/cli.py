@@ -354,7 +354,7 @@ def reconstruct_parser() -> argparse.ArgumentParser:
     p.add_argument('--polish_probe', '--polish-probe', action='store_true',
                    help='the polish also refines the probe (written as probe.npy)')
     p.add_argument('--polish_start', '--polish-start', choices=POLISH_STARTS, default=None,
-                   help="the polish's start: the network's phase on a unit amplitude ('phase'), its whole image ('network'), a flat object ('flat'), or 'auto': a 5-pass race of phase and flat, the better fit to the data going on (default: auto)")
+                   help="the polish's start: the network's phase on a unit amplitude ('phase'), its whole image ('network'), a flat object ('flat'), or 'auto': flat where the network's image fits the data no better than flat, else a 5-pass race of phase and flat, the better fit going on (default: auto)")
     p.add_argument('--gridsize', type=int, default=None, help=f"patterns per group = gridsize² (default: {_SCAN.gridsize})")
     p.add_argument('--neighbor_count', '--neighbor-count', type=int, default=None, metavar='K',
                    help=f"neighbours a training group is drawn from (default: {_SCAN.neighbor_count})")

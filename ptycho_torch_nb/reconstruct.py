@@ -429,6 +429,7 @@ def polish_start(raw,  # the scan (RawDataTorch)
                          solver_grid(raw))
     starts = dict(network=net, phase=np.exp(1j * np.angle(net)).astype(np.complex64), flat=None)
     misfit = dict(network=data_misfit(raw, net), flat=data_misfit(raw))
+    if start == 'auto' and misfit['network'] >= misfit['flat']: start = 'flat'   # a network image no closer than flat: no race
     if start == 'auto':   # a race: RACE_PASSES from the network's phase and from a flat object; the better fit goes on
         misfit['after_race'] = {k: data_misfit(raw, iterative_reference(raw, RACE_PASSES, init=starts[k], seed=seed, score=False)['object'])
                                 for k in ('phase', 'flat')}
