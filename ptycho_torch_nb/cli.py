@@ -333,7 +333,7 @@ def reconstruct_parser() -> argparse.ArgumentParser:
                     f'{POLISH_EPOCHS} passes of the same-physics solver from its image, where that network fits the scan; '
                     'otherwise, or with any training flag, by training PtychoPINN on the scan\'s own diffraction (no labels, '
                     'gridsize 2; the archive wts.h5.zip is written too). Writes images, metrics.json and reconstruct.json '
-                    '(which route ran and why) into --output_dir.')
+                    'into --output_dir; its last line says which route ran and why.')
     p.add_argument('scan', help='scan file: NPZ (diff3d or diffraction, xcoords, ycoords, probeGuess; objectGuess is used as the truth for scores) or HDF5 (see the HDF5 flags)')
     p.add_argument('--output_dir', '--output-dir', required=True, help='folder for the outputs (created)')
     p.add_argument('--time_budget', '--time-budget', type=float, default=None, metavar='SECONDS',
