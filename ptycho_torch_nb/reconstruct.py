@@ -341,15 +341,15 @@ def _photon_scale(obj, grid, probe, counts, N: int, s2: float) -> float:
 
 
 # %% ../nbs/05a_reconstruct.ipynb #b1416832
-def _solver_inputs(raw, init):
-    "Probe, measured amplitudes, photon scale and start object of the free-object solver."
+def _solver_inputs(raw, init, rescale: bool = True):
+    "Probe, measured amplitudes, photon scale and start object of the free-object solver (`init` rescaled to the counts)."
     N, grid = int(raw.diff3d.shape[-1]), solver_grid(raw)
     probe = torch.as_tensor(np.asarray(raw.probeGuess)).to(torch.complex64)
     amplitude = torch.as_tensor(np.asarray(raw.diff3d, np.float32))
     counts = amplitude.square()
     s2 = float(counts.sum((-2, -1)).mean()) / float(probe.abs().square().sum())  # photons for an object of ones
     start = _on_grid(init, grid)
-    if init is not None: start = start * _photon_scale(start, grid, probe, counts, N, s2)
+    if init is not None and rescale: start = start * _photon_scale(start, grid, probe, counts, N, s2)
     return grid, probe, amplitude, s2, start
 
 def _on_grid(obj, grid):
@@ -373,11 +373,12 @@ def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positi
                         refine_probe: bool = False,  # also refine the probe (full PIE step); the result's 'probe'
                         time_budget_s: Optional[float] = None,  # stop after the pass that reaches this many seconds
                         score: bool = True,  # score the result against the truth (False: a solver run nobody will look at)
+                        velocity=None,  # the momentum an earlier run ended with (its 'velocity'; `init` its object, kept at its scale): go on
                        ) -> dict:
     "Free-object reconstruction with the scan's own probe (momentum-accelerated regularised PIE): {'object', 'stitched_obj', 'metrics', 'snapshots', 'seconds', ...}, a product `save_scan_outputs` writes."
     validate_run_options('iterative_reference', nepochs=epochs, batch_size=batch_size, step=step, alpha=alpha, momentum=momentum,
                          time_budget_s=time_budget_s)   # the one validator (config.RUN_OPTION_RULES)
-    grid, probe, amplitude, s2, obj = _solver_inputs(raw, init)
+    grid, probe, amplitude, s2, obj = _solver_inputs(raw, init, rescale=velocity is None)
     ox, oy = grid['ox'], grid['oy']
     truth = getattr(raw, 'objectGuess', None) if truth is None else truth
     gen = torch.Generator().manual_seed(seed)
@@ -386,7 +387,8 @@ def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positi
         img, w = (np.asarray(a) for a in reassemble_position(extract_patches_torch(obj, ox, oy, probe.shape[-1]).numpy(),
                                                               pos, M=M, return_weights=True))
         return img, w, (score_scan(img, w, pos, truth, M) if truth is not None and score else {})
-    snapshots, t0, spent, velocity, done = [], time.perf_counter(), 0.0, torch.zeros_like(obj), 0
+    snapshots, t0, spent, done = [], time.perf_counter(), 0.0, 0
+    velocity = torch.zeros_like(obj) if velocity is None else torch.as_tensor(velocity)
     while done < epochs and (time_budget_s is None or spent + time.perf_counter() - t0 < time_budget_s):
         before, done = obj, done + 1
         for idx in torch.randperm(len(ox), generator=gen).split(batch_size):
@@ -400,7 +402,7 @@ def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positi
     spent += time.perf_counter() - t0
     img, w, m = result()
     if m and (not snapshots or snapshots[-1]['epoch'] != done): snapshots.append(dict(epoch=done, train_s=spent, **m))
-    return dict(object=obj.numpy(), stitched_obj=img, weights=w, metrics=m, snapshots=snapshots, probe=probe.numpy() if refine_probe else None,
+    return dict(object=obj.numpy(), velocity=velocity.numpy(), stitched_obj=img, weights=w, metrics=m, snapshots=snapshots, probe=probe.numpy() if refine_probe else None,
                 seconds=spent, photons_scale=s2, epochs=done, amplitude=np.abs(img), phase=np.angle(img), global_offsets=pos,
                 options=dict(M=M, solver_epochs=epochs, batch_size=batch_size, step=step, alpha=alpha, momentum=momentum,
                              refine_probe=refine_probe, time_budget_s=time_budget_s),
@@ -422,32 +424,41 @@ def polish_start(raw,  # the scan (RawDataTorch)
                  results: dict,  # a network's result: 'stitched_obj', 'weights', 'global_offsets', options['M']
                  start: str = 'auto',  # one of POLISH_STARTS
                  seed: int = 0,  # the race's shuffling
+                 passes: int = RACE_PASSES,  # the race's passes from each candidate (< 1: no race; the network's phase goes on)
+                 **solver,  # `iterative_reference` options of the race (batch_size, step, alpha, momentum)
                 ) -> tuple:
-    "The polish's start on the solver grid (None: a flat object), the start chosen, and the data misfits behind the choice."
+    "(start object on the solver grid or None for flat, start chosen, data misfits behind the choice, the race winner's run or None)."
     if start not in POLISH_STARTS: raise ValueError(f"polish: start={start!r}; expected one of {', '.join(map(repr, POLISH_STARTS))}")
     net = object_on_grid(results['stitched_obj'], results['weights'], results['global_offsets'], results['options']['M'],
                          solver_grid(raw))
     starts = dict(network=net, phase=np.exp(1j * np.angle(net)).astype(np.complex64), flat=None)
     misfit = dict(network=data_misfit(raw, net), flat=data_misfit(raw))
     if start == 'auto' and misfit['network'] >= misfit['flat']: start = 'flat'   # a network image no closer than flat: no race
-    if start == 'auto':   # a race: RACE_PASSES from the network's phase and from a flat object; the better fit goes on
-        misfit['after_race'] = {k: data_misfit(raw, iterative_reference(raw, RACE_PASSES, init=starts[k], seed=seed, score=False)['object'])
-                                for k in ('phase', 'flat')}
-        start = min(misfit['after_race'], key=misfit['after_race'].get)
-    return starts[start], start, misfit
+    if start == 'auto' and passes < 1: start = 'phase'
+    if start != 'auto': return starts[start], start, misfit, None
+    # the race: `passes` from the network's phase and from a flat object; the winner's run goes on, so only the loser's cost
+    ran = {k: iterative_reference(raw, passes, init=starts[k], seed=seed, score=False, **solver) for k in ('phase', 'flat')}
+    misfit['after_race'] = {k: data_misfit(raw, r['object']) for k, r in ran.items()}
+    start = min(misfit['after_race'], key=misfit['after_race'].get)
+    return starts[start], start, misfit, ran[start]
 
 def polish(raw,  # the scan (RawDataTorch or NPZ path)
            results: dict,  # a `reconstruct_scan` (or zero-shot) result: its stitched object is the start
-           epochs: int = 60,  # passes of the free-object solver
+           epochs: int = 60,  # passes of the free-object solver (the race's passes of the start chosen included)
            start: str = 'auto',  # 'network': its object; 'phase': its phase on a unit amplitude; 'flat'; 'auto': `polish_start`'s race
-           **kw,  # `iterative_reference` options (batch_size, step, alpha, momentum, score_every, truth, ...)
+           **kw,  # `iterative_reference` options (batch_size, step, alpha, momentum, score_every, truth, time_budget_s, ...)
           ) -> dict:
     "Physics polish: the same-physics free-object solver started from the network's stitched object (an ordinary product)."
-    raw, t0 = _load_scan(raw), time.perf_counter()
-    init, chosen, misfit = polish_start(raw, results, start, kw.get('seed', 0))
-    choosing = time.perf_counter() - t0   # counted in the polish's time, as are its snapshots'
-    out = iterative_reference(raw, epochs, M=results['options']['M'], init=init, **kw)
-    out['options'].update(start=chosen, start_misfit=misfit, start_seconds=choosing)
-    out['seconds'] += choosing
-    for s in out['snapshots']: s['train_s'] += choosing
+    raw, t0, budget = _load_scan(raw), time.perf_counter(), kw.pop('time_budget_s', None)
+    race = {k: kw[k] for k in ('batch_size', 'step', 'alpha', 'momentum') if k in kw}
+    init, chosen, misfit, won = polish_start(raw, results, start, kw.get('seed', 0), min(RACE_PASSES, epochs - 1), **race)
+    done = won['epochs'] if won else 0   # the winner's run goes on: its object and momentum
+    choosing = time.perf_counter() - t0   # counted in the polish's time and budget, as are its snapshots'
+    out = iterative_reference(raw, epochs - done, M=results['options']['M'], init=won['object'] if won else init,
+                              velocity=won['velocity'] if won else None,
+                              time_budget_s=None if budget is None else max(budget - choosing, 1e-3), **kw)
+    out['options'].update(start=chosen, start_misfit=misfit, start_seconds=choosing, race_passes=done, solver_epochs=epochs,
+                          time_budget_s=budget)
+    out['seconds'] += choosing; out['epochs'] += done
+    for s in out['snapshots']: s['train_s'] += choosing; s['epoch'] += done
     return out
