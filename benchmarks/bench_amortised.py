@@ -15,7 +15,7 @@ the truth's: a collapsed network that outputs a constant scores a high SSIM on a
 least the solver's at equal wall time.
 
 Usage: python benchmarks/bench_amortised.py --model data/pretrained_N64 [--n 256] [--solver_epochs 200]
-       [--polish_epochs 100] [--finetune_s 0] [--threads 2] [--out amortised.json]
+       [--polish_epochs 100] [--finetune_s 0] [--repeats 1] [--threads 2] [--out amortised.json]
        [--fixture nbs/fixtures/amortised_bench.json]   (the curves the pretrain notebook plots)
 """
 import argparse, json, sys, time
@@ -69,6 +69,23 @@ def run_case(name, raw, model_dir, a):
     rec['ahead_at'] = ahead_at(pol_curve, flat['snapshots'])
     return rec
 
+def repeat_ratios(raw, model_dir, a, target, first_ratio):
+    "Time-to-target ratios (polish / flat) over `a.repeats` runs of both routes, the order alternating (this machine's speed drifts)."
+    from ptycho_torch_nb.reconstruct import iterative_reference, polish
+    from ptycho_torch_nb.pretrain import load_pretrained, reconstruct_zero_shot
+    ratios, model = [first_ratio], load_pretrained(model_dir)
+    for k in range(1, a.repeats):
+        def flat_t():
+            return time_to(iterative_reference(raw, epochs=a.solver_epochs, score_every=max(1, a.solver_epochs // 20), seed=a.seed)['snapshots'], target)
+        def polish_t():
+            zs = reconstruct_zero_shot(model, raw)
+            pol = polish(raw, zs, epochs=a.polish_epochs, score_every=max(1, a.polish_epochs // 20), seed=a.seed)
+            return time_to([dict(r, train_s=r['train_s'] + zs['seconds']) for r in pol['snapshots']], target)
+        if k % 2: tp = polish_t(); tf = flat_t()   # the first run had the flat solver first
+        else: tf = flat_t(); tp = polish_t()
+        ratios.append(tp / tf if tp and tf else None)
+    return ratios
+
 def ahead_at(route, solver):
     "Times of `route`'s points at which both its SSIMs are >= the solver's latest point at or before that time: (times ahead, all times)."
     ahead, times = [], []
@@ -88,6 +105,7 @@ def main(argv=None):
     ap.add_argument('--finetune_s', type=float, default=0.0, help='fine-tune budget (s); 0 skips the fine-tune route')
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--repeats', type=int, default=1, help='time both routes this many times per case (order alternating) and print the median ratio')
     ap.add_argument('--out', default=None, help='write the JSON record here')
     ap.add_argument('--fixture', default=None, help="write the curves for the notebook's figure here (e.g. nbs/fixtures/amortised_bench.json)")
     a = ap.parse_args(argv)
@@ -97,14 +115,18 @@ def main(argv=None):
     from ptycho_torch_nb.core import quiet_libraries
     quiet_libraries(False)   # Lightning's banner lines off (the fine-tune route trains), as in the CLIs
     f = lambda m: f"{m['ssim_amp']:.3f} / {m['ssim_phase']:.3f}"
+    secs = lambda t, unit=' s': 'never' if t is None else f"{t:.2f}{unit}"
+    median = lambda xs: 'never' if None in xs else f"{float(np.median(xs)):.2f}"   # a run that never reached the target counts as worst
     records = []
     for name, raw in cases(a.n, a.seed):
         r = run_case(name, raw, a.model, a); records.append(r)
+        if a.repeats > 1: r['ratios'] = repeat_ratios(raw, a.model, a, r['target'], r.get('ratio'))
         zs = r['zero_shot']
         print(f"{name:38s} flat {a.solver_epochs} epochs {f(r['flat_final'])} | zero-shot {f(zs)} in {zs['seconds']:.2f} s "
               f"(amplitude contrast {zs['contrast']:.2f} of the truth's{'; CONSTANT OUTPUT' if zs['contrast'] < 0.05 else ''}) "
-              f"(inference {zs['inference_seconds']:.2f} s) | time to target: flat {r['t_flat']} s, polish {r['t_polish']} s"
-              + (f", ratio {r['ratio']:.2f}" if r.get('ratio') else '') + (f" | fine-tune {f(r['finetune'])}" if 'finetune' in r else ''),
+              f"(inference {zs['inference_seconds']:.2f} s) | time to target: flat {secs(r['t_flat'])}, polish {secs(r['t_polish'])}"
+              + (f", ratio {r['ratio']:.2f}" if r.get('ratio') else '') + (f" (median of {a.repeats} runs {median(r['ratios'])}: "
+              + ', '.join(secs(x, '') for x in r['ratios']) + ')' if 'ratios' in r else '') + (f" | fine-tune {f(r['finetune'])}" if 'finetune' in r else ''),
               flush=True)
         mis = r['start_misfit']
         race = mis.get('after_race')
@@ -134,6 +156,7 @@ def write_fixture(path, records, a, argv):
                            polish=pts(r['polish_curve']), polish_start=r['polish_start'], zero_shot=[round(r['zero_shot']['seconds'], 3),
                            round(r['zero_shot']['ssim_amp'], 4), round(r['zero_shot']['ssim_phase'], 4)],
                            zero_shot_contrast=round(r['zero_shot']['contrast'], 3), t_flat=r['t_flat'], t_polish=r['t_polish'],
+                           ratios=r.get('ratios'),
                            finetune=[r['finetune']['seconds'], r['finetune']['ssim_amp'], r['finetune']['ssim_phase']] if 'finetune' in r else None)
                       for r in records])
     Path(path).write_text(json.dumps(out, indent=1))

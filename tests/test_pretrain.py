@@ -290,3 +290,21 @@ def test_the_prepared_gpu_check_runs(tmp_path):
     bad = subprocess.run([sys.executable, str(script), '--out', str(tmp_path / 'x'), '--resume', str(tmp_path / 'none.ckpt')],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and 'none.ckpt' in bad.stderr
+
+
+def test_the_amortised_benchmark_runs(tmp_path):
+    "benchmarks/bench_amortised.py (issue 16's figures) end to end on 12-pattern scans: every case, route and repeat recorded."
+    import subprocess, sys
+    root = Path(__file__).resolve().parent.parent
+    fx = tmp_path / 'bench.json'
+    r = subprocess.run([sys.executable, str(root / 'benchmarks' / 'bench_amortised.py'), '--n', '12', '--solver_epochs', '4',
+                        '--polish_epochs', '4', '--repeats', '2', '--fixture', str(fx)], capture_output=True, text=True,
+                       env={'OMP_NUM_THREADS': '2', 'PATH': '/usr/bin:/bin'}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads(fx.read_text())
+    assert '--repeats 2' in rec['command'] and len(rec['model']['sha256']) == 64
+    assert [c['case'] for c in rec['cases']][:3] == list(HELD_OUT_FAMILIES) and len(rec['cases']) == 5
+    for c in rec['cases']:
+        assert c['flat'] and c['polish'] and c['zero_shot'][0] > 0 and len(c['ratios']) == 2
+        assert c['polish_start'] in ('phase', 'flat') and len(c['target']) == 2
+    assert r.stdout.count('polish start:') == 5 and 'median of 2 runs' in r.stdout
