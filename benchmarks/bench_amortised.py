@@ -41,15 +41,26 @@ def cases(n: int, seed: int):
     yield 'camera/astronaut', simulated_scan(n=n, seed=seed)
     yield 'low dose (1e5 photons, 40% overlap)', simulated_scan(n=n, overlap=0.4, nphotons=1e5, seed=seed + 1)
 
-def run_case(name, raw, model_dir, a):
-    from ptycho_torch_nb.reconstruct import iterative_reference, polish, reconstruct_scan
-    from ptycho_torch_nb.pretrain import load_pretrained, reconstruct_zero_shot
-    every = max(1, a.solver_epochs // 20)
-    flat = iterative_reference(raw, epochs=a.solver_epochs, score_every=every, seed=a.seed)
-    target = (flat['metrics']['ssim_amp'] - 0.01, flat['metrics']['ssim_phase'] - 0.01)
-    zs = reconstruct_zero_shot(load_pretrained(model_dir), raw)
+def flat_route(raw, a):
+    "The solver from a flat object, scored about 20 times."
+    from ptycho_torch_nb.reconstruct import iterative_reference
+    return iterative_reference(raw, epochs=a.solver_epochs, score_every=max(1, a.solver_epochs // 20), seed=a.seed)
+
+def amortised_route(raw, model, a):
+    "(zero-shot result, polish result, the polish's curve with the zero-shot's time added)."
+    from ptycho_torch_nb.reconstruct import polish
+    from ptycho_torch_nb.pretrain import reconstruct_zero_shot
+    zs = reconstruct_zero_shot(model, raw)
     pol = polish(raw, zs, epochs=a.polish_epochs, score_every=max(1, a.polish_epochs // 20), seed=a.seed)
-    pol_curve = [dict(r, train_s=r['train_s'] + zs['seconds']) for r in pol['snapshots']]
+    return zs, pol, [dict(r, train_s=r['train_s'] + zs['seconds']) for r in pol['snapshots']]
+
+def run_case(name, raw, model_dir, a):
+    from ptycho_torch_nb.reconstruct import reconstruct_scan
+    from ptycho_torch_nb.pretrain import load_pretrained
+    model = load_pretrained(model_dir)
+    flat = flat_route(raw, a)
+    target = (flat['metrics']['ssim_amp'] - 0.01, flat['metrics']['ssim_phase'] - 0.01)
+    zs, pol, pol_curve = amortised_route(raw, model, a)
     seen = np.asarray(zs['weights']) >= 0.5   # a network that outputs a constant can still score a high SSIM on a flat object
     contrast = float(np.abs(zs['stitched_obj'])[seen].std() / max(np.abs(raw.objectGuess).std(), 1e-12))
     rec = dict(case=name, target=target, flat_final=flat['metrics'], flat_curve=flat['snapshots'],
@@ -67,20 +78,15 @@ def run_case(name, raw, model_dir, a):
     at = [r for r in flat['snapshots'] if r['train_s'] <= zs['seconds']]
     rec['flat_at_zero_shot_time'] = at[-1] if at else None
     rec['ahead_at'] = ahead_at(pol_curve, flat['snapshots'])
+    if a.repeats > 1: rec['ratios'] = repeat_ratios(raw, model, a, target, rec.get('ratio'))
     return rec
 
-def repeat_ratios(raw, model_dir, a, target, first_ratio):
+def repeat_ratios(raw, model, a, target, first_ratio):
     "Time-to-target ratios (polish / flat) over `a.repeats` runs of both routes, the order alternating (this machine's speed drifts)."
-    from ptycho_torch_nb.reconstruct import iterative_reference, polish
-    from ptycho_torch_nb.pretrain import load_pretrained, reconstruct_zero_shot
-    ratios, model = [first_ratio], load_pretrained(model_dir)
+    flat_t = lambda: time_to(flat_route(raw, a)['snapshots'], target)
+    polish_t = lambda: time_to(amortised_route(raw, model, a)[2], target)
+    ratios = [first_ratio]
     for k in range(1, a.repeats):
-        def flat_t():
-            return time_to(iterative_reference(raw, epochs=a.solver_epochs, score_every=max(1, a.solver_epochs // 20), seed=a.seed)['snapshots'], target)
-        def polish_t():
-            zs = reconstruct_zero_shot(model, raw)
-            pol = polish(raw, zs, epochs=a.polish_epochs, score_every=max(1, a.polish_epochs // 20), seed=a.seed)
-            return time_to([dict(r, train_s=r['train_s'] + zs['seconds']) for r in pol['snapshots']], target)
         if k % 2: tp = polish_t(); tf = flat_t()   # the first run had the flat solver first
         else: tf = flat_t(); tp = polish_t()
         ratios.append(tp / tf if tp and tf else None)
@@ -120,7 +126,6 @@ def main(argv=None):
     records = []
     for name, raw in cases(a.n, a.seed):
         r = run_case(name, raw, a.model, a); records.append(r)
-        if a.repeats > 1: r['ratios'] = repeat_ratios(raw, a.model, a, r['target'], r.get('ratio'))
         zs = r['zero_shot']
         print(f"{name:38s} flat {a.solver_epochs} epochs {f(r['flat_final'])} | zero-shot {f(zs)} in {zs['seconds']:.2f} s "
               f"(amplitude contrast {zs['contrast']:.2f} of the truth's{'; CONSTANT OUTPUT' if zs['contrast'] < 0.05 else ''}) "
