@@ -11,8 +11,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'USER_ERRORS', 'LIBRARY_MODULES', 'require_torch', 'in_test',
            'repo_root', 'data_path', 'fixtures_path', 'process_umask', 'fault_point', 'pid_alive', 'clean_stale_temps',
-           'glob_escape', 'atomic_path', 'jsonable', 'OneLineParser', 'run_command', 'positive_int', 'non_negative_int',
-           'positive_float', 'HelpFormatter', 'release_memory', 'quiet_libraries']
+           'glob_escape', 'atomic_path', 'jsonable', 'OneLineParser', 'run_command', 'end_process_group',
+           'positive_int', 'non_negative_int', 'positive_float', 'HelpFormatter', 'release_memory', 'quiet_libraries']
 
 # %% ../nbs/00_core.ipynb #4360d238
 TORCH_INSTALL_HINT = "pip install 'torch>=2.2'"
@@ -165,6 +165,14 @@ def run_command(prog: str,  # the command's name, first on the error line
         print(f"{prog}: error: {type(e).__name__}: {' '.join(str(e).split())} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+    finally: end_process_group()
+
+def end_process_group() -> bool:
+    "End the `torch.distributed` process group this process joined (a DDP run), if any; True if it did. Imports nothing."
+    dist = sys.modules.get('torch.distributed')   # loaded only if the command ran torch: a plain check stays torch-free
+    if dist is None or not (dist.is_available() and dist.is_initialized()): return False
+    dist.destroy_process_group()   # left to the interpreter's exit, a gloo rank can abort ('terminate called without an active exception')
+    return True
 
 # %% ../nbs/00_core.ipynb #f81391e8
 def positive_int(s) -> int:

@@ -306,6 +306,7 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
                           labels=label_weight > 0)
     net = _build_net(cfg, opts, corpus, learning_rate); started = _start_from(net, start, init_from)
     gen_s = time.perf_counter() - t0
+    progress = progress and L.pytorch.utilities.rank_zero_only.rank == 0   # one rank speaks (DDP ranks run this too)
     if progress: print(f"pretrain: {n_scans} scans, {len(corpus)} groups simulated in {gen_s:.1f} s", file=sys.stderr, flush=True)
     module = Pretrainer(net, corpus, label_weight)
     clock = PretrainClock(time_budget_s, steps, learning_rate, opts.warmup_fraction, opts.lr_min_ratio, progress=progress)

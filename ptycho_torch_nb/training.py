@@ -209,6 +209,7 @@ class TrainingClock(L.Callback):
         now = time.perf_counter()
         if self._t is not None: self.train_s += now - self._t
         self._t = now
+    def setup(self, trainer, pl_module, stage): self.progress = self.progress and trainer.is_global_zero   # one rank speaks (DDP)
     def on_train_start(self, trainer, pl_module): self._t = time.perf_counter()
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._tick()

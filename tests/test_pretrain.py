@@ -157,6 +157,23 @@ def test_cli_label_weight(tmp_path):
         assert code == 2 and 'label_weight' in err and err.count('\n') == 1 and not (tmp_path / 'z').exists()
 
 
+def test_cli_ddp_two_processes(tmp_path):
+    "`ptycho-torch-pretrain --devices 2`: Lightning's DDP (gloo, CPU), two ranks share the steps, one model, one voice."
+    import os, subprocess, sys
+    exe = Path(sys.executable).parent / 'ptycho-torch-pretrain'
+    out = tmp_path / 'ddp'
+    r = subprocess.run([str(exe), '--output_dir', str(out), '--n_scans', '8', '--positions', '16', '--steps', '6',
+                        '--batch_size', '2', '--accelerator', 'cpu', '--devices', '2', '--checkpoint_every', '3',
+                        '--corpus_workers', '1'], capture_output=True, text=True, timeout=240,
+                       env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert r.returncode == 0, r.stderr[-3000:]
+    card = json.loads((out / 'model_card.json').read_text())
+    assert (card['training']['devices'], card['training']['steps']) == (2, 6)
+    assert r.stderr.count('simulated in') == 1 and r.stderr.count('step 1 ') <= 1, r.stderr   # rank 1 stays quiet
+    assert r.stdout.count('ptycho-torch-pretrain: wrote') == 1 and 'terminate called' not in r.stderr
+    model, _ = PT.load_pretrained(out)   # the archive rank 0 wrote, hash checked
+    assert (out / 'checkpoints' / 'last.ckpt').is_file()
+
 def test_polish_from_zero_shot(pretrained, held_out_scan):
     from ptycho_torch_nb.reconstruct import polish
     out, _ = pretrained
