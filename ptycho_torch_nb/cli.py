@@ -573,10 +573,10 @@ def stream_main(argv: Optional[Sequence[str]] = None) -> int:
 def export_parser() -> argparse.ArgumentParser:
     "The argument parser of `ptycho-torch-export`."
     p = OneLineParser(prog='ptycho-torch-export', formatter_class=HelpFormatter,
-                                description="Export an archive's per-pattern generator to TorchScript (torch only) or ONNX.")
+                                description="Export an archive's per-pattern generator to TorchScript or a torch.export program (torch only), or ONNX.")
     p.add_argument('model', type=Path, help='trained archive: wts.h5.zip or the folder holding it')
-    p.add_argument('output', type=Path, help='exported file (e.g. generator.pt or generator.onnx)')
-    p.add_argument('--format', choices=('torchscript', 'onnx'), default='torchscript', help='export format')
+    p.add_argument('output', type=Path, help='exported file (e.g. generator.pt, generator.pt2 or generator.onnx)')
+    p.add_argument('--format', choices=('torchscript', 'pt2', 'onnx'), default='torchscript', help="export format ('pt2': torch.export)")
     p.add_argument('--overwrite', action='store_true', help='replace an existing output file')
     return p
 

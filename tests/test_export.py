@@ -1,5 +1,5 @@
-"""Issue 17: `export.export_generator` and `ptycho-torch-export`: TorchScript (and ONNX where onnxruntime installs)
-reproduce the eager generator within 1e-5 relative, and run in a process that cannot import ptycho_torch_nb."""
+"""Issue 17: `export.export_generator` and `ptycho-torch-export`: TorchScript, torch.export (and ONNX where onnxruntime
+installs) reproduce the eager generator within 1e-5 relative, and run in a process that cannot import ptycho_torch_nb."""
 import importlib.util, json, subprocess, sys
 from pathlib import Path
 import numpy as np
@@ -77,6 +77,24 @@ print(json.dumps(dict(amp=rel(a.numpy(), d['amp']), phase=rel(p.numpy(), d['phas
     assert got['amp'] <= 1e-5 and got['phase'] <= 1e-5, got
     assert not got['imported'] and got['meta']['N'] == N and 'normalisation' in got['meta']
 
+def test_pt2_matches_eager_in_a_process_without_the_package(archive, eager, tmp_path):
+    "The torch.export program, loaded by torch alone, on the 7-pattern batch and on a batch of one (the batch is symbolic)."
+    res = E.export_generator(archive, tmp_path / 'gen.pt2', format='pt2')
+    assert res['format'] == 'pt2' and res['max_rel_diff'] <= 1e-5
+    got = _fresh(f"""
+import json, numpy as np, torch
+extra = {{'ptycho_meta.json': ''}}
+m = torch.export.load({str(tmp_path / 'gen.pt2')!r}, extra_files=extra).module()
+d = np.load({str(eager)!r})
+X = torch.from_numpy(d['X'])
+with torch.no_grad(): a, p = m(X); a1, p1 = m(X[:1])
+rel = lambda x, y: float(np.abs(x - y).max() / np.abs(y).max())
+print(json.dumps(dict(amp=rel(a.numpy(), d['amp']), phase=rel(p.numpy(), d['phase']), one=rel(p1.numpy(), d['phase'][:1]),
+                      meta=json.loads(extra['ptycho_meta.json']), imported='ptycho_torch_nb' in sys.modules)))
+""", tmp_path)
+    assert max(got['amp'], got['phase'], got['one']) <= 1e-5, got
+    assert not got['imported'] and got['meta']['format'] == 'pt2' and got['meta']['N'] == N
+
 @needs_onnx
 def test_onnx_matches_eager_in_a_process_without_the_package(archive, eager, tmp_path):
     res = E.export_generator(archive, tmp_path / 'gen.onnx', format='onnx')
@@ -93,7 +111,7 @@ print(json.dumps(dict(amp=rel(a, d['amp']), phase=rel(p, d['phase']), N=meta.get
     assert got['amp'] <= 1e-5 and got['phase'] <= 1e-5, got
     assert not got['imported'] and got['N'] == str(N)
 
-@pytest.mark.parametrize('fmt', ['torchscript', pytest.param('onnx', marks=needs_onnx)])
+@pytest.mark.parametrize('fmt', ['torchscript', 'pt2', pytest.param('onnx', marks=needs_onnx)])
 @pytest.mark.parametrize('kind', ['no_backprop', 'gridsize1_plain'])
 def test_other_generators_export(tmp_path, fmt, kind):
     m = _model(backprop_input=False) if kind == 'no_backprop' else _model(gridsize_one_plain=True)
@@ -123,4 +141,5 @@ def test_cli_export(archive, tmp_path):
     assert out.returncode == 0 and (tmp_path / 'g.pt').is_file(), out.stderr
     again = run(archive, tmp_path / 'g.pt')
     assert again.returncode == 2 and 'exists' in again.stderr and len(again.stderr.strip().splitlines()) == 1
-    assert run(archive.parent, tmp_path / 'h.pt', '--format', 'torchscript').returncode == 0   # the folder works too
+    assert run(archive.parent, tmp_path / 'h.pt2', '--format', 'pt2').returncode == 0   # the folder works too, and pt2
+    assert (tmp_path / 'h.pt2').is_file()
