@@ -105,7 +105,7 @@ def export_generator(archive,  # wts.h5.zip (or its folder), or a loaded Lightni
     path = Path(path)
     if path.exists() and not overwrite: raise FileExistsError(f"{path}: exists; choose another path or overwrite=True")
     gen = pattern_generator(archive)
-    module = gen if format == 'torchscript' else onnx_friendly(gen)
+    module = onnx_friendly(gen) if format == 'onnx' else gen   # only ONNX lacks the complex FFT
     g = torch.Generator().manual_seed(0)
     X_trace, X_check = (torch.rand(n, 1, gen.N, gen.N, generator=g) * 2 for n in (2, 5))
     meta = _meta(gen, format, archive if not isinstance(archive, nn.Module) else type(archive).__name__)
