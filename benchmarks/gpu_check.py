@@ -18,7 +18,8 @@ deadline leaves, so a slow phase shortens it instead of losing the call):
    writes OUT/pretrained_N64/ (wts.h5.zip, model_card.json, last.ckpt: resume a later chunk with
    --resume OUT/pretrained_N64/last.ckpt, after copying it back);
 4. zero-shot scores (SSIM amplitude / phase) of the new model and of the shipped one on the amortised benchmark's
-   cases (`bench_amortised.cases`: held-out families, camera/astronaut, low dose).
+   cases (`bench_amortised.cases`: held-out families, camera/astronaut, low dose), beside the no-network baseline
+   (the back-propagated first guess stitched the same way, `with_first_guess`), which a network must beat.
 Everything goes to OUT/gpu_check.json. On a machine without a GPU it runs the same phases on the CPU (`--tiny` shrinks
 them to seconds: the test suite runs it so, to keep it working).
 
@@ -108,16 +109,28 @@ def pretrain_chunk(out: Path, n_scans: int, budget_s: float, batch_size: int, de
                 final_loss=t['final_loss'], output_spread=t['output_spread'], sha256=r['card']['sha256'], resumed_from_s=done,
                 init_from=t.get('init_from'), label_weight=label_weight)
 
-def zero_shot_scores(model_dirs: dict, n: int, device: str) -> list:
-    "SSIM amplitude / phase of zero-shot per model on each of the amortised benchmark's cases."
+def with_first_guess(model_dir):
+    "The model of `model_dir` with, as generator, the back-propagated first guess itself: the no-network baseline (RESULTS.md, 2026-12-03)."
+    import torch
+    from ptycho_torch_nb.pretrain import load_pretrained
+    class FirstGuess(torch.nn.Module):   # input channels 1, 2 of a model with `backprop_input`: Re and Im of the first guess
+        def forward(self, x):
+            z = torch.complex(x[:, :, 1].float(), x[:, :, 2].float())
+            return z.abs().clamp(max=2), z.angle()
+    model, card = load_pretrained(model_dir)
+    model.model.generator = FirstGuess()
+    return model, card
+
+def zero_shot_scores(model_dirs: dict, n: int, device: str, first_guess=None) -> list:
+    "SSIM amplitude / phase of zero-shot per model on each of the amortised benchmark's cases (+ 'first_guess': no network)."
     from bench_amortised import cases
     from ptycho_torch_nb.pretrain import load_pretrained, reconstruct_zero_shot
     acc = 'gpu' if device == 'cuda' else 'cpu'
     rows = []
     for name, raw in cases(n, 0):
         row = dict(case=name)
-        for label, d in model_dirs.items():
-            try: zs = reconstruct_zero_shot(load_pretrained(d), raw, accelerator=acc)
+        for label, d in dict(model_dirs, **({'first_guess': first_guess} if first_guess else {})).items():
+            try: zs = reconstruct_zero_shot(with_first_guess(d) if label == 'first_guess' else load_pretrained(d), raw, accelerator=acc)
             except ValueError as e: row[label] = str(e); continue        # a model that does not fit this scan's probe
             row[label] = [round(zs['metrics']['ssim_amp'], 4), round(zs['metrics']['ssim_phase'], 4)]
         rows.append(row)
@@ -183,9 +196,10 @@ def main(argv=None):
         save(); p = rec['pretrain']
         print(f"pretrain: {p['steps']} steps in {p['train_s']:.0f} s ({p['precision']}), corpus {p['corpus_s']:.0f} s, "
               f"loss {p['final_loss']:.4g}, SHA-256 {p['sha256'][:12]}", flush=True)
-        rec['zero_shot_scores'] = zero_shot_scores({'shipped': a.model, 'new': model_dir}, tiny['eval_n'], dev); save()
+        rec['zero_shot_scores'] = zero_shot_scores({'shipped': a.model, 'new': model_dir}, tiny['eval_n'], dev, first_guess=a.model); save()
         f = lambda v: f"{v[0]:.3f} / {v[1]:.3f}" if isinstance(v, list) else v
-        for r in rec['zero_shot_scores']: print(f"zero-shot {r['case']:38s} shipped {f(r['shipped'])}   new {f(r['new'])}", flush=True)
+        for r in rec['zero_shot_scores']:
+            print(f"zero-shot {r['case']:38s} shipped {f(r['shipped'])}   new {f(r['new'])}   no network {f(r['first_guess'])}", flush=True)
     rec['seconds'] = time.perf_counter() - t0; save()
     print(f"gpu_check: done in {rec['seconds']:.0f} s; record {out / 'gpu_check.json'}", flush=True)
     return 0

@@ -293,6 +293,7 @@ def test_the_prepared_gpu_check_runs(tmp_path):
     assert rec['throughput']['plain'] > 0 and rec['throughput']['ratio'] > 0
     assert rec['zero_shot_rate']['cpu']['patterns_per_s'] > 0
     assert rec['pretrain']['steps'] > 0 and len(rec['zero_shot_scores']) == 5
+    assert all(len(r['first_guess']) == 2 and r['first_guess'] != r['shipped'] for r in rec['zero_shot_scores'])   # the no-network row
     model = tmp_path / 'o' / 'pretrained_N64'
     card = json.loads((model / 'model_card.json').read_text())
     assert card['sha256'] == rec['pretrain']['sha256'] and (model / 'last.ckpt').is_file()
