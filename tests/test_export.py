@@ -61,30 +61,20 @@ def _fresh(code: str, cwd):
 
 def _rel(a, b): return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
 
-def test_torchscript_matches_eager_in_a_process_without_the_package(archive, eager, tmp_path):
-    res = E.export_generator(archive, tmp_path / 'gen.pt')
-    assert res['format'] == 'torchscript' and res['N'] == N and res['max_rel_diff'] <= 1e-5
-    got = _fresh(f"""
-import json, numpy as np, torch
-extra = {{'ptycho_meta.json': ''}}
-m = torch.jit.load({str(tmp_path / 'gen.pt')!r}, _extra_files=extra)
-d = np.load({str(eager)!r})
-with torch.no_grad(): a, p = m(torch.from_numpy(d['X']))
-rel = lambda x, y: float(np.abs(x - y).max() / np.abs(y).max())
-print(json.dumps(dict(amp=rel(a.numpy(), d['amp']), phase=rel(p.numpy(), d['phase']), meta=json.loads(extra['ptycho_meta.json']),
-                      imported='ptycho_torch_nb' in sys.modules)))
-""", tmp_path)
-    assert got['amp'] <= 1e-5 and got['phase'] <= 1e-5, got
-    assert not got['imported'] and got['meta']['N'] == N and 'normalisation' in got['meta']
+# How a user without this package loads each torch format (the ptycho_meta.json extra file filled in `extra`)
+TORCH_LOADERS = {'torchscript': ("gen.pt", "torch.jit.load({path!r}, _extra_files=extra)"),
+                 'pt2': ("gen.pt2", "torch.export.load({path!r}, extra_files=extra).module()")}
 
-def test_pt2_matches_eager_in_a_process_without_the_package(archive, eager, tmp_path):
-    "The torch.export program, loaded by torch alone, on the 7-pattern batch and on a batch of one (the batch is symbolic)."
-    res = E.export_generator(archive, tmp_path / 'gen.pt2', format='pt2')
-    assert res['format'] == 'pt2' and res['max_rel_diff'] <= 1e-5
+@pytest.mark.parametrize('fmt', list(TORCH_LOADERS))
+def test_torch_formats_match_eager_in_a_process_without_the_package(archive, eager, tmp_path, fmt):
+    "TorchScript and the torch.export program, loaded by torch alone, on the 7-pattern batch and on a batch of one."
+    name, load = TORCH_LOADERS[fmt]
+    res = E.export_generator(archive, tmp_path / name, format=fmt)
+    assert res['format'] == fmt and res['N'] == N and res['max_rel_diff'] <= 1e-5
     got = _fresh(f"""
 import json, numpy as np, torch
 extra = {{'ptycho_meta.json': ''}}
-m = torch.export.load({str(tmp_path / 'gen.pt2')!r}, extra_files=extra).module()
+m = {load.format(path=str(tmp_path / name))}
 d = np.load({str(eager)!r})
 X = torch.from_numpy(d['X'])
 with torch.no_grad(): a, p = m(X); a1, p1 = m(X[:1])
@@ -93,7 +83,7 @@ print(json.dumps(dict(amp=rel(a.numpy(), d['amp']), phase=rel(p.numpy(), d['phas
                       meta=json.loads(extra['ptycho_meta.json']), imported='ptycho_torch_nb' in sys.modules)))
 """, tmp_path)
     assert max(got['amp'], got['phase'], got['one']) <= 1e-5, got
-    assert not got['imported'] and got['meta']['format'] == 'pt2' and got['meta']['N'] == N
+    assert not got['imported'] and got['meta']['format'] == fmt and got['meta']['N'] == N and 'normalisation' in got['meta']
 
 @needs_onnx
 def test_onnx_matches_eager_in_a_process_without_the_package(archive, eager, tmp_path):
