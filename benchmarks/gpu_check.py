@@ -26,7 +26,7 @@ them to seconds: the test suite runs it so, to keep it working).
 Usage: python benchmarks/gpu_check.py --out DIR [--deadline_s 420] [--n_scans 4096] [--batch_size 64]
        [--resume CKPT] [--tiny]
 """
-import argparse, json, shutil, sys, tempfile, time
+import argparse, functools, json, shutil, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 
@@ -121,16 +121,16 @@ def with_first_guess(model_dir):
     model.model.generator = FirstGuess()
     return model, card
 
-def zero_shot_scores(model_dirs: dict, n: int, device: str, first_guess=None) -> list:
-    "SSIM amplitude / phase of zero-shot per model on each of the amortised benchmark's cases (+ 'first_guess': no network)."
+def zero_shot_scores(models: dict, n: int, device: str) -> list:
+    "SSIM amplitude / phase of zero-shot per model (label: a function that loads it) on each of the amortised benchmark's cases."
     from bench_amortised import cases
-    from ptycho_torch_nb.pretrain import load_pretrained, reconstruct_zero_shot
+    from ptycho_torch_nb.pretrain import reconstruct_zero_shot
     acc = 'gpu' if device == 'cuda' else 'cpu'
     rows = []
     for name, raw in cases(n, 0):
         row = dict(case=name)
-        for label, d in dict(model_dirs, **({'first_guess': first_guess} if first_guess else {})).items():
-            try: zs = reconstruct_zero_shot(with_first_guess(d) if label == 'first_guess' else load_pretrained(d), raw, accelerator=acc)
+        for label, load in models.items():
+            try: zs = reconstruct_zero_shot(load(), raw, accelerator=acc)
             except ValueError as e: row[label] = str(e); continue        # a model that does not fit this scan's probe
             row[label] = [round(zs['metrics']['ssim_amp'], 4), round(zs['metrics']['ssim_phase'], 4)]
         rows.append(row)
@@ -196,7 +196,10 @@ def main(argv=None):
         save(); p = rec['pretrain']
         print(f"pretrain: {p['steps']} steps in {p['train_s']:.0f} s ({p['precision']}), corpus {p['corpus_s']:.0f} s, "
               f"loss {p['final_loss']:.4g}, SHA-256 {p['sha256'][:12]}", flush=True)
-        rec['zero_shot_scores'] = zero_shot_scores({'shipped': a.model, 'new': model_dir}, tiny['eval_n'], dev, first_guess=a.model); save()
+        from ptycho_torch_nb.pretrain import load_pretrained
+        models = dict(shipped=functools.partial(load_pretrained, a.model), new=functools.partial(load_pretrained, model_dir),
+                      first_guess=functools.partial(with_first_guess, a.model))   # the no-network baseline
+        rec['zero_shot_scores'] = zero_shot_scores(models, tiny['eval_n'], dev); save()
         f = lambda v: f"{v[0]:.3f} / {v[1]:.3f}" if isinstance(v, list) else v
         for r in rec['zero_shot_scores']:
             print(f"zero-shot {r['case']:38s} shipped {f(r['shipped'])}   new {f(r['new'])}   no network {f(r['first_guess'])}", flush=True)
