@@ -116,7 +116,7 @@ def with_first_guess(model_dir):
     class FirstGuess(torch.nn.Module):   # input channels 1, 2 of a model with `backprop_input`: Re and Im of the first guess
         def forward(self, x):
             z = torch.complex(x[:, :, 1].float(), x[:, :, 2].float())
-            return z.abs().clamp(max=2), z.angle()
+            return z.abs().clamp(max=2), z.angle()   # capped at 2 (objects here are <= 1): the division by |P|² inflates it where the probe is dim
     model, card = load_pretrained(model_dir)
     model.model.generator = FirstGuess()
     return model, card
@@ -126,11 +126,12 @@ def zero_shot_scores(models: dict, n: int, device: str) -> list:
     from bench_amortised import cases
     from ptycho_torch_nb.pretrain import reconstruct_zero_shot
     acc = 'gpu' if device == 'cuda' else 'cpu'
+    loaded = {label: load() for label, load in models.items()}   # once each: every case adopts its own probe and dose
     rows = []
     for name, raw in cases(n, 0):
         row = dict(case=name)
-        for label, load in models.items():
-            try: zs = reconstruct_zero_shot(load(), raw, accelerator=acc)
+        for label, model in loaded.items():
+            try: zs = reconstruct_zero_shot(model, raw, accelerator=acc)
             except ValueError as e: row[label] = str(e); continue        # a model that does not fit this scan's probe
             row[label] = [round(zs['metrics']['ssim_amp'], 4), round(zs['metrics']['ssim_phase'], 4)]
         rows.append(row)
