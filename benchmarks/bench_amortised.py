@@ -9,7 +9,8 @@ For each case (scans of the held-out corpus families `corpus.HELD_OUT_FAMILIES`,
   flat object fits the data better than the zero-shot object; time counted from the start of zero-shot);
 - fine-tune: `reconstruct_scan(init_from=<pretrained>)` for --finetune_s seconds, then scored.
 Target = the flat solver's final SSIM minus 0.01 (amplitude and phase); it prints the time each route needs to reach
-it and the ratio to the flat solver's (acceptance: polish or fine-tune <= 0.5x), the zero-shot scores and times
+it and the ratio to the flat solver's (acceptance: polish or fine-tune <= 0.5x), the same ratio counted in solver passes
+(which this machine's drift does not move; the zero-shot's time converted at the flat run's seconds per pass), the zero-shot scores and times
 (acceptance: >= 0.75 / 0.65, <= 2 s for 256 patterns) with the zero-shot amplitude's contrast (its standard deviation over
 the truth's: a collapsed network that outputs a constant scores a high SSIM on a nearly flat object), and at low dose whether the amortised route's SSIM is at
 least the solver's at equal wall time.
@@ -29,6 +30,22 @@ def time_to(curve, target):
     for r in curve:
         if r['ssim_amp'] >= target[0] and r['ssim_phase'] >= target[1]: return r['train_s']
     return None
+
+def passes_to(curve, target):
+    "First pass (`epoch`) in `curve` at which both SSIMs reach `target`; None if never."
+    for r in curve:
+        if r['ssim_amp'] >= target[0] and r['ssim_phase'] >= target[1]: return r['epoch']
+    return None
+
+def in_passes(flat, pol, zs, target):
+    """The time-to-target ratio counted in the solver's passes, which the machine's drift does not move: the polish's
+    passes (the race's winner included) + the race's loser + the zero-shot's time in passes of this flat run."""
+    p_flat, p_pol = passes_to(flat['snapshots'], target), passes_to(pol['snapshots'], target)
+    per_pass = flat['seconds'] / max(flat['epochs'], 1)
+    rec = dict(flat=p_flat, polish=p_pol, race_loser=pol['options'].get('race_passes', 0), zero_shot=zs['seconds'] / per_pass,
+               pass_ms=1e3 * per_pass)
+    if p_flat and p_pol: rec['ratio'] = (p_pol + rec['race_loser'] + rec['zero_shot']) / p_flat
+    return rec
 
 def cases(n: int, seed: int):
     "(name, scan) pairs: the held-out families, the benchmark object, a low-dose scan."
@@ -66,7 +83,8 @@ def run_case(name, raw, model_dir, a):
     rec = dict(case=name, target=target, flat_final=flat['metrics'], flat_curve=flat['snapshots'],
                zero_shot=dict(zs['metrics'], seconds=zs['seconds'], inference_seconds=zs['inference_seconds'], contrast=contrast),
                polish_curve=pol_curve, polish_start=pol['options']['start'], start_misfit=pol['options']['start_misfit'],
-               t_flat=time_to(flat['snapshots'], target), t_polish=time_to(pol_curve, target))
+               t_flat=time_to(flat['snapshots'], target), t_polish=time_to(pol_curve, target),
+               passes=in_passes(flat, pol, zs, target))
     if a.finetune_s > 0:
         ft = reconstruct_scan(raw, time_budget_s=a.finetune_s, init_from=Path(model_dir) / 'wts.h5.zip', progress=False, seed=a.seed)
         rec['finetune'] = dict(ft['metrics'], seconds=ft['train_seconds'])
@@ -133,6 +151,9 @@ def main(argv=None):
               + (f", ratio {r['ratio']:.2f}" if r.get('ratio') else '') + (f" (median of {a.repeats} runs {median(r['ratios'])}: "
               + ', '.join(secs(x, '') for x in r['ratios']) + ')' if 'ratios' in r else '') + (f" | fine-tune {f(r['finetune'])}" if 'finetune' in r else ''),
               flush=True)
+        ps = r['passes']
+        print(f"{'':38s} in passes ({ps['pass_ms']:.0f} ms each): flat {ps['flat'] or 'never'}; polish {ps['polish'] or 'never'} "
+              f"+ race {ps['race_loser']} + zero-shot {ps['zero_shot']:.0f}" + (f", ratio {ps['ratio']:.2f}" if 'ratio' in ps else ''), flush=True)
         mis = r['start_misfit']
         race = mis.get('after_race')
         print(f"{'':38s} polish start: {r['polish_start']} (data misfit: zero-shot {mis['network']:.4f}, flat object {mis['flat']:.4f}"

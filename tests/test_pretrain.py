@@ -326,3 +326,18 @@ def test_the_amortised_benchmark_runs(tmp_path):
         assert c['flat'] and c['polish'] and c['zero_shot'][0] > 0 and len(c['ratios']) == 2
         assert c['polish_start'] in ('phase', 'flat') and len(c['target']) == 2
     assert r.stdout.count('polish start:') == 5 and 'median of 2 runs' in r.stdout
+    assert r.stdout.count(' in passes (') == 5
+
+
+def test_the_amortised_ratio_in_passes():
+    "The benchmark's drift-free ratio: (polish passes + the race's loser + the zero-shot's time in passes) / flat passes."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('bench_amortised', Path(__file__).resolve().parent.parent / 'benchmarks' / 'bench_amortised.py')
+    B = importlib.util.module_from_spec(spec); spec.loader.exec_module(B)
+    pt = lambda e, q: dict(epoch=e, ssim_amp=q, ssim_phase=q)
+    flat = dict(snapshots=[pt(5, .5), pt(10, .9), pt(20, .95)], seconds=2.0, epochs=20)     # 0.1 s a pass; target at pass 10
+    pol = dict(snapshots=[pt(2, .6), pt(4, .92)], options=dict(race_passes=5))
+    r = B.in_passes(flat, pol, dict(seconds=0.3), (0.9, 0.9))
+    assert (r['flat'], r['polish'], r['race_loser']) == (10, 4, 5)
+    assert r['zero_shot'] == pytest.approx(3.0) and r['ratio'] == pytest.approx(1.2)
+    assert 'ratio' not in B.in_passes(flat, pol, dict(seconds=0.3), (0.99, 0.99))        # never reached: no ratio
