@@ -26,7 +26,8 @@ from .persistence import load_torch_bundle, save_torch_bundle
 __all__ = ['torch', 'SCAN_FIELDS', 'PIE_ALPHA', 'RACE_PASSES', 'scan_defaults', 'scan_options', 'options_for_config',
            'merge_canvas_size', 'scan_model', 'scan_setup', 'scan_execution_config', 'scan_containers', 'fit_scan',
            'predict_and_stitch', 'reconstruct_scan', 'save_scan_outputs', 'predicted_amplitude', 'illumination',
-           'pie_step', 'solver_grid', 'object_on_grid', 'iterative_reference', 'data_misfit', 'polish_start', 'polish']
+           'pie_step', 'solver_grid', 'object_on_grid', 'frame_on_grid', 'iterative_reference', 'data_misfit',
+           'polish_start', 'polish']
 
 # %% ../nbs/05a_reconstruct.ipynb #12e870ab
 def scan_defaults(N: int = 64,  # pattern size
@@ -333,6 +334,16 @@ def object_on_grid(stitched,  # complex [P, P] stitched image
     img = np.asarray(stitched)
     out = at(img.real) + 1j * at(img.imag)
     return np.where(at(weights) >= 0.5, out, fill).astype(np.complex64)
+
+def frame_on_grid(obj,  # complex [H, W] image in the scan's object frame (the pixels of its `objectGuess`)
+                  grid: dict,  # `solver_grid(raw)`
+                 ) -> np.ndarray:
+    "An object-frame image (a simulated scan's truth, say) resampled (bilinear) onto the solver's grid: complex64 [H, W]; its edge repeats beyond it."
+    from scipy.ndimage import map_coordinates
+    rows, cols = np.indices(grid['shape'], dtype=np.float64)
+    at = lambda a: map_coordinates(np.asarray(a, np.float64), [rows + grid['origin'][1], cols + grid['origin'][0]], order=1, mode='nearest')
+    o = np.asarray(obj)
+    return (at(o.real) + 1j * at(o.imag)).astype(np.complex64)
 
 def _photon_scale(obj, grid, probe, counts, N: int, s2: float) -> float:
     "The factor on `obj` whose predicted counts sum to the measured counts (the solver's scale is set for an object of ones)."
