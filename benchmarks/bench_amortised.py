@@ -38,13 +38,15 @@ def passes_to(curve, target):
     return None
 
 def in_passes(flat, pol, zs, target):
-    """The time-to-target ratio counted in the solver's passes, which the machine's drift does not move: the polish's
-    passes (the race's winner included) + the race's loser + the zero-shot's time in passes of this flat run."""
+    """The time-to-target ratio counted in the solver's passes, which the machine's drift does not move: the zero-shot
+    and the polish's start choice (the race from both starts and its data misfits) converted at this flat run's seconds
+    per pass, plus the polish's passes after the race, over the flat start's passes."""
     p_flat, p_pol = passes_to(flat['snapshots'], target), passes_to(pol['snapshots'], target)
     per_pass = flat['seconds'] / max(flat['epochs'], 1)
-    rec = dict(flat=p_flat, polish=p_pol, race_loser=pol['options'].get('race_passes', 0), zero_shot=zs['seconds'] / per_pass,
-               pass_ms=1e3 * per_pass)
-    if p_flat and p_pol: rec['ratio'] = (p_pol + rec['race_loser'] + rec['zero_shot']) / p_flat
+    raced = pol['options'].get('race_passes', 0)   # the winner's passes, counted in the polish's epochs
+    rec = dict(flat=p_flat, after_race=None if p_pol is None else p_pol - raced, start_choice=pol['options'].get('start_seconds', 0.0) / per_pass,
+               zero_shot=zs['seconds'] / per_pass, pass_ms=1e3 * per_pass)
+    if p_flat and p_pol: rec['ratio'] = (rec['zero_shot'] + rec['start_choice'] + rec['after_race']) / p_flat
     return rec
 
 def cases(n: int, seed: int):
@@ -152,8 +154,9 @@ def main(argv=None):
               + ', '.join(secs(x, '') for x in r['ratios']) + ')' if 'ratios' in r else '') + (f" | fine-tune {f(r['finetune'])}" if 'finetune' in r else ''),
               flush=True)
         ps = r['passes']
-        print(f"{'':38s} in passes ({ps['pass_ms']:.0f} ms each): flat {ps['flat'] or 'never'}; polish {ps['polish'] or 'never'} "
-              f"+ race {ps['race_loser']} + zero-shot {ps['zero_shot']:.0f}" + (f", ratio {ps['ratio']:.2f}" if 'ratio' in ps else ''), flush=True)
+        print(f"{'':38s} in passes ({ps['pass_ms']:.0f} ms each): flat {ps['flat'] or 'never'}; zero-shot {ps['zero_shot']:.0f} "
+              f"+ start choice {ps['start_choice']:.0f} + polish {'never' if ps['after_race'] is None else ps['after_race']}"
+              + (f", ratio {ps['ratio']:.2f}" if 'ratio' in ps else ''), flush=True)
         mis = r['start_misfit']
         race = mis.get('after_race')
         print(f"{'':38s} polish start: {r['polish_start']} (data misfit: zero-shot {mis['network']:.4f}, flat object {mis['flat']:.4f}"

@@ -330,14 +330,15 @@ def test_the_amortised_benchmark_runs(tmp_path):
 
 
 def test_the_amortised_ratio_in_passes():
-    "The benchmark's drift-free ratio: (polish passes + the race's loser + the zero-shot's time in passes) / flat passes."
+    "The benchmark's drift-free ratio: (zero-shot + start choice, in passes of the flat run, + the polish's passes after the race) / flat passes."
     import importlib.util
     spec = importlib.util.spec_from_file_location('bench_amortised', Path(__file__).resolve().parent.parent / 'benchmarks' / 'bench_amortised.py')
     B = importlib.util.module_from_spec(spec); spec.loader.exec_module(B)
     pt = lambda e, q: dict(epoch=e, ssim_amp=q, ssim_phase=q)
     flat = dict(snapshots=[pt(5, .5), pt(10, .9), pt(20, .95)], seconds=2.0, epochs=20)     # 0.1 s a pass; target at pass 10
-    pol = dict(snapshots=[pt(2, .6), pt(4, .92)], options=dict(race_passes=5))
+    pol = dict(snapshots=[pt(7, .6), pt(9, .92)], options=dict(race_passes=5, start_seconds=0.8))   # epochs count the race's winner
     r = B.in_passes(flat, pol, dict(seconds=0.3), (0.9, 0.9))
-    assert (r['flat'], r['polish'], r['race_loser']) == (10, 4, 5)
-    assert r['zero_shot'] == pytest.approx(3.0) and r['ratio'] == pytest.approx(1.2)
+    assert (r['flat'], r['after_race']) == (10, 4)
+    assert r['zero_shot'] == pytest.approx(3.0) and r['start_choice'] == pytest.approx(8.0)
+    assert r['ratio'] == pytest.approx((3 + 8 + 4) / 10)
     assert 'ratio' not in B.in_passes(flat, pol, dict(seconds=0.3), (0.99, 0.99))        # never reached: no ratio
