@@ -232,6 +232,28 @@ def _pair_phases(crops, pos, M: int):
         theta[k], w[k] = np.angle(z), np.abs(z)
     return pairs, theta, w
 
+def _block_inner(canvas,  # [P, P] complex canvas (numpy or torch)
+                top,  # [n, 2] canvas (row, col) of each block's pixel (0, 0), fractional
+                crops,  # [n, M, M] complex
+                chunk: int = 1024,  # blocks per step (bounds memory)
+               ) -> np.ndarray:
+    "⟨canvas block, crop⟩ = Σ canvas(top + (i, j)) · conj(crop[i, j]) per block, the canvas sampled bilinearly (as `map_coordinates`, order 1): [n] complex64."
+    c = torch.as_tensor(np.asarray(canvas, np.complex64)); H, W = c.shape
+    top = np.asarray(top, np.float64); base = np.floor(top)
+    frac, base = torch.as_tensor(top - base, dtype=torch.float32), torch.as_tensor(base.astype(np.int64))
+    cr = torch.as_tensor(np.ascontiguousarray(crops, np.complex64))
+    M = cr.shape[-1]; ar = torch.arange(M + 1)
+    out = torch.empty(len(top), dtype=torch.complex64)
+    for s in range(0, len(top), chunk):
+        b, f = base[s:s + chunk], frac[s:s + chunk]
+        r, q = (b[:, :1] + ar).clamp(0, H - 1), (b[:, 1:] + ar).clamp(0, W - 1)   # the block and one row and column more
+        blk = c.reshape(-1)[r[:, :, None] * W + q[:, None, :]]            # [k, M+1, M+1]
+        fy, fx = f[:, 0, None, None], f[:, 1, None, None]
+        rows = (1 - fy) * blk[:, :M] + fy * blk[:, 1:]                    # [k, M, M+1]
+        samp = (1 - fx) * rows[:, :, :M] + fx * rows[:, :, 1:]            # [k, M, M]
+        out[s:s + chunk] = (samp * cr[s:s + chunk].conj()).sum((1, 2))
+    return out.numpy()
+
 def phase_synchronize(obj_patches,  # [B, C, N, N] or [n, N, N] complex patches
                       positions,  # matching absolute [x, y] positions ([B, C, 1, 2] or [n, 2])
                       M: int = 48,  # stitching crop (the refinement aligns these central squares)
@@ -267,16 +289,10 @@ def phase_synchronize(obj_patches,  # [B, C, N, N] or [n, N, N] complex patches
                 phi[v] = phi[u] + (rel[(u, v)] if (u, v) in rel else -rel[(v, u)])
     p = p * np.exp(1j * phi)[:, None, None].astype(np.complex64)
     if refine:
-        from scipy.ndimage import map_coordinates
         geo = stitch_geometry(pos, M)
-        adj = pos - np.asarray(geo.mean_xy)
-        g = np.arange(M, dtype=np.float64)
-        rows = (geo.pad + adj[:, 1, None, None] + g[None, :, None] + 0 * g[None, None, :]).ravel()
-        cols = (geo.pad + adj[:, 0, None, None] + g[None, None, :] + 0 * g[None, :, None]).ravel()
+        top = geo.pad + (pos - np.asarray(geo.mean_xy))[:, ::-1]   # canvas (row, col) of each patch's central square
         for _ in range(refine):
-            canvas = np.asarray(reassemble_position(p, pos, M))
-            samp = (map_coordinates(canvas.real, [rows, cols], order=1) + 1j * map_coordinates(canvas.imag, [rows, cols], order=1))
-            z = np.sum(samp.reshape(n, M, M) * np.conj(p[:, lo:lo + M, lo:lo + M]), axis=(1, 2))
+            z = _block_inner(reassemble_position(p, pos, M), top, p[:, lo:lo + M, lo:lo + M])
             p = p * np.exp(1j * np.angle(z))[:, None, None].astype(np.complex64)
     return p.reshape(shape)
 
