@@ -318,6 +318,18 @@ def solver_grid(raw) -> dict:
     return dict(ox=ox, oy=oy, shape=(int(np.ceil(oy.max())) + pad + 1, int(np.ceil(ox.max())) + pad + 1),
                 origin=(x.min() - pad, y.min() - pad))
 
+def _grid_xy(grid: dict) -> tuple:
+    "Object-frame (x, y) of every pixel of the solver's grid."
+    rows, cols = np.indices(grid['shape'], dtype=np.float64)
+    return cols + grid['origin'][0], rows + grid['origin'][1]
+
+def _bilinear(a, rows, cols, mode: str = 'constant'):
+    "`a` (real or complex) sampled bilinearly at (rows, cols), in float64 (`mode` as scipy's `map_coordinates`; 'constant' reads 0)."
+    from scipy.ndimage import map_coordinates
+    at = lambda x: map_coordinates(np.asarray(x, np.float64), [rows, cols], order=1, mode=mode, cval=0.0)
+    a = np.asarray(a)
+    return at(a.real) + 1j * at(a.imag) if np.iscomplexobj(a) else at(a)
+
 def object_on_grid(stitched,  # complex [P, P] stitched image
                    weights,  # [P, P] its stitch weights
                    positions,  # the stitched patches' absolute [x, y] positions (any layout `stitch_geometry` takes)
@@ -326,24 +338,16 @@ def object_on_grid(stitched,  # complex [P, P] stitched image
                    fill: complex = 1.0,  # value where the stitch does not cover the grid (weight < 0.5)
                   ) -> np.ndarray:
     "A stitched image resampled (bilinear) onto the solver's grid: complex64 [H, W]."
-    from scipy.ndimage import map_coordinates
     geo = stitch_geometry(np.asarray(positions, np.float64).reshape(-1, 2), M)
-    rows, cols = np.indices(grid['shape'], dtype=np.float64)
-    r, c = geo.object_to_canvas(cols + grid['origin'][0], rows + grid['origin'][1])
-    at = lambda a: map_coordinates(np.asarray(a, np.float64), [r, c], order=1, mode='constant', cval=0.0)
-    img = np.asarray(stitched)
-    out = at(img.real) + 1j * at(img.imag)
-    return np.where(at(weights) >= 0.5, out, fill).astype(np.complex64)
+    r, c = geo.object_to_canvas(*_grid_xy(grid))
+    return np.where(_bilinear(weights, r, c) >= 0.5, _bilinear(stitched, r, c), fill).astype(np.complex64)
 
 def frame_on_grid(obj,  # complex [H, W] image in the scan's object frame (the pixels of its `objectGuess`)
                   grid: dict,  # `solver_grid(raw)`
                  ) -> np.ndarray:
     "An object-frame image (a simulated scan's truth, say) resampled (bilinear) onto the solver's grid: complex64 [H, W]; its edge repeats beyond it."
-    from scipy.ndimage import map_coordinates
-    rows, cols = np.indices(grid['shape'], dtype=np.float64)
-    at = lambda a: map_coordinates(np.asarray(a, np.float64), [rows + grid['origin'][1], cols + grid['origin'][0]], order=1, mode='nearest')
-    o = np.asarray(obj)
-    return (at(o.real) + 1j * at(o.imag)).astype(np.complex64)
+    x, y = _grid_xy(grid)
+    return _bilinear(obj, y, x, mode='nearest').astype(np.complex64)
 
 def _photon_scale(obj, grid, probe, counts, N: int, s2: float) -> float:
     "The factor on `obj` whose predicted counts sum to the measured counts (the solver's scale is set for an object of ones)."
