@@ -25,17 +25,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-def time_to(curve, target):
-    "First time in `curve` ([{'train_s', 'ssim_amp', 'ssim_phase'}]) at which both SSIMs reach `target`; None if never."
-    for r in curve:
-        if r['ssim_amp'] >= target[0] and r['ssim_phase'] >= target[1]: return r['train_s']
-    return None
+def first_reaching(curve, target, key: str = 'train_s'):
+    "`key` ('train_s': time, 'epoch': pass) of the first point of `curve` at which both SSIMs reach `target`; None if never."
+    return next((r[key] for r in curve if r['ssim_amp'] >= target[0] and r['ssim_phase'] >= target[1]), None)
 
-def passes_to(curve, target):
-    "First pass (`epoch`) in `curve` at which both SSIMs reach `target`; None if never."
-    for r in curve:
-        if r['ssim_amp'] >= target[0] and r['ssim_phase'] >= target[1]: return r['epoch']
-    return None
+def time_to(curve, target): return first_reaching(curve, target, 'train_s')
+def passes_to(curve, target): return first_reaching(curve, target, 'epoch')
 
 def in_passes(flat, pol, zs, target):
     """The time-to-target ratio counted in the solver's passes, which the machine's drift does not move: the zero-shot
