@@ -281,9 +281,17 @@ def test_zero_shot_runs_where_it_is_told(pretrained, held_out_scan):
         PT.reconstruct_zero_shot(out, held_out_scan, accelerator='tpu')
 
 
+def _benchmark(name):
+    "A script of benchmarks/ loaded as a module (they are not a package)."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / 'benchmarks' / f'{name}.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
 def test_the_prepared_gpu_check_runs(tmp_path):
     "benchmarks/gpu_check.py (the one call a session with a lent GPU makes) in its seconds-sized CPU form."
-    import importlib.util, subprocess, sys
+    import subprocess, sys
     root = Path(__file__).resolve().parent.parent
     script = root / 'benchmarks' / 'gpu_check.py'
     r = subprocess.run([sys.executable, str(script), '--out', str(tmp_path / 'o'), '--tiny'], capture_output=True, text=True,
@@ -301,8 +309,7 @@ def test_the_prepared_gpu_check_runs(tmp_path):
     assert card['training']['init_from']['sha256'] == shipped['sha256']     # the chunk starts from the shipped weights
     assert card['training']['label_weight'] == 1.0 and rec['pretrain']['label_weight'] == 1.0   # with the label term by default
     assert not (model / 'checkpoints').exists()       # three folders down would not come back from the device machine
-    spec = importlib.util.spec_from_file_location('gpu_check', script); gc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gc)
+    gc = _benchmark('gpu_check')
     assert gc._resume_into(model / 'last.ckpt', tmp_path / 'next') == pytest.approx(card['training']['train_s'])
     assert (tmp_path / 'next' / 'checkpoints' / 'last.ckpt').is_file()
     bad = subprocess.run([sys.executable, str(script), '--out', str(tmp_path / 'x'), '--resume', str(tmp_path / 'none.ckpt')],
@@ -331,9 +338,7 @@ def test_the_amortised_benchmark_runs(tmp_path):
 
 def test_the_amortised_ratio_in_passes():
     "The benchmark's drift-free ratio: (zero-shot + start choice, in passes of the flat run, + the polish's passes after the race) / flat passes."
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('bench_amortised', Path(__file__).resolve().parent.parent / 'benchmarks' / 'bench_amortised.py')
-    B = importlib.util.module_from_spec(spec); spec.loader.exec_module(B)
+    B = _benchmark('bench_amortised')
     pt = lambda e, q: dict(epoch=e, ssim_amp=q, ssim_phase=q)
     flat = dict(snapshots=[pt(5, .5), pt(10, .9), pt(20, .95)], seconds=2.0, epochs=20)     # 0.1 s a pass; target at pass 10
     pol = dict(snapshots=[pt(7, .6), pt(9, .92)], options=dict(race_passes=5, start_seconds=0.8))   # epochs count the race's winner
