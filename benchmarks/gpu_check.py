@@ -20,11 +20,13 @@ deadline leaves, so a slow phase shortens it instead of losing the call):
 4. zero-shot scores (SSIM amplitude / phase) of the new model and of the shipped one on the amortised benchmark's
    cases (`bench_amortised.cases`: held-out families, camera/astronaut, low dose), beside the no-network baseline
    (the back-propagated first guess stitched the same way, `with_first_guess`), which a network must beat.
-Everything goes to OUT/gpu_check.json. The new model's start is then measured back on the session's own machine,
-where the model comes back (`files_at`): `python benchmarks/bench_amortised.py --model <files_at>/pretrained_N64 --n 256
---solver_epochs 200 --polish_epochs 200`, whose ratio in solver passes is the bar's time to quality. A zero-shot SSIM
-says little about it (RESULTS.md, 2026-12-03, sixth session: what a start must get right is its large scales). On a machine without a GPU it runs the same phases on the CPU (`--tiny` shrinks
+Everything goes to OUT/gpu_check.json. On a machine without a GPU it runs the same phases on the CPU (`--tiny` shrinks
 them to seconds: the test suite runs it so, to keep it working).
+
+The new model's start is then measured on the session's own machine, where the model comes back (`files_at`):
+`python benchmarks/bench_amortised.py --model <files_at>/pretrained_N64 --n 256 --solver_epochs 200 --polish_epochs 200`.
+Its ratio in solver passes is the bar's time to quality. A zero-shot SSIM says little about it (RESULTS.md, 2026-12-03,
+sixth session: what a start must get right is its large scales).
 
 Usage: python benchmarks/gpu_check.py --out DIR [--deadline_s 420] [--n_scans 4096] [--batch_size 64]
        [--resume CKPT] [--tiny]
