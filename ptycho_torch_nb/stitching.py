@@ -221,16 +221,45 @@ def stitch_patches(obj_patches, positions, M: int = 20, flip_x=False, flip_y=Fal
 def _pair_phases(crops, pos, M: int):
     "Relative phases θ_ij = arg Σ p_i conj(p_j) and overlap weights of overlapping crops [n, M, M] at positions [n, 2]."
     from scipy.spatial import cKDTree
-    pairs = np.array(sorted(cKDTree(pos).query_pairs(M - 4)), np.int64).reshape(-1, 2)
-    theta, w = np.zeros(len(pairs)), np.zeros(len(pairs))
-    d = np.rint(pos[pairs[:, 1]] - pos[pairs[:, 0]]).astype(np.int64) if len(pairs) else np.zeros((0, 2), np.int64)
-    for k, ((i, j), (dx, dy)) in enumerate(zip(pairs, d)):
+    pairs = cKDTree(pos).query_pairs(M - 4, output_type='ndarray').astype(np.int64).reshape(-1, 2)
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]            # i < j, sorted: keys i·n + j ascend
+    d = np.rint(pos[pairs[:, 1]] - pos[pairs[:, 0]]).astype(np.int64)
+    z = np.zeros(len(pairs), np.complex64)
+    shifts, group = np.unique(d, axis=0, return_inverse=True)          # pairs with one pixel shift are summed together
+    order = np.argsort(group.reshape(-1), kind='stable')
+    bounds = np.searchsorted(group.reshape(-1)[order], np.arange(len(shifts) + 1))
+    for s, (dx, dy) in enumerate(shifts):
+        k = order[bounds[s]:bounds[s + 1]]
         # pixel (r, c) of crop i shows the object point of pixel (r - dy, c - dx) of crop j (shift rounded to a pixel)
         ri, rj = slice(max(dy, 0), M + min(dy, 0)), slice(max(-dy, 0), M - max(dy, 0))
         ci, cj = slice(max(dx, 0), M + min(dx, 0)), slice(max(-dx, 0), M - max(dx, 0))
-        z = np.vdot(crops[j][rj, cj], crops[i][ri, ci])  # Σ p_i conj(p_j)
-        theta[k], w[k] = np.angle(z), np.abs(z)
-    return pairs, theta, w
+        z[k] = np.einsum('kij,kij->k', crops[pairs[k, 0], ri, ci], crops[pairs[k, 1], rj, cj].conj())  # Σ p_i conj(p_j)
+    return pairs, np.angle(z).astype(np.float64), np.abs(z).astype(np.float64)
+
+def _tree_phases(n: int,  # patches
+                 pairs,  # [m, 2] overlapping pairs i < j, sorted (`_pair_phases`)
+                 theta,  # [m] θ_ij
+                 w,  # [m] overlap weights
+                ) -> np.ndarray:
+    "φ [n]: 0 at each linked piece's first patch, φ_v = φ_u + θ_uv along a maximum-overlap spanning forest."
+    from scipy.sparse import coo_matrix, csr_matrix
+    from scipy.sparse.csgraph import minimum_spanning_tree, breadth_first_order, connected_components
+    T = minimum_spanning_tree(coo_matrix((-(w + 1e-12), (pairs[:, 0], pairs[:, 1])), shape=(n, n)).tocsr()).tocoo()
+    _, labels = connected_components(T, directed=False)
+    roots = np.unique(labels, return_index=True)[1]                     # each piece's first patch
+    # one extra node n joined to every root: one breadth-first pass gives every patch its parent
+    r, c = np.r_[T.row, T.col, np.full(len(roots), n)], np.r_[T.col, T.row, roots]
+    _, pred = breadth_first_order(csr_matrix((np.ones(len(r)), (r, c)), shape=(n + 1, n + 1)), n, directed=False)
+    pred[n] = n
+    v = np.arange(n); u = pred[:n]
+    lo, hi = np.minimum(u, v), np.maximum(u, v)                          # the edge's pair, i < j
+    at = np.searchsorted(pairs[:, 0] * n + pairs[:, 1], lo * n + hi).clip(0, max(len(pairs) - 1, 0))
+    edge = np.where(u == n, 0.0, np.where(u < v, 1.0, -1.0) * (theta[at] if len(pairs) else 0.0))
+    # φ_v = the sum of θ along the path to the root: pointer jumping, log2(depth) vectorised steps
+    acc, anc = np.r_[edge, 0.0], pred.copy()
+    while np.any(anc != n):
+        acc, anc = acc + acc[anc], anc[anc]
+    return acc[:n]
 
 def _block_inner(canvas,  # [P, P] complex canvas (numpy or torch)
                 top,  # [n, 2] canvas (row, col) of each block's pixel (0, 0), fractional
@@ -261,8 +290,6 @@ def phase_synchronize(obj_patches,  # [B, C, N, N] or [n, N, N] complex patches
                       refine: int = 3,  # rounds of aligning each patch to the stitched image
                      ) -> np.ndarray:
     "The patches with one constant phase each changed so that overlapping patches agree (same shape as the input)."
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import minimum_spanning_tree, breadth_first_order, connected_components
     p = np.array(obj_patches, np.complex64)
     shape, N = p.shape, p.shape[-1]
     p = p.reshape(-1, N, N)
@@ -272,28 +299,15 @@ def phase_synchronize(obj_patches,  # [B, C, N, N] or [n, N, N] complex patches
     pairs, theta, w = _pair_phases(p[:, ls:ls + S, ls:ls + S], pos, S)
     lo = N // 2 - M // 2
     n = len(p)
-    phi = np.zeros(n)
-    if len(pairs):
-        # maximum-overlap spanning tree (minimum of -w), then propagate phases from each component's root
-        G = coo_matrix((-(w + 1e-12), (pairs[:, 0], pairs[:, 1])), shape=(n, n)).tocsr()
-        T = minimum_spanning_tree(G)
-        T = (T + T.T).tocsr()
-        rel = {(a, b): t for (a, b), t in zip(map(tuple, pairs), theta)}
-        ncomp, labels = connected_components(T, directed=False)
-        for comp in range(ncomp):
-            root = int(np.flatnonzero(labels == comp)[0])
-            order, pred = breadth_first_order(T, root, directed=False)
-            for v in order[1:]:
-                u = pred[v]
-                # θ_uv = arg Σ p_u conj(p_v): multiplying p_v by e^{i(φ_u + θ_uv)} aligns it with (aligned) p_u
-                phi[v] = phi[u] + (rel[(u, v)] if (u, v) in rel else -rel[(v, u)])
-    p = p * np.exp(1j * phi)[:, None, None].astype(np.complex64)
+    phi = _tree_phases(n, pairs, theta, w)
     if refine:
         geo = stitch_geometry(pos, M)
         top = geo.pad + (pos - np.asarray(geo.mean_xy))[:, ::-1]   # canvas (row, col) of each patch's central square
+        crops = p[:, lo:lo + M, lo:lo + M] * np.exp(1j * phi)[:, None, None].astype(np.complex64)   # only these are stitched
         for _ in range(refine):
-            z = _block_inner(reassemble_position(p, pos, M), top, p[:, lo:lo + M, lo:lo + M])
-            p = p * np.exp(1j * np.angle(z))[:, None, None].astype(np.complex64)
+            step = np.angle(_block_inner(reassemble_position(crops, pos, M), top, crops))
+            crops *= np.exp(1j * step)[:, None, None].astype(np.complex64); phi += step
+    p *= np.exp(1j * phi)[:, None, None].astype(np.complex64)
     return p.reshape(shape)
 
 # %% ../nbs/03b_stitching.ipynb #a15ac25e
