@@ -336,7 +336,7 @@ def intensity_scale(nphotons: float,  # expected photons per pattern
 def extract_patches(obj,           # (H, W) complex or real object
                     x, y,          # (P,) positions (x = column, y = row), object pixels, may be fractional
                     N: int,        # patch size
-                    chunk: int = 2048,  # positions per vectorised step
+                    chunk: int = 64,  # positions per vectorised step (small: the temporaries stay in cache)
                     dtype=np.complex64  # output dtype
                    ) -> np.ndarray:
     "(P, N, N) patches with `patch[r, c] = bilinear(obj, row=y+r-N//2, col=x+c-N//2)`, zero outside the object."
@@ -349,15 +349,16 @@ def extract_patches(obj,           # (H, W) complex or real object
     out = np.empty((len(x), N, N), dtype=dtype)
     windows = np.lib.stride_tricks.sliding_window_view(objp, (N + 1, N + 1))   # every (N+1)^2 window, a view
     Hw, Ww = windows.shape[:2]
+    wt = np.finfo(np.result_type(objp.dtype, dtype)).dtype   # the weights' precision is the images' (float64 promotes complex64)
     for s in range(0, len(x), chunk):
         xs, ys = x[s:s + chunk], y[s:s + chunk]
         fx, fy = np.floor(xs), np.floor(ys)
-        tx, ty = (xs - fx)[:, None, None], (ys - fy)[:, None, None]
+        tx, ty = (xs - fx).astype(wt)[:, None, None], (ys - fy).astype(wt)[:, None, None]
         r0 = np.clip(fy.astype(np.int64) - N // 2 + pad, 0, Hw - 1)   # a clamped window lies entirely in the zero pad
         c0 = np.clip(fx.astype(np.int64) - N // 2 + pad, 0, Ww - 1)
         b = windows[r0, c0]                                          # (p, N+1, N+1) copy
-        out[s:s + chunk] = ((1 - ty) * ((1 - tx) * b[:, :N, :N] + tx * b[:, :N, 1:])
-                            + ty * ((1 - tx) * b[:, 1:, :N] + tx * b[:, 1:, 1:]))
+        rows = b[:, :, :N] + tx * (b[:, :, 1:] - b[:, :, :N])        # along x, then along y
+        out[s:s + chunk] = rows[:, :N] + ty * (rows[:, 1:] - rows[:, :N])
     return out
 
 # %% ../nbs/02a_raw_data.ipynb #35ab7df3
