@@ -245,10 +245,11 @@ def scan_nphotons(raw) -> float:
     return float(np.mean(np.sum(d * d, axis=(1, 2))))
 
 def grouped_container(raw, N: int, gridsize: int, nphotons: float, cover: bool = False, K: int = 6,
-                      radius: Optional[float] = None, seed: int = 0):
+                      radius: Optional[float] = None, seed: int = 0,
+                      truth: bool = True):  # False: no ground-truth patches `Y` from `objectGuess` (inference needs none)
     "Container of `scan_groups` groups (`cover=True`: the inference cover; else one training group per position)."
     nn = scan_groups(raw.xcoords, raw.ycoords, gridsize ** 2, K, N / 2 if radius is None else radius, cover, seed)
-    c = PtychoDataContainerTorch.from_grouped(grouped_from_indices(raw, nn, N), raw.probeGuess, nphotons)
+    c = PtychoDataContainerTorch.from_grouped(grouped_from_indices(raw, nn, N, truth=truth), raw.probeGuess, nphotons)
     if c.objectGuess is None and raw.objectGuess is not None: c.objectGuess = np.asarray(raw.objectGuess)
     return c
 

@@ -420,7 +420,8 @@ def reconstruct_zero_shot(pretrained,         # model_card.json / its folder / a
     model, card = pretrained if isinstance(pretrained, tuple) else load_pretrained(pretrained)
     check_fits(card, scan); use_scan(model, scan); model.to(device)
     m = model.model
-    c = grouped_container(scan, m.N, m.gridsize, scan_nphotons(scan), K=int(model.tc['neighbor_count']), seed=seed)
+    c = grouped_container(scan, m.N, m.gridsize, scan_nphotons(scan), K=int(model.tc['neighbor_count']), seed=seed,
+                          truth=False)                     # no label patches: inference needs none
     precision = resolve_precision(precision, device)
     patches = predict_scan(model, c, batch_size, precision)      # each pattern's view of its group's merge
     t1 = time.perf_counter()

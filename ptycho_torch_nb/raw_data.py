@@ -309,7 +309,7 @@ def normalization_factor(diffraction,  # amplitudes, any shape (..., N, N) or ch
 
 def pattern_energy(diff3d,            # (M, N, N) amplitudes
                    indices=None,      # only these patterns (default: all)
-                   chunk: int = 4096  # patterns per step (bounds the float64 temporary)
+                   chunk: int = 256  # patterns per step (the float64 temporary stays small and in cache)
                   ) -> np.ndarray:
     "float64 per-pattern energy sum_hw d^2 of the selected patterns."
     d = np.asarray(diff3d)
@@ -453,7 +453,8 @@ def _coords_block(x, y, nn):
 
 def grouped_from_indices(raw, nn: np.ndarray, N: int,
                          include_patterns: bool = True,     # False: skip 'diffraction'/'X_full' (coordinates only)
-                         reflect_ground_truth: bool = False  # True: the reference's reflected Y for gridsize > 1
+                         reflect_ground_truth: bool = False,  # True: the reference's reflected Y for gridsize > 1
+                         truth: bool = True,                 # False: no ground-truth patches 'Y' (inference needs none)
                         ) -> dict:
     "The reference's grouped dict for the groups `nn` (B, C)."
     if raw.diff3d is not None and raw.diff3d.shape[1] != N:
@@ -472,7 +473,8 @@ def grouped_from_indices(raw, nn: np.ndarray, N: int,
         out['X_full_scale'] = f
     out.update(coords_offsets=off, coords_relative=rel, coords_start_offsets=soff, coords_start_relative=srel,
                coords_nn=cnn, coords_start_nn=snn, nn_indices=nn)
-    if raw.Y is not None: out['Y'] = raw.Y[nn].transpose(0, 2, 3, 1)
+    if not truth: out['Y'] = None
+    elif raw.Y is not None: out['Y'] = raw.Y[nn].transpose(0, 2, 3, 1)
     elif raw.objectGuess is not None:
         pos = (2 * off - cnn) if reflect_ground_truth else cnn            # (B,1,2,C)
         px = pos[:, 0, 0, :].ravel(); py = pos[:, 0, 1, :].ravel()        # flat index b*C + c
