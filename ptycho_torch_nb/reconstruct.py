@@ -25,9 +25,9 @@ from .persistence import load_torch_bundle, save_torch_bundle
 # %% auto #0
 __all__ = ['torch', 'SCAN_FIELDS', 'PIE_ALPHA', 'RACE_PASSES', 'scan_defaults', 'scan_options', 'options_for_config',
            'merge_canvas_size', 'scan_model', 'scan_setup', 'scan_execution_config', 'scan_containers', 'fit_scan',
-           'predict_and_stitch', 'reconstruct_scan', 'save_scan_outputs', 'predicted_amplitude', 'illumination',
-           'pie_step', 'solver_grid', 'object_on_grid', 'frame_on_grid', 'iterative_reference', 'data_misfit',
-           'polish_start', 'polish']
+           'predict_and_stitch', 'reconstruct_scan', 'save_scan_outputs', 'predicted_amplitude', 'spread_patches',
+           'illumination', 'amplitude_gradients', 'pie_step', 'solver_grid', 'object_on_grid', 'frame_on_grid',
+           'iterative_reference', 'data_misfit', 'polish_start', 'polish']
 
 # %% ../nbs/05a_reconstruct.ipynb #12e870ab
 def scan_defaults(N: int = 64,  # pattern size
@@ -268,25 +268,57 @@ def predicted_amplitude(obj,  # complex [H, W] object
     "The solver's forward model: √s·|F(P·O)| of the patches at (ox, oy), [B, N, N] in units of √counts."
     return math.sqrt(s2) * physics.diffraction_amplitude(extract_patches_torch(obj, ox, oy, probe.shape[-1]), probe)
 
+def _taps(shape, ox, oy, N: int) -> tuple:
+    "Where `extract_patches_torch`'s bilinear samples at (ox, oy) read an [H, W] object: flat pixel indices [P, N+1, N+1], which lie inside, and the weights tx, ty [P, 1, 1]."
+    H, W = tuple(shape)
+    x, y = (torch.as_tensor(np.asarray(v, np.float64)) for v in (ox, oy))
+    fx, fy = torch.floor(x), torch.floor(y)
+    tx, ty = ((v - f).to(torch.float32)[:, None, None] for v, f in ((x, fx), (y, fy)))
+    g = torch.arange(N + 1)
+    rows, cols = (fy.long() - N // 2)[:, None] + g, (fx.long() - N // 2)[:, None] + g
+    inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
+    return rows[:, :, None] * W + cols[:, None, :], inside, tx, ty
+
+def spread_patches(values,  # [P, N, N, C] real: C numbers on each patch pixel
+                   shape,  # (H, W) of the object
+                   ox, oy,  # the patches' positions on it (`solver_grid`)
+                  ) -> torch.Tensor:
+    "The adjoint of `extract_patches_torch`'s sampling: each patch pixel's numbers shared bilinearly among the four object pixels it reads, summed over patches: [H, W, C]."
+    (P, N, _, C), (H, W) = values.shape, tuple(shape)
+    flat, inside, tx, ty = _taps(shape, ox, oy, N)
+    tx, ty = tx[..., None], ty[..., None]
+    rows = values.new_zeros(P, N + 1, N, C)             # the adjoint of the lerp along rows, then of the one along columns
+    rows[:, :N] += (1 - ty) * values; rows[:, 1:] += ty * values
+    tile = values.new_zeros(P, N + 1, N + 1, C)
+    tile[:, :, :N] += (1 - tx) * rows; tile[:, :, 1:] += tx * rows
+    if not bool(inside.all()): flat, tile = flat[inside], tile[inside]   # a patch that overhangs the object
+    return values.new_zeros(H * W, C).index_add_(0, flat.reshape(-1), tile.reshape(-1, C)).view(H, W, C)
+
 def illumination(shape,  # (H, W) of the object
                  ox, oy,  # the patches' positions on it (`solver_grid`)
                  probe,  # complex [N, N] probe
                 ) -> torch.Tensor:
-    "Σ|P|² the patches at (ox, oy) put on each object pixel: the adjoint of `extract_patches_torch`'s bilinear sampling applied to |P|², float [H, W]."
-    N, (H, W) = probe.shape[-1], tuple(shape)
-    x, y = (torch.as_tensor(np.asarray(v, np.float64)) for v in (ox, oy))
-    fx, fy = torch.floor(x), torch.floor(y)
-    tx, ty = ((v - f).to(torch.float32)[:, None, None] for v, f in ((x, fx), (y, fy)))
+    "Σ|P|² the patches at (ox, oy) put on each object pixel (`spread_patches` of |P|²), float [H, W]."
     w = probe.abs().square().to(torch.float32)
-    tile = torch.zeros(len(x), N + 1, N + 1)   # each patch's |P|² spread over the (N+1)² pixels its samples read
-    tile[:, :N, :N] += (1 - tx) * (1 - ty) * w; tile[:, :N, 1:] += tx * (1 - ty) * w
-    tile[:, 1:, :N] += (1 - tx) * ty * w; tile[:, 1:, 1:] += tx * ty * w
-    g = torch.arange(N + 1)
-    rows, cols = (fy.long() - N // 2)[:, None] + g, (fx.long() - N // 2)[:, None] + g
-    inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
-    flat = rows[:, :, None] * W + cols[:, None, :]
-    if not bool(inside.all()): flat, tile = flat[inside], tile[inside]   # a patch that overhangs the object
-    return torch.zeros(H * W).index_add_(0, flat.reshape(-1), tile.reshape(-1)).view(H, W)
+    return spread_patches(w.expand(len(np.atleast_1d(ox)), *w.shape)[..., None], shape, ox, oy)[..., 0]
+
+def amplitude_gradients(obj,  # complex [H, W] object
+                        ox, oy,  # positions of the patterns (`solver_grid`)
+                        probe,  # complex [N, N] probe
+                        amplitude,  # [B, N, N] measured amplitudes √counts (centred, as `predicted_amplitude`)
+                        s2: float,  # photon scale
+                        with_probe: bool = False,  # also the probe's gradient and Σ|O|² of the patches
+                       ) -> tuple:
+    "(∇_O, Σ|P|² per pixel, (∇_P, Σ|O|²) or None) of L = ½Σ(√s·|F(P·O)| − a)², written out: no autograd graph."
+    N, r = probe.shape[-1], math.sqrt(s2)
+    patches = extract_patches_torch(obj, ox, oy, N)
+    far = torch.fft.fft2(probe * patches, norm='ortho')
+    measured = torch.fft.ifftshift(amplitude, dim=(-2, -1))          # the measured patterns, uncentred like `far`
+    chi = torch.fft.ifft2((r * far.abs() - measured) * r * torch.sgn(far), norm='ortho')   # ∇ on the exit waves: s·(ψ − ψ′)
+    both = torch.cat([torch.view_as_real(probe.conj() * chi), probe.abs().square().expand(len(chi), N, N)[..., None]], -1)
+    spread = spread_patches(both, obj.shape, ox, oy)                  # ∇_O and the illumination in one pass
+    grad, D = torch.view_as_complex(spread[..., :2].contiguous()), spread[..., 2]
+    return grad, D, ((patches.conj() * chi).sum(0), patches.abs().square().sum(0)) if with_probe else None
 
 def pie_step(obj,  # complex [H, W] object
              ox, oy,  # positions of the patterns in this update (`solver_grid`)
@@ -298,14 +330,11 @@ def pie_step(obj,  # complex [H, W] object
              probe_step: float = 0.0,  # > 0: the probe takes the same kind of step (divided by s·Σ|O|² of the patches)
             ) -> tuple:
     "One regularised-PIE update: the amplitude-likelihood gradient divided by the illumination the patterns put on each pixel; returns (object, probe)."
-    z, p = obj.clone().requires_grad_(True), probe.clone().requires_grad_(probe_step > 0)
-    loss = 0.5 * (predicted_amplitude(z, ox, oy, p, s2) - amplitude).square().sum()
-    grads = torch.autograd.grad(loss, (z, p) if probe_step > 0 else (z,))   # object: s2·P̄(ψ − ψ′) placed per patch
-    D = illumination(obj.shape, ox, oy, probe)
-    new_obj = (obj - step * grads[0] / (s2 * ((1 - alpha) * D + alpha * D.max()) + 1e-30)).detach()
+    grad, D, on_probe = amplitude_gradients(obj, ox, oy, probe, amplitude, s2, with_probe=probe_step > 0)
+    new_obj = obj - step * grad / (s2 * ((1 - alpha) * D + alpha * D.max()) + 1e-30)
     if probe_step > 0:   # probe: s2·Σ Ō(ψ − ψ′) over the patches, the same preconditioning with Σ|O|²
-        Dp = extract_patches_torch(obj, ox, oy, probe.shape[-1]).abs().square().sum(0)
-        probe = (probe - probe_step * grads[1] / (s2 * ((1 - alpha) * Dp + alpha * Dp.max()) + 1e-30)).detach()
+        gp, Dp = on_probe
+        probe = probe - probe_step * gp / (s2 * ((1 - alpha) * Dp + alpha * Dp.max()) + 1e-30)
     return new_obj, probe
 
 # %% ../nbs/05a_reconstruct.ipynb #1848f53b
