@@ -254,6 +254,7 @@ def _tree_phases(n: int,  # patches
     v = np.arange(n); u = pred[:n]
     lo, hi = np.minimum(u, v), np.maximum(u, v)                          # the edge's pair, i < j
     at = np.searchsorted(pairs[:, 0] * n + pairs[:, 1], lo * n + hi).clip(0, max(len(pairs) - 1, 0))
+    # θ_uv = arg Σ p_u conj(p_v) = -θ_vu: multiplying p_v by e^{i(φ_u + θ_uv)} aligns it with the aligned p_u
     edge = np.where(u == n, 0.0, np.where(u < v, 1.0, -1.0) * (theta[at] if len(pairs) else 0.0))
     # φ_v = the sum of θ along the path to the root: pointer jumping, log2(depth) vectorised steps
     acc, anc = np.r_[edge, 0.0], pred.copy()
