@@ -35,8 +35,20 @@ def _shift_axis(x,  # [n, c, H, W]
     idx1 = src1.clamp(0, L - 1).view(view).expand_as(x)
     return torch.gather(x, dim, idx0) * w0.view(view).to(x.dtype) + torch.gather(x, dim, idx1) * w1.view(view).to(x.dtype)
 
+def _lerp_axis(x,  # [n, c, H, W]
+               f,  # [n] shift along `dim` in [0, 1]
+               dim: int,  # -1 (columns) or -2 (rows)
+              ):
+    "`_shift_axis` for a fraction: (1 − f)·x[k] + f·x[k − 1], x[−1] = 0, by slicing instead of gathers (the same numbers)."
+    f = f.view(-1, 1, 1, 1).to(x.dtype)
+    out = x * (1 - f)
+    if dim == -1: out[..., 1:] += x[..., :-1] * f
+    else: out[..., 1:, :] += x[..., :-1, :] * f
+    return out
+
 def translate(images,  # [..., H, W] real or complex images
               offsets,  # [..., 2] translations `[dx, dy]` (columns, rows); broadcast against the leading dims
+              fraction: bool = False,  # every offset in [0, 1] (`_split_shift`'s fraction): lerps, no gathers
              ):
     "Move the content of `images` by `+offsets` (bilinear, per-tap zero fill); returns the same shape and dtype."
     *lead, H, W = images.shape
@@ -48,7 +60,8 @@ def translate(images,  # [..., H, W] real or complex images
     if is_complex: x = torch.view_as_real(images).movedim(-1, -3).reshape(-1, 2, H, W)  # [n, 2, H, W]
     else: x = images.reshape(-1, 1, H, W)  # [n, 1, H, W]
     # a constant shift is separable: bilinear weight = wx·wy, and a tap is in range iff it is in range on both axes
-    out = _shift_axis(_shift_axis(x, offsets[:, 0], -1), offsets[:, 1], -2)
+    shift = _lerp_axis if fraction else _shift_axis
+    out = shift(shift(x, offsets[:, 0], -1), offsets[:, 1], -2)
     if is_complex: return torch.view_as_complex(out.reshape(*lead, 2, H, W).movedim(-3, -1).contiguous())
     return out.reshape(*lead, H, W)
 
@@ -71,7 +84,7 @@ def shift_into_canvas(x,  # [B, C, N, N] real or complex patches
     "Σ_c translate(pad_to(x_c, P), shifts_c): [B, P, P], in O(N²) per patch instead of O(P²)."
     B, C, N, _ = x.shape
     i, f = _split_shift(shifts.reshape(B * C, 2))
-    tile = translate(F.pad(x.reshape(B * C, N, N), (0, 1, 0, 1)), f)   # the fractional part on an (N+1)² tile
+    tile = translate(F.pad(x.reshape(B * C, N, N), (0, 1, 0, 1)), f, fraction=True)   # the fractional part on an (N+1)² tile
     k, a = torch.arange(N + 1, device=x.device), (P - N) // 2
     idx, inside = _flat_index(a + i[:, 1:2] + k, a + i[:, 0:1] + k, P)  # the integer part: where the tile lands
     is_complex = tile.is_complex()
@@ -94,7 +107,7 @@ def shifted_window(canvas,  # [B, P, P] real or complex
     idx, inside = _flat_index(m - 1 - i[:, 1:2] + k, m - 1 - i[:, 0:1] + k, P)
     src = canvas.reshape(B, P * P)
     win = torch.gather(src, 1, idx.reshape(B, -1)).reshape(B * C, N + 1, N + 1) * inside.to(canvas.real.dtype)
-    return translate(win, f)[:, 1:, 1:].reshape(B, C, N, N)
+    return translate(win, f, fraction=True)[:, 1:, 1:].reshape(B, C, N, N)
 
 # %% ../nbs/03_physics.ipynb #cd466f2f
 def probe_disk_mask(N: int,  # patch size
