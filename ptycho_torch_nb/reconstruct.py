@@ -268,16 +268,12 @@ def predicted_amplitude(obj,  # complex [H, W] object
     "The solver's forward model: √s·|F(P·O)| of the patches at (ox, oy), [B, N, N] in units of √counts."
     return math.sqrt(s2) * physics.diffraction_amplitude(extract_patches_torch(obj, ox, oy, probe.shape[-1]), probe)
 
-def _taps(shape, ox, oy, N: int) -> tuple:
-    "Where `extract_patches_torch`'s bilinear samples at (ox, oy) read an [H, W] object: flat pixel indices [P, N+1, N+1], which lie inside, and the weights tx, ty [P, 1, 1]."
-    H, W = tuple(shape)
-    x, y = (torch.as_tensor(np.asarray(v, np.float64)) for v in (ox, oy))
+def _taps(ox, oy, N: int) -> tuple:
+    "Where `extract_patches_torch`'s bilinear samples at (ox, oy) read the object: the (row, col) of each patch's (N+1)² block, Python ints, and the weights tx, ty [P, 1, 1]."
+    x, y = (torch.as_tensor(np.asarray(v, np.float64)).reshape(-1) for v in (ox, oy))
     fx, fy = torch.floor(x), torch.floor(y)
     tx, ty = ((v - f).to(torch.float32)[:, None, None] for v, f in ((x, fx), (y, fy)))
-    g = torch.arange(N + 1)
-    rows, cols = (fy.long() - N // 2)[:, None] + g, (fx.long() - N // 2)[:, None] + g
-    inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]
-    return rows[:, :, None] * W + cols[:, None, :], inside, tx, ty
+    return (fy.long() - N // 2).tolist(), (fx.long() - N // 2).tolist(), tx, ty
 
 def spread_patches(values,  # [P, N, N, C] real: C numbers on each patch pixel
                    shape,  # (H, W) of the object
@@ -285,14 +281,17 @@ def spread_patches(values,  # [P, N, N, C] real: C numbers on each patch pixel
                   ) -> torch.Tensor:
     "The adjoint of `extract_patches_torch`'s sampling: each patch pixel's numbers shared bilinearly among the four object pixels it reads, summed over patches: [H, W, C]."
     (P, N, _, C), (H, W) = values.shape, tuple(shape)
-    flat, inside, tx, ty = _taps(shape, ox, oy, N)
+    r0, c0, tx, ty = _taps(ox, oy, N)
     tx, ty = tx[..., None], ty[..., None]
     rows = values.new_zeros(P, N + 1, N, C)             # the adjoint of the lerp along rows, then of the one along columns
     rows[:, :N] += (1 - ty) * values; rows[:, 1:] += ty * values
     tile = values.new_zeros(P, N + 1, N + 1, C)
     tile[:, :, :N] += (1 - tx) * rows; tile[:, :, 1:] += tx * rows
-    if not bool(inside.all()): flat, tile = flat[inside], tile[inside]   # a patch that overhangs the object
-    return values.new_zeros(H * W, C).index_add_(0, flat.reshape(-1), tile.reshape(-1, C)).view(H, W, C)
+    out = values.new_zeros(H, W, C)
+    for p, (r, c) in enumerate(zip(r0, c0)):           # each block added where it lies (the part inside the object)
+        r1, c1, r2, c2 = max(r, 0), max(c, 0), min(r + N + 1, H), min(c + N + 1, W)
+        if r1 < r2 and c1 < c2: out[r1:r2, c1:c2] += tile[p, r1 - r:r2 - r, c1 - c:c2 - c]
+    return out
 
 def illumination(shape,  # (H, W) of the object
                  ox, oy,  # the patches' positions on it (`solver_grid`)
