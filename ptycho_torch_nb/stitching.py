@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 import numpy as np
 from .core import require_torch
+from .raw_data import extract_patches
 torch = require_torch()
 
 # %% auto #0
@@ -265,24 +266,12 @@ def _tree_phases(n: int,  # patches
 def _block_inner(canvas,  # [P, P] complex canvas (numpy or torch)
                 top,  # [n, 2] canvas (row, col) of each block's pixel (0, 0), fractional
                 crops,  # [n, M, M] complex
-                chunk: int = 1024,  # blocks per step (bounds memory)
+                chunk: int = 64,  # blocks per step (`raw_data.extract_patches`)
                ) -> np.ndarray:
-    "⟨canvas block, crop⟩ = Σ canvas(top + (i, j)) · conj(crop[i, j]) per block, the canvas sampled bilinearly (as `map_coordinates`, order 1): [n] complex64."
-    c = torch.as_tensor(np.asarray(canvas, np.complex64)); H, W = c.shape
-    top = np.asarray(top, np.float64); base = np.floor(top)
-    frac, base = torch.as_tensor(top - base, dtype=torch.float32), torch.as_tensor(base.astype(np.int64))
-    cr = torch.as_tensor(np.ascontiguousarray(crops, np.complex64))
-    M = cr.shape[-1]; ar = torch.arange(M + 1)
-    out = torch.empty(len(top), dtype=torch.complex64)
-    for s in range(0, len(top), chunk):
-        b, f = base[s:s + chunk], frac[s:s + chunk]
-        r, q = (b[:, :1] + ar).clamp(0, H - 1), (b[:, 1:] + ar).clamp(0, W - 1)   # the block and one row and column more
-        blk = c.reshape(-1)[r[:, :, None] * W + q[:, None, :]]            # [k, M+1, M+1]
-        fy, fx = f[:, 0, None, None], f[:, 1, None, None]
-        rows = (1 - fy) * blk[:, :M] + fy * blk[:, 1:]                    # [k, M, M+1]
-        samp = (1 - fx) * rows[:, :, :M] + fx * rows[:, :, 1:]            # [k, M, M]
-        out[s:s + chunk] = (samp * cr[s:s + chunk].conj()).sum((1, 2))
-    return out.numpy()
+    "⟨canvas block, crop⟩ = Σ canvas(top + (i, j)) · conj(crop[i, j]) per block, the canvas sampled bilinearly by `raw_data.extract_patches`: [n] complex64."
+    M, top = np.shape(crops)[-1], np.asarray(top, np.float64)
+    blocks = extract_patches(np.asarray(canvas), top[:, 1] + M // 2, top[:, 0] + M // 2, M, chunk=chunk)   # centred at the block's middle
+    return np.einsum('kij,kij->k', blocks, np.conj(crops)).astype(np.complex64)
 
 def phase_synchronize(obj_patches,  # [B, C, N, N] or [n, N, N] complex patches
                       positions,  # matching absolute [x, y] positions ([B, C, 1, 2] or [n, 2])
