@@ -268,21 +268,16 @@ def predicted_amplitude(obj,  # complex [H, W] object
     "The solver's forward model: √s·|F(P·O)| of the patches at (ox, oy), [B, N, N] in units of √counts."
     return math.sqrt(s2) * physics.diffraction_amplitude(extract_patches_torch(obj, ox, oy, probe.shape[-1]), probe)
 
-def _taps(ox, oy, N: int) -> tuple:
-    "Where `extract_patches_torch`'s bilinear samples at (ox, oy) read the object: the (row, col) of each patch's (N+1)² block, Python ints, and the weights tx, ty [P, 1, 1]."
-    x, y = (torch.as_tensor(np.asarray(v, np.float64)).reshape(-1) for v in (ox, oy))
-    fx, fy = torch.floor(x), torch.floor(y)
-    tx, ty = ((v - f).to(torch.float32)[:, None, None] for v, f in ((x, fx), (y, fy)))
-    return (fy.long() - N // 2).tolist(), (fx.long() - N // 2).tolist(), tx, ty
-
 def spread_patches(values,  # [P, N, N, C] real: C numbers on each patch pixel
                    shape,  # (H, W) of the object
                    ox, oy,  # the patches' positions on it (`solver_grid`)
                   ) -> torch.Tensor:
     "The adjoint of `extract_patches_torch`'s sampling: each patch pixel's numbers shared bilinearly among the four object pixels it reads, summed over patches: [H, W, C]."
     (P, N, _, C), (H, W) = values.shape, tuple(shape)
-    r0, c0, tx, ty = _taps(ox, oy, N)
-    tx, ty = tx[..., None], ty[..., None]
+    x, y = (torch.as_tensor(np.asarray(v, np.float64)).reshape(-1) for v in (ox, oy))
+    fx, fy = torch.floor(x), torch.floor(y)       # the (N+1)² block each patch's samples read starts at (fy, fx) - N//2
+    tx, ty = ((v - f).to(torch.float32)[:, None, None, None] for v, f in ((x, fx), (y, fy)))
+    r0, c0 = (fy.long() - N // 2).tolist(), (fx.long() - N // 2).tolist()
     rows = values.new_zeros(P, N + 1, N, C)             # the adjoint of the lerp along rows, then of the one along columns
     rows[:, :N] += (1 - ty) * values; rows[:, 1:] += ty * values
     tile = values.new_zeros(P, N + 1, N + 1, C)
