@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv, logging
 from pathlib import Path
 import numpy as np
-from .raw_data import RawDataTorch
+from .raw_data import RawDataTorch, read_npz
 
 log = logging.getLogger(__name__)
 
@@ -256,9 +256,9 @@ def iter_hdf5_chunks(path,  # HDF5 file
 def _probe(probe, f, path):
     if probe is None: raise ValueError(f"{path}: a probe is required: probe=<dataset key in the file>, an (N, N) array or an .npz with 'probeGuess'")
     if isinstance(probe, (str, Path)) and str(probe).endswith('.npz'):
-        with np.load(probe, allow_pickle=False) as d:
-            if 'probeGuess' not in d: raise ValueError(f"{probe}: no 'probeGuess' array")
-            return d['probeGuess']
+        d = read_npz(Path(probe))   # the scan loader's checks: a missing, corrupt or pickled file is named
+        if 'probeGuess' not in d: raise ValueError(f"{probe}: no 'probeGuess' array (it holds {d['__files__']})")
+        return d['probeGuess']
     if isinstance(probe, str): return _dataset(f, probe, path, 'probe dataset')[()]
     return np.asarray(probe)
 

@@ -12,8 +12,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'REQUIRED_KEYS', 'DIFFRACTION_KEYS', 'OPTIONAL_KEYS', 'CONTRACT_KEYS', 'validate_raw_arrays', 'RawDataTorch',
-           'intensity_evidence', 'normalization_factor', 'pattern_energy', 'normalize_data', 'intensity_scale',
-           'extract_patches', 'group_indices', 'grouped_from_indices', 'generate_grouped_data']
+           'read_npz', 'intensity_evidence', 'normalization_factor', 'pattern_energy', 'normalize_data',
+           'intensity_scale', 'extract_patches', 'group_indices', 'grouped_from_indices', 'generate_grouped_data']
 
 # %% ../nbs/02a_raw_data.ipynb #95e36ece
 REQUIRED_KEYS = ('xcoords', 'ycoords', 'probeGuess')
@@ -158,10 +158,14 @@ class RawDataTorch:
         return cls(xcoords, ycoords, None, None, diff3d, probeGuess, scan_index, objectGuess)
 
 # %% ../nbs/02a_raw_data.ipynb #08899de5
-def _read_npz(path: Path) -> dict:
-    "The contract's arrays of an NPZ file (other keys are never read; pickle refused); `ValueError` for a bad file."
+def read_npz(path: Path) -> dict:
+    "The contract's arrays of an NPZ file (other keys are never read; pickle refused) and its `__files__`; `ValueError` naming the file for a bad one."
     if not path.exists(): raise FileNotFoundError(f"data file not found: {path}")
     if path.is_dir(): raise ValueError(f"{path}: is a directory, expected an .npz file")
+    with open(path, 'rb') as fh: head = fh.read(8)
+    if not head.startswith((b'PK', b'\x93NUMPY')):   # np.load would call any other file "pickled data"
+        kind = ' (an HDF5 file: give it an .h5 or .hdf5 name)' if head.startswith(b'\x89HDF') else ''
+        raise ValueError(f"{path}: is not an NPZ archive{kind}: it starts with {head!r}, not a zip file's b'PK'")
     try:
         with np.load(path, allow_pickle=False) as f:
             if not isinstance(f, np.lib.npyio.NpzFile):
@@ -233,7 +237,7 @@ def _diffraction_from_npz(data: dict, src, M: int, layout: str | None = None):
 # %% ../nbs/02a_raw_data.ipynb #c7d7f718
 def _load_raw(cls, path, diffraction_is_intensity=None, diffraction_layout=None):
     path = Path(path)
-    data = _read_npz(path)
+    data = read_npz(path)
     for k in REQUIRED_KEYS:
         if k not in data: raise ValueError(f"{path}: missing required key '{k}'; keys present: {sorted(data['__files__'])}")
     x = _as_real_numeric(data['xcoords'], path, 'xcoords')
