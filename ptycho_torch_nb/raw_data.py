@@ -226,7 +226,9 @@ def _diffraction_from_npz(data: dict, src, M: int, layout: str | None = None):
     if d.ndim != 3: raise _bad(src, key, f"has shape {d.shape}, expected 3-D (M, N, N) or (N, N, M)")
     if layout is None and d.shape[0] == d.shape[1] == d.shape[2] == M:
         raise _bad(src, key, f"has shape {d.shape}: with M = N = {M} the layout is ambiguous, (M, N, N) or (N, N, M); "
-                             "pass diffraction_layout='MNN' or 'NNM'")
+                             "pass diffraction_layout='MNN' or 'NNM' to RawDataTorch.from_file; for the command-line tools, "
+                             "rewrite it once with RawDataTorch.from_file(path, diffraction_layout=...).to_file(new_path), "
+                             "which records the layout")
     if layout == 'NNM' or (layout is None and d.shape[0] != M and d.shape[2] == M and d.shape[0] == d.shape[1]):
         log.info("%s: '%s' stored as (N, N, M) %s; transposed to (M, N, N)", src, key, d.shape)
         d = np.ascontiguousarray(np.moveaxis(d, 2, 0))
