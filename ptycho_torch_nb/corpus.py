@@ -17,7 +17,7 @@ __all__ = ['TRAINING_FAMILIES', 'HELD_OUT_FAMILIES', 'FAMILIES', 'MATERIAL_RANGE
            'particles', 'cells', 'fibres', 'grains', 'natural_texture', 'dendrites', 'lattice', 'labyrinth',
            'draw_material', 'thickness_to_object', 'make_object', 'fresnel_propagate', 'rescale_probe',
            'gaussian_probe', 'zone_plate_probe', 'pinhole_probe', 'run1084_probe', 'make_probe', 'fermat_spiral',
-           'scan_positions', 'sample_scan', 'grouped_corpus_scan', 'corpus_spec']
+           'scan_positions', 'check_families', 'sample_scan', 'grouped_corpus_scan', 'corpus_spec']
 
 # %% ../nbs/03e_corpus.ipynb #c52c1528
 def _unit(t):
@@ -361,12 +361,20 @@ def scan_positions(rng: np.random.Generator,  # seeds positions and jitter
 SCAN_RANGES = dict(nphotons=(1e4, 1e9),   # photons per pattern, log-uniform
                    overlap=(0.2, 0.8))    # 1 - step / probe diameter (80% energy), uniform
 
-def _check_families(families, allow_held_out):
+def check_families(families=None,  # family names (default: all of `TRAINING_FAMILIES`)
+                   allow_held_out: bool = False,  # permit `HELD_OUT_FAMILIES` (benchmark scans only)
+                  ) -> list:
+    "The families as a list, or `ValueError` for a name that is none, an empty list or a held-out family."
+    if families is None: return list(TRAINING_FAMILIES)
+    if isinstance(families, str): raise ValueError(f"families={families!r}: expected a list of family names, e.g. [{families!r}]")
+    families = list(families)
+    if not families: raise ValueError(f"families=[]: expected at least one of {sorted(TRAINING_FAMILIES)}")
     bad = [f for f in families if f not in FAMILIES]
     if bad: raise ValueError(f"families {bad}: unknown; expected some of {sorted(FAMILIES)}")
     held = [f for f in families if f in HELD_OUT_FAMILIES]
     if held and not allow_held_out:
         raise ValueError(f"families {held} are held out for the benchmark (HELD_OUT_FAMILIES); pass allow_held_out=True to sample them")
+    return families
 
 def sample_scan(rng: np.random.Generator,   # seeds every draw and the Poisson noise
                 N: int = 64,                # pattern size
@@ -380,8 +388,7 @@ def sample_scan(rng: np.random.Generator,   # seeds every draw and the Poisson n
                 allow_held_out: bool = False  # permit `HELD_OUT_FAMILIES` (benchmark scans only)
                ) -> RawDataTorch:
     "One simulated scan of a random sample; what was drawn is in `raw.metadata['corpus']`."
-    families = list(TRAINING_FAMILIES if families is None else families)
-    _check_families(families, allow_held_out)
+    families = check_families(families, allow_held_out)
     family, kind = str(rng.choice(families)), str(rng.choice(list(scan_kinds)))
     if probe is None: probe, pinfo = make_probe(rng, N, str(rng.choice(list(probe_variants))))
     else:
@@ -440,8 +447,7 @@ def corpus_spec(N: int = 64,  # pattern size
                 families=None # training families (default: all of `TRAINING_FAMILIES`)
                ) -> dict:
     "JSON-able description of the corpus `sample_scan` draws from (families, held-out families, every range)."
-    families = list(TRAINING_FAMILIES if families is None else families)
-    _check_families(families, allow_held_out=False)
+    families = check_families(families)
     return dict(version=CORPUS_VERSION, N=N, positions_per_scan=n,
                 families={f: FAMILIES[f].__doc__ for f in families}, held_out_families=list(HELD_OUT_FAMILIES),
                 material=dict(MATERIAL_RANGES, model='amplitude exp(-absorption t_amp), phase phase_sign*phase_max*(2t-1)'),

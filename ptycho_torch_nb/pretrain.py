@@ -14,7 +14,7 @@ from .core import atomic_path, repo_root, release_memory
 from .config import ModelConfig, TrainingConfig, ScanOptions, validate_run_options
 from .data_container import grouped_container, scan_nphotons
 from .simulation import probe_diameter
-from .corpus import corpus_spec, grouped_corpus_scan, TRAINING_FAMILIES
+from .corpus import check_families, corpus_spec, grouped_corpus_scan, TRAINING_FAMILIES
 from .physics import combined_loss, label_loss, padded_size
 from .model import PtychoPINN_Lightning
 from .stitching import stitch_scan
@@ -23,9 +23,10 @@ from .training import TrainingClock, build_trainer, default_execution_config, re
 from .persistence import save_torch_bundle, load_torch_bundle
 
 # %% auto #0
-__all__ = ['COLLAPSED_SPREAD', 'CARD_FORMAT', 'CARD_VERSION', 'Corpus', 'corpus_workers', 'build_corpus', 'ScanBatchSampler',
-           'CorpusDataset', 'output_spread', 'Pretrainer', 'SpreadWatch', 'PretrainClock', 'scan_configs', 'pretrain',
-           'model_card', 'check_fits', 'load_pretrained', 'use_scan', 'reconstruct_zero_shot']
+__all__ = ['COLLAPSED_SPREAD', 'CARD_FORMAT', 'CARD_VERSION', 'CARD_MAX_BYTES', 'Corpus', 'corpus_workers', 'build_corpus',
+           'ScanBatchSampler', 'CorpusDataset', 'output_spread', 'Pretrainer', 'SpreadWatch', 'PretrainClock',
+           'scan_configs', 'pretrain', 'model_card', 'read_card', 'check_fits', 'load_pretrained', 'use_scan',
+           'reconstruct_zero_shot']
 
 # %% ../nbs/05b_pretrain.ipynb #1ee3cb4e
 @dataclasses.dataclass
@@ -60,6 +61,7 @@ def build_corpus(n_scans: int,            # scans to simulate
                 ) -> Corpus:
     "Simulate `n_scans` corpus scans (scan i from its own stream `SeedSequence(seed).spawn`) and group each like `reconstruct_scan` does."
     if n_scans < 1: raise ValueError(f"n_scans={n_scans}: expected at least one scan")
+    families = check_families(families)   # before any process starts
     workers = corpus_workers(n_scans) if workers is None else int(workers)
     if workers < 1: raise ValueError(f"workers={workers}: expected at least one process")
     one = functools.partial(grouped_corpus_scan, N=N, n=n, families=families, gridsize=gridsize, K=K, probe_scale=probe_scale, seed=seed, labels=labels)
@@ -298,6 +300,7 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
     "Pretrain the single-scan model on a simulated corpus; returns {'archive', 'card', 'model', 'corpus', ...}."
     validate_run_options('pretrain', N=N, seed=seed, time_budget_s=time_budget_s, batch_size=batch_size, learning_rate=learning_rate,
                          label_weight=label_weight)
+    check_families(families)   # a bad name is refused before any model is loaded or scan simulated
     out = Path(output_dir); _check_output_dir(out, resume, overwrite); start = _load_start(init_from, resume)
     if steps is None and time_budget_s is None: steps = 1000
     t0 = time.perf_counter(); torch.manual_seed(seed)
@@ -360,12 +363,37 @@ def model_card(archive, corpus: Corpus, cfg, opts: ScanOptions, corpus_args: dic
                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
 
 # %% ../nbs/05b_pretrain.ipynb #07e8202e
+CARD_MAX_BYTES = 1 << 20   # a model card is a few kB; a larger file is not read
+
+def read_card(card_path: Path) -> dict:
+    "The model card at `card_path`, its fields checked (`ValueError` naming the file and the field)."
+    size = card_path.stat().st_size
+    if size > CARD_MAX_BYTES: raise ValueError(f"{card_path}: {size} bytes, more than a model card's limit of {CARD_MAX_BYTES}")
+    try: card = json.loads(card_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ValueError(f"{card_path}: not JSON ({e})") from None
+    if not isinstance(card, dict) or card.get('format') != CARD_FORMAT:
+        raise ValueError(f"{card_path}: not a pretrained model card (format {card.get('format') if isinstance(card, dict) else type(card).__name__!r})")
+    name, digest, N = card.get('archive'), card.get('sha256'), card.get('N')
+    rng = (card.get('probe') or {}).get('diameter80_range') if isinstance(card.get('probe'), dict) else None
+    checks = [('archive', isinstance(name, str) and name not in ('', '.', '..') and Path(name).name == name, 'a file name beside the card'),
+              ('sha256', isinstance(digest, str) and len(digest) == 64 and all(ch in '0123456789abcdef' for ch in digest), '64 hex digits'),
+              ('N', isinstance(N, int) and not isinstance(N, bool) and N >= 1, 'a positive integer'),
+              ('probe.diameter80_range', isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in rng),
+               'two positive numbers')]
+    for key, ok, want in checks:
+        if not ok: raise ValueError(f"{card_path}: field {key!r} is {_field_of(card, key)!r}; expected {want}")
+    return card
+
+def _field_of(card: dict, key: str):
+    for k in key.split('.'): card = card.get(k) if isinstance(card, dict) else None
+    return card
+
 def _card_and_archive(path):
     p = Path(path)
+    if not p.exists(): raise FileNotFoundError(f"pretrained model not found: {p}")
     card_path = p if p.suffix == '.json' else (p / 'model_card.json' if p.is_dir() else p.parent / 'model_card.json')
     if not card_path.is_file(): raise FileNotFoundError(f"{p}: no model card (model_card.json) next to the pretrained model")
-    card = json.loads(card_path.read_text())
-    if card.get('format') != CARD_FORMAT: raise ValueError(f"{card_path}: not a pretrained model card (format {card.get('format')!r})")
+    card = read_card(card_path)
     archive = card_path.parent / card['archive']
     if not archive.is_file(): raise FileNotFoundError(f"{card_path}: its archive {archive} is missing")
     return card, archive

@@ -487,7 +487,13 @@ def polish(raw,  # the scan (RawDataTorch or NPZ path)
            **kw,  # `iterative_reference` options (batch_size, step, alpha, momentum, score_every, truth, time_budget_s, ...)
           ) -> dict:
     "Physics polish: the same-physics free-object solver started from the network's stitched object (an ordinary product)."
-    raw, t0, budget = _load_scan(raw), time.perf_counter(), kw.pop('time_budget_s', None)
+    budget = kw.pop('time_budget_s', None)
+    validate_run_options('polish', nepochs=epochs, time_budget_s=budget)
+    need = ('stitched_obj', 'weights', 'global_offsets', 'options')
+    if not isinstance(results, dict) or any(k not in results for k in need):
+        got = sorted(results) if isinstance(results, dict) else type(results).__name__
+        raise TypeError(f"polish: results must be a reconstruct_scan or zero-shot result (a dict with {', '.join(need)}); got {got}")
+    raw, t0 = _load_scan(raw), time.perf_counter()
     race = {k: kw[k] for k in ('batch_size', 'step', 'alpha', 'momentum') if k in kw}
     init, chosen, misfit, won = polish_start(raw, results, start, kw.get('seed', 0), min(RACE_PASSES, epochs - 1), **race)
     done = won['epochs'] if won else 0   # the winner's run goes on: its object and momentum
