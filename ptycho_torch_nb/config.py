@@ -294,7 +294,7 @@ RUN_OPTION_RULES = {  # option -> (test, what is allowed); None values are skipp
     'gridsize': (lambda v: _int_like(v) and v >= 1, 'an int >= 1'),
     'batch_size': (lambda v: _int_like(v) and v >= 1, 'an int >= 1'),
     'N': (lambda v: _int_like(v) and v in (64, 128, 256), 'one of [64, 128, 256]'),
-    'M': (lambda v: _int_like(v) and v >= 1, 'an int in 1..N (the central crop of each patch kept when stitching)'),
+    'M': (lambda v: _int_like(v) and v >= 2 and v % 2 == 0, 'an even int in 2..N (the central crop of each patch kept when stitching)'),
     'learning_rate': (lambda v: _finite(v) and v > 0, 'a finite number > 0'),
     'step': (lambda v: _finite(v) and 0 < v <= 2, "a number in (0, 2] (the free-object solver's PIE step; 1: full)"),
     'alpha': (lambda v: _finite(v) and 0 <= v <= 1, "a number in [0, 1] (the solver's regularisation of Σ|P|²)"),
@@ -314,7 +314,7 @@ def validate_run_options(where: str = 'options',  # named in the error (a file, 
         ok, allowed = RUN_OPTION_RULES[name]
         if not ok(value): raise ValueError(f"{where}: {name}={value!r} is invalid: allowed {allowed}")
         if name == 'M' and N is not None and value > N:
-            raise ValueError(f"{where}: M={value!r} is invalid: allowed an int in 1..N={N}")
+            raise ValueError(f"{where}: M={value!r} is invalid: allowed an even int in 2..N={N}")
 
 def validate_run(*configs,  # ModelConfig / TrainingConfig / InferenceConfig / PyTorchExecutionConfig (None skipped)
                  where: str = 'options',  # named in run-option errors

@@ -13,6 +13,7 @@ import lightning as L
 from .core import atomic_path, repo_root, release_memory
 from .config import ModelConfig, TrainingConfig, ScanOptions, validate_run_options
 from .data_container import grouped_container, scan_nphotons
+from .hdf5_data import load_scan
 from .simulation import probe_diameter
 from .corpus import check_families, corpus_spec, grouped_corpus_scan, TRAINING_FAMILIES
 from .physics import combined_loss, label_loss, padded_size
@@ -435,7 +436,7 @@ def use_scan(model, scan):
 
 # %% ../nbs/05b_pretrain.ipynb #c2a90a33
 def reconstruct_zero_shot(pretrained,         # model_card.json / its folder / archive, or a (model, card) from `load_pretrained`
-                          scan,               # RawDataTorch
+                          scan,               # RawDataTorch, or a scan file (`hdf5_data.load_scan`: NPZ)
                           M: int = 48,        # central square of each patch kept when stitching
                           batch_size: int = 32,  # patterns per forward pass (32: fastest per pattern on 2 CPU cores)
                           truth=None,         # complex object in the scan's frame (default: scan.objectGuess) for scores
@@ -445,6 +446,8 @@ def reconstruct_zero_shot(pretrained,         # model_card.json / its folder / a
                          ) -> dict:
     "Stitched object of `scan` from the pretrained network alone: {'stitched_obj', 'amplitude', 'phase', 'weights', 'seconds', 'metrics'}."
     t0, device = time.perf_counter(), inference_device(accelerator)   # a bad accelerator is refused before any loading
+    if isinstance(scan, (str, os.PathLike)): scan = load_scan(scan)
+    validate_run_options('reconstruct_zero_shot', N=int(np.shape(scan.diff3d)[-1]), M=M, batch_size=batch_size, seed=seed)
     model, card = pretrained if isinstance(pretrained, tuple) else load_pretrained(pretrained)
     check_fits(card, scan); use_scan(model, scan); model.to(device)
     m = model.model

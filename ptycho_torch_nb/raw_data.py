@@ -162,14 +162,16 @@ def read_npz(path: Path) -> dict:
     "The contract's arrays of an NPZ file (other keys are never read; pickle refused) and its `__files__`; `ValueError` naming the file for a bad one."
     if not path.exists(): raise FileNotFoundError(f"data file not found: {path}")
     if path.is_dir(): raise ValueError(f"{path}: is a directory, expected an .npz file")
-    with open(path, 'rb') as fh: head = fh.read(8)
-    if not head.startswith((b'PK', b'\x93NUMPY')):   # np.load would call any other file "pickled data"
+    try:
+        with open(path, 'rb') as fh: head = fh.read(8)
+    except PermissionError as e: raise ValueError(f"{path}: cannot read the data file: permission denied") from e
+    if not head: raise ValueError(f"{path}: is empty (0 bytes), expected an .npz archive")
+    if head.startswith(b'\x93NUMPY'): raise ValueError(f"{path}: holds a single array (.npy), expected an .npz archive of named arrays")
+    if not head.startswith(b'PK'):   # np.load would call any other file "pickled data"
         kind = ' (an HDF5 file: give it an .h5 or .hdf5 name)' if head.startswith(b'\x89HDF') else ''
         raise ValueError(f"{path}: is not an NPZ archive{kind}: it starts with {head!r}, not a zip file's b'PK'")
     try:
         with np.load(path, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise ValueError(f"{path}: holds a single array, expected an .npz archive of named arrays")
             data, unread = {}, sorted(set(f.files) - set(CONTRACT_KEYS))
             if unread: log.info("%s: keys outside the data contract left unread: %s", path, unread)
             for k in (k for k in CONTRACT_KEYS if k in f.files):   # lazy: each member is inflated only when read

@@ -285,6 +285,7 @@ def phase_synchronize(obj_patches,  # [B, C, N, N] or [n, N, N] complex patches
     p = p.reshape(-1, N, N)
     pos = np.asarray(positions, np.float64).reshape(-1, 2)
     if len(pos) != len(p): raise ValueError(f"{len(p)} patches but {len(pos)} positions")
+    if int(M) != M or M < 2 or M % 2 or M > N: raise ValueError(f"phase_synchronize: M={M}: expected an even integer in 2..N={N}")
     S = min(int(sync_size), N); ls = N // 2 - S // 2
     pairs, theta, w = _pair_phases(p[:, ls:ls + S, ls:ls + S], pos, S)
     lo = N // 2 - M // 2
