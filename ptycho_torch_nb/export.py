@@ -103,6 +103,7 @@ def export_generator(archive,  # wts.h5.zip (or its folder), or a loaded Lightni
     "Export the per-pattern generator; returns {'path', 'format', 'N', 'max_rel_diff'} after checking it against eager."
     if format not in FORMATS: raise ValueError(f"format={format!r} is not one of {list(FORMATS)}")
     path = Path(path)
+    if path.is_dir(): raise IsADirectoryError(f"{path}: is a folder; give the exported file's name, e.g. {path / 'generator.pt'}")
     if path.exists() and not overwrite: raise FileExistsError(f"{path}: exists; choose another path or overwrite=True")
     gen = pattern_generator(archive)
     module = onnx_friendly(gen) if format == 'onnx' else gen   # only ONNX lacks the complex FFT

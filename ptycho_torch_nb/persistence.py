@@ -431,8 +431,9 @@ def _read_manifest(archive: _Archive) -> dict:
 
 # %% ../nbs/06a_persistence.ipynb #bba645dd
 def _archive_path(base_path) -> Path:
-    "`<base_path>.zip`, or `base_path` itself when it already names a .zip file."
+    "`<base_path>.zip`, or `base_path` itself when it already names a .zip file or is a file with no `.zip` beside it."
     p = Path(os.fspath(base_path))
+    if p.suffix != '.zip' and p.is_file() and not Path(f"{p}.zip").exists(): return p   # a file given by its own name
     return p if p.suffix == '.zip' else Path(f"{p}.zip")
 
 def _read_params(archive: _Archive, name: str) -> dict:
