@@ -11,8 +11,9 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'USER_ERRORS', 'LIBRARY_MODULES', 'require_torch', 'in_test',
            'repo_root', 'data_path', 'fixtures_path', 'process_umask', 'fault_point', 'pid_alive', 'clean_stale_temps',
-           'glob_escape', 'atomic_path', 'jsonable', 'OneLineParser', 'run_command', 'end_process_group',
-           'positive_int', 'non_negative_int', 'positive_float', 'HelpFormatter', 'release_memory', 'quiet_libraries']
+           'glob_escape', 'atomic_path', 'output_folder', 'jsonable', 'OneLineParser', 'run_command',
+           'end_process_group', 'positive_int', 'non_negative_int', 'positive_float', 'HelpFormatter', 'release_memory',
+           'quiet_libraries']
 
 # %% ../nbs/00_core.ipynb #4360d238
 TORCH_INSTALL_HINT = "pip install 'torch>=2.2'"
@@ -119,6 +120,16 @@ def atomic_path(final_path,  # where the file (or folder) should end up
             import shutil; shutil.rmtree(tmp, ignore_errors=True)
         else: tmp.unlink(missing_ok=True)
         raise
+
+# %% ../nbs/00_core.ipynb #fa20394c
+def output_folder(path,  # where a run writes its products
+                 ) -> Path:
+    "`path` as a `Path`, or `NotADirectoryError` when a file is in the way (checked before any work, so a run never fails at its end)."
+    out = Path(path)
+    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{out}: output folder exists and is not a folder")
+    if not out.exists() and out.parent.exists() and not out.parent.is_dir():
+        raise NotADirectoryError(f"{out}: cannot be made, {out.parent} is a file")
+    return out
 
 # %% ../nbs/00_core.ipynb #7af3abda
 def jsonable(x):

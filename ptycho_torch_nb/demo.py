@@ -82,7 +82,8 @@ def demo_figure(truth,  # complex [P, P] true object on the stitch canvas
 # %% ../nbs/06d_demo.ipynb #c6e29043
 def _check_output_dir(out: Path, overwrite: bool):
     "Refuse a folder that already holds files unless `overwrite`: a previous run is never replaced unasked."
-    if out.exists() and not out.is_dir(): raise FileExistsError(f"--output_dir {out} exists and is not a folder")
+    from ptycho_torch_nb.core import output_folder   # numpy-free: --help stays fast
+    output_folder(out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"--output_dir {out} already holds files (a previous run?); choose another folder or pass --overwrite")
 
@@ -147,9 +148,10 @@ def run_demo(output_dir='demo_outputs',  # where everything goes
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of `python -m ptycho_torch_nb.demo`: prints the scores and where the outputs are."
+    from ptycho_torch_nb.core import USER_ERRORS   # the commands' one list: bad value, file, folder, archive
     a = demo_parser().parse_args(argv)
     try: r = run_demo(a.output_dir, a.time_budget, a.solver_epochs, a.n, a.seed, a.overwrite, a.quiet, a.verbose, a.pretrained)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
+    except USER_ERRORS as e:
         print(f"python -m ptycho_torch_nb.demo: error: {e}", file=sys.stderr); return 2
     line = lambda m: f"amplitude SSIM {m['ssim_amp']:.3f}, phase SSIM {m['ssim_phase']:.3f}"
     print(f"\ndone in {r['seconds']['total']:.0f} s; outputs in {a.output_dir}/ (demo.png: truth, network, pretrained zero-shot, pretrained + solver, solver)")

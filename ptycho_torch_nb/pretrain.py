@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import lightning as L
-from .core import atomic_path, repo_root, release_memory
+from .core import atomic_path, output_folder, repo_root, release_memory
 from .config import ModelConfig, TrainingConfig, ScanOptions, validate_run_options
 from .data_container import grouped_container, scan_nphotons
 from .hdf5_data import load_scan
@@ -218,6 +218,7 @@ def _commit() -> Optional[str]:
     return (head + ('-dirty' if git('status', '--porcelain', '--untracked-files=no') else '')) if head else None
 
 def _check_output_dir(out: Path, resume: bool, overwrite: bool):
+    output_folder(out)
     if (out / 'wts.h5.zip').exists() and not (resume or overwrite):
         raise FileExistsError(f"{out}: already holds a pretrained model (wts.h5.zip); pass resume=True to continue it, "
                               "overwrite=True to replace it, or choose another output_dir")

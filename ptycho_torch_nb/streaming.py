@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, logging, math, os, signal, sys, threading, time, warnings
 from pathlib import Path
 import numpy as np
-from .core import require_torch, atomic_path
+from .core import require_torch, atomic_path, output_folder
 from .raw_data import normalization_factor, RawDataTorch
 from .hdf5_data import HDF5Scan, iter_hdf5_chunks
 from .stitching import stitch_geometry
@@ -415,6 +415,7 @@ def _run(self, source,  # iterable of (amplitude [k, N, N], x [k], y [k]) chunks
     "Consume a stream to its end (or Ctrl-C); returns the final stats, paths, complex object and weights."
     if fmt not in ('npz', 'h5'): raise ValueError(f"fmt={fmt!r}: expected 'npz' or 'h5'")
     if output_dir is not None:
+        output_folder(output_dir)
         if (Path(output_dir) / 'stream.json').exists() and not overwrite:
             raise FileExistsError(f"{output_dir}: holds a previous stream (stream.json); choose another folder or overwrite=True")
         Path(output_dir).mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import importlib.util, math, sys, time
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
-from .core import require_torch
+from .core import require_torch, output_folder
 torch = require_torch()
 import lightning as L
 from . import physics
@@ -321,8 +321,7 @@ def prepare_output_dir(output_dir,  # the run's output folder
                        resume=None  # a resumed run continues in its own folder
                       ) -> Path:
     "Refuse a folder that holds a previous run, so two runs never mix (`FileExistsError` naming it and the fix)."
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{out}: output folder exists and is not a folder")
+    out = output_folder(output_dir)
     found = [n for n in RUN_ARTIFACTS if (out / n).exists()]
     if not found or resume not in (None, False): return out
     if not overwrite:
