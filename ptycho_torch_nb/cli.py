@@ -583,8 +583,7 @@ def export_parser() -> argparse.ArgumentParser:
 def _export(argv):
     args = export_parser().parse_args(argv)
     _check_file(args.model / 'wts.h5.zip' if args.model.is_dir() else args.model, 'model archive')
-    if args.output.is_dir(): raise CLIError(f"{args.output}: is a folder; give the exported file's name, e.g. {args.output / 'generator.pt'}")
-    if args.output.exists() and not args.overwrite: raise CLIError(f"{args.output}: exists (use --overwrite)")
+    if args.output.is_file() and not args.overwrite: raise CLIError(f"{args.output}: exists (use --overwrite)")   # a folder: export_generator says so
     from ptycho_torch_nb.export import export_generator
     res = export_generator(args.model, args.output, args.format, overwrite=args.overwrite)  # checked to 1e-5 against eager
     print(f"{res['format']} generator (N={res['N']}) written to {res['path']}; max relative difference to eager {res['max_rel_diff']:.2g}")

@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['torch', 'log', 'PatternGenerator', 'pattern_generator', 'IncrementalCanvas', 'compiled_generator',
-           'StreamingReconstructor', 'canvas_rgb', 'write_snapshot', 'array_chunks', 'paced', 'replay_file',
-           'poll_hdf5', 'open_source']
+           'StreamingReconstructor', 'usable_patterns', 'canvas_rgb', 'write_snapshot', 'array_chunks', 'paced',
+           'replay_file', 'poll_hdf5', 'open_source']
 
 # %% ../nbs/05c_streaming.ipynb #18797c56
 class PatternGenerator(nn.Module):
@@ -183,7 +183,7 @@ class StreamingReconstructor:
         self.canvas = (IncrementalCanvas.for_positions(positions, self.M, block=block) if positions is not None
                        else IncrementalCanvas(self.M, block=block))
         self.scale = None if scale is None else float(scale)
-        self.latencies, self.n_patterns, self.t_first, self.t_last = [], 0, None, None
+        self.latencies, self.n_patterns, self.t_first, self.t_last, self.skipped = [], 0, None, None, 0
         self.seconds = dict(wait=0.0, infer=0.0, stitch=0.0, snapshot=0.0)  # where the wall time went (`run` fills wait/snapshot)
 
     def __repr__(self): return f"StreamingReconstructor(N={self.N}, M={self.M}, patterns={self.n_patterns}, canvas={self.canvas.shape})"
@@ -206,6 +206,16 @@ class StreamingReconstructor:
         return torch.cat(out) if out else torch.zeros(0, self.N, self.N, dtype=torch.complex64)
 
 # %% ../nbs/05c_streaming.ipynb #1a46643e
+def usable_patterns(amplitude,  # [k, ...] diffraction amplitudes (numpy or torch)
+                    x, y,  # [k] positions
+                   ) -> np.ndarray:
+    "[k] bool: the patterns a stream can use (every amplitude finite and >= 0, both positions finite)."
+    a = amplitude.detach().cpu().numpy() if torch.is_tensor(amplitude) else np.asarray(amplitude)
+    if len(a) == 0: return np.ones(0, bool)
+    flat = a.reshape(len(a), -1)
+    ok = np.isfinite(flat).all(1) & (np.nan_to_num(flat, nan=-1.0).min(1) >= 0)
+    return ok & np.isfinite(np.asarray(x, np.float64)) & np.isfinite(np.asarray(y, np.float64))
+
 def _update(self, amplitude,  # [k, N, N] diffraction amplitudes
             x, y,  # [k] positions (object pixels, x = column)
             arrived_at: float | None = None,  # time.perf_counter() when the chunk arrived (default: now)
@@ -215,6 +225,12 @@ def _update(self, amplitude,  # [k, N, N] diffraction amplitudes
     if self.t_first is None: self.t_first = t0
     if len(amplitude) != len(x) or len(x) != len(y):
         raise ValueError(f"chunk has {len(amplitude)} patterns but {len(x)} x and {len(y)} y positions")
+    keep = usable_patterns(amplitude, x, y)
+    if not keep.all():   # a bad frame is dropped, not stitched: one NaN would spread over the live image
+        if not self.skipped: log.warning("stream: skipping patterns with NaN/Inf or negative amplitudes or positions (stats: 'skipped')")
+        self.skipped += int((~keep).sum())
+        amplitude = amplitude[torch.as_tensor(keep)] if torch.is_tensor(amplitude) else np.asarray(amplitude)[keep]
+        x, y = np.asarray(x)[keep], np.asarray(y)[keep]
     t1 = time.perf_counter()
     p = self.patches(amplitude)
     t2 = time.perf_counter()
@@ -230,7 +246,7 @@ def _stats(self) -> dict:
     "Patterns, chunks, sustained patterns/s (first arrival -> last update) and chunk latency statistics."
     lat = np.asarray(self.latencies) if self.latencies else np.zeros(1)
     wall = (self.t_last - self.t_first) if self.t_first is not None and self.t_last is not None else 0.0
-    return dict(n_patterns=int(self.n_patterns), n_chunks=len(self.latencies), wall_s=float(wall),
+    return dict(n_patterns=int(self.n_patterns), skipped=int(self.skipped), n_chunks=len(self.latencies), wall_s=float(wall),
                 patterns_per_s=float(self.n_patterns / wall) if wall > 0 else 0.0,
                 latency_mean_s=float(lat.mean()), latency_p50_s=float(np.percentile(lat, 50)),
                 latency_p95_s=float(np.percentile(lat, 95)), latency_max_s=float(lat.max()),
