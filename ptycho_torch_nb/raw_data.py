@@ -11,8 +11,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'REQUIRED_KEYS', 'DIFFRACTION_KEYS', 'OPTIONAL_KEYS', 'CONTRACT_KEYS', 'validate_raw_arrays', 'RawDataTorch',
-           'read_npz', 'intensity_evidence', 'normalization_factor', 'pattern_energy', 'normalize_data',
+__all__ = ['log', 'REQUIRED_KEYS', 'DIFFRACTION_KEYS', 'OPTIONAL_KEYS', 'CONTRACT_KEYS', 'MAX_SCAN_EXTENT', 'validate_raw_arrays',
+           'RawDataTorch', 'read_npz', 'intensity_evidence', 'normalization_factor', 'pattern_energy', 'normalize_data',
            'intensity_scale', 'extract_patches', 'group_indices', 'grouped_from_indices', 'generate_grouped_data']
 
 # %% ../nbs/02a_raw_data.ipynb #95e36ece
@@ -36,6 +36,18 @@ def _as_numeric(a, src, key):
     a = np.asarray(a)
     if a.dtype.kind not in 'iufc': raise _bad(src, key, f"has non-numeric dtype {a.dtype}")
     return a
+
+MAX_SCAN_EXTENT = 65536   # px: positions spanning more than this would stitch an image that fits no memory
+
+def _check_extent(out: dict, src):
+    "Refuse positions spanning more than `MAX_SCAN_EXTENT` px: another unit than object pixels, or an outlier."
+    for key in ('xcoords', 'ycoords'):
+        a = out[key]; span = float(np.ptp(a))
+        if span > MAX_SCAN_EXTENT:
+            med = float(np.median(a)); far = int(np.argmax(np.abs(a - med)))
+            raise _bad(src, key, f"spans {span:.4g} px, more than MAX_SCAN_EXTENT={MAX_SCAN_EXTENT} (the stitched image would not fit "
+                                 f"in memory): positions in another unit than object pixels, or an outlier (pattern {far} at "
+                                 f"{a[far]:.4g}, the median is {med:.4g})?")
 
 def _check_finite(a, src, key):
     if a.dtype.kind in 'fc':
@@ -82,6 +94,7 @@ def validate_raw_arrays(xcoords, ycoords, xcoords_start, ycoords_start, diff3d, 
     if M == 0: raise _bad(src, 'xcoords', "is empty: the scan has no positions (expected M >= 1)")
     if len(out['ycoords']) != M:
         raise _bad(src, 'ycoords', f"has length {len(out['ycoords'])} but 'xcoords' has length {M}")
+    _check_extent(out, src)
     for key, a, fallback in (('xcoords_start', xcoords_start, 'xcoords'), ('ycoords_start', ycoords_start, 'ycoords')):
         if a is None: out[key] = out[fallback]; continue
         a = _as_real_numeric(a, src, key)

@@ -8,7 +8,7 @@ import json, logging, math, os, signal, sys, threading, time, warnings
 from pathlib import Path
 import numpy as np
 from .core import require_torch, atomic_path, output_folder
-from .raw_data import normalization_factor, RawDataTorch
+from .raw_data import MAX_SCAN_EXTENT, normalization_factor, RawDataTorch
 from .hdf5_data import HDF5Scan, iter_hdf5_chunks
 from .stitching import stitch_geometry
 torch = require_torch()
@@ -73,6 +73,8 @@ class IncrementalCanvas:
     def for_positions(cls, positions,  # [n, 2] [x, y] of the whole scan (known before the patterns arrive)
                       M: int, **kwargs):
         "`stitch_geometry`'s canvas plus a 1-pixel margin: `image()[1:-1, 1:-1]` equals `reassemble_position` of all patches."
+        span = float(np.ptp(np.asarray(positions, np.float64).reshape(-1, 2), axis=0).max())
+        if span > MAX_SCAN_EXTENT: raise ValueError(f"positions span {span:.4g} px, more than MAX_SCAN_EXTENT={MAX_SCAN_EXTENT}: another unit than object pixels, or an outlier?")
         g = stitch_geometry(np.asarray(positions, np.float64), M)
         return cls(M, (g.origin_xy[0] - 1, g.origin_xy[1] - 1), (g.size + 2, g.size + 2), **kwargs)
 
@@ -184,6 +186,7 @@ class StreamingReconstructor:
                        else IncrementalCanvas(self.M, block=block))
         self.scale = None if scale is None else float(scale)
         self.latencies, self.n_patterns, self.t_first, self.t_last, self.skipped = [], 0, None, None, 0
+        self.ref_xy = None   # the first chunk's median position: nothing farther than MAX_SCAN_EXTENT from it is stitched
         self.seconds = dict(wait=0.0, infer=0.0, stitch=0.0, snapshot=0.0)  # where the wall time went (`run` fills wait/snapshot)
 
     def __repr__(self): return f"StreamingReconstructor(N={self.N}, M={self.M}, patterns={self.n_patterns}, canvas={self.canvas.shape})"
@@ -226,8 +229,11 @@ def _update(self, amplitude,  # [k, N, N] diffraction amplitudes
     if len(amplitude) != len(x) or len(x) != len(y):
         raise ValueError(f"chunk has {len(amplitude)} patterns but {len(x)} x and {len(y)} y positions")
     keep = usable_patterns(amplitude, x, y)
+    if self.ref_xy is None and keep.any(): self.ref_xy = (float(np.median(np.asarray(x)[keep])), float(np.median(np.asarray(y)[keep])))
+    if keep.any():   # and a position that would grow the canvas past MAX_SCAN_EXTENT from the first chunk (a unit slip, a glitch)
+        keep &= (np.abs(np.asarray(x, np.float64) - self.ref_xy[0]) <= MAX_SCAN_EXTENT) & (np.abs(np.asarray(y, np.float64) - self.ref_xy[1]) <= MAX_SCAN_EXTENT)
     if not keep.all():   # a bad frame is dropped, not stitched: one NaN would spread over the live image
-        if not self.skipped: log.warning("stream: skipping patterns with NaN/Inf or negative amplitudes or positions (stats: 'skipped')")
+        if not self.skipped: log.warning("stream: skipping patterns with NaN/Inf or negative amplitudes, or positions not finite or far off (stats: 'skipped')")
         self.skipped += int((~keep).sum())
         amplitude = amplitude[torch.as_tensor(keep)] if torch.is_tensor(amplitude) else np.asarray(amplitude)[keep]
         x, y = np.asarray(x)[keep], np.asarray(y)[keep]
