@@ -107,8 +107,9 @@ def _open_h5(path, swmr: bool):
     if not h5py.is_hdf5(path): raise ValueError(f"{path}: not an HDF5 file")
     if swmr:
         try: return h5py.File(path, 'r', swmr=True, libver='latest'), True
-        except (OSError, ValueError): pass  # not written in SWMR mode: plain read, re-opened on refresh
-    return h5py.File(path, 'r', locking=False), False
+        except (OSError, ValueError, RuntimeError): pass  # not written in SWMR mode (or damaged): a plain read says which
+    try: return h5py.File(path, 'r', locking=False), False
+    except (OSError, RuntimeError) as e: raise ValueError(f"{path}: cannot open the HDF5 file (truncated or corrupt?): {e}") from None
 
 def _crop_window(shape, crop, centre, path):
     "(r0, c0, n): the crop window of frames of shape (H, W)."
