@@ -364,7 +364,7 @@ SCAN_RANGES = dict(nphotons=(1e4, 1e9),   # photons per pattern, log-uniform
 def check_families(families=None,  # family names (default: all of `TRAINING_FAMILIES`)
                    allow_held_out: bool = False,  # permit `HELD_OUT_FAMILIES` (benchmark scans only)
                   ) -> list:
-    "The families as a list, or `ValueError` for a name that is none, an empty list or a held-out family."
+    "The families as a list; `ValueError` for a bare string, an empty list, an unknown name or (unless allowed) a held-out family."
     if families is None: return list(TRAINING_FAMILIES)
     if isinstance(families, str): raise ValueError(f"families={families!r}: expected a list of family names, e.g. [{families!r}]")
     families = list(families)

@@ -376,7 +376,7 @@ def read_card(card_path: Path) -> dict:
     if not isinstance(card, dict) or card.get('format') != CARD_FORMAT:
         raise ValueError(f"{card_path}: not a pretrained model card (format {card.get('format') if isinstance(card, dict) else type(card).__name__!r})")
     name, digest, N = card.get('archive'), card.get('sha256'), card.get('N')
-    rng = (card.get('probe') or {}).get('diameter80_range') if isinstance(card.get('probe'), dict) else None
+    probe = card.get('probe'); rng = probe.get('diameter80_range') if isinstance(probe, dict) else None
     checks = [('archive', isinstance(name, str) and name not in ('', '.', '..') and Path(name).name == name, 'a file name beside the card'),
               ('sha256', isinstance(digest, str) and len(digest) == 64 and all(ch in '0123456789abcdef' for ch in digest), '64 hex digits'),
               ('N', isinstance(N, int) and not isinstance(N, bool) and N >= 1, 'a positive integer'),

@@ -216,7 +216,7 @@ def usable_patterns(amplitude,  # [k, ...] diffraction amplitudes (numpy or torc
     a = amplitude.detach().cpu().numpy() if torch.is_tensor(amplitude) else np.asarray(amplitude)
     if len(a) == 0: return np.ones(0, bool)
     flat = a.reshape(len(a), -1)
-    ok = np.isfinite(flat).all(1) & (np.nan_to_num(flat, nan=-1.0).min(1) >= 0)
+    ok = np.isfinite(flat).all(1) & (flat >= 0).all(1)   # NaN fails both
     return ok & np.isfinite(np.asarray(x, np.float64)) & np.isfinite(np.asarray(y, np.float64))
 
 def _update(self, amplitude,  # [k, N, N] diffraction amplitudes
