@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass
 import numpy as np
 from .core import require_torch
-from .raw_data import extract_patches
 torch = require_torch()
 
 # %% auto #0
@@ -263,21 +262,26 @@ def _tree_phases(n: int,  # patches
         acc, anc = acc + acc[anc], anc[anc]
     return acc[:n]
 
-def _block_inner(canvas,  # [P, P] complex canvas (numpy or torch)
-                top,  # [n, 2] canvas (row, col) of each block's pixel (0, 0), fractional
-                crops,  # [n, M, M] complex
-                chunk: int = 64,  # blocks per step (`raw_data.extract_patches`)
-               ) -> np.ndarray:
-    "⟨canvas block, crop⟩ = Σ canvas(top + (i, j)) · conj(crop[i, j]) per block, the canvas sampled bilinearly by `raw_data.extract_patches`: [n] complex64."
-    M, top = np.shape(crops)[-1], np.asarray(top, np.float64)
-    blocks = extract_patches(np.asarray(canvas), top[:, 1] + M // 2, top[:, 0] + M // 2, M, chunk=chunk)   # centred at the block's middle
-    return np.einsum('kij,kij->k', blocks, np.conj(crops)).astype(np.complex64)
+def _refine_phases(phi,  # [n] phases from `_tree_phases`
+                   pairs, theta, w,  # the overlapping pairs, θ_ij and weights (`_pair_phases`)
+                   own,  # [n] Σ|p_i|² of each patch's compared square: its weight with itself
+                   rounds: int = 3,
+                  ) -> np.ndarray:
+    "φ after `rounds` of φ_i += arg(own_i + Σ_j ⟨q_j, q_i⟩): each aligned patch q = p·e^{iφ} turned to the weighted sum of its overlaps."
+    i, j = pairs[:, 0], pairs[:, 1]
+    z = w * np.exp(1j * theta)                                   # Σ p_i conj(p_j) over the pair's common pixels
+    for _ in range(rounds):
+        e = np.exp(1j * phi)
+        acc = own.astype(np.complex128)                          # ⟨q_i, q_i⟩ = own_i: a patch also votes for itself
+        np.add.at(acc, i, np.conj(z) * e[j] * np.conj(e[i]))     # ⟨q_j, q_i⟩ = conj(z_ij) e^{i(φ_j − φ_i)}
+        np.add.at(acc, j, z * e[i] * np.conj(e[j]))              # ⟨q_i, q_j⟩ = z_ij e^{i(φ_i − φ_j)}
+        phi = phi + np.angle(acc)
+    return phi
 
 def phase_synchronize(obj_patches,  # [B, C, N, N] or [n, N, N] complex patches
                       positions,  # matching absolute [x, y] positions ([B, C, 1, 2] or [n, 2])
-                      M: int = 48,  # stitching crop (the refinement aligns these central squares)
-                      sync_size: int = 56,  # central square compared between pairs (larger than M: links sparse regions)
-                      refine: int = 3,  # rounds of aligning each patch to the stitched image
+                      sync_size: int = 56,  # central square compared between pairs (56 of 64: links a sparse random scan)
+                      refine: int = 3,  # rounds of turning each patch to its aligned neighbours
                      ) -> np.ndarray:
     "The patches with one constant phase each changed so that overlapping patches agree (same shape as the input)."
     p = np.array(obj_patches, np.complex64)
@@ -285,19 +289,12 @@ def phase_synchronize(obj_patches,  # [B, C, N, N] or [n, N, N] complex patches
     p = p.reshape(-1, N, N)
     pos = np.asarray(positions, np.float64).reshape(-1, 2)
     if len(pos) != len(p): raise ValueError(f"{len(p)} patches but {len(pos)} positions")
-    if int(M) != M or M < 2 or M % 2 or M > N: raise ValueError(f"phase_synchronize: M={M}: expected an even integer in 2..N={N}")
+    if int(sync_size) != sync_size or sync_size < 2: raise ValueError(f"phase_synchronize: sync_size={sync_size}: expected an integer >= 2")
     S = min(int(sync_size), N); ls = N // 2 - S // 2
-    pairs, theta, w = _pair_phases(p[:, ls:ls + S, ls:ls + S], pos, S)
-    lo = N // 2 - M // 2
-    n = len(p)
-    phi = _tree_phases(n, pairs, theta, w)
-    if refine:
-        geo = stitch_geometry(pos, M)
-        top = geo.pad + (pos - np.asarray(geo.mean_xy))[:, ::-1]   # canvas (row, col) of each patch's central square
-        crops = p[:, lo:lo + M, lo:lo + M] * np.exp(1j * phi)[:, None, None].astype(np.complex64)   # only these are stitched
-        for _ in range(refine):
-            step = np.angle(_block_inner(reassemble_position(crops, pos, M), top, crops))
-            crops *= np.exp(1j * step)[:, None, None].astype(np.complex64); phi += step
+    sq = p[:, ls:ls + S, ls:ls + S]
+    pairs, theta, w = _pair_phases(sq, pos, S)
+    phi = _tree_phases(len(p), pairs, theta, w)
+    if refine: phi = _refine_phases(phi, pairs, theta, w, np.square(np.abs(sq)).sum((1, 2), dtype=np.float64), refine)
     p *= np.exp(1j * phi)[:, None, None].astype(np.complex64)
     return p.reshape(shape)
 
@@ -310,6 +307,6 @@ def stitch_scan(obj_patches,  # [B, C, N, N] complex predicted patches ([B, 1, N
     "(stitched complex64 [P, P], weights [P, P], positions [B, C, 1, 2]) via `stitching.reassemble_position`."
     pos = patch_positions(container)
     if np.shape(obj_patches)[1] == 1: pos = pos[:, :1]  # `predict_scan`'s views: each group seen from its seed
-    if sync_phase: obj_patches = phase_synchronize(obj_patches, pos, M)
+    if sync_phase: obj_patches = phase_synchronize(obj_patches, pos)
     img, w = reassemble_position(np.asarray(obj_patches), pos, M=M, return_weights=True)
     return np.asarray(img), np.asarray(w), pos
