@@ -20,7 +20,7 @@ from .physics import combined_loss, label_loss, padded_size
 from .model import PtychoPINN_Lightning
 from .stitching import stitch_scan
 from .evaluation import score_scan, ground_truth_on_canvas
-from .training import TrainingClock, build_trainer, default_execution_config, resolve_precision, predict_scan, inference_device
+from .training import TrainingClock, check_checkpoint, build_trainer, default_execution_config, resolve_precision, predict_scan, inference_device
 from .persistence import save_torch_bundle, load_torch_bundle
 
 # %% auto #0
@@ -224,6 +224,7 @@ def _check_output_dir(out: Path, resume: bool, overwrite: bool):
                               "overwrite=True to replace it, or choose another output_dir")
     if resume and not (out / 'checkpoints' / 'last.ckpt').exists():
         raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
+    if resume: check_checkpoint(out / 'checkpoints' / 'last.ckpt')   # a corrupt one is refused before the corpus is simulated
 
 def scan_configs(N: int = 64, **options) -> tuple:
     "`(TrainingConfig, ScanOptions)` of the single-scan model (`config.ScanOptions` defaults, `options` changed)."

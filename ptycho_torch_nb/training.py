@@ -18,7 +18,7 @@ from .model import warmup_cosine
 # %% auto #0
 __all__ = ['torch', 'RUN_ARTIFACTS', 'default_execution_config', 'resolve_precision', 'inference_device', 'ContainerDataset',
            'make_dataloader', 'ContainerDataModule', 'LossHistory', 'build_trainer', 'TrainingClock',
-           'predict_object_patches', 'predict_scan', 'prepare_output_dir', 'resume_checkpoint']
+           'predict_object_patches', 'predict_scan', 'prepare_output_dir', 'check_checkpoint', 'resume_checkpoint']
 
 # %% ../nbs/04_training.ipynb #4c250cb0
 def default_execution_config(**overrides):
@@ -332,6 +332,18 @@ def prepare_output_dir(output_dir,  # the run's output folder
         shutil.rmtree(out / n) if (out / n).is_dir() else (out / n).unlink()
     return out
 
+def check_checkpoint(path,  # a Lightning checkpoint (a zip archive, `torch.save`'s format)
+                    ) -> Path:
+    "`path` if it is whole (every member passes its CRC: flipped bytes would otherwise load as wrong weights); `ValueError` naming it otherwise."
+    import zipfile
+    p = Path(path)
+    if not p.is_file(): raise FileNotFoundError(f"checkpoint not found: {p}")
+    try:
+        with zipfile.ZipFile(p) as z: bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e: raise ValueError(f"{p}: not a readable checkpoint (truncated or corrupt?): {e}") from None
+    if bad is not None: raise ValueError(f"{p}: checkpoint member {bad!r} fails its CRC (corrupt); resume from an earlier checkpoint or start afresh")
+    return p
+
 def resume_checkpoint(resume,  # None/False, True/'last' (this run's last.ckpt) or a checkpoint path
                       output_dir,  # the run's output folder
                       config=None  # the run's TrainingConfig: its architecture must match the checkpoint's
@@ -343,8 +355,9 @@ def resume_checkpoint(resume,  # None/False, True/'last' (this run's last.ckpt) 
     if not p.is_file(): raise FileNotFoundError(f"checkpoint to resume from not found: {p}")
     if own.resolve() not in p.resolve().parents:
         raise ValueError(f"{p}: --resume takes a checkpoint of this run ({own}/); another run's checkpoint would mix two runs")
+    check_checkpoint(p)
     try: mc = (torch.load(p, map_location='cpu', weights_only=True).get('hyper_parameters') or {}).get('model_config') or {}
-    except Exception: mc = {}   # not a plain checkpoint: Lightning reports it when it loads
+    except Exception as e: raise ValueError(f"{p}: not a checkpoint this package wrote (torch.load(weights_only=True) refuses it: {type(e).__name__})") from None
     for k in ('N', 'gridsize', 'n_filters_scale', 'architecture'):
         mine = getattr(getattr(config, 'model', None), k, None)
         if k in mc and mine is not None and mc[k] != mine:
