@@ -150,8 +150,11 @@ def raw_data_from_reconstruct_input(parameters: ReconstructInput):
     "A `RawDataTorch` of the scan (see `arrays_from_reconstruct_input`)."
     from ptycho_torch_nb.raw_data import RawDataTorch
     a = arrays_from_reconstruct_input(parameters)
-    raw = RawDataTorch.from_coords_without_pc(a['xcoords'], a['ycoords'], a['diff3d'], a['probeGuess'],
-                                              a['scan_index'], a['objectGuess'])
+    try: raw = RawDataTorch.from_coords_without_pc(a['xcoords'], a['ycoords'], a['diff3d'], a['probeGuess'],
+                                                   a['scan_index'], a['objectGuess'])
+    except ValueError as e:   # name ptychodus' fields, not only ours
+        raise ValueError(f"ReconstructInput: {str(e).removeprefix('<memory>: ')} (diff3d = √diffraction_patterns, probeGuess = "
+                         "probe mode 0, xcoords/ycoords = probe positions in object pixels)") from None
     raw.metadata['nphotons'] = a['photons_per_pattern']
     return raw
 
