@@ -415,7 +415,7 @@ def _finish(self, output_dir, fmt: str, interrupted: bool, error=None) -> dict:
     img, w = self.image()
     st = dict(self.stats(), interrupted=bool(interrupted), error=error)
     paths = {}
-    if output_dir is not None:
+    if output_dir is not None and self.n_patterns:   # nothing stitched: nothing to write (and no folder left to refuse a rerun)
         out = Path(output_dir)
         paths['object'] = write_snapshot(out / f'object.{fmt}', img, w, st)
         rgb = canvas_rgb(img, w); W = rgb.shape[1] // 2
@@ -443,7 +443,7 @@ def _run(self, source,  # iterable of (amplitude [k, N, N], x [k], y [k]) chunks
         Path(output_dir).mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
     bar = tqdm(total=total, unit='pat', disable=not progress, file=sys.stderr, smoothing=0.1)
-    interrupted, error, t_snap = False, None, time.perf_counter()
+    interrupted, error, cause, t_snap = False, None, None, time.perf_counter()
     with _StopFlag() as stop:
         try:
             it = iter(source)
@@ -461,11 +461,11 @@ def _run(self, source,  # iterable of (amplitude [k, N, N], x [k], y [k]) chunks
                 stop.busy = False
         except KeyboardInterrupt: interrupted = True
         except Exception as e:
-            error = f"{type(e).__name__}: {e}"; log.error("stream stopped by an error in the source: %s", error)
+            error, cause = f"{type(e).__name__}: {e}", e; log.error("stream stopped by an error in the source: %s", error)
         interrupted = interrupted or stop.set
     bar.close()
     res = _finish(self, output_dir, fmt, interrupted, error)
-    if error is not None and self.n_patterns == 0: raise RuntimeError(f"stream failed before any pattern: {error}")
+    if cause is not None and self.n_patterns == 0: raise cause   # nothing stitched: the source's own error (a missing file: exit 2)
     return res
 
 StreamingReconstructor.run = _run
