@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_training.ipynb #1698c96a
 from __future__ import annotations
-import importlib.util, math, sys, time
+import importlib.util, math, sys, time, zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
@@ -335,7 +335,6 @@ def prepare_output_dir(output_dir,  # the run's output folder
 def check_checkpoint(path,  # a Lightning checkpoint (a zip archive, `torch.save`'s format)
                     ) -> Path:
     "`path` if it is whole (every member passes its CRC: flipped bytes would otherwise load as wrong weights); `ValueError` naming it otherwise."
-    import zipfile
     p = Path(path)
     if not p.is_file(): raise FileNotFoundError(f"checkpoint not found: {p}")
     try:
