@@ -151,10 +151,10 @@ def raw_data_from_reconstruct_input(parameters: ReconstructInput):
     from ptycho_torch_nb.raw_data import RawDataTorch
     a = arrays_from_reconstruct_input(parameters)
     try: raw = RawDataTorch.from_coords_without_pc(a['xcoords'], a['ycoords'], a['diff3d'], a['probeGuess'],
-                                                   a['scan_index'], a['objectGuess'])
-    except ValueError as e:   # name ptychodus' fields, not only ours
-        raise ValueError(f"ReconstructInput: {str(e).removeprefix('<memory>: ')} (diff3d = √diffraction_patterns, probeGuess = "
-                         "probe mode 0, xcoords/ycoords = probe positions in object pixels)") from None
+                                                   a['scan_index'], a['objectGuess'], source='ReconstructInput')
+    except ValueError as e:   # our key names, then how ptychodus' fields map to them
+        raise ValueError(f"{e} (diff3d = √diffraction_patterns, probeGuess = probe mode 0, xcoords/ycoords = probe "
+                         "positions in object pixels)") from None
     raw.metadata['nphotons'] = a['photons_per_pattern']
     return raw
 

@@ -146,7 +146,7 @@ class RawDataTorch:
                  Y=None,              # (M,N,N) complex ground-truth patches, optional
                  norm_Y_I=None,       # dataset scale recorded by a simulation, optional
                  metadata=None,       # free-form dict (e.g. nphotons of a simulation)
-                 source: str = '<memory>'  # file the scan came from (named in errors; keys the grouping cache)
+                 source: str = '<memory>'  # where the scan came from, named in errors (the grouping cache keys on `source_path`, set by `from_file`)
                 ):
         v = validate_raw_arrays(xcoords, ycoords, xcoords_start, ycoords_start, diff3d, probeGuess, scan_index,
                                 objectGuess, Y, src=source)
@@ -166,9 +166,9 @@ class RawDataTorch:
         return f"RawDataTorch(M={len(self)}, diff3d={d}, probe={self.probeGuess.shape}, objectGuess={o}, Y={self.Y is not None}, source={self.source})"
 
     @classmethod
-    def from_coords_without_pc(cls, xcoords, ycoords, diff3d, probeGuess, scan_index=None, objectGuess=None):
-        "A scan whose nominal (start) positions equal its positions."
-        return cls(xcoords, ycoords, None, None, diff3d, probeGuess, scan_index, objectGuess)
+    def from_coords_without_pc(cls, xcoords, ycoords, diff3d, probeGuess, scan_index=None, objectGuess=None, source: str = '<memory>'):
+        "A scan whose nominal (start) positions equal its positions (`source` names it in errors)."
+        return cls(xcoords, ycoords, None, None, diff3d, probeGuess, scan_index, objectGuess, source=source)
 
 # %% ../nbs/02a_raw_data.ipynb #08899de5
 def read_npz(path: Path) -> dict:
