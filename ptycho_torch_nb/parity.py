@@ -98,6 +98,7 @@ ROWS = [
     _r('D2', 'reassemble_position sign and geometry', 'ptycho_torch_nb.stitching.stitch_geometry', 'nbs/03b_stitching.ipynb#stitch-sign', 'golden', 'exact'),
     _r('D2', 'stitching with use_xla_translate=False flips the sign', 'ptycho_torch_nb.stitching.reassemble_position', 'nbs/03b_stitching.ipynb#stitch-nonxla-quirk', 'deviation', 'one convention only: content moves by +offset'),
     _r('D2', 'reassemble_position with odd M silently crops M−1', 'ptycho_torch_nb.stitching.stitch_geometry', 'tests/test_stitching_evaluation.py::test_odd_M_is_rejected_not_silently_shrunk', 'deviation', 'odd M raises ValueError'),
+    _r('D2', 'predicted patches stitched as they are (each group keeps its own global phase)', 'ptycho_torch_nb.stitching.phase_synchronize', 'nbs/03b_stitching.ipynb#stitch-phase-sync', 'deviation', 'stitch_scan first makes overlapping patches agree in constant phase (spanning tree, then 3 rounds from the pair sums); sync_phase=False stitches as the reference'),
     _r('D2', 'ptycho.evaluation.eval_reconstruction (plane)', 'ptycho_torch_nb.evaluation.eval_reconstruction', 'nbs/03c_evaluation.ipynb#evaluation-metrics-plane', 'golden', 'worst relative error 8.7e-8; FRC curves ≤ 5e-7'),
     _r('D2', 'eval_reconstruction (mean)', 'ptycho_torch_nb.evaluation.eval_reconstruction', 'nbs/03c_evaluation.ipynb#evaluation-metrics-mean', 'golden'),
     _r('D2', 'eval_reconstruction on a non-square image (FRC square crop)', 'ptycho_torch_nb.evaluation.frc_curve', 'nbs/03c_evaluation.ipynb#evaluation-metrics-rect', 'golden'),
