@@ -177,13 +177,11 @@ def read_npz(path: Path) -> dict:
     if path.is_dir(): raise ValueError(f"{path}: is a directory, expected an .npz file")
     try:
         with open(path, 'rb') as fh: head = fh.read(8)
-    except PermissionError as e: raise ValueError(f"{path}: cannot read the data file: permission denied") from e
-    if not head: raise ValueError(f"{path}: is empty (0 bytes), expected an .npz archive")
-    if head.startswith(b'\x93NUMPY'): raise ValueError(f"{path}: holds a single array (.npy), expected an .npz archive of named arrays")
-    if not head.startswith(b'PK'):   # np.load would call any other file "pickled data"
-        kind = ' (an HDF5 file: give it an .h5 or .hdf5 name)' if head.startswith(b'\x89HDF') else ''
-        raise ValueError(f"{path}: is not an NPZ archive{kind}: it starts with {head!r}, not a zip file's b'PK'")
-    try:
+        if not head: raise ValueError(f"{path}: is empty (0 bytes), expected an .npz archive")
+        if head.startswith(b'\x93NUMPY'): raise ValueError(f"{path}: holds a single array (.npy), expected an .npz archive of named arrays")
+        if not head.startswith(b'PK'):   # np.load would call any other file "pickled data"
+            kind = ' (an HDF5 file: give it an .h5 or .hdf5 name)' if head.startswith(b'\x89HDF') else ''
+            raise ValueError(f"{path}: is not an NPZ archive{kind}: it starts with {head!r}, not a zip file's b'PK'")
         with np.load(path, allow_pickle=False) as f:
             data, unread = {}, sorted(set(f.files) - set(CONTRACT_KEYS))
             if unread: log.info("%s: keys outside the data contract left unread: %s", path, unread)
