@@ -147,9 +147,10 @@ class HDF5Scan:
         if ds.dtype.kind not in 'iuf': raise ValueError(f"{self.path}: dataset '{diffraction}' has dtype {ds.dtype}; expected counts")
         self._positions_spec = positions
         self._xy_ds, self._xy = self._positions(positions)
-        if isinstance(centre, str) and centre == 'auto': centre = self._centroid()
-        self.window = _crop_window(ds.shape[1:], crop, centre, self.path)
-        self.mask = self._mask(mask)
+        bad = self._mask(mask)
+        if isinstance(centre, str) and centre == 'auto': centre = self._centroid(bad)
+        self.window = r0, c0, n = _crop_window(ds.shape[1:], crop, centre, self.path)
+        self.mask = None if bad is None else bad[r0:r0 + n, c0:c0 + n]
         if not growing: self._check_lengths()
 
     N = property(lambda self: self.window[2], doc="Pattern size after cropping.")
@@ -180,17 +181,21 @@ def _positions(self, spec):
     return None, np.column_stack([x, y])
 
 def _mask(self, mask):
+    "The whole frame's bad-pixel mask (True = bad), checked against the frame shape, or None."
     if mask is None: return None
     m = np.asarray(_dataset(self.file, mask, self.path, 'mask dataset')[()] if isinstance(mask, str) else mask) != 0
     H, W = self._ds.shape[1:]
     if m.shape != (H, W): raise ValueError(f"{self.path}: mask has shape {m.shape}, expected the frame shape ({H}, {W})")
-    r0, c0, n = self.window
-    return m[r0:r0 + n, c0:c0 + n]
+    return m
 
-def _centroid(self, frames: int = 16):
-    "Beam centre (row, col): intensity centroid of the first frames."
-    f = np.asarray(self._ds[:frames], np.float64).sum(0)
-    if f.dtype.kind == 'u': f[f == np.iinfo(self._ds.dtype).max] = 0
+def _centroid(self, bad=None, frames: int = 16):
+    "Beam centre (row, col): intensity centroid of the first frames, without masked (`bad`) and flagged pixels."
+    raw = np.asarray(self._ds[:frames])
+    f = raw.astype(np.float64)
+    if raw.dtype.kind == 'u': f[raw == np.iinfo(raw.dtype).max] = 0   # the detector's overflow/gap marker
+    f[~np.isfinite(f)] = 0
+    f = f.sum(0)
+    if bad is not None: f[bad] = 0
     if not f.sum() > 0: raise ValueError(f"{self.path}: cannot find the beam centre: the first {frames} frames are empty")
     r, c = np.indices(f.shape)
     return float((r * f).sum() / f.sum()), float((c * f).sum() / f.sum())
