@@ -480,9 +480,10 @@ class ScanOptions:
 def validate_scan_options(o: ScanOptions) -> None:
     "ValueError naming the first field of `o` outside its allowed range."
     _check_types(o)
-    rules = {'gridsize': _positive, 'neighbor_count': _positive, 'batch_size': _positive, 'learning_rate': _non_negative,
+    rules = {'gridsize': _positive, 'neighbor_count': _positive, 'batch_size': _positive,
+             'learning_rate': _non_negative, 'M': RUN_OPTION_RULES['M'],  # M: the run option's own rule
              'warmup_fraction': (lambda v: 0 <= v < 1, 'a value in [0, 1)'), 'lr_min_ratio': (lambda v: 0 <= v <= 1, 'a value in [0, 1]'),
-             'n_filters_scale': _positive, 'nepochs': _positive, 'M': _positive,
+             'n_filters_scale': _positive, 'nepochs': _positive,
              'group_radius': (lambda v: v is None or v > 0, 'None or a value > 0'),
              'precision': (lambda v: v in SCAN_PRECISIONS, f'one of {list(SCAN_PRECISIONS)}')}
     for name, (ok, allowed) in rules.items(): _check_range(o, name, ok, allowed)

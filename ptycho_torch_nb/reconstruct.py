@@ -198,11 +198,11 @@ def reconstruct_scan(data,  # NPZ path or RawDataTorch: the scan to reconstruct 
     out = Path(output_dir) if output_dir is not None else None
     config, opts = scan_setup(raw, config, parity, out, **options)
     ec = execution_config if execution_config is not None else scan_execution_config(opts)
-    validate_run(config, ec, where='reconstruct_scan', time_budget_s=time_budget_s, M=M, seed=seed)   # the one gate
     M = int(M if M is not None else opts.M)
+    validate_run(config, ec, where='reconstruct_scan', time_budget_s=time_budget_s, M=M, seed=seed)   # the one gate (M <= N)
     if out is not None: prepare_output_dir(out, overwrite)   # before training: a used folder is refused
     torch.manual_seed(seed)
-    update_legacy_dict(params.cfg, config)  # CONFIG-001: the reference's grouping (parity) reads it
+    update_legacy_dict(params.cfg, config)  # CONFIG-001: the archive's params snapshot and the legacy readers see this run
     train_c, infer_c, P = scan_containers(raw, config, opts, parity, seed)
     model = scan_model(config, opts, train_c, P, ec, init_from, raw.probeGuess if use_scan_probe else None, parity)
     if model.model.generator_mode == 'pattern' and not parity: infer_c = train_c  # consensus views (`predict_scan`)
