@@ -11,9 +11,10 @@ from typing import Optional, Sequence
 def demo_parser() -> argparse.ArgumentParser:
     "Flags of `python -m ptycho_torch_nb.demo`."
     p = argparse.ArgumentParser(prog='python -m ptycho_torch_nb.demo', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description='Simulate one scan, reconstruct it with the network trained on its own '
-                                            'diffraction and with the same-physics iterative solver, and write images, '
-                                            'scores and the scan files into --output_dir.')
+                                description='Simulate one scan; image it with a network trained on its own diffraction, with the '
+                                            'shipped pretrained network (zero-shot, then with the solver: the default '
+                                            'route of ptycho-torch-reconstruct) and with the same-physics solver from a '
+                                            'flat start; write images, scores and the scan files into --output_dir.')
     p.add_argument('--output_dir', '--output-dir', dest='output_dir', type=Path, default=Path('demo_outputs'),
                    help='where the scan files, images, metrics and wts.h5.zip go')
     p.add_argument('--time_budget', '--time-budget', dest='time_budget', type=float, default=90.0,
@@ -91,15 +92,15 @@ def _pretrained(pretrained):
     "The pretrained (model, card) to image the scan with, loaded and hash-checked (None: skipped, or no shipped model)."
     if pretrained is None or str(pretrained) == 'none': return None
     if str(pretrained) == 'shipped':
-        from ptycho_torch_nb.core import data_path
-        try: pretrained = data_path('pretrained_N64')
-        except FileNotFoundError: return None
+        from ptycho_torch_nb.route import shipped_model
+        pretrained = shipped_model()
+        if pretrained is None: return None
     from ptycho_torch_nb.pretrain import load_pretrained
     return load_pretrained(pretrained)
 
 def run_demo(output_dir='demo_outputs',  # where everything goes
              time_budget_s: float = 90.0,  # seconds of network training
-             solver_epochs: int = 200,  # same-physics free-object solver passes from a flat start (0: none)
+             solver_epochs: int = 200,  # same-physics solver passes, from a flat start and after the pretrained network (0: neither)
              n: int = 256,  # scan positions
              seed: int = 0,
              overwrite: bool = False,  # write into a folder that already holds files

@@ -79,8 +79,7 @@ def _resolve_model_class(path: str, where: str = 'archive'):
 class _PlainUnpickler(pickle.Unpickler):
     "Unpickler for plain data: every global lookup (class, function) is refused."
     def __init__(self, f, what: str):
-        super().__init__(f)
-        self.what = what
+        super().__init__(f); self.what = what
     def find_class(self, module, name):
         raise ValueError(f"{self.what}: refusing to unpickle {module}.{name}: only plain data "
                          "(dict/list/tuple/str/number/bool/None) is accepted from an archive")
@@ -180,9 +179,7 @@ def lightning_checkpoint(module  # a LightningModule (its hparams must be plain 
 
 def _checkpoint_bytes(module, where: str) -> bytes:
     "Serialise `lightning_checkpoint(module)` and prove `torch.load(weights_only=True)` accepts it."
-    buf = io.BytesIO()
-    torch.save(lightning_checkpoint(module), buf)
-    data = buf.getvalue()
+    buf = io.BytesIO(); torch.save(lightning_checkpoint(module), buf); data = buf.getvalue()
     try: torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
     except Exception as e:
         raise ValueError(f"{where}: the checkpoint of {type(module).__name__} holds objects that "
@@ -330,9 +327,8 @@ def save_torch_bundle(models: dict,  # {'autoencoder': ..., 'diffraction_to_obj'
 # %% ../nbs/06a_persistence.ipynb #e13334b2
 def _check_member_name(name: str, where: str):
     "ValueError if a zip member name would escape the folder it is extracted to (zip-slip)."
-    p = PurePosixPath(name)
     if (not name or '\\' in name or name.startswith('/') or re.match(r'^[A-Za-z]:', name)
-            or any(part == '..' for part in p.parts) or '\x00' in name):
+            or any(part == '..' for part in PurePosixPath(name).parts) or '\x00' in name):
         raise ValueError(f"{where}: refusing archive member {name!r}: its path escapes the extraction folder (zip-slip)")
 
 class _Archive:
@@ -386,9 +382,17 @@ class _Archive:
         if self.has(f'{stem}.dill'): return safe_pickle_loads(self.read(f'{stem}.dill'), f"{self.path}: {stem}.dill")
         return None
     def read_npy(self, member: str) -> np.ndarray:
-        try: return np.load(io.BytesIO(self.read(member)), allow_pickle=False)
+        "A plain `.npy` member, built only after its header agrees with its byte count (np.load allocates first)."
+        data, fmt = self.read(member), np.lib.format
+        try:
+            f = io.BytesIO(data); version = fmt.read_magic(f)
+            shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+            if dtype.hasobject: raise ValueError(f"its dtype {dtype} holds Python objects (a pickle), which archives never load")
+            size, body = math.prod(shape) * dtype.itemsize, len(data) - f.tell()
+            if min(shape, default=0) < 0 or size != body:
+                raise ValueError(f"its header declares shape {shape} of {dtype} ({size} bytes) with {body} bytes after the header")
+            return np.frombuffer(data, dtype, offset=f.tell()).reshape(shape, order='F' if fortran else 'C').copy(order='K')
         except ValueError as e:
-            if 'archive member' in str(e): raise
             raise ValueError(f"{self.path}: archive member {member!r} is not a plain .npy array: {e}") from e
 
 def _read_manifest(archive: _Archive) -> dict:

@@ -326,7 +326,6 @@ def reconstruct_scan(raw,                       # RawDataTorch of the scan (obje
                     ) -> dict:
     "Predict and stitch a scan with a saved model: {'stitched', 'weights', 'positions', 'M'} (our workflow's canvas)."
     from ptycho_torch_nb.config import InferenceConfig, ModelConfig
-    from ptycho_torch_nb.stitching import reassemble_position
     from ptycho_torch_nb.workflow import reassemble_cdi_image_torch
     from ptycho_torch_nb.config import validate_run_options
     model, params = load_model(model_path)
@@ -343,8 +342,7 @@ def reconstruct_scan(raw,                       # RawDataTorch of the scan (obje
     from ptycho_torch_nb.training import inference_device
     model.to(inference_device(settings.accelerator))
     _, _, res = reassemble_cdi_image_torch(raw, config, model, M=M)
-    stitched, weights = reassemble_position(res['obj_tensor_full'], res['global_offsets'], M=M, return_weights=True)
-    return {'stitched': res['stitched_obj'], 'weights': np.asarray(weights), 'positions': res['global_offsets'], 'M': M}
+    return {'stitched': res['stitched_obj'], 'weights': np.asarray(res['stitch_weights']), 'positions': res['global_offsets'], 'M': M}
 
 def reconstruct_product(parameters: ReconstructInput,   # what ptychodus passes to `reconstruct`
                         model_path,                     # wts.h5.zip or a folder holding it

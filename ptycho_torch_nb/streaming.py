@@ -148,6 +148,13 @@ def _default_M(pinn) -> int:
     N = int(pinn.N)
     return N // 2 if pinn.cfg.get('pad_object', False) else 2 * ((3 * N // 4) // 2)
 
+def _input_scale(amplitude,  # [k, N, N] amplitudes (numpy), all finite
+                 N: int) -> float | None:
+    "`normalization_factor` of the chunk, or None when its mean pattern energy is not finite and > 0 (empty or all-zero: no signal to fix a scale from)."
+    a = np.asarray(amplitude)
+    energy = float(np.mean(np.sum(np.square(a, dtype=np.float64), axis=(-2, -1)))) if len(a) else math.nan
+    return float(normalization_factor(a, N)) if math.isfinite(energy) and energy > 0 else None
+
 def compiled_generator(generator,  # a `PatternGenerator`
                        batch_size: int,  # the one batch shape it will be called with
                        device: str = 'cpu'):
@@ -169,7 +176,7 @@ class StreamingReconstructor:
     def __init__(self, model,  # archive (wts.h5.zip or its folder), LightningModule or PtychoPINN (pattern-wise or gridsize 1)
                  M: int | None = None,  # stitching crop (default: 48 at N=64; N/2 for pad_object models)
                  positions=None,  # [n, 2] all scan positions, if known up front: canvas in `stitch_geometry`'s frame
-                 scale: float | None = None,  # input normalisation factor; None: fixed from the first chunk
+                 scale: float | None = None,  # input normalisation factor; None: fixed from the first chunk with signal
                  batch_size: int = 16,  # patterns per generator call (16 keeps a call's N×N activations in cache)
                  device: str = 'cpu',
                  block: int = 256,  # canvas growth step (px)
@@ -197,7 +204,9 @@ class StreamingReconstructor:
         a = torch.as_tensor(np.asarray(amplitude, np.float32) if not torch.is_tensor(amplitude) else amplitude).float()
         if a.ndim != 3 or tuple(a.shape[1:]) != (self.N, self.N):
             raise ValueError(f"chunk of patterns has shape {tuple(a.shape)}, expected [k, {self.N}, {self.N}]")
-        if self.scale is None: self.scale = float(normalization_factor(a.numpy(), self.N))
+        if self.scale is None:
+            self.scale = _input_scale(a.numpy(), self.N)
+            if self.scale is None: raise ValueError(f"chunk of {len(a)} patterns has no signal (empty or all zero): no input scale can be fixed from it; pass scale=")
         out, B = [], self.batch_size
         with torch.inference_mode():
             for s in range(0, len(a), B):
@@ -219,6 +228,12 @@ def usable_patterns(amplitude,  # [k, ...] diffraction amplitudes (numpy or torc
     ok = np.isfinite(flat).all(1) & (flat >= 0).all(1)   # NaN fails both
     return ok & np.isfinite(np.asarray(x, np.float64)) & np.isfinite(np.asarray(y, np.float64))
 
+def _skip(self, n: int):
+    "Count `n` dropped patterns in `stats()['skipped']`, with one warning per stream."
+    if n and not self.skipped: log.warning("stream: skipping patterns with NaN/Inf or negative amplitudes, positions not finite or far off, "
+                                           "or no signal before the input scale is fixed (stats: 'skipped')")
+    self.skipped += n
+
 def _update(self, amplitude,  # [k, N, N] diffraction amplitudes
             x, y,  # [k] positions (object pixels, x = column)
             arrived_at: float | None = None,  # time.perf_counter() when the chunk arrived (default: now)
@@ -233,10 +248,15 @@ def _update(self, amplitude,  # [k, N, N] diffraction amplitudes
     if keep.any():   # and a position that would grow the canvas past MAX_SCAN_EXTENT from the first chunk (a unit slip, a glitch)
         keep &= (np.abs(np.asarray(x, np.float64) - self.ref_xy[0]) <= MAX_SCAN_EXTENT) & (np.abs(np.asarray(y, np.float64) - self.ref_xy[1]) <= MAX_SCAN_EXTENT)
     if not keep.all():   # a bad frame is dropped, not stitched: one NaN would spread over the live image
-        if not self.skipped: log.warning("stream: skipping patterns with NaN/Inf or negative amplitudes, or positions not finite or far off (stats: 'skipped')")
-        self.skipped += int((~keep).sum())
+        _skip(self, int((~keep).sum()))
         amplitude = amplitude[torch.as_tensor(keep)] if torch.is_tensor(amplitude) else np.asarray(amplitude)[keep]
         x, y = np.asarray(x)[keep], np.asarray(y)[keep]
+    if self.scale is None:   # fixed from the first chunk with signal; None again for an empty or all-zero one
+        self.scale = _input_scale(amplitude.detach().cpu().numpy() if torch.is_tensor(amplitude) else amplitude, self.N)
+    if self.scale is None:   # nothing usable, or only dark frames, before the scale is fixed: skipped, nothing stitched
+        _skip(self, len(x))
+        self.t_last = time.perf_counter(); self.latencies.append(self.t_last - t0)
+        return self.latencies[-1]
     t1 = time.perf_counter()
     p = self.patches(amplitude)
     t2 = time.perf_counter()

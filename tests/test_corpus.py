@@ -2,7 +2,7 @@
 
 Every property is checked on fresh draws (several seeds and sizes), never against a stored output of our own code.
 """
-import inspect, json, math, time
+import inspect, json, math
 import numpy as np
 import pytest
 
@@ -33,16 +33,6 @@ def test_make_object_range(name):
         assert np.abs(p).max() <= math.pi + 1e-6
         assert p.std() > 1e-3 or a.std() > 1e-3, f"{name}: flat object"
         np.testing.assert_array_equal(C.make_object(np.random.default_rng(seed), name, 96), o)
-
-
-def test_generation_is_fast():
-    worst = {}
-    for name, fam in C.FAMILIES.items():
-        fam(np.random.default_rng(0), 256)                      # warm-up (imports, FFT plans)
-        t0 = time.perf_counter()
-        for s in range(3): C.make_object(np.random.default_rng(s), name, 256, dict(phase_max=1.0, absorption=0.5))
-        worst[name] = (time.perf_counter() - t0) / 3
-    assert max(worst.values()) < 0.1, worst                   # well under 0.1 s is the bar; 0.1 s allows a busy CPU
 
 
 def test_training_and_held_out_are_disjoint_and_named():

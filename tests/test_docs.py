@@ -182,7 +182,6 @@ def test_processing_rules(tmp_path):
                         'sidebar': {'contents': [{'section': 'Phase 0', 'contents': '00*.ipynb'}]}},
             'format': {'html': {'toc': True}}}
     proc, out = tmp_path / '_proc', tmp_path / '_docs'
-    t0 = time.perf_counter()
     build_docs.process_notebooks(nbs, proc, quiet=True)
     r = build_docs.SiteRenderer(proc, out, site)
     pages = r.build()
@@ -205,7 +204,6 @@ def test_processing_rules(tmp_path):
     assert any('01_beta.ipynb' in w for w in r.warnings)
     beta = check_page(out / 'beta.html', out)
     assert beta.title.startswith('Beta page') and 'alpha.html' in beta.links['main']
-    assert time.perf_counter() - t0 < 120
 
 
 # ---------------------------------------------------------------------------------------------------------

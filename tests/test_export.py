@@ -70,7 +70,7 @@ def test_torch_formats_match_eager_in_a_process_without_the_package(archive, eag
     "TorchScript and the torch.export program, loaded by torch alone, on the 7-pattern batch and on a batch of one."
     name, load = TORCH_LOADERS[fmt]
     res = E.export_generator(archive, tmp_path / name, format=fmt)
-    assert res['format'] == fmt and res['N'] == N and res['max_rel_diff'] <= 1e-5
+    assert res['format'] == fmt and res['N'] == N
     got = _fresh(f"""
 import json, numpy as np, torch
 extra = {{'ptycho_meta.json': ''}}
@@ -87,8 +87,7 @@ print(json.dumps(dict(amp=rel(a.numpy(), d['amp']), phase=rel(p.numpy(), d['phas
 
 @needs_onnx
 def test_onnx_matches_eager_in_a_process_without_the_package(archive, eager, tmp_path):
-    res = E.export_generator(archive, tmp_path / 'gen.onnx', format='onnx')
-    assert res['max_rel_diff'] <= 1e-5
+    E.export_generator(archive, tmp_path / 'gen.onnx', format='onnx')
     got = _fresh(f"""
 import json, numpy as np, onnxruntime as ort
 s = ort.InferenceSession({str(tmp_path / 'gen.onnx')!r}, providers=['CPUExecutionProvider'])
@@ -104,9 +103,18 @@ print(json.dumps(dict(amp=rel(a, d['amp']), phase=rel(p, d['phase']), N=meta.get
 @pytest.mark.parametrize('fmt', ['torchscript', 'pt2', pytest.param('onnx', marks=needs_onnx)])
 @pytest.mark.parametrize('kind', ['no_backprop', 'gridsize1_plain'])
 def test_other_generators_export(tmp_path, fmt, kind):
+    "The exported file, loaded back, gives the model's own patches (`generate_patches`, not the export's wrapper)."
     m = _model(backprop_input=False) if kind == 'no_backprop' else _model(gridsize_one_plain=True)
-    res = E.export_generator(m, tmp_path / f'g.{fmt}', format=fmt)
-    assert res['max_rel_diff'] <= 1e-5
+    path = E.export_generator(m, tmp_path / f'g.{fmt}', format=fmt)['path']
+    X = torch.rand(5, 1, N, N, generator=torch.Generator().manual_seed(7)) * 3
+    with torch.no_grad(): amp, phase, _ = m.eval().model.generate_patches(X)
+    if fmt == 'onnx':
+        import onnxruntime as ort
+        a, p = ort.InferenceSession(str(path), providers=['CPUExecutionProvider']).run(None, {'X': X.numpy()})
+    else:
+        loaded = torch.jit.load(str(path)) if fmt == 'torchscript' else torch.export.load(str(path)).module()
+        with torch.no_grad(): a, p = (t.numpy() for t in loaded(X))
+    assert _rel(a, amp[:, 0].numpy()) <= 1e-5 and _rel(p, phase[:, 0].numpy()) <= 1e-5
 
 def test_the_check_catches_a_wrong_export(archive, tmp_path, monkeypatch):
     "An exported file that differs from eager is refused and not left behind."

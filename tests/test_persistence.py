@@ -3,7 +3,7 @@
 The notebook `nbs/06a_persistence.ipynb` holds the in-process checks; these cover what a notebook cell cannot
 (a new interpreter with no state, a training process killed mid-epoch).
 """
-import io, json, math, os, pickle, signal, subprocess, sys, time, zipfile
+import io, json, math, os, pickle, signal, subprocess, sys, time, uuid, zipfile
 from pathlib import Path
 import numpy as np
 import pytest
@@ -171,6 +171,8 @@ def _error_cases(path, tmp):
     no_g = {k: v for k, v in params.items() if k != 'gridsize'}
     evil = pickle.dumps({**man, 'x': _Evil()})
     evil_params = pickle.dumps({**params, 'x': _Evil()})
+    hdr = io.BytesIO(); np.lib.format.write_array_header_1_0(hdr, {'descr': '<c16', 'fortran_order': False, 'shape': (2**40,)})
+    huge_npy = hdr.getvalue()   # declares 16 TiB, carries no data: refused before anything is allocated
     ld = P.load_torch_bundle
     return {
         'missing_dir': (lambda: P.load_inference_bundle_torch(tmp / 'nodir'), FileNotFoundError, 'nodir'),
@@ -198,6 +200,8 @@ def _error_cases(path, tmp):
                          ValueError, 'archive format version 4.0-pytorch is newer than this loader supports'),
         'upstream_torch': (lambda: ld(_forge(path, tmp / 'k.zip', replace={'manifest.json': json.dumps({'models': man['models'], 'version': '2.0-pytorch'})})),
                            ValueError, 'upstream ptycho_torch shim'),
+        'npy_header_lies': (lambda: ld(_forge(path, tmp / 'o.zip', replace={'diffraction_to_obj/params_arrays/probe.npy': huge_npy})),
+                            ValueError, "is not a plain .npy array: its header declares shape (1099511627776,) of complex128"),
         'unknown_class': (lambda: ld(_forge(path, tmp / 'l.zip', replace={'diffraction_to_obj/model.json': json.dumps(
                               {'model_class': 'os.system', 'checkpoint': 'diffraction_to_obj/model.ckpt'})})), ValueError, 'neither defined in ptycho_torch_nb nor registered'),
     }
@@ -212,14 +216,28 @@ def good_archive(tmp_path_factory):
 @pytest.mark.parametrize('case', ['missing_dir', 'missing_file_in_dir', 'missing_file', 'not_a_zip', 'truncated', 'no_manifest',
                                   'no_model_folder', 'tensorflow_keras', 'tensorflow_tag', 'zip_slip', 'zip_slip_absolute',
                                   'unsafe_manifest', 'unsafe_params', 'params_without_N', 'params_without_gridsize',
-                                  'newer_format', 'upstream_torch', 'unknown_class'])
+                                  'newer_format', 'upstream_torch', 'unknown_class', 'npy_header_lies'])
 def test_refusals(good_archive, case):
     path, tmp = good_archive
     work = tmp / case; work.mkdir()
     fn, exc, fragment = _error_cases(path, work)[case]
     with pytest.raises(exc) as info: fn()
     assert fragment in str(info.value), str(info.value)
-    assert not (tmp.parent / 'escape.txt').exists()
+
+
+@pytest.mark.parametrize('kind', ['relative', 'absolute', 'sorted_last'])
+def test_extract_refuses_zip_slip(good_archive, tmp_path, kind):
+    "extract_torch_bundle writes members to disk: a zip-slip member is refused before any file is written, inside or outside."
+    path, _ = good_archive
+    dest = tmp_path / 'a' / 'x'                                  # '../../' from here is tmp_path
+    outside = tmp_path / f'escape_{uuid.uuid4().hex}.txt'       # unique: no stale file can make the test pass or fail
+    member = {'relative': f'../../{outside.name}', 'absolute': str(outside),
+              'sorted_last': f'zz/../../../{outside.name}'}[kind]  # sorts after every real member
+    forged = _forge(path, tmp_path / 'slip.zip', extra={member: b'escaped'})
+    with pytest.raises(ValueError) as info: P.extract_torch_bundle(forged, dest)
+    assert f"refusing archive member {member!r}: its path escapes the extraction folder (zip-slip)" in str(info.value), str(info.value)
+    assert not outside.exists()
+    assert not dest.exists() or not any(dest.iterdir()), sorted(dest.rglob('*'))
 
 
 def test_mismatched_weights_are_an_error(tmp_path):

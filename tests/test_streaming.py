@@ -71,20 +71,36 @@ def test_canvas_memory_is_bounded_by_the_area(model, data):
     assert sr.canvas.shape[1] > shape[1] and sr.canvas.shape[1] % 64 == 0
     assert sr.stats()['n_patterns'] == 6 * 48 + 4
 
+def _on_frame(sr, lo, shape):
+    "A reconstructor's image and weights pasted into a larger frame whose pixel (0, 0) is object [x, y] = `lo`."
+    img, w = sr.image()
+    ox, oy = sr.canvas.origin_xy
+    assert float(ox).is_integer() and float(oy).is_integer()    # integer origins: every canvas has the same pixel grid
+    r, c = int(oy) - lo[1], int(ox) - lo[0]
+    big_img, big_w = np.zeros(shape, img.dtype), np.zeros(shape, w.dtype)
+    big_img[r:r + img.shape[0], c:c + img.shape[1]], big_w[r:r + w.shape[0], c:c + w.shape[1]] = img, w
+    return big_img, big_w
+
 def test_grown_canvas_keeps_earlier_patches(model, data):
     amp, xy = data
-    a = S.StreamingReconstructor(model, block=16, compile=False); b = S.StreamingReconstructor(model, block=16, compile=False)
+    f = float(normalization_factor(amp, N))      # one fixed factor for all three: only the canvas differs
+    a, b, one = (S.StreamingReconstructor(model, block=16, scale=f, compile=False) for _ in range(3))
     order = np.argsort(xy[:, 0])                 # left to right: the canvas grows right
     rev = order[::-1]                            # right to left: it grows left (origin moves)
     for s in range(0, 48, 8):
         i, j = order[s:s + 8], rev[s:s + 8]
         a.update(amp[i], xy[i, 0], xy[i, 1]); b.update(amp[j], xy[j, 0], xy[j, 1])
-    b.scale = a.scale
-    ia, wa = a.image(); ib, wb = b.image()
-    # same sub-pixel grid (both origins are integers): compare on a common frame
-    oa, ob = a.canvas.origin_xy, b.canvas.origin_xy
-    assert float(oa[0]).is_integer() and float(ob[0]).is_integer()
-    assert wa.sum() == pytest.approx(wb.sum(), rel=1e-5) == pytest.approx(48 * a.M ** 2, rel=1e-5)
+        if s == 0: first_a, first_b = a.canvas.shape, b.canvas.origin_xy
+    one.update(amp, xy[:, 0], xy[:, 1])          # every patch in one chunk: no earlier patch to move
+    assert a.canvas.shape[1] > first_a[1] and b.canvas.origin_xy[0] < first_b[0]   # a grew right, b left
+    cans = [c.canvas for c in (a, b, one)]
+    lo = [int(min(c.origin_xy[k] for c in cans)) for k in (0, 1)]
+    shape = tuple(int(max(c.origin_xy[k] + c.shape[1 - k] for c in cans)) - lo[k] for k in (1, 0))
+    (ia, wa), (ib, wb), (i1, w1) = (_on_frame(c, lo, shape) for c in (a, b, one))
+    assert w1.sum() == pytest.approx(48 * a.M ** 2, rel=1e-5)
+    for img, w in ((ia, wa), (ib, wb)):
+        np.testing.assert_allclose(w, w1, atol=1e-5)
+        np.testing.assert_allclose(img, i1, atol=1e-5 * np.abs(i1).max())
 
 def test_group_model_is_refused(model):
     grouped = single_scan_model(generator_mode='group', merge_weight='centre', backprop_input=False)
@@ -165,12 +181,22 @@ def test_live_snapshots_are_written(model, data, tmp_path):
     S.StreamingReconstructor(model, compile=False).run(Watch(), tmp_path / 'live', snapshot_every_s=0.1, progress=False)
     assert any(seen[:-1])                                       # a live snapshot existed before the end
 
-def test_replay_file_paces_and_reads_hdf5(model, data, tmp_path):
+class FakeClock:
+    "Stands for the `time` module in `streaming`: `perf_counter` is a counter that only `sleep` (or `advance`) moves."
+    def __init__(self): self.now, self.sleeps = 0.0, []
+    def perf_counter(self): return self.now
+    def sleep(self, s): self.sleeps.append(s); self.now += s
+    def advance(self, s): self.now += s
+
+def test_replay_file_paces_and_reads_hdf5(model, data, tmp_path, monkeypatch):
     amp, xy = data
     p = write_h5(tmp_path / 's.h5', amp, xy)
-    t = time.perf_counter()
+    clock = FakeClock(); monkeypatch.setattr(S, 'time', clock)
     chunks = list(S.replay_file(p, rate=200.0, chunk=16, positions=('entry/x', 'entry/y')))
-    assert time.perf_counter() - t >= 48 / 200 - 0.02            # 48 patterns at 200/s
+    assert clock.sleeps == pytest.approx([16 / 200] * 3)           # 48 patterns at 200/s: each chunk of 16 is due 0.08 s later
+    clock = FakeClock(); monkeypatch.setattr(S, 'time', clock)
+    for _ in S.replay_file(p, rate=200.0, chunk=16, positions=('entry/x', 'entry/y')): clock.advance(0.05)
+    assert clock.sleeps == pytest.approx([0.08, 0.03, 0.03])       # time the consumer took counts towards the next wait
     np.testing.assert_allclose(np.concatenate([c[0] for c in chunks]), np.sqrt(np.round(amp.astype(np.float64) ** 2)).astype(np.float32), rtol=1e-6)
 
 def _writer(path, amp, xy, swmr, block=8, pause=0.05):
