@@ -50,7 +50,7 @@ def data_path(name: str = RUN1084_FILE  # file name inside the data folder
 
 def fixtures_path(name: str = ''  # fixture file name inside nbs/fixtures
                  ) -> Path:
-    "Path of a golden parity fixture (copied from the TensorFlow reference run) in `nbs/fixtures/`."
+    "Path of a file in `nbs/fixtures/`: a golden fixture from the TensorFlow reference, or a recorded benchmark result."
     p = repo_root() / 'nbs' / 'fixtures' / name
     if name and not p.exists(): raise FileNotFoundError(f"parity fixture not found: {p}")
     return p

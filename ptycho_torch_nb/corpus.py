@@ -204,7 +204,7 @@ FAMILIES = {**TRAINING_FAMILIES, **HELD_OUT_FAMILIES}
 
 # %% ../nbs/03e_corpus.ipynb #e95c2d21
 MATERIAL_RANGES = dict(phase_max=(0.1, math.pi),   # peak |phase| (rad), log-uniform
-                       absorption=(0.02, 3.0),     # mu in exp(-mu t), log-uniform; 3 = 5% transmission
+                       absorption=(0.02, 3.0),     # mu in exp(-mu t), log-uniform; 3 = 5% amplitude (0.25% intensity) transmission
                        pure_phase_share=0.25,      # share of objects with mu = 0
                        decoupled_share=0.3,        # share of objects whose amplitude mixes in an independent map
                        coupling=(0.0, 1.0))        # weight of the shared thickness in those (uniform)
@@ -246,7 +246,7 @@ def make_object(rng: np.random.Generator,  # seeds the sample and (when not give
 
 # %% ../nbs/03e_corpus.ipynb #101afd5b
 def fresnel_propagate(probe,            # complex [N, N] wave
-                      distance: float   # lambda * dz / dx^2 (px^2); negative: upstream
+                      distance: float   # lambda * dz / dx^2 (lambda * dz in units of px^2); negative: upstream
                      ) -> np.ndarray:
     "complex64 [N, N] `IFFT2(FFT2(P) exp(-i pi distance (fx^2 + fy^2)))` (paraxial, periodic window)."
     N = probe.shape[-1]; f2 = np.fft.fftfreq(N)[:, None] ** 2 + np.fft.fftfreq(N)[None, :] ** 2

@@ -209,7 +209,7 @@ def scan_groups(x, y,  # (M,) positions
                 C: int,  # group size (gridsize²)
                 K: int = 6,  # neighbours to choose from
                 radius: float = 32.0,  # neighbours farther than this from the seed are not used (px)
-                cover: bool = False,  # True: as few groups as cover every position (inference); False: one per position
+                cover: bool = False,  # True: a greedy row-by-row cover, every position in at least one group (inference); False: one per position
                 seed: int = 0,  # RNG of the random choice among the K neighbours
                ) -> np.ndarray:
     "(G, C) int64 groups: each seed position plus C-1 of its K nearest neighbours within `radius` (the seed repeated if too few)."

@@ -422,7 +422,12 @@ def covered_box(weights,                  # [P, P] overlap weights of the stitch
     rows, cols = np.flatnonzero(fr >= min_fraction * fr.max()), np.flatnonzero(fc >= min_fraction * fc.max())
     return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
-def evaluate_reconstruction(stitched_obj, positions, object_guess, M: int = 20, weights=None) -> tuple:
+def evaluate_reconstruction(stitched_obj,  # [P, P] complex stitched reconstruction
+                            positions,  # [..., 2] absolute `[x, y]` of the stitched patterns
+                            object_guess,  # the true object, [H, W] complex
+                            M: int = 20,  # the M used for stitching (sets the canvas size)
+                            weights=None,  # [P, P] stitch weights: score only the rectangle they cover (None: the whole canvas)
+                           ) -> tuple:
     "`(metrics, truth, box)`: reference metrics of the stitched image vs the truth, on the rectangle the patches cover."
     gt = ground_truth_on_canvas(object_guess, positions, M)
     box = covered_box(weights) if weights is not None else (slice(None), slice(None))
@@ -570,11 +575,11 @@ def save_outputs(amplitude, phase, results: dict, output_dir) -> dict:
 # %% ../nbs/03c_evaluation.ipynb #d824f722
 def plot_ssim_curve(curves: dict,  # {label: [{'train_s', 'ssim_amp', 'ssim_phase'}, ...]} (snapshots)
                     reference: dict | None = None,  # {label: {"seconds", "ssim_amp", "ssim_phase"}}: figures of other engines to mark
-                    target=(0.85, 0.80),  # the (amplitude, phase) target
+                    target=(0.85, 0.80),  # (amplitude, phase) SSIM to reach, drawn as dashed lines
                    ):
     "Amplitude and phase SSIM against training time, one line per curve, other engines marked; returns the figure."
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(11, 4)); axes = fig.subplots(1, 2, sharey=True)
     for ax, key, name, tgt in zip(axes, ('ssim_amp', 'ssim_phase'), ('amplitude', 'phase'), target):
         for label, rows in curves.items():
             ax.plot([r['train_s'] for r in rows], [r[key] for r in rows], 'o-', label=label)

@@ -63,7 +63,7 @@ AMP_ACTIVATIONS = {'sigmoid': torch.sigmoid, 'swish': F.silu, 'softplus': F.soft
 CHANNELS_LAST_MIN_SIZE = 0  # feature maps at least this large run channels-last (all of them: fastest measured on CPU)
 
 def _fmt(x):
-    "Memory format policy: channels-last for large feature maps, NCHW for small ones."
+    "Memory format policy: channels-last for maps at least `CHANNELS_LAST_MIN_SIZE` wide (0: every map), else NCHW."
     return x.contiguous(memory_format=torch.channels_last if x.shape[-1] >= CHANNELS_LAST_MIN_SIZE else torch.contiguous_format)
 
 class Conv3x3(nn.Conv2d):
@@ -504,7 +504,10 @@ class PtychoPINN_Lightning(L.LightningModule):
         return 'val_loss' if has_val else 'train_loss'
 
 # %% ../nbs/03a_model.ipynb #458c66bf
-def amplitude_correlation(obj, Y, N: int) -> float:
+def amplitude_correlation(obj,  # [..., N, N] complex predicted patches
+                          Y,  # [..., N, N] complex true patches
+                          N: int,  # patch size (sets the central N/2 square)
+                         ) -> float:
     "Pearson correlation of |obj| and |Y| over the central N/2 square of every patch."
     c = physics.centre_mask(N).bool()
     a, b = obj.abs()[..., c].flatten(), Y.abs()[..., c].flatten()

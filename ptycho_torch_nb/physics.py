@@ -309,7 +309,7 @@ def mae_loss(pred_amp,  # s·Â
 
 def total_variation(x,  # [..., H, W] real or complex
                    ):
-    "Σ(Δx)² + Σ(Δy)² over real and imaginary parts, averaged over the leading dims."
+    "The reference's 'TV', a squared-gradient penalty Σ(Δx)² + Σ(Δy)² over real and imaginary parts (not the L1 TV), averaged over the leading dims."
     parts = torch.view_as_real(x) if x.is_complex() else x[..., None]
     dy = (parts[..., 1:, :, :] - parts[..., :-1, :, :]).pow(2).sum((-3, -2, -1))
     dx = (parts[..., :, 1:, :] - parts[..., :, :-1, :]).pow(2).sum((-3, -2, -1))
@@ -318,7 +318,7 @@ def total_variation(x,  # [..., H, W] real or complex
 def realspace_loss(pred_obj,  # [B, C, N, N] complex predicted patches
                    target_obj=None,  # [B, C, N, N] complex ground truth (needed when `mae_weight` > 0)
                    mae_weight: float = 0.0,  # weight of mean |O − Y| (`realspace_mae_weight`)
-                   tv_weight: float = 0.0,  # weight of the total variation of O
+                   tv_weight: float = 0.0,  # weight of the squared-gradient 'TV' of O (`total_variation`)
                   ):
     "Real-space loss mae_weight·mean|O − Y| + tv_weight·TV(O); 0 with the default weights."
     loss = pred_obj.real.new_zeros(())

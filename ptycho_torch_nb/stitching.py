@@ -204,8 +204,14 @@ def patch_positions(container) -> np.ndarray:
     cr = np.asarray(torch.as_tensor(container.coords_relative).cpu(), np.float64)     # [B,C,1,2]
     return go[:, :1] - cr
 
-def stitch_patches(obj_patches, positions, M: int = 20, flip_x=False, flip_y=False, transpose=False,
-                   return_weights: bool = False):
+def stitch_patches(obj_patches,  # [B, C, N, N] (or [n, N, N]) complex patches
+                   positions,  # matching absolute [x, y]: [B, C, 1, 2] (`patch_positions`) or [n, 2]
+                   M: int = 20,  # central square kept from each patch (even, <= N)
+                   flip_x: bool = False,  # negate the x offsets (mirror the canvas left-right)
+                   flip_y: bool = False,  # negate the y offsets (mirror the canvas top-bottom)
+                   transpose: bool = False,  # swap each patch's row and column axes before stitching
+                   return_weights: bool = False,  # also return the overlap weights [P, P]
+                  ):
     "Stitch `[B, C, N, N]` patches at `[B, C, 1, 2]` positions into one 2-D complex image (and its overlap weights)."
     p = np.asarray(obj_patches); N = p.shape[-1]
     p = p.reshape(-1, N, N)

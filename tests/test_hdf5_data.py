@@ -119,7 +119,7 @@ def test_units_need_a_pixel_size(scan_file):
         positions_to_pixels([0], [0], 'furlong', 1.0)
 
 def test_csv_errors(tmp_path):
-    with pytest.raises(FileNotFoundError): read_positions_csv(tmp_path / 'none.csv')
+    with pytest.raises(FileNotFoundError, match='none.csv'): read_positions_csv(tmp_path / 'none.csv')
     (tmp_path / 'e.csv').write_text('x,y\n')
     with pytest.raises(ValueError, match='no positions'): read_positions_csv(tmp_path / 'e.csv')
     (tmp_path / 'b.csv').write_text('1,2\n3\n')

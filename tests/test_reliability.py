@@ -54,17 +54,19 @@ def test_gate_names_field_value_and_range(cls_name, field, value):
 
 
 @pytest.mark.parametrize('cls_name,field,value', BAD_FIELDS)
-def test_api_workflow_refuses_before_any_work(cls_name, field, value, tiny_files, tmp_path):
+def test_api_workflow_refuses_before_any_work(cls_name, field, value, tiny_files, tmp_path, monkeypatch):
     "train_cdi_model_torch / run_cdi_example_torch: ValueError naming the field; no output folder, no grouping cache."
     from ptycho_torch_nb import workflow as W
     train, _ = tiny_files
-    out = tmp_path / 'run'
-    cfg = _bad_training(cls_name, field, value, out)
+    out, cache = tmp_path / 'run', tmp_path / 'cache'
+    monkeypatch.setenv('PTYCHO_TORCH_NB_CACHE', str(cache))   # the cache root a grouping of this file would write to
+    cfg = dataclasses.replace(_bad_training(cls_name, field, value, out), subsample_seed=0)   # seeded: a grouping is cached
     ec = W.default_execution_config(accelerator='cpu', logger_backend=None)
     for fn in (W.train_cdi_model_torch, W.run_cdi_example_torch):
         with pytest.raises(ValueError, match=rf"{cls_name}\.{field}="):
             fn(train, None, cfg, ec) if fn is W.train_cdi_model_torch else fn(train, None, cfg, execution_config=ec)
     assert not out.exists()
+    assert not cache.exists() or not any(cache.iterdir())
 
 
 @pytest.mark.parametrize('text,needle', [
@@ -336,7 +338,7 @@ def test_used_output_folder_refused_unless_overwrite(tmp_path):
     assert _snapshot(out) == before
     prepare_output_dir(out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ['notes.txt']   # only run artifacts are removed
-    with pytest.raises(NotADirectoryError): prepare_output_dir(out / 'notes.txt')
+    with pytest.raises(NotADirectoryError, match='notes.txt'): prepare_output_dir(out / 'notes.txt')
 
 
 def _train_cli(train, out, *extra):
