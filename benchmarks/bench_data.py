@@ -60,12 +60,15 @@ def main():
         sim.to_file(f'{root}/scan.npz')
         raw = RawDataTorch.from_file(f'{root}/scan.npz')
         kw = dict(K=7, nsamples=M, seed=0, gridsize=2, cache_dir=f'{root}/cache')
-        _, t_nocache = timed(lambda: raw.generate_grouped_data(a.N, use_cache=False, **{k: v for k, v in kw.items() if k != 'cache_dir'}))
+        no_cache = lambda: raw.generate_grouped_data(a.N, use_cache=False, **{k: v for k, v in kw.items() if k != 'cache_dir'})
+        no_cache()                                                   # warm-up: file digest, KD-tree, imports
+        _, t_nocache = timed(no_cache)
         _, t_miss = timed(lambda: raw.generate_grouped_data(a.N, **kw))
         g, t_hit = timed(lambda: raw.generate_grouped_data(a.N, **kw))
         _, t_touch = timed(lambda: float(np.asarray(g['X_full']).sum()))
         print(f"cache      M={M:>7}  N={a.N}: no cache {t_nocache:.2f} s, miss (build + write) {t_miss:.2f} s, "
-              f"hit {t_hit:.3f} s (memory-mapped; reading every byte once: +{t_touch:.2f} s) -> speed-up x{t_nocache / t_hit:.0f}")
+              f"hit {t_hit:.3f} s (memory-mapped) + reading every byte once {t_touch:.2f} s -> speed-up "
+              f"x{t_nocache / (t_hit + t_touch):.0f} with the data read (x{t_nocache / t_hit:.0f} to open it)")
         print(f"cache stats {cache_mod.CACHE_STATS}")
     finally:
         shutil.rmtree(root, ignore_errors=True)

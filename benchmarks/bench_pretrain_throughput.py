@@ -13,7 +13,7 @@ ratio of each round is printed; the acceptance bar is ours / plain >= 1.1 (issue
 
 Usage: python benchmarks/bench_pretrain_throughput.py [--steps 12] [--rounds 2] [--threads 2] [--json out.json]
 """
-import argparse, copy, json, tempfile, time
+import argparse, atexit, copy, json, shutil, tempfile, time
 from pathlib import Path
 import numpy as np
 
@@ -76,6 +76,7 @@ def main():
     chosen = resolve_precision('auto', 'cpu')
     print(f"torch {torch.__version__}, {a.threads} CPU threads; precision chosen here: {chosen}; GPU: not measured", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix='bench_pretrain_'))
+    atexit.register(shutil.rmtree, workdir, True)
     rows = []
     for r in range(a.rounds):
         precisions = [chosen] + (['32-true'] if chosen != '32-true' else [])

@@ -1,6 +1,6 @@
 """Issue 15: how fast hostile archives are refused (real zip bombs, not patched headers), and what the gate costs.
 Run: python benchmarks/bench_reliability.py   (writes nothing outside a temporary folder)."""
-import io, json, resource, shutil, tempfile, time, zipfile
+import atexit, io, json, shutil, tempfile, time, zipfile
 from pathlib import Path
 import torch
 from ptycho_torch_nb import params
@@ -25,6 +25,15 @@ def zeros_member(size: int):
             for _ in range(size // len(chunk)): f.write(chunk)
     return w
 
+PEAK = ("import resource, sys\nfrom ptycho_torch_nb import params\nfrom ptycho_torch_nb.persistence import load_torch_bundle\n"
+        "try:\n    with params.temporary_cfg(): load_torch_bundle(sys.argv[1])\nexcept ValueError: pass\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+
+def peak_mb(path) -> float:
+    "Peak RSS (MB) of a fresh process that loads (or refuses) the archive at `path`."
+    import subprocess, sys
+    return int(subprocess.run([sys.executable, '-c', PEAK, str(path)], capture_output=True, text=True, check=True).stdout) / 1024
+
 def timed_refusal(path):
     t0 = time.perf_counter()
     try:
@@ -34,6 +43,7 @@ def timed_refusal(path):
 
 if __name__ == '__main__':
     d = Path(tempfile.mkdtemp())
+    atexit.register(shutil.rmtree, d, True)
     cfg = TrainingConfig(model=ModelConfig(N=64, gridsize=1, n_filters_scale=2), backend='pytorch')
     m = PtychoPINN_Lightning(model_config=dict(N=64, gridsize=1, n_filters_scale=2))
     with params.temporary_cfg(): good = save_torch_bundle({'autoencoder': m, 'diffraction_to_obj': m}, d / 'wts.h5', cfg)
@@ -48,9 +58,9 @@ if __name__ == '__main__':
     ck['hyper_parameters']['model_config']['n_filters_scale'] = 1000
     b = io.BytesIO(); torch.save(ck, b)
     huge = rewrite(good, d / 'huge.zip', 'diffraction_to_obj/model.ckpt', lambda zf, n: zf.writestr(n, b.getvalue()))
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     dt, msg = timed_refusal(huge)
-    print(f"hyper-parameters n_filters_scale=1000: refused in {dt:.3f} s, peak RSS +{(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024:.0f} MB: {msg}")
+    print(f"hyper-parameters n_filters_scale=1000: refused in {dt:.3f} s: {msg}")
+    print(f"  peak RSS of a fresh process refusing it: {peak_mb(huge):.0f} MB; loading the good archive: {peak_mb(good):.0f} MB")
     t0 = time.perf_counter()
     for _ in range(1000): validate_run(cfg, seed=1, M=20)
     print(f"validate_run: {(time.perf_counter() - t0):.3f} ms per call (1000 calls)")

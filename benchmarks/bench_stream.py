@@ -7,7 +7,7 @@ Usage: python benchmarks/bench_stream.py [--threads 2] [--patterns 4096] [--chun
 Prints one line per figure. The memory runs are separate processes (peak RSS = ru_maxrss of the child) streaming a
 uint16 HDF5 file (one frame per HDF5 chunk, positions on a raster of 4-px steps), with live snapshots every 5 s.
 """
-import argparse, json, os, resource, subprocess, sys, tempfile, time
+import argparse, atexit, json, os, resource, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 
@@ -131,6 +131,7 @@ def main():
     ap.add_argument('--_archive', type=Path, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix='bench_stream_'))
+    if a.workdir is None: atexit.register(shutil.rmtree, workdir, True)   # its scans are GBs: never left behind
     workdir.mkdir(parents=True, exist_ok=True)
     if a._child is not None:
         print(json.dumps(stream_file(a._archive, a._child, a.chunk, a.threads, workdir / f'out_{a._child.stem}', not a.no_compile))); return
