@@ -277,7 +277,9 @@ def train_model(input_path,                                  # training NPZ file
     ec = PyTorchExecutionConfig(accelerator=settings.accelerator, logger_backend=None, enable_progress_bar=False)
     validate_run(config, ec, where='ReconstructorSettings', seed=settings.seed, M=settings.stitch_crop)  # before any write
     from ptycho_torch_nb.training import prepare_output_dir
-    prepare_output_dir(out, overwrite=True)   # ptychodus' Train names this folder: its previous run is replaced, never mixed
+    # ptychodus' Train names this folder: its previous run is replaced, never mixed. The model it holds (which the
+    # reconstructor may have loaded) stays until the new archive replaces it atomically: a failed Train loses nothing.
+    prepare_output_dir(out, overwrite=True, keep=(ARCHIVE_NAME,))
     out.mkdir(parents=True, exist_ok=True)
     _, _, results = run_cdi_example_with_backend(train, test, config, torch_execution_config=ec)
     history = {k: [float(v) for v in (results['history'].get(k) or [])] for k in ('train_loss', 'val_loss')}

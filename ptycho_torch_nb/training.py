@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_training.ipynb #1698c96a
 from __future__ import annotations
-import importlib.util, math, sys, time, zipfile
+import importlib.util, math, os, sys, time, zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
@@ -22,7 +22,7 @@ __all__ = ['torch', 'RUN_ARTIFACTS', 'default_execution_config', 'resolve_precis
 
 # %% ../nbs/04_training.ipynb #4c250cb0
 def default_execution_config(**overrides):
-    "A validated `PyTorchExecutionConfig` with `overrides`; on CPU-only machines accelerator 'cpu' without the POLICY-001 warning."
+    "A validated `PyTorchExecutionConfig` with `overrides`; on CPU-only machines accelerator 'cpu', without the config's no-CUDA-device fallback warning."
     if 'accelerator' not in overrides and not torch.cuda.is_available(): overrides['accelerator'] = 'cpu'
     return PyTorchExecutionConfig(**overrides)
 
@@ -147,8 +147,17 @@ def _logger(backend, output_dir: Path):
     if backend == 'mlflow':
         if importlib.util.find_spec('mlflow') is None:
             raise ImportError("logger 'mlflow' needs the mlflow package: pip install mlflow (or use --logger csv)")
+        os.environ.setdefault('MLFLOW_ALLOW_FILE_STORE', 'true')   # a local store in output_dir/mlruns, which mlflow 3 refuses unless allowed
         return loggers.MLFlowLogger(experiment_name='ptycho_torch_nb', save_dir=str(output_dir / 'mlruns'))
     raise ValueError(f"logger_backend must be one of 'csv', 'tensorboard', 'mlflow', 'none'; got {backend!r}")
+
+def _checkpoint_monitor(execution_config,       # PyTorchExecutionConfig: its `checkpoint_monitor_metric`
+                        has_validation: bool,   # whether the trainer validates (a validation set is given)
+                       ) -> str:
+    "The metric checkpointing and early stopping watch: `checkpoint_monitor_metric`, 'val_loss' → 'train_loss' without validation."
+    metric = execution_config.checkpoint_monitor_metric
+    if metric in ('val_loss', None): return 'val_loss' if has_validation else 'train_loss'
+    return metric
 
 def _callbacks(ec, out: Path, monitor: str, has_validation: bool) -> list:
     "The checkpoint and early-stopping callbacks the execution config asks for."
@@ -164,13 +173,14 @@ def _callbacks(ec, out: Path, monitor: str, has_validation: bool) -> list:
 def build_trainer(execution_config,            # PyTorchExecutionConfig
                   output_dir,                  # checkpoints/ and lightning_logs/ go here
                   max_epochs: int,             # TrainingConfig.nepochs
-                  monitor: str = 'val_loss',   # the model's metric name for `checkpoint_monitor_metric`
-                  has_validation: bool = True, # EarlyStopping only with a validation set
+                  monitor: Optional[str] = None,  # None: `checkpoint_monitor_metric` (mapped as in the table); a name overrides it
+                  has_validation: bool = True, # a validation set is given: EarlyStopping, and 'val_loss' is watched as is
                   extra_callbacks=(),          # e.g. a LossHistory
                   gradient_clip_val=None,      # fallback when the execution config has none
                   **trainer_kwargs):           # passed to `lightning.Trainer` last (tests: limit_train_batches …)
     "A `lightning.Trainer` configured from the execution config (see the table above)."
     ec, out = execution_config, Path(output_dir)
+    monitor = monitor or _checkpoint_monitor(ec, has_validation)
     callbacks = list(extra_callbacks) + list(trainer_kwargs.pop('callbacks', None) or []) + _callbacks(ec, out, monitor, has_validation)
     clip = ec.gradient_clip_val if ec.gradient_clip_val is not None else gradient_clip_val
     kw = dict(max_epochs=max_epochs, accelerator=ec.accelerator, devices=ec.devices, strategy=ec.strategy,
@@ -186,8 +196,8 @@ def build_trainer(execution_config,            # PyTorchExecutionConfig
 # %% ../nbs/04_training.ipynb #d12f82a7
 class TrainingClock(L.Callback):
     "Time budget, warm-up + cosine learning-rate schedule, progress lines and timed snapshots of a training run."
-    def __init__(self, time_budget_s: Optional[float] = None,  # stop after this much training time (None: epochs only)
-                 total_steps: Optional[int] = None,  # planned optimiser steps (schedule without a time budget)
+    def __init__(self, time_budget_s: Optional[float] = None,  # stop after this much training time (None: the schedule runs over `total_steps`)
+                 total_steps: Optional[int] = None,  # planned optimiser steps (the schedule's length without a time budget)
                  learning_rate: float = 2e-3,  # peak learning rate
                  warmup_fraction: float = 0.05,  # share of the run spent warming up
                  lr_min_ratio: float = 0.05,  # final rate / peak
@@ -195,6 +205,9 @@ class TrainingClock(L.Callback):
                  on_snapshot=None,  # f(model, train_seconds) -> dict, called with the clock paused
                  progress: bool = True,  # one line per epoch (and per snapshot) on stderr
                  every_s: float = 10.0):  # at most one progress line this often
+        if not (time_budget_s and time_budget_s > 0) and not (total_steps and total_steps > 0):
+            raise ValueError(f"TrainingClock: time_budget_s={time_budget_s!r}, total_steps={total_steps!r}: the learning-rate "
+                             "schedule runs over one of them; give a time_budget_s > 0 or total_steps > 0")
         self.budget, self.total_steps, self.lr0 = time_budget_s, total_steps, learning_rate
         self.warmup, self.min_ratio = warmup_fraction, lr_min_ratio
         self.pending = sorted(float(s) for s in snapshot_at_s)
@@ -318,7 +331,8 @@ RUN_ARTIFACTS = ('wts.h5.zip', 'checkpoints', 'lightning_logs', 'mlruns', 'metri
 
 def prepare_output_dir(output_dir,  # the run's output folder
                        overwrite: bool = False,  # remove a previous run's artifacts (only `RUN_ARTIFACTS`) first
-                       resume=None  # a resumed run continues in its own folder
+                       resume=None,  # a resumed run continues in its own folder
+                       keep=(),  # artifacts left in place when overwriting (a file the new run replaces atomically)
                       ) -> Path:
     "Refuse a folder that holds a previous run, so two runs never mix (`FileExistsError` naming it and the fix)."
     out = output_folder(output_dir)
@@ -328,7 +342,7 @@ def prepare_output_dir(output_dir,  # the run's output folder
         raise FileExistsError(f"{out}: holds a previous run ({', '.join(found)}); pass --overwrite (overwrite=True) "
                               "to replace it, or choose a new output folder")
     import shutil
-    for n in found:
+    for n in (n for n in found if n not in keep):
         shutil.rmtree(out / n) if (out / n).is_dir() else (out / n).unlink()
     return out
 

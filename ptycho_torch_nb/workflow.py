@@ -6,7 +6,6 @@
 from __future__ import annotations
 import dataclasses, json, math, os, time
 from pathlib import Path
-from typing import Optional
 import numpy as np
 from .core import require_torch, in_test
 torch = require_torch()
@@ -107,10 +106,9 @@ def train_cdi_model_torch(train_data,          # NPZ path, RawDataTorch or conta
     test_c = as_container(test_data, config, 'test')
     L.seed_everything(seed, workers=True, verbose=False)
     model = build_model(config, train_c, ec)
-    has_val = test_c is not None
-    monitor = ('val_loss' if has_val else 'train_loss') if ec.checkpoint_monitor_metric in ('val_loss', None) else ec.checkpoint_monitor_metric
+    has_val = test_c is not None                                # without one, the checkpoint watches the train loss
     hist = LossHistory(n_train=len(train_c.X) * int(train_c.X.shape[1]))
-    trainer = build_trainer(ec, out, int(config.nepochs), monitor, has_val, [hist],
+    trainer = build_trainer(ec, out, int(config.nepochs), has_validation=has_val, extra_callbacks=[hist],
                             gradient_clip_val=getattr(config, 'gradient_clip_val', None), **trainer_kwargs)
     data = ContainerDataModule(train_c, test_c, int(config.batch_size), shuffle, ec, seed)
     t0 = time.perf_counter()
@@ -155,7 +153,7 @@ def _ground_truth_object(test_data, container):
         gt = getattr(test_data, 'objectGuess', None)
     return gt
 
-def save_model_bundle(results: dict, config, output_dir) -> Optional[Path]:
+def save_model_bundle(results: dict, config, output_dir) -> Path:
     "Archive the trained models as `output_dir/wts.h5.zip` (`persistence.save_torch_bundle`); returns its path."
     # intensity_scale=None: the archive stores the model's trained exp(log_scale), not the closed-form start value
     return Path(save_torch_bundle(results['models'], Path(output_dir) / 'wts.h5', config, intensity_scale=None))
@@ -178,7 +176,6 @@ def run_cdi_example_torch(train_data, test_data, config, flip_x: bool = False, f
             results['metrics'], results['ground_truth_canvas'], results['scored_box'] = evaluate_reconstruction(
                 rec['stitched_obj'], rec['global_offsets'], gt_obj, M, rec['stitch_weights'])
     if getattr(config, 'output_dir', None) is not None and results['trainer'].is_global_zero:
-        bundle = save_model_bundle(results, config, config.output_dir)
-        if bundle is not None: results['bundle_path'] = bundle
+        results['bundle_path'] = save_model_bundle(results, config, config.output_dir)
     results['backend'] = 'pytorch'
     return amp, phase, results

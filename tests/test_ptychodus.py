@@ -134,6 +134,20 @@ def _raw32(ri):
     return RawDataTorch.from_coords_without_pc(a['xcoords'], a['ycoords'], a['diff3d'][:, :32, :32], a['probeGuess'][:32, :32])
 
 
+def test_failed_retrain_keeps_the_loaded_model(trained, tmp_path, monkeypatch):
+    "Train into a folder that holds a model: if training fails, that model is still there, whole and loadable."
+    import shutil
+    from ptycho_torch_nb import backend
+    rec, ri, truth, root, _ = trained
+    out = tmp_path / 'out'; shutil.copytree(root / 'out', out)
+    before = (out / ptn.ARCHIVE_NAME).read_bytes()
+    def boom(*a, **k): raise RuntimeError('CUDA out of memory (simulated)')
+    monkeypatch.setattr(backend, 'run_cdi_example_with_backend', boom)
+    with pytest.raises(RuntimeError, match='simulated'): ptn.train_model(root / 'in', out, ptn.ReconstructorSettings(nepochs=1, **TINY))
+    assert (out / ptn.ARCHIVE_NAME).read_bytes() == before
+    assert ptn.load_model(out)[0] is not None
+
+
 def test_train_entry_point_and_payloads(trained, tmp_path):
     "run_train called as ptychodus' child would call it: tagged results on the queue; payloads pickle."
     rec, ri, truth, root, _ = trained

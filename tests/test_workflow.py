@@ -35,8 +35,8 @@ DDP_SCRIPT = textwrap.dedent('''
     if res['trainer'].is_global_zero:
         (out / 'history.json').write_text(json.dumps({'train_loss': res['history']['train_loss'],
                                                       'world_size': res['trainer'].world_size}))
-    # end the gloo group before exit: left to the interpreter's teardown, a rank can abort ('terminate called without
-    # an active exception', exit -6; seen once in a full `make test` on 2026-12-03, after a finished run)
+    # end the gloo group before exit: left to the interpreter's teardown, a rank can abort after a finished run
+    # ('terminate called without an active exception', exit -6)
     from ptycho_torch_nb.core import end_process_group
     assert end_process_group()   # this rank was in a group, and ends it (what every command does on its way out)
 ''')
@@ -72,23 +72,30 @@ def test_resume_continues_history_and_epochs(tiny_files, tmp_path):
     assert second['history']['train_loss'][0] == pytest.approx(first['history']['train_loss'][0])
     assert second['trainer'].global_step == 2 * first['trainer'].global_step
 
-def test_logger_choices(tmp_path):
-    from ptycho_torch_nb import workflow as W
-    import importlib.util
+def test_logger_choices(tmp_path, monkeypatch):
+    "Each backend's logger, writing under the output folder; a missing optional package is a clear ImportError."
+    find_spec = T.importlib.util.find_spec                   # as training looks the packages up
     assert T._logger(None, tmp_path) is False and T._logger('none', tmp_path) is False
     assert type(T._logger('csv', tmp_path)).__name__ == 'CSVLogger'
-    if importlib.util.find_spec('mlflow') is None:
-        with pytest.raises(ImportError, match='pip install mlflow'): T._logger('mlflow', tmp_path)
-    if importlib.util.find_spec('tensorboard') is None and importlib.util.find_spec('tensorboardX') is None:
-        with pytest.raises(ImportError, match='pip install tensorboard'): T._logger('tensorboard', tmp_path)
+    if find_spec('mlflow') is not None:
+        monkeypatch.delenv('MLFLOW_ALLOW_FILE_STORE', raising=False)   # _logger sets it; not left to this environment
+        lg = T._logger('mlflow', tmp_path / 'run')
+        assert type(lg).__name__ == 'MLFlowLogger' and Path(lg.save_dir) == tmp_path / 'run' / 'mlruns'
+    if find_spec('tensorboard') is not None or find_spec('tensorboardX') is not None:
+        lg = T._logger('tensorboard', tmp_path / 'run')
+        assert type(lg).__name__ == 'TensorBoardLogger' and Path(lg.root_dir).is_relative_to(tmp_path / 'run')
     with pytest.raises(ValueError, match='logger_backend'): T._logger('wandb', tmp_path)
+    missing = {'mlflow', 'tensorboard', 'tensorboardX'}       # the packages absent: the install hint, whatever is installed
+    monkeypatch.setattr(T.importlib.util, 'find_spec', lambda name, *a, **k: None if name in missing else find_spec(name, *a, **k))
+    with pytest.raises(ImportError, match='pip install mlflow'): T._logger('mlflow', tmp_path)
+    with pytest.raises(ImportError, match='pip install tensorboard'): T._logger('tensorboard', tmp_path)
 
 def test_trainer_maps_execution_config(tmp_path):
     from ptycho_torch_nb import workflow as W
     ec = T.default_execution_config(accelerator='cpu', accum_steps=3, gradient_clip_val=0.5, precision='bf16-mixed',
                                     checkpoint_save_top_k=2, checkpoint_mode='max', early_stop_patience=5,
                                     logger_backend=None, deterministic=False)
-    t = T.build_trainer(ec, tmp_path, 7, monitor='val_loss', has_validation=True)
+    t = T.build_trainer(ec, tmp_path, 7, has_validation=True)   # the monitor: checkpoint_monitor_metric ('val_loss')
     from lightning.pytorch.callbacks import ModelCheckpoint, EarlyStopping
     ck = [c for c in t.callbacks if isinstance(c, ModelCheckpoint)][0]
     es = [c for c in t.callbacks if isinstance(c, EarlyStopping)][0]
