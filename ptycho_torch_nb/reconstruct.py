@@ -198,8 +198,9 @@ def reconstruct_scan(data,  # NPZ path or RawDataTorch: the scan to reconstruct 
     out = Path(output_dir) if output_dir is not None else None
     config, opts = scan_setup(raw, config, parity, out, **options)
     ec = execution_config if execution_config is not None else scan_execution_config(opts)
-    M = int(M if M is not None else opts.M)
+    M = M if M is not None else opts.M
     validate_run(config, ec, where='reconstruct_scan', time_budget_s=time_budget_s, M=M, seed=seed)   # the one gate (M <= N)
+    M = int(M)
     if out is not None: prepare_output_dir(out, overwrite)   # before training: a used folder is refused
     torch.manual_seed(seed)
     update_legacy_dict(params.cfg, config)  # CONFIG-001: the archive's params snapshot and the legacy readers see this run

@@ -532,7 +532,8 @@ def test_deeply_nested_json_is_a_clean_error(archive, tmp_path):
 
 
 @pytest.mark.parametrize('kw,needle', [(dict(time_budget_s=-5), 'time_budget_s=-5'), (dict(M=0), 'M=0'),
-                                       (dict(M=65), 'M=65'), (dict(seed=-1), 'seed=-1'), (dict(nepochs=0), 'nepochs=0')])
+                                       (dict(M=65), 'M=65'), (dict(M=48.0), 'M=48.0'), (dict(seed=-1), 'seed=-1'),
+                                       (dict(nepochs=0), 'nepochs=0')])
 def test_reconstruct_scan_gate_before_any_work(kw, needle, tiny_files, tmp_path):
     from ptycho_torch_nb.reconstruct import reconstruct_scan
     out = tmp_path / 'rec'
