@@ -17,14 +17,14 @@ logger = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['logger', 'PTYCHODUS_INSTALL_HINT', 'SUPPORTED_PTYCHODUS', 'PTYCHODUS_HALF_PIXEL', 'ARCHIVE_NAME', 'HISTORY_MEMBER',
-           'MODEL_FILE_FILTER', 'MODEL_FILE_EXTENSION', 'TRAINING_DATA_FILE_FILTER', 'RECONSTRUCT_ENTRY_POINT',
-           'TRAIN_ENTRY_POINT', 'LIBRARY_NAME', 'SLOTS', 'ptychodus_version', 'check_ptychodus_version',
-           'simulate_reconstruct_input', 'arrays_from_reconstruct_input', 'raw_data_from_reconstruct_input',
-           'object_from_stitched', 'output_product', 'ReconstructorSettings', 'training_files', 'losses_from_history',
-           'train_model', 'resolve_archive', 'archive_history', 'load_model', 'reconstruct_scan', 'reconstruct_product',
-           'pretrained_product', 'export_training_data', 'copy_model', 'PtychoPINNTorchReconstructor',
-           'ReconstructPayload', 'TrainPayload', 'run_reconstruct', 'run_train', 'build_subprocess_reconstructor',
-           'PtychoTorchNBLibrary', 'enable', 'install', 'main']
+           'TRAIN_STAGE', 'MODEL_FILE_FILTER', 'MODEL_FILE_EXTENSION', 'TRAINING_DATA_FILE_FILTER',
+           'RECONSTRUCT_ENTRY_POINT', 'TRAIN_ENTRY_POINT', 'LIBRARY_NAME', 'SLOTS', 'ptychodus_version',
+           'check_ptychodus_version', 'simulate_reconstruct_input', 'arrays_from_reconstruct_input',
+           'raw_data_from_reconstruct_input', 'object_from_stitched', 'output_product', 'ReconstructorSettings',
+           'training_files', 'losses_from_history', 'train_model', 'resolve_archive', 'archive_history', 'load_model',
+           'reconstruct_scan', 'reconstruct_product', 'pretrained_product', 'export_training_data', 'copy_model',
+           'PtychoPINNTorchReconstructor', 'ReconstructPayload', 'TrainPayload', 'run_reconstruct', 'run_train',
+           'build_subprocess_reconstructor', 'PtychoTorchNBLibrary', 'enable', 'install', 'main']
 
 # %% ../nbs/06b_ptychodus.ipynb #9a50f160
 PTYCHODUS_INSTALL_HINT = "pip install 'ptycho_torch_nb[ptychodus]'  (installs the supported ptychodus==1.7.0)"
@@ -260,6 +260,8 @@ def losses_from_history(history: dict) -> tuple:
     def conv(values): return [LossValue(epoch=i, value=float(v)) for i, v in enumerate(values or []) if v is not None]
     return conv(history.get('train_loss')), conv(history.get('val_loss'))
 
+TRAIN_STAGE = '.train'   # ptychodus' Train runs in this subfolder of its output folder, then moves its results up
+
 def train_model(input_path,                                  # training NPZ file or folder (see `training_files`)
                 output_path,                                 # folder that receives wts.h5.zip
                 settings: ReconstructorSettings = ReconstructorSettings(),
@@ -279,13 +281,17 @@ def train_model(input_path,                                  # training NPZ file
     from ptycho_torch_nb.training import prepare_output_dir
     # ptychodus' Train names this folder: its previous run is replaced, never mixed. The model it holds (which the
     # reconstructor may have loaded) stays until the new archive replaces it atomically: a failed Train loses nothing.
-    prepare_output_dir(out, overwrite=True, keep=(ARCHIVE_NAME,))
-    out.mkdir(parents=True, exist_ok=True)
-    _, _, results = run_cdi_example_with_backend(train, test, config, torch_execution_config=ec)
-    history = {k: [float(v) for v in (results['history'].get(k) or [])] for k in ('train_loss', 'val_loss')}
-    # the history goes into the archive inside one atomic save (never an in-place append to a fresh archive)
-    archive = save_torch_bundle(results['models'], out / 'wts.h5', config,
-                                extra_members={HISTORY_MEMBER: json.dumps(history).encode()})
+    prepare_output_dir(out, overwrite=True, keep=(ARCHIVE_NAME,)).mkdir(parents=True, exist_ok=True)
+    stage = out / TRAIN_STAGE; shutil.rmtree(stage, ignore_errors=True)   # the run trains here (a killed run's is swept)
+    try:
+        _, _, results = run_cdi_example_with_backend(train, test, dataclasses.replace(config, output_dir=stage), torch_execution_config=ec)
+        history = {k: [float(v) for v in (results['history'].get(k) or [])] for k in ('train_loss', 'val_loss')}
+        # the history goes into the archive inside one atomic save (never an in-place append to a fresh archive)
+        archive = save_torch_bundle(results['models'], out / 'wts.h5', config,
+                                    extra_members={HISTORY_MEMBER: json.dumps(history).encode()})
+        for p in stage.iterdir():   # the run's logs and checkpoints join the archive; the stage's own archive is dropped
+            if p.name != ARCHIVE_NAME: p.rename(out / p.name)
+    finally: shutil.rmtree(stage, ignore_errors=True)
     return archive, history
 
 # %% ../nbs/06b_ptychodus.ipynb #5b4cad18

@@ -450,21 +450,23 @@ PTY_SCRIPT = textwrap.dedent('''
 
 
 def test_kill_during_ptychodus_history_write(tiny_files, tmp_path):
-    "The history goes in with one atomic save: killed there, the fresh archive (without history) still loads."
+    "A Train killed at its final save (the archive with the history) leaves the previous model whole; the next one succeeds."
     pytest.importorskip('ptychodus')
-    from ptycho_torch_nb.ptychodus import HISTORY_MEMBER, archive_history
+    from ptycho_torch_nb.ptychodus import HISTORY_MEMBER, TRAIN_STAGE, archive_history
     script = tmp_path / 'pty.py'; script.write_text(PTY_SCRIPT)
     out = tmp_path / 'model'
     run = lambda **env: subprocess.run([sys.executable, str(script), str(tiny_files[0]), str(out)], env=_env(**env),
                                        capture_output=True, text=True, timeout=600)
-    p = run(PTYCHO_TORCH_NB_FAULT='before-rename:wts.h5.zip#2')    # the 2nd save of wts.h5.zip is the history's
-    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
-    assert archive_history(out) == {}                              # the first, complete archive
-    _load(out / 'wts.h5.zip')
-    assert _temps(out)
     assert run().returncode == 0
-    assert _temps(out) == [] and set(archive_history(out)) == {'train_loss', 'val_loss'}
+    previous = (out / 'wts.h5.zip').read_bytes()
+    p = run(PTYCHO_TORCH_NB_FAULT='before-rename:wts.h5.zip#2')    # the 2nd save of wts.h5.zip is the one with the history
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    assert (out / 'wts.h5.zip').read_bytes() == previous            # the previous model, untouched
+    assert _temps(out) and (out / TRAIN_STAGE).is_dir()            # the killed run's temporary and its stage are left
+    assert run().returncode == 0
+    assert _temps(out) == [] and not (out / TRAIN_STAGE).exists() and set(archive_history(out)) == {'train_loss', 'val_loss'}
     with zipfile.ZipFile(out / 'wts.h5.zip') as zf: assert HISTORY_MEMBER in zf.namelist() and zf.testzip() is None
+    assert (out / 'checkpoints').is_dir()                              # the run's checkpoints moved up from its stage
 
 
 CACHE_SCRIPT = textwrap.dedent('''
