@@ -137,6 +137,11 @@ def arrays_from_reconstruct_input(parameters: ReconstructInput  # what ptychodus
     if len(modes) > 1 and int(np.argmax(power)) != 0:
         logger.warning("probe mode %d carries more power than mode 0; this backend uses mode 0 only",
                        int(np.argmax(power)))
+    pp, op = product.probes.get_pixel_geometry(), product.object_.get_pixel_geometry()
+    if not (math.isclose(pp.width_m, op.width_m, rel_tol=1e-3) and math.isclose(pp.height_m, op.height_m, rel_tol=1e-3)):
+        raise ValueError(f"ReconstructInput: the object's pixels ({op.width_m:.4g} x {op.height_m:.4g} m) differ from the probe's "
+                         f"({pp.width_m:.4g} x {pp.height_m:.4g} m); this backend images on the probe's pixel grid: size the "
+                         "object guess with the probe's pixel geometry")
     geometry = product.object_.get_geometry()
     return dict(
         xcoords=np.array(geometry.map_probe_positions_to_object_x_px(positions), dtype=np.float64),  # copies:
@@ -180,8 +185,9 @@ def object_from_stitched(stitched,                  # [P, P] complex stitched im
     rows, cols = np.indices((H, W), dtype=np.float64)
     canvas_row, canvas_col = geo.object_to_canvas(cols - PTYCHODUS_HALF_PIXEL, rows - PTYCHODUS_HALF_PIXEL)
     sample = lambda img: map_coordinates(img, [canvas_row, canvas_col], order=1, mode='constant', cval=0.0)
-    coverage = sample(np.clip(weights, 0.0, 1.0))
-    image = sample(stitched.real) + 1j * sample(stitched.imag)
+    coverage = np.clip(weights, 0.0, 1.0)   # edge pixels (0 < w < 1) blend the image with the background
+    image = sample((stitched * coverage).real) + 1j * sample((stitched * coverage).imag)
+    coverage = sample(coverage)
     background = np.asarray(object_in.get_layer(0))
     out = (image + (1.0 - coverage) * background).astype(np.complex64)                  # [H, W]
     return Object(out, object_in.get_pixel_geometry(), object_in.get_center(), layer_spacing_m=[])
@@ -236,9 +242,17 @@ def _load_scans(files):
     if len(scans) == 1: return scans[0]
     N = {s.N for s in scans}
     if len(N) > 1: raise ValueError(f"training files have different pattern sizes {sorted(N)}: {[str(f) for f in files]}")
-    cat = lambda k: np.concatenate([getattr(s, k) for s in scans])
-    return RawDataTorch.from_coords_without_pc(cat('xcoords'), cat('ycoords'), cat('diff3d'), scans[0].probeGuess,
-                                               cat('scan_index'), scans[0].objectGuess)
+    p0 = scans[0].probeGuess
+    for f, s in zip(files[1:], scans[1:]):   # one probe is trained with: a scan with another would be fitted wrongly
+        d = float(np.linalg.norm(s.probeGuess - p0) / np.linalg.norm(p0))
+        if d > 1e-3: raise ValueError(f"{f}: its probe differs from that of {files[0]} by {d:.2g} (relative); this backend "
+                                      "trains with one probe: put scans with different probes in separate folders")
+    # each file's positions are in its own object's frame: set the scans side by side, so that no group mixes two
+    x0 = np.cumsum([0.0] + [np.ptp(s.xcoords) + 2 * s.N for s in scans[:-1]]) - [s.xcoords.min() for s in scans]
+    cat = lambda arrays: np.concatenate(list(arrays))
+    return RawDataTorch.from_coords_without_pc(cat(s.xcoords + o for s, o in zip(scans, x0)), cat(s.ycoords for s in scans),
+                                               cat(s.diff3d for s in scans), p0,
+                                               cat(np.full(len(s), i) for i, s in enumerate(scans)))
 
 def _training_config(settings: ReconstructorSettings, train, output_dir):
     from ptycho_torch_nb.config import ModelConfig, TrainingConfig, validate_run_options
