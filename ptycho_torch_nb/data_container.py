@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['torch', 'log', 'PtychoDataContainerTorch', 'subsample', 'PtychoDataset', 'collate_batch', 'scan_groups',
-           'scan_nphotons', 'grouped_container', 'inference_container']
+           'scan_nphotons', 'grouped_container', 'inference_container', 'check_truth', 'scan_truth']
 
 # %% ../nbs/02_data_container.ipynb #0fe20f72
 def _channel_first(a, dtype=None):
@@ -256,3 +256,27 @@ def grouped_container(raw, N: int, gridsize: int, nphotons: float, cover: bool =
 def inference_container(raw, N: int, gridsize: int, nphotons: float, radius: Optional[float] = None):
     "The cover: each pattern predicted (about) once."
     return grouped_container(raw, N, gridsize, nphotons, cover=True, radius=radius)
+
+# %% ../nbs/02_data_container.ipynb #0554eb56
+def check_truth(object_guess,  # the true object, [H, W] complex, in the scan's frame (object pixels)
+                positions,  # [..., 2] absolute [x, y] scan positions
+               ) -> None:
+    "`ValueError` unless the truth holds every scan position (a truth in another frame, or cropped, would score against zeros)."
+    H, W = np.shape(np.asarray(object_guess).squeeze())[-2:]
+    x, y = np.asarray(positions, np.float64).reshape(-1, 2).T
+    out = (x < 0) | (x > W - 1) | (y < 0) | (y > H - 1)
+    if out.any():
+        raise ValueError(f"the truth ({H}x{W}) does not hold the scan: {int(out.sum())} of {len(x)} positions lie outside it "
+                         f"(x {x.min():.1f}..{x.max():.1f}, y {y.min():.1f}..{y.max():.1f}); pass the object in the scan's own frame")
+
+def scan_truth(raw,  # the scan (RawDataTorch)
+               truth=None,  # complex object passed by the caller, or None: the scan's own objectGuess
+               where: str = 'scan',  # named in the warning
+              ):
+    "The truth to score `raw` against, decided before any work: `truth` (checked), else the scan's objectGuess where it holds the scan, else None."
+    positions = np.column_stack([raw.xcoords, raw.ycoords])
+    if truth is not None: check_truth(truth, positions); return truth
+    guess = getattr(raw, 'objectGuess', None)
+    if guess is None: return None
+    try: check_truth(guess, positions); return guess
+    except ValueError as e: log.warning("%s: not scored: its objectGuess is no truth for it (%s)", where, e); return None

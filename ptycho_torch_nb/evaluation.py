@@ -10,6 +10,7 @@ import numpy as np
 import json
 from .core import atomic_path, jsonable
 from .stitching import stitch_geometry, object_region
+from .data_container import check_truth
 
 # %% auto #0
 __all__ = ['MS_SSIM_WEIGHTS', 'IMAGE_STYLE', 'METRICS_SCHEMA', 'METRICS_CONVENTIONS', 'LOSS_MEANING', 'as_image', 'trim_border',
@@ -469,14 +470,10 @@ def score_on_canvas(stitched,  # [P, P] complex stitched reconstruction
     return out
 
 def score_scan(stitched, weights, positions, object_guess, M: int = 48) -> dict:
-    "`score_on_canvas` against the true object resampled on the stitched canvas (`ground_truth_on_canvas`); `ValueError` where the truth does not hold the scan's positions."
-    H, W = np.shape(np.asarray(object_guess).squeeze())[-2:]
-    x, y = np.asarray(positions, np.float64).reshape(-1, 2).T
-    out = (x < 0) | (x > W - 1) | (y < 0) | (y > H - 1)
-    if out.any():   # a truth in another frame (or cropped) would score against zeros
-        raise ValueError(f"the truth ({H}x{W}) does not hold the scan: {int(out.sum())} of {len(x)} positions lie outside it "
-                         f"(x {x.min():.1f}..{x.max():.1f}, y {y.min():.1f}..{y.max():.1f}); pass the object in the scan's own frame")
-    return score_on_canvas(stitched, weights, ground_truth_on_canvas(object_guess, positions, M))
+    "`score_on_canvas` against the true object resampled on the stitched canvas, over the pixels the truth holds; `ValueError` where it does not hold the positions (`check_truth`)."
+    check_truth(object_guess, positions)
+    held = ground_truth_on_canvas(np.ones(np.shape(np.asarray(object_guess).squeeze()), np.float32), positions, M).real > 0.999
+    return score_on_canvas(stitched, np.where(held, weights, 0), ground_truth_on_canvas(object_guess, positions, M))
 
 # %% ../nbs/03c_evaluation.ipynb #79a77aea
 METRICS_SCHEMA = 'ptycho_torch_nb.metrics/1'

@@ -12,7 +12,7 @@ import torch
 import lightning as L
 from .core import atomic_path, output_folder, repo_root, release_memory
 from .config import ModelConfig, TrainingConfig, ScanOptions, validate_run_options
-from .data_container import grouped_container, scan_nphotons
+from .data_container import grouped_container, scan_nphotons, scan_truth
 from .hdf5_data import load_scan
 from .simulation import probe_diameter
 from .corpus import check_families, corpus_spec, grouped_corpus_scan, TRAINING_FAMILIES
@@ -450,6 +450,7 @@ def reconstruct_zero_shot(pretrained,         # model_card.json / its folder / a
     t0, device = time.perf_counter(), inference_device(accelerator)   # a bad accelerator is refused before any loading
     if isinstance(scan, (str, os.PathLike)): scan = load_scan(scan)
     validate_run_options('reconstruct_zero_shot', N=int(np.shape(scan.diff3d)[-1]), M=M, batch_size=batch_size, seed=seed)
+    truth = scan_truth(scan, truth, 'reconstruct_zero_shot')     # decided before inference
     model, card = pretrained if isinstance(pretrained, tuple) else load_pretrained(pretrained)
     check_fits(card, scan); use_scan(model, scan); model.to(device)
     m = model.model
@@ -459,7 +460,6 @@ def reconstruct_zero_shot(pretrained,         # model_card.json / its folder / a
     patches = predict_scan(model, c, batch_size, precision)      # each pattern's view of its group's merge
     t1 = time.perf_counter()
     img, w, pos = stitch_scan(patches, c, M)                     # phase-synchronised, stitched
-    truth = truth if truth is not None else getattr(scan, 'objectGuess', None)
     return dict(stitched_obj=img, amplitude=np.abs(img), phase=np.angle(img), weights=w, global_offsets=pos,
                 options=dict(M=M, precision=precision), inference_seconds=t1 - t0, seconds=time.perf_counter() - t0,
                 metrics=score_scan(img, w, pos, truth, M) if truth is not None else {},

@@ -13,7 +13,7 @@ torch = require_torch()
 from . import physics, params
 from .config import ModelConfig, TrainingConfig, ScanOptions, POLISH_STARTS, update_legacy_dict, validate_run, validate_run_options
 from .raw_data import RawDataTorch
-from .data_container import PtychoDataContainerTorch, grouped_container, inference_container, scan_nphotons
+from .data_container import PtychoDataContainerTorch, grouped_container, inference_container, scan_nphotons, scan_truth
 from .simulation import extract_patches_torch
 from .model import PtychoPINN_Lightning
 from .stitching import stitch_scan, reassemble_position, stitch_geometry
@@ -201,13 +201,13 @@ def reconstruct_scan(data,  # NPZ path or RawDataTorch: the scan to reconstruct 
     M = M if M is not None else opts.M
     validate_run(config, ec, where='reconstruct_scan', time_budget_s=time_budget_s, M=M, seed=seed)   # the one gate (M <= N)
     M = int(M)
+    truth = scan_truth(raw, truth, 'reconstruct_scan')        # decided now: a scoring failure never loses the run
     if out is not None: prepare_output_dir(out, overwrite)   # before training: a used folder is refused
     torch.manual_seed(seed)
     update_legacy_dict(params.cfg, config)  # CONFIG-001: the archive's params snapshot and the legacy readers see this run
     train_c, infer_c, P = scan_containers(raw, config, opts, parity, seed)
     model = scan_model(config, opts, train_c, P, ec, init_from, raw.probeGuess if use_scan_probe else None, parity)
     if model.model.generator_mode == 'pattern' and not parity: infer_c = train_c  # consensus views (`predict_scan`)
-    truth = truth if truth is not None else getattr(raw, 'objectGuess', None)
     def snapshot(module, train_s):
         rec = predict_and_stitch(module, infer_c, M)
         return score_scan(rec['stitched_obj'], rec['weights'], rec['global_offsets'], truth, M) if truth is not None else {}
@@ -419,7 +419,7 @@ def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positi
                          time_budget_s=time_budget_s)   # the one validator (config.RUN_OPTION_RULES)
     grid, probe, amplitude, s2, obj = _solver_inputs(raw, init, rescale=velocity is None)
     ox, oy = grid['ox'], grid['oy']
-    truth = getattr(raw, 'objectGuess', None) if truth is None else truth
+    truth = scan_truth(raw, truth, 'iterative_reference') if score or truth is not None else None   # decided before the passes
     gen = torch.Generator().manual_seed(seed)
     pos = np.column_stack([raw.xcoords, raw.ycoords]).astype(np.float64)
     def result():

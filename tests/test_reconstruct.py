@@ -178,3 +178,19 @@ def test_iterative_reference_recovers_a_small_scan():
     assert last['epoch'] == 100 and ref['object'].dtype == np.complex64
     assert last['ssim_amp'] > max(first['ssim_amp'], 0.75), ref['snapshots']
     assert last['ssim_phase'] > first['ssim_phase'], ref['snapshots']
+
+
+def test_a_guess_that_is_no_truth_never_loses_the_run(scan, tmp_path, caplog):
+    "A file whose objectGuess does not hold the scan (an initial guess, a crop) is reconstructed and written, not scored."
+    from ptycho_torch_nb.raw_data import RawDataTorch
+    p = tmp_path / 'guess.npz'
+    RawDataTorch.from_coords_without_pc(scan.xcoords, scan.ycoords, scan.diff3d, scan.probeGuess, None,
+                                        scan.objectGuess[:60, :60]).to_file(p)
+    res = R.reconstruct_scan(p, nepochs=1, output_dir=tmp_path / 'out', progress=False, **TINY)
+    assert not res.get('metrics')
+    assert (tmp_path / 'out' / 'wts.h5.zip').is_file() and (tmp_path / 'out' / 'reconstruction.npz').is_file()
+    assert 'not scored' in caplog.text
+    assert R.iterative_reference(RawDataTorch.from_file(p), 2)['metrics'] == {}
+    with pytest.raises(ValueError, match='does not hold the scan'):          # an explicit truth is still checked, first
+        R.reconstruct_scan(p, truth=scan.objectGuess[:60, :60], nepochs=1, output_dir=tmp_path / 'out2', progress=False, **TINY)
+    assert not (tmp_path / 'out2').exists()
