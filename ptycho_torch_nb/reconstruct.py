@@ -428,7 +428,7 @@ def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positi
         return img, w, (score_scan(img, w, pos, truth, M) if truth is not None and score else {})
     snapshots, t0, spent, done = [], time.perf_counter(), 0.0, 0
     velocity = torch.zeros_like(obj) if velocity is None else torch.as_tensor(velocity)
-    while done < epochs and (time_budget_s is None or spent + time.perf_counter() - t0 < time_budget_s):
+    while done < epochs and (done == 0 or time_budget_s is None or spent + time.perf_counter() - t0 < time_budget_s):   # >= 1 pass
         before, done = obj, done + 1
         for idx in torch.randperm(len(ox), generator=gen).split(batch_size):
             i = idx.numpy()
@@ -496,6 +496,7 @@ def polish(raw,  # the scan (RawDataTorch or NPZ path)
         raise TypeError(f"polish: results must be a reconstruct_scan or zero-shot result (a dict with {', '.join(need)}); got {got}")
     raw, t0 = _load_scan(raw), time.perf_counter()
     race = {k: kw[k] for k in ('batch_size', 'step', 'alpha', 'momentum') if k in kw}
+    if budget is not None: race['time_budget_s'] = budget / 2   # the race's two runs share the budget with the rest
     init, chosen, misfit, won = polish_start(raw, results, start, kw.get('seed', 0), min(RACE_PASSES, epochs - 1), **race)
     done = won['epochs'] if won else 0   # the winner's run goes on: its object and momentum
     choosing = time.perf_counter() - t0   # counted in the polish's time and budget, as are its snapshots'
