@@ -382,11 +382,12 @@ def poll_hdf5(path,  # HDF5 file being written (SWMR or flushed regularly)
         if time.perf_counter() - t_change > idle_timeout_s: raise FileNotFoundError(f"HDF5 file not found after {idle_timeout_s} s: {path}")
         time.sleep(poll_s)
     with _open_when_ready(path, diffraction, positions, poll_s, idle_timeout_s, options) as scan:
-        done, seen = 0, -1
+        done, seen = 0, None
         while expected is None or done < expected:
-            n = scan.refresh() if done else len(scan)
+            n = scan.refresh()   # every look, the first included: a SWMR reader sees no new frame without it
             if expected is not None: n = min(n, expected)
-            if n != seen: seen, t_change = n, time.perf_counter()
+            state = (scan.n_frames, n)   # a frame whose positions are not written yet still counts as activity
+            if state != seen: seen, t_change = state, time.perf_counter()
             idle = time.perf_counter() - t_change > idle_timeout_s
             while n - done >= chunk or (idle or n == expected) and n > done:
                 stop = min(done + chunk, n); yield scan.read(done, stop); done = stop

@@ -1,6 +1,7 @@
 """Issue 17: `streaming` and `ptycho-torch-stream`: the incremental canvas equals the one-shot stitch, memory is bounded
-by the canvas, sources (arrays, replay, a growing SWMR / non-SWMR HDF5 file), and streams cut short (Ctrl-C in the middle
-of a chunk, a KeyboardInterrupt or an error in the source, SIGINT to the CLI) still leave a valid final product."""
+by the canvas, sources (arrays, replay, a growing non-SWMR HDF5 file, a SWMR one written by another process), and
+streams cut short (Ctrl-C in the middle of a chunk, a KeyboardInterrupt or an error in the source, SIGINT to the CLI)
+still leave a valid final product."""
 import json, os, signal, subprocess, sys, threading, time
 from pathlib import Path
 import numpy as np
@@ -212,11 +213,11 @@ def _writer(path, amp, xy, swmr, block=8, pause=0.05):
                 ds.resize(e, axis=0); ds[s:e] = v
             f.flush(); time.sleep(pause)
 
-@pytest.mark.parametrize('swmr', [True, False])
-def test_poll_a_growing_file(model, data, tmp_path, swmr):
+def test_poll_a_growing_file(data, tmp_path):
+    "A non-SWMR writer (here a thread): every look re-opens the file. SWMR, from another process: the test below."
     amp, xy = data
     p = tmp_path / 'growing.h5'
-    w = threading.Thread(target=_writer, args=(p, amp, xy, swmr)); w.start()
+    w = threading.Thread(target=_writer, args=(p, amp, xy, False)); w.start()
     try:
         got = list(S.poll_hdf5(p, positions=('entry/x', 'entry/y'), chunk=10, poll_s=0.02, idle_timeout_s=1.0))
     finally: w.join()
@@ -224,6 +225,59 @@ def test_poll_a_growing_file(model, data, tmp_path, swmr):
     assert all(len(c[0]) == 10 for c in got[:-1])
     np.testing.assert_allclose(np.concatenate([c[1] for c in got]), xy[:, 0])
     np.testing.assert_allclose(np.concatenate([c[0] for c in got]) ** 2, np.round(amp.astype(np.float64) ** 2), rtol=1e-5)
+
+# A detector in its own process: SWMR, `first` frames written before the stream opens the file, then blocks of `block`
+# frames every `pause` s; with `positions_late` the positions are written only after the last frame.
+_DETECTOR = r"""
+import sys, time
+from pathlib import Path
+import numpy as np, h5py
+path, src, first, block, pause, positions_late = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6] == '1'
+with np.load(src) as z: counts, xy = z['counts'], z['xy']
+with h5py.File(path, 'w', libver='latest') as f:
+    frame = counts.shape[1:]
+    d = f.create_dataset('entry/data/data', (0, *frame), maxshape=(None, *frame), dtype='u4', chunks=(1, *frame))
+    pos = [f.create_dataset(k, (0,), maxshape=(None,), dtype='f8') for k in ('entry/x', 'entry/y')]
+    f.swmr_mode = True
+    def put(s, e, frames=True, positions=True):
+        for ds, v in ([(d, counts)] if frames else []) + (list(zip(pos, xy.T)) if positions else []):
+            ds.resize(e, axis=0); ds[s:e] = v[s:e]; ds.flush()
+    put(0, first, positions=not positions_late)
+    Path(path + '.ready').touch()
+    t = time.time()
+    while not Path(path + '.go').exists() and time.time() - t < 60: time.sleep(0.01)
+    for s in range(first, len(counts), block):
+        put(s, min(s + block, len(counts)), positions=not positions_late); time.sleep(pause)
+    if positions_late: put(0, len(counts), frames=False)
+"""
+
+@pytest.mark.parametrize('first, positions_late', [(0, False), (3, False), (0, True)])
+def test_poll_follows_a_detector_in_another_process(data, tmp_path, monkeypatch, first, positions_late):
+    """A SWMR file written by another process, with fewer than `chunk` frames when the stream opens it: every frame
+    arrives. (A writer thread in the reader's process shares HDF5's open file, so it would show new frames even without
+    `refresh()`.) With `positions_late` the frames alone keep the stream alive: they arrive over 1.2 s, twice
+    `idle_timeout_s`, before any position."""
+    amp, xy = data
+    p, src = tmp_path / 'live.h5', tmp_path / 'scan.npz'
+    counts = np.round(amp.astype(np.float64) ** 2).astype(np.uint32)
+    np.savez(src, counts=counts, xy=xy)
+    opened = S._open_when_ready
+    def open_then_go(*a, **k):                                   # the detector goes on once the stream has the file open
+        scan = opened(*a, **k); Path(f'{p}.go').touch(); return scan
+    monkeypatch.setattr(S, '_open_when_ready', open_then_go)
+    w = subprocess.Popen([sys.executable, '-c', _DETECTOR, str(p), str(src), str(first), '4', '0.1', str(int(positions_late))])
+    try:
+        t = time.time()
+        while not Path(f'{p}.ready').exists():
+            assert w.poll() is None and time.time() - t < 60, 'the detector process did not start'
+            time.sleep(0.02)
+        got = list(S.poll_hdf5(p, positions=('entry/x', 'entry/y'), chunk=10, poll_s=0.02, idle_timeout_s=0.6))
+    finally: w.wait(timeout=60)
+    assert w.returncode == 0
+    assert [len(c[0]) for c in got] == [10, 10, 10, 10, 8]
+    np.testing.assert_allclose(np.concatenate([c[1] for c in got]), xy[:, 0])
+    np.testing.assert_allclose(np.concatenate([c[2] for c in got]), xy[:, 1])
+    np.testing.assert_allclose(np.concatenate([c[0] for c in got]) ** 2, counts, rtol=1e-5)
 
 def test_poll_stops_at_expected(data, tmp_path):
     amp, xy = data
