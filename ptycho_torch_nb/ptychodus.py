@@ -20,11 +20,12 @@ __all__ = ['logger', 'PTYCHODUS_INSTALL_HINT', 'SUPPORTED_PTYCHODUS', 'PTYCHODUS
            'TRAIN_STAGE', 'MODEL_FILE_FILTER', 'MODEL_FILE_EXTENSION', 'TRAINING_DATA_FILE_FILTER',
            'RECONSTRUCT_ENTRY_POINT', 'TRAIN_ENTRY_POINT', 'LIBRARY_NAME', 'SLOTS', 'ptychodus_version',
            'check_ptychodus_version', 'simulate_reconstruct_input', 'arrays_from_reconstruct_input',
-           'raw_data_from_reconstruct_input', 'object_from_stitched', 'output_product', 'ReconstructorSettings',
-           'training_files', 'losses_from_history', 'train_model', 'resolve_archive', 'archive_history', 'load_model',
-           'reconstruct_scan', 'reconstruct_product', 'pretrained_product', 'export_training_data', 'copy_model',
-           'PtychoPINNTorchReconstructor', 'ReconstructPayload', 'TrainPayload', 'run_reconstruct', 'run_train',
-           'build_subprocess_reconstructor', 'PtychoTorchNBLibrary', 'enable', 'install', 'main']
+           'raw_data_from_reconstruct_input', 'grid_anchor', 'object_from_stitched', 'output_product',
+           'ReconstructorSettings', 'training_files', 'losses_from_history', 'train_model', 'resolve_archive',
+           'archive_history', 'load_model', 'reconstruct_scan', 'reconstruct_product', 'pretrained_product',
+           'export_training_data', 'copy_model', 'PtychoPINNTorchReconstructor', 'ReconstructPayload', 'TrainPayload',
+           'run_reconstruct', 'run_train', 'build_subprocess_reconstructor', 'PtychoTorchNBLibrary', 'enable',
+           'install', 'main']
 
 # %% ../nbs/06b_ptychodus.ipynb #9a50f160
 PTYCHODUS_INSTALL_HINT = "pip install 'ptycho_torch_nb[ptychodus]'  (installs the supported ptychodus==1.7.0)"
@@ -166,11 +167,17 @@ def raw_data_from_reconstruct_input(parameters: ReconstructInput):
 # %% ../nbs/06b_ptychodus.ipynb #f8c7c7f5
 PTYCHODUS_HALF_PIXEL = 0.5   # ptychodus' patch centre (N-1)/2 vs the reference's N/2: object x = canvas x + this
 
+def grid_anchor(positions  # absolute [x, y] positions in object px (any layout `stitch_geometry` takes)
+               ) -> np.ndarray:
+    "Canvas anchor ⌊mean⌋ + ½ per axis: the canvas pixels are then whole object pixels (no resampling on the way back)."
+    return np.floor(np.asarray(positions, np.float64).reshape(-1, 2).mean(0)) + PTYCHODUS_HALF_PIXEL
+
 def object_from_stitched(stitched,                  # [P, P] complex stitched image (`reassemble_position`)
                          weights,                   # [P, P] overlap weights of that stitch (0 = not covered)
                          positions,                 # absolute [x, y] positions the stitch used (object px, ptychodus frame)
                          object_in: Object,         # the input object (its grid and layer 0 as background)
                          M: int = 20,               # the crop size the stitch used
+                         anchor=None,               # the stitch's canvas anchor (`grid_anchor`; None: its default, the mean)
                         ) -> Object:
     "A one-layer ptychodus `Object` on `object_in`'s grid holding the stitched image where the scan covered it."
     from scipy.ndimage import map_coordinates
@@ -178,18 +185,15 @@ def object_from_stitched(stitched,                  # [P, P] complex stitched im
     stitched, weights = np.asarray(stitched), np.asarray(weights, dtype=np.float64)
     if stitched.shape != weights.shape or stitched.ndim != 2:
         raise ValueError(f"stitched {stitched.shape} and weights {weights.shape} must be the same 2-D [P, P] shape")
-    geo = stitch_geometry(np.asarray(positions, np.float64).reshape(-1, 2), M)
+    geo = stitch_geometry(np.asarray(positions, np.float64).reshape(-1, 2), M, anchor=anchor)
     if geo.size != stitched.shape[0]:
-        raise ValueError(f"stitched image is {stitched.shape} but these positions give a {geo.size}-pixel canvas (M={M})")
-    H, W = object_in.get_layer(0).shape
-    rows, cols = np.indices((H, W), dtype=np.float64)
-    canvas_row, canvas_col = geo.object_to_canvas(cols - PTYCHODUS_HALF_PIXEL, rows - PTYCHODUS_HALF_PIXEL)
+        raise ValueError(f"stitched image is {stitched.shape} but these positions give a {geo.size}-pixel canvas (M={M}, anchor={anchor})")
+    rows, cols = np.indices(object_in.get_layer(0).shape, dtype=np.float64)
+    canvas_row, canvas_col = geo.object_to_canvas(cols - PTYCHODUS_HALF_PIXEL, rows - PTYCHODUS_HALF_PIXEL)  # whole with `grid_anchor`
     sample = lambda img: map_coordinates(img, [canvas_row, canvas_col], order=1, mode='constant', cval=0.0)
     coverage = np.clip(weights, 0.0, 1.0)   # edge pixels (0 < w < 1) blend the image with the background
     image = sample((stitched * coverage).real) + 1j * sample((stitched * coverage).imag)
-    coverage = sample(coverage)
-    background = np.asarray(object_in.get_layer(0))
-    out = (image + (1.0 - coverage) * background).astype(np.complex64)                  # [H, W]
+    out = (image + (1.0 - sample(coverage)) * np.asarray(object_in.get_layer(0))).astype(np.complex64)  # [H, W]
     return Object(out, object_in.get_pixel_geometry(), object_in.get_center(), layer_spacing_m=[])
 
 def output_product(parameters: ReconstructInput,     # the input (metadata, positions, probe are kept)
@@ -346,7 +350,7 @@ def reconstruct_scan(raw,                       # RawDataTorch of the scan (obje
                      model_path,                # wts.h5.zip or a folder holding it
                      settings: ReconstructorSettings = ReconstructorSettings(),
                     ) -> dict:
-    "Predict and stitch a scan with a saved model: {'stitched', 'weights', 'positions', 'M'} (our workflow's canvas)."
+    "Predict and stitch a scan with a saved model: {'stitched', 'weights', 'positions', 'M', 'anchor'} (the workflow's canvas, anchored on the object grid)."
     from ptycho_torch_nb.config import InferenceConfig, ModelConfig
     from ptycho_torch_nb.workflow import reassemble_cdi_image_torch
     from ptycho_torch_nb.config import validate_run_options
@@ -360,11 +364,11 @@ def reconstruct_scan(raw,                       # RawDataTorch of the scan (obje
                              n_groups=max(len(raw) // C, 1) if C > 1 else len(raw),
                              neighbor_count=int(params.get('neighbor_count', settings.neighbor_count)),
                              subsample_seed=settings.seed, backend='pytorch')
-    M = settings.stitch_crop
+    M, anchor = settings.stitch_crop, grid_anchor(np.column_stack([raw.xcoords, raw.ycoords]))
     from ptycho_torch_nb.training import inference_device
     model.to(inference_device(settings.accelerator))
-    _, _, res = reassemble_cdi_image_torch(raw, config, model, M=M)
-    return {'stitched': res['stitched_obj'], 'weights': np.asarray(res['stitch_weights']), 'positions': res['global_offsets'], 'M': M}
+    _, _, res = reassemble_cdi_image_torch(raw, config, model, M=M, anchor=anchor)
+    return {'stitched': res['stitched_obj'], 'weights': np.asarray(res['stitch_weights']), 'positions': res['global_offsets'], 'M': M, 'anchor': anchor}
 
 def reconstruct_product(parameters: ReconstructInput,   # what ptychodus passes to `reconstruct`
                         model_path,                     # wts.h5.zip or a folder holding it
@@ -374,7 +378,7 @@ def reconstruct_product(parameters: ReconstructInput,   # what ptychodus passes 
     if model_path is None: return pretrained_product(parameters, settings)
     raw = raw_data_from_reconstruct_input(parameters)
     rec = reconstruct_scan(raw, model_path, settings)
-    obj = object_from_stitched(rec['stitched'], rec['weights'], rec['positions'], parameters.product.object_, rec['M'])
+    obj = object_from_stitched(rec['stitched'], rec['weights'], rec['positions'], parameters.product.object_, rec['M'], rec['anchor'])
     train_losses, _ = losses_from_history(archive_history(model_path))
     return output_product(parameters, obj, train_losses)
 

@@ -60,14 +60,14 @@ def absolute_positions(global_offsets,  # [n,2], [B,C,1,2], [B,1,1,2] or [n,1,2,
 class StitchGeometry:
     "Where the stitched canvas sits in the object frame (from the reference's dynamic-padding rule)."
     M: int             # side of the central square kept from each patch
-    pad: int           # even padding per side: ceil(max |position - mean|), rounded up to even
+    pad: int           # even padding per side: ceil(max |position - anchor_xy|), rounded up to even
     size: int          # canvas side P = M + 2*pad
-    mean_xy: tuple     # mean scan position [x, y]: the object point at canvas pixel (P/2, P/2)
+    anchor_xy: tuple   # object point [x, y] at canvas pixel (P/2, P/2): the float32 mean position, or the `anchor` given
 
     @property
     def origin_xy(self):
         "Object-frame `[x, y]` of canvas pixel (row 0, col 0)."
-        return (self.mean_xy[0] - self.size / 2, self.mean_xy[1] - self.size / 2)
+        return (self.anchor_xy[0] - self.size / 2, self.anchor_xy[1] - self.size / 2)
 
     def canvas_to_object(self, rows, cols):
         "Object-frame (x, y) of canvas pixel(s) (rows, cols)."
@@ -77,11 +77,17 @@ class StitchGeometry:
         "Canvas (row, col) of object-frame point(s) (x, y)."
         return np.asarray(y) - self.origin_xy[1], np.asarray(x) - self.origin_xy[0]
 
-def _relative_positions(positions):
-    """Mean position and positions minus it, both in float32 as the reference computes them.
+def _relative_positions(positions, anchor=None):
+    """Anchor and positions minus it: by default the mean, both in float32 as the reference computes them.
 
     float32 keeps ~1e-5 px at coordinates of a few hundred pixels (1e-3 px at 16k): negligible physically,
-    but at pixels where few patches overlap the stitch is sensitive to it, so we round like the reference."""
+    but at pixels where few patches overlap the stitch is sensitive to it, so we round like the reference.
+    An explicit `anchor` [x, y] is used as given; the differences are taken in float64, then rounded to float32."""
+    if anchor is not None:
+        a = np.asarray(anchor, np.float64)
+        if a.shape != (2,) or not np.isfinite(a).all():
+            raise ValueError(f"anchor={anchor!r}: expected a finite [x, y] pair (the object point at the canvas centre)")
+        return a, (positions - a).astype(np.float32)
     p32 = positions.astype(np.float32)          # the reference casts the offsets to float32 ...
     mean32 = p32.mean(axis=0, dtype=np.float32)  # ... and averages them in float32 (1e-5 px matters at edges)
     return mean32.astype(np.float64), p32 - mean32
@@ -89,16 +95,17 @@ def _relative_positions(positions):
 def stitch_geometry(positions,  # [n, 2] absolute [x, y] positions (see `absolute_positions` for other layouts)
                     M: int = 20,  # side of the central square kept from each patch (even)
                     tol: float = 1e-6,  # max|adj| within tol of an integer counts as that integer
+                    anchor=None,  # [x, y] object point at canvas pixel (P/2, P/2); None: the float32 mean (the reference)
                    ) -> StitchGeometry:
     "Canvas geometry of `reassemble_position` for these positions."
     positions = absolute_positions(positions)
     if len(positions) == 0: raise ValueError("global_offsets is empty: nothing to stitch")
     if not np.isfinite(positions).all(): raise ValueError("global_offsets contains NaN or infinite positions")
     if int(M) != M or M < 2 or M % 2: raise ValueError(f"M={M}: expected an even integer >= 2")
-    mean, adj = _relative_positions(positions)
+    anchor, adj = _relative_positions(positions, anchor)
     pad = int(math.ceil(max(float(np.abs(adj).max()) - tol, 0.0)))
     pad += pad % 2
-    return StitchGeometry(int(M), pad, int(M) + 2 * pad, (float(mean[0]), float(mean[1])))
+    return StitchGeometry(int(M), pad, int(M) + 2 * pad, (float(anchor[0]), float(anchor[1])))
 
 # %% ../nbs/03b_stitching.ipynb #dcad7e13
 def _tap_weights(adj, pad, M):
@@ -145,6 +152,7 @@ def reassemble_position(obj_patches,  # [n,N,N], [B,C,N,N] or [n,N,N,1] complex 
                         chunk_size: int = 4096,  # patches added to the canvas per step (bounds memory)
                         coords_relative=None,  # optional [B,C,1,2]; then positions = global_offsets - coords_relative
                         return_weights: bool = False,  # also return the overlap weights [P, P] float32
+                        anchor=None,  # [x, y] object point at canvas pixel (P/2, P/2); None: the float32 mean (`stitch_geometry`)
                        ):
     "Stitch patches into one complex64 `[P, P]` image of the scanned region (reference `reassemble_position`)."
     patches = flatten_patches(obj_patches)
@@ -154,13 +162,13 @@ def reassemble_position(obj_patches,  # [n,N,N], [B,C,N,N] or [n,N,N,1] complex 
         raise ValueError(f"global_offsets gives {len(positions)} positions for {n} patches (obj_patches "
                          f"{tuple(_as_tensor(obj_patches).shape)}, global_offsets {tuple(np.shape(global_offsets))})"
                          + ("; for gridsize > 1 also pass coords_relative" if n % max(len(positions), 1) == 0 else ""))
-    geo = stitch_geometry(positions, M)
+    geo = stitch_geometry(positions, M, anchor=anchor)
     if M > N: raise ValueError(f"M={M} is larger than the patch size N={N} of obj_patches")
     if int(chunk_size) < 1: raise ValueError(f"chunk_size={chunk_size}: expected >= 1")
     dev = patches.device
     lo = N // 2 - M // 2
     crops = patches[:, lo:lo + M, lo:lo + M]                              # [n, M, M] complex64
-    adj = torch.as_tensor(_relative_positions(positions)[1], device=dev)  # [n, 2] float32 [x, y] - mean
+    adj = torch.as_tensor(_relative_positions(positions, anchor)[1], device=dev)  # [n, 2] float32 [x, y] - anchor
     P, P2 = geo.size, geo.size + 2
     num = torch.zeros(P2 * P2, device=dev, dtype=torch.complex64)        # sum of patches (+1 px margin)
     wts = torch.zeros(P2 * P2, device=dev, dtype=torch.float32)          # sum of weights
@@ -211,15 +219,16 @@ def stitch_patches(obj_patches,  # [B, C, N, N] (or [n, N, N]) complex patches
                    flip_y: bool = False,  # negate the y offsets (mirror the canvas top-bottom)
                    transpose: bool = False,  # swap each patch's row and column axes before stitching
                    return_weights: bool = False,  # also return the overlap weights [P, P]
+                   anchor=None,  # [x, y] object point at the canvas centre (`reassemble_position`); the flips negate it too
                   ):
     "Stitch `[B, C, N, N]` patches at `[B, C, 1, 2]` positions into one 2-D complex image (and its overlap weights)."
     p = np.asarray(obj_patches); N = p.shape[-1]
     p = p.reshape(-1, N, N)
     if transpose: p = np.swapaxes(p, -1, -2)
-    pos = np.asarray(positions, np.float64).reshape(-1, 1, 1, 2).copy()
-    if flip_x: pos[..., 0] *= -1
-    if flip_y: pos[..., 1] *= -1
-    img, w = reassemble_position(p, pos, M=M, return_weights=True)
+    sign = np.array([-1.0 if flip_x else 1.0, -1.0 if flip_y else 1.0])   # the flips negate x / y offsets
+    pos = np.asarray(positions, np.float64).reshape(-1, 1, 1, 2) * sign
+    if anchor is not None and np.shape(anchor) == (2,): anchor = np.asarray(anchor, np.float64) * sign  # (others refused below)
+    img, w = reassemble_position(p, pos, M=M, return_weights=True, anchor=anchor)
     img, w = (np.asarray(a.cpu() if torch.is_tensor(a) else a).squeeze() for a in (img, w))
     return (img, w) if return_weights else img
 

@@ -125,7 +125,7 @@ def train_cdi_model_torch(train_data,          # NPZ path, RawDataTorch or conta
 # %% ../nbs/05_workflow.ipynb #270363ae
 def reassemble_cdi_image_torch(test_data, config, model=None, flip_x: bool = False, flip_y: bool = False,
                                transpose: bool = False, M: int = 20, *, train_results: dict = None,
-                               execution_config=None):
+                               execution_config=None, anchor=None):
     "Predict the test patches with `model` (or `train_results['models']`), stitch them: (amplitude, phase, results)."
     if model is None:
         if not train_results or 'models' not in train_results:
@@ -138,7 +138,7 @@ def reassemble_cdi_image_torch(test_data, config, model=None, flip_x: bool = Fal
     obj = predict_object_patches(model, container, bs)
     t1 = time.perf_counter()
     pos = patch_positions(container)
-    img, weights = stitch_patches(obj, pos, M, flip_x, flip_y, transpose, return_weights=True)
+    img, weights = stitch_patches(obj, pos, M, flip_x, flip_y, transpose, return_weights=True, anchor=anchor)
     t2 = time.perf_counter()
     amp, phase = np.abs(img), np.angle(img)
     return amp, phase, {'obj_tensor_full': obj, 'global_offsets': pos, 'stitched_obj': img, 'stitch_weights': weights,

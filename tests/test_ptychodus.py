@@ -207,12 +207,13 @@ def test_ssim_parity_with_direct_workflow(trained):
                           n_groups=64, subsample_seed=rec.settings.seed, backend='pytorch')
     model, params = load_inference_bundle_with_backend(root / 'out', cfg)
     raw = RawDataTorch.from_file(root / 'in' / 'train_data.npz')
-    _, _, res = reassemble_cdi_image_torch(raw, cfg, model, M=20)
-    _, w = reassemble_position(res['obj_tensor_full'], res['global_offsets'], M=20, return_weights=True)
-    direct = ptn.object_from_stitched(res['stitched_obj'], w, res['global_offsets'], ri.product.object_, 20)
+    anchor = ptn.grid_anchor(np.column_stack([raw.xcoords, raw.ycoords]))   # the reconstructor's canvas anchor
+    _, _, res = reassemble_cdi_image_torch(raw, cfg, model, M=20, anchor=anchor)
+    _, w = reassemble_position(res['obj_tensor_full'], res['global_offsets'], M=20, return_weights=True, anchor=anchor)
+    direct = ptn.object_from_stitched(res['stitched_obj'], w, res['global_offsets'], ri.product.object_, 20, anchor)
     coverage = ptn.object_from_stitched(np.ones_like(w, np.complex64) * (w > 0), w, res['global_offsets'],
                                         ptn.Object(np.zeros_like(ri.product.object_.get_layer(0)), ri.product.object_.get_pixel_geometry(),
-                                                   ri.product.object_.get_center()), 20).get_layer(0).real
+                                                   ri.product.object_.get_center()), 20, anchor).get_layer(0).real
     mask = coverage > 0.999
     gt = truth.object_.get_layer(0)
     s_pty, s_direct = _amplitude_ssim(pty.get_layer(0), gt, mask), _amplitude_ssim(direct.get_layer(0), gt, mask)
