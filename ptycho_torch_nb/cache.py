@@ -16,8 +16,8 @@ CACHE_STATS = {'hit': 0, 'miss': 0, 'rebuilt': 0}   # counters, for tests and be
 IMAGE_KEYS = ('diffraction', 'X_full', 'Y')         # stored channel-first (B, C, N, N), returned channel-last views
 
 # %% auto #0
-__all__ = ['log', 'CACHE_VERSION', 'ENV_CACHE_DIR', 'ENV_NO_CACHE', 'CACHE_STATS', 'IMAGE_KEYS', 'default_cache_dir',
-           'file_digest', 'data_fingerprint', 'cache_key', 'write_entry', 'CorruptCacheEntry', 'read_entry',
+__all__ = ['log', 'CACHE_VERSION', 'ENV_CACHE_DIR', 'ENV_NO_CACHE', 'CACHE_STATS', 'IMAGE_KEYS', 'FINGERPRINT_ARRAYS',
+           'default_cache_dir', 'data_fingerprint', 'cache_key', 'write_entry', 'CorruptCacheEntry', 'read_entry',
            'grouped_with_cache', 'clear_cache']
 
 # %% ../nbs/02c_cache.ipynb #b1de96ea
@@ -25,37 +25,20 @@ def default_cache_dir() -> Path:
     "`$PTYCHO_TORCH_NB_CACHE`, else `~/.cache/ptycho_torch_nb/grouping`."
     return Path(os.environ.get(ENV_CACHE_DIR) or Path.home() / '.cache' / 'ptycho_torch_nb' / 'grouping')
 
-_FILE_DIGESTS: dict = {}
-
-def file_digest(path) -> str:
-    "blake2b-128 of a file's bytes, memoised per (path, size, mtime)."
-    p = Path(path); st = p.stat()
-    memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if memo not in _FILE_DIGESTS:
-        h = hashlib.blake2b(digest_size=16)
-        with open(p, 'rb') as f:
-            for block in iter(lambda: f.read(1 << 22), b''): h.update(block)
-        _FILE_DIGESTS[memo] = h.hexdigest()
-    return _FILE_DIGESTS[memo]
-
 def _hash_arrays(h, arrays):
     for name, a in arrays:
         if a is None: h.update(f'{name}:None;'.encode()); continue
         a = np.ascontiguousarray(a)
         h.update(f'{name}:{a.dtype.str}:{a.shape};'.encode()); h.update(memoryview(a).cast('B'))
 
+# every array grouping reads or passes through (the probe too: a scan is its patterns *and* its probe)
+FINGERPRINT_ARRAYS = ('xcoords', 'ycoords', 'xcoords_start', 'ycoords_start', 'diff3d', 'probeGuess', 'objectGuess',
+                      'Y', 'sample_indices')
+
 def data_fingerprint(raw) -> str:
-    "Content fingerprint of a scan: its data file's digest (+ coordinates) if file-backed, else every array."
+    "Content fingerprint of a scan as loaded: blake2b-128 over every array in `FINGERPRINT_ARRAYS` (dtype, shape, bytes)."
     h = hashlib.blake2b(digest_size=16)
-    src = getattr(raw, 'source_path', None)
-    if src is not None and Path(src).exists():
-        h.update(b'file:' + file_digest(src).encode())
-        _hash_arrays(h, [('x', raw.xcoords), ('y', raw.ycoords), ('xs', raw.xcoords_start), ('ys', raw.ycoords_start)])
-        d = raw.diff3d
-        h.update(f'diff3d:{None if d is None else (d.shape, d.dtype.str)}'.encode())
-    else:
-        _hash_arrays(h, [(k, getattr(raw, k, None)) for k in ('xcoords', 'ycoords', 'xcoords_start', 'ycoords_start',
-                                                            'diff3d', 'probeGuess', 'objectGuess', 'Y')])
+    _hash_arrays(h, [(k, getattr(raw, k, None)) for k in FINGERPRINT_ARRAYS])
     return h.hexdigest()
 
 def cache_key(fingerprint: str, params: dict) -> str:

@@ -24,16 +24,21 @@ def counts_to_amplitude(frames,  # (k, H, W) counts (integer dtype, or float hol
                         data: str = 'counts',  # 'counts' (integers), 'intensity' (float, any value >= 0) or 'amplitude'
                         src: str = '<memory>',  # named in errors
                        ) -> np.ndarray:
-    "float32 amplitudes `sqrt(counts)` (or the amplitudes as given), bad and flagged pixels zeroed."
+    "float32 amplitudes `sqrt(counts)` (or the amplitudes as given), bad and flagged pixels zeroed; checks see the rest."
     a = np.asarray(frames)
     if data not in DATA_KINDS: raise ValueError(f"{src}: data={data!r} is not one of {list(DATA_KINDS)}")
     if a.dtype.kind not in 'iuf': raise ValueError(f"{src}: patterns have dtype {a.dtype}; expected integer counts or a real array")
-    flagged = (a == np.iinfo(a.dtype).max) if a.dtype.kind == 'u' else None  # detector's 'bad/overflow' marker
     x = a.astype(np.float32)
+    # masked and flagged pixels are zeroed first: they may hold the detector's markers (Pilatus -1 gaps, -2 bad pixels,
+    # NaN module gaps), which the checks below must not see
+    if a.dtype.kind == 'u': x[a == np.iinfo(a.dtype).max] = 0   # detector's 'bad/overflow' marker
+    if mask is not None: x[..., np.asarray(mask, bool)] = 0
     if a.dtype.kind == 'f':
         bad = ~np.isfinite(x)
-        if bad.any(): raise ValueError(f"{src}: patterns contain {int(bad.sum())} NaN/Inf value(s)")
-    if x.size and x.min() < 0: raise ValueError(f"{src}: patterns have negative values (min {x.min():.4g}); counts must be >= 0")
+        if bad.any(): raise ValueError(f"{src}: patterns contain {int(bad.sum())} unmasked NaN/Inf value(s)")
+    if x.size and x.min() < 0:
+        raise ValueError(f"{src}: patterns have {int((x < 0).sum())} unmasked negative value(s) (min {x.min():.4g}); counts "
+                         "must be >= 0 (detector markers such as Pilatus -1/-2? pass a mask that covers them)")
     if data == 'counts' and a.dtype.kind == 'f' and x.size:
         frac = np.abs(x - np.round(x))
         if frac.max() > 1e-3:
@@ -41,10 +46,7 @@ def counts_to_amplitude(frames,  # (k, H, W) counts (integer dtype, or float hol
             raise ValueError(f"{src}: values look like amplitudes, not counts ({x[i]:.4g} at index {tuple(int(j) for j in i)} "
                              f"is not an integer; {float(np.mean(frac > 1e-3)):.0%} of values are fractional); "
                              "pass data='amplitude' (or 'intensity' for float intensities)")
-    if data != 'amplitude': x = np.sqrt(x, out=x)
-    if flagged is not None: x[flagged] = 0
-    if mask is not None: x[..., np.asarray(mask, bool)] = 0
-    return x
+    return np.sqrt(x, out=x) if data != 'amplitude' else x
 
 # %% ../nbs/02d_hdf5_data.ipynb #4403d1e2
 UNITS = {'px': None, 'm': 1.0, 'mm': 1e-3, 'um': 1e-6, 'nm': 1e-9}
@@ -73,18 +75,33 @@ def positions_to_pixels(x, y,  # positions in `units`
     return x * f, y * f
 
 # %% ../nbs/02d_hdf5_data.ipynb #74926a35
-def read_positions_csv(path,  # CSV: columns x, y (optional header line; extra columns ignored)
+def _is_number(s: str) -> bool:
+    try: float(s); return True
+    except ValueError: return False
+
+def read_positions_csv(path,  # CSV: two columns x, y, or any columns under a header line naming `x` and `y`
                       ) -> np.ndarray:
-    "(M, 2) float64 [x, y] from a CSV file."
+    "(M, 2) float64 [x, y] from a CSV file; `#` comments and blank lines are skipped, one header line is allowed."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"positions file not found: {path}")
-    rows = []
+    rows, header, cols = [], None, None              # cols: (x, y) column indices, when a header names them
     with open(path, newline='') as fh:
         for i, row in enumerate(csv.reader(fh)):
+            while row and not row[-1].strip(): row = row[:-1]          # trailing separators
             if not row or row[0].lstrip().startswith('#'): continue
-            try: rows.append((float(row[0]), float(row[1])))
+            try: vals = [float(row[j]) for j in cols] if cols else [float(v) for v in row]
             except (ValueError, IndexError):
-                if rows or i > 0: raise ValueError(f"{path}: line {i + 1} {row!r} is not two numbers x, y")
+                if rows or header is not None or any(_is_number(v) for v in row):
+                    what = f"numbers in columns {cols[0] + 1}, {cols[1] + 1} (x, y)" if cols else "two numbers x, y"
+                    raise ValueError(f"{path}: line {i + 1} {row!r} is not {what}") from None
+                header = [h.strip().lower() for h in row]             # the header: before the first row, no numbers
+                if 'x' in header and 'y' in header: cols = (header.index('x'), header.index('y'))
+                continue
+            if len(vals) != 2:
+                raise ValueError(f"{path}: line {i + 1} has {len(vals)} column(s), expected two numbers x, y"
+                                 + ("; with more columns add a header line naming the columns x and y (e.g. 'frame,x,y')"
+                                    if len(vals) > 2 else ""))
+            rows.append(vals)
     if not rows: raise ValueError(f"{path}: no positions (expected lines 'x, y')")
     return np.asarray(rows, np.float64)
 

@@ -221,7 +221,9 @@ def intensity_evidence(d,  # diffraction stack as stored
     "Why `d` looks like intensities / photon counts rather than amplitudes (None if it does not)."
     d = np.asarray(d)
     if d.dtype.kind in 'iu': return f"integer dtype {d.dtype} (photon counts?)"
-    flat = d.reshape(-1)[::max(1, d.size // sample)]
+    step, frame = max(1, d.size // sample), int(np.prod(d.shape[-2:])) if d.ndim >= 2 else 1
+    while np.gcd(step, frame) != 1: step += 1   # coprime to a frame's size: the samples visit every pixel, not one column
+    flat = d.reshape(-1)[::step]
     nz = flat[(flat != 0) & np.isfinite(flat)]
     # sqrt of Poisson counts >= 4 always comes with sqrt(2), sqrt(3)...: whole numbers alone mean counts
     if len(nz) >= 64 and nz.max() >= 2 and np.all(nz == np.round(nz)):
@@ -270,6 +272,10 @@ def _load_raw(cls, path, diffraction_is_intensity=None, diffraction_layout=None)
         why = intensity_evidence(d)
         if why: raise _bad(path, key, f"looks like intensities, not amplitudes: {why}; pass diffraction_is_intensity=True "
                                       "to convert (amplitude = sqrt(intensity)), or False if these are amplitudes")
+    if probe.ndim == 3 and probe.shape[-1] == 1: probe = probe[..., 0]          # (N, N, 1)
+    if probe.ndim == 3 and probe.dtype.kind != 'c' and 2 in (probe.shape[0], probe.shape[-1]):
+        raise _bad(path, 'probeGuess', f"has shape {probe.shape} and real values: it looks like [real, imag] planes, "
+                                       "not a mode stack; store the probe as one complex (N, N) array (re + 1j*im)")
     if probe.ndim == 3:
         log.warning("%s: 'probeGuess' is a %s mode stack; keeping mode 0 only", path, probe.shape)
         probe = probe[0]

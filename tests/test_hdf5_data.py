@@ -95,6 +95,8 @@ def test_counts_that_look_like_amplitudes(tmp_path):
 def test_negative_and_nonfinite_counts():
     with pytest.raises(ValueError, match='negative'): counts_to_amplitude(np.array([[[-1, 1]]], np.int32))
     with pytest.raises(ValueError, match='NaN/Inf'): counts_to_amplitude(np.array([[[np.nan, 1]]]))
+    pil = np.array([[[-1, 4], [-2, 9]]], np.int32)                     # Pilatus markers, masked: read
+    np.testing.assert_array_equal(counts_to_amplitude(pil, mask=pil[0] < 0), [[[0, 2], [0, 3]]])
     with pytest.raises(ValueError, match='data='): counts_to_amplitude(np.ones((1, 2, 2)), data='photons')
 
 def test_crop_outside_the_frame_and_non_square(scan_file, tmp_path):
@@ -124,6 +126,10 @@ def test_csv_errors(tmp_path):
     with pytest.raises(ValueError, match='no positions'): read_positions_csv(tmp_path / 'e.csv')
     (tmp_path / 'b.csv').write_text('1,2\n3\n')
     with pytest.raises(ValueError, match='line 2'): read_positions_csv(tmp_path / 'b.csv')
+    (tmp_path / 'n.csv').write_text('# positions\n\nframe,x,y\n0,1.5,2.5\n1,3.5,4.5\n')   # comment, blank, named columns
+    np.testing.assert_array_equal(read_positions_csv(tmp_path / 'n.csv'), [[1.5, 2.5], [3.5, 4.5]])
+    (tmp_path / 't.csv').write_text('0,1.5,2.5\n')
+    with pytest.raises(ValueError, match="3 column.*header line naming the columns x and y"): read_positions_csv(tmp_path / 't.csv')
 
 def test_probe_required(scan_file):
     with pytest.raises(ValueError, match='a probe is required'):
