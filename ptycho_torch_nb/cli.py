@@ -8,7 +8,7 @@ import argparse, dataclasses, os, sys, warnings
 from pathlib import Path
 from typing import Optional, Sequence
 from .config import ScanOptions, GENERATOR_MODES, POLISH_STARTS, POLISH_EPOCHS, ROUTES, validate_run_options
-from .core import (OneLineParser, run_command, quiet_libraries, positive_int, non_negative_int, positive_float,
+from .core import (refuse_pretrained, OneLineParser, run_command, quiet_libraries, positive_int, non_negative_int, positive_float,
                                   HelpFormatter)
 from .hdf5_data import add_hdf5_arguments, hdf5_options, is_hdf5, load_scan, scan_facts  # numpy/h5py: --help stays torch-free
 
@@ -282,7 +282,7 @@ def infer_parser() -> argparse.ArgumentParser:
 def _infer(argv):
     args = infer_parser().parse_args(argv)
     if not args.model_path.is_dir(): raise CLIError(f"model folder not found: {args.model_path}")
-    _check_file(args.model_path / 'wts.h5.zip', 'model archive')
+    _check_file(args.model_path / 'wts.h5.zip', 'model archive'); refuse_pretrained(args.model_path, 'ptycho-torch-infer')
     test = _check_scan(args.test_data, 'test data file', args)
     _resolve_accelerator_flags(args)
     quiet_libraries(args.verbose)
@@ -545,7 +545,7 @@ def stream_parser() -> argparse.ArgumentParser:
 
 def _stream(argv):
     args = stream_parser().parse_args(argv)
-    _check_file(args.model / 'wts.h5.zip' if args.model.is_dir() else args.model, 'model archive')
+    _check_file(args.model / 'wts.h5.zip' if args.model.is_dir() else args.model, 'model archive'); refuse_pretrained(args.model, 'ptycho-torch-stream')
     if (args.output_dir / 'stream.json').exists() and not args.overwrite:
         raise CLIError(f"{args.output_dir}: holds a previous stream (stream.json); choose another --output_dir or --overwrite")
     from ptycho_torch_nb import streaming as S
@@ -581,7 +581,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 def _export(argv):
     args = export_parser().parse_args(argv)
-    _check_file(args.model / 'wts.h5.zip' if args.model.is_dir() else args.model, 'model archive')
+    _check_file(args.model / 'wts.h5.zip' if args.model.is_dir() else args.model, 'model archive'); refuse_pretrained(args.model, 'ptycho-torch-export')
     if args.output.is_file() and not args.overwrite: raise CLIError(f"{args.output}: exists (use --overwrite)")   # a folder: export_generator says so
     from ptycho_torch_nb.export import export_generator
     res = export_generator(args.model, args.output, args.format, overwrite=args.overwrite)  # checked to 1e-5 against eager

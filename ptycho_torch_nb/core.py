@@ -9,11 +9,11 @@ import numpy as np
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'USER_ERRORS', 'LIBRARY_MODULES', 'require_torch', 'in_test',
-           'repo_root', 'data_path', 'fixtures_path', 'process_umask', 'fault_point', 'pid_alive', 'clean_stale_temps',
-           'glob_escape', 'atomic_path', 'output_folder', 'jsonable', 'OneLineParser', 'run_command',
-           'end_process_group', 'positive_int', 'non_negative_int', 'positive_float', 'HelpFormatter', 'release_memory',
-           'quiet_libraries']
+__all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'MODEL_CARD', 'USER_ERRORS', 'LIBRARY_MODULES', 'require_torch',
+           'in_test', 'repo_root', 'data_path', 'fixtures_path', 'process_umask', 'fault_point', 'pid_alive',
+           'clean_stale_temps', 'glob_escape', 'atomic_path', 'output_folder', 'pretrained_card', 'refuse_pretrained',
+           'jsonable', 'OneLineParser', 'run_command', 'end_process_group', 'positive_int', 'non_negative_int',
+           'positive_float', 'HelpFormatter', 'release_memory', 'quiet_libraries']
 
 # %% ../nbs/00_core.ipynb #4360d238
 TORCH_INSTALL_HINT = "pip install 'torch>=2.2'"
@@ -130,6 +130,25 @@ def output_folder(path,  # where a run writes its products
     if not out.exists() and out.parent.exists() and not out.parent.is_dir():
         raise NotADirectoryError(f"{out}: cannot be made, {out.parent} is a file")
     return out
+
+# %% ../nbs/00_core.ipynb #e8275f44
+MODEL_CARD = 'model_card.json'   # beside a pretrained network's wts.h5.zip
+
+def pretrained_card(model_path,  # a model folder, or the archive in it
+                   ) -> Path | None:
+    "The `model_card.json` beside `model_path` when it is a pretrained network's, else None."
+    p = Path(model_path)
+    card = (p if p.is_dir() else p.parent) / MODEL_CARD
+    return card if card.is_file() else None
+
+def refuse_pretrained(model_path,  # a model folder or archive a tool would run as it is
+                      where: str,  # the tool, named in the error
+                     ) -> None:
+    "`ValueError` when `model_path` is a pretrained network: run with its archive's stand-in probe, it images noise."
+    if pretrained_card(model_path) is not None:
+        raise ValueError(f"{model_path}: a pretrained network (model_card.json beside it), which {where} would run with the "
+                         f"stand-in probe of its archive; image a scan with it by `ptycho-torch-reconstruct SCAN --pretrained "
+                         f"{model_path}` (it adopts the scan's probe), or fine-tune it on a scan with --init_from")
 
 # %% ../nbs/00_core.ipynb #7af3abda
 def jsonable(x):

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import lightning as L
-from .core import atomic_path, output_folder, repo_root, release_memory
+from .core import MODEL_CARD, atomic_path, output_folder, repo_root, release_memory
 from .config import ModelConfig, TrainingConfig, ScanOptions, validate_run_options
 from .data_container import grouped_container, scan_nphotons, scan_truth
 from .hdf5_data import load_scan
@@ -335,14 +335,14 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
                            init_from=started, label_weight=label_weight)
     archive, card = _write_model(out, net, corpus, cfg, opts, dict(n_scans=n_scans, positions_per_scan=n, seed=seed, families=families,
                                  seeding='scan i: numpy SeedSequence(seed).spawn(n_scans)[i]'), run, command)
-    if progress: print(f"pretrain: {clock.steps} steps in {clock.train_s:.1f} s; wrote {archive} and {out / 'model_card.json'}", file=sys.stderr, flush=True)
+    if progress: print(f"pretrain: {clock.steps} steps in {clock.train_s:.1f} s; wrote {archive} and {out / MODEL_CARD}", file=sys.stderr, flush=True)
     return dict(archive=archive, card=card, model=net, corpus=corpus, clock=clock)
 
 def _write_model(out: Path, net, corpus: Corpus, cfg, opts: ScanOptions, corpus_args: dict, training: dict, command):
     "(archive, card): the network's archive and its `model_card.json`, each written under a temporary name and renamed."
     archive = save_torch_bundle({'autoencoder': net, 'diffraction_to_obj': net}, out / 'wts.h5', cfg, intensity_scale=1.0)
     card = model_card(archive, corpus, cfg, opts, corpus_args, training, command)
-    with atomic_path(out / 'model_card.json') as tmp: tmp.write_text(json.dumps(card, indent=1))
+    with atomic_path(out / MODEL_CARD) as tmp: tmp.write_text(json.dumps(card, indent=1))
     return archive, card
 
 # %% ../nbs/05b_pretrain.ipynb #0e4b94fb
@@ -394,7 +394,7 @@ def _field_of(card: dict, key: str):
 def _card_and_archive(path):
     p = Path(path)
     if not p.exists(): raise FileNotFoundError(f"pretrained model not found: {p}")
-    card_path = p if p.suffix == '.json' else (p / 'model_card.json' if p.is_dir() else p.parent / 'model_card.json')
+    card_path = p if p.suffix == '.json' else (p / MODEL_CARD if p.is_dir() else p.parent / MODEL_CARD)
     if not card_path.is_file(): raise FileNotFoundError(f"{p}: no model card (model_card.json) next to the pretrained model")
     card = read_card(card_path)
     archive = card_path.parent / card['archive']

@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version as _dist_version
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
-from .core import atomic_path
+from .core import atomic_path, pretrained_card
 from .config import POLISH_EPOCHS
 
 logger = logging.getLogger(__name__)
@@ -376,6 +376,8 @@ def reconstruct_product(parameters: ReconstructInput,   # what ptychodus passes 
                        ) -> Product:
     "The whole ptychodus-side reconstruction: convert the input, run the model (none loaded: `pretrained_product`), return the output `Product`."
     if model_path is None: return pretrained_product(parameters, settings)
+    if pretrained_card(model_path) is not None:   # a pretrained network: its route adopts the scan's probe (its archive's is a stand-in)
+        return pretrained_product(parameters, dataclasses.replace(settings, pretrained=str(resolve_archive(model_path).parent)))
     raw = raw_data_from_reconstruct_input(parameters)
     rec = reconstruct_scan(raw, model_path, settings)
     obj = object_from_stitched(rec['stitched'], rec['weights'], rec['positions'], parameters.product.object_, rec['M'], rec['anchor'])
