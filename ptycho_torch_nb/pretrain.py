@@ -217,7 +217,8 @@ def _commit() -> Optional[str]:
     except Exception: return None
     return (head + ('-dirty' if git('status', '--porcelain', '--untracked-files=no') else '')) if head else None
 
-def _check_output_dir(out: Path, resume: bool, overwrite: bool):
+def _check_output_dir(out: Path, resume: bool, overwrite: bool, run: dict):
+    "Refuse a used folder unasked, a resume with nothing to resume, or one that would change what defines the run (`run`)."
     output_folder(out)
     if (out / 'wts.h5.zip').exists() and not (resume or overwrite):
         raise FileExistsError(f"{out}: already holds a pretrained model (wts.h5.zip); pass resume=True to continue it, "
@@ -225,6 +226,14 @@ def _check_output_dir(out: Path, resume: bool, overwrite: bool):
     if resume and not (out / 'checkpoints' / 'last.ckpt').exists():
         raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
     if resume: check_checkpoint(out / 'checkpoints' / 'last.ckpt')   # a corrupt one is refused before the corpus is simulated
+    run, saved = json.loads(json.dumps(run)), out / 'checkpoints' / 'run.json'   # the corpus, the loss and the network
+    was = json.loads(saved.read_text()) if resume and saved.is_file() else run
+    changed = [f"{k} {was.get(k)!r} -> {v!r}" for k, v in run.items() if was.get(k) != v]
+    if changed: raise ValueError(f"{out}: resuming would change the run ({'; '.join(changed)}); resume with its arguments, "
+                                 "or start afresh (overwrite=True or another output_dir)")
+    if not resume:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(saved) as tmp: tmp.write_text(json.dumps(run))
 
 def scan_configs(N: int = 64, **options) -> tuple:
     "`(TrainingConfig, ScanOptions)` of the single-scan model (`config.ScanOptions` defaults, `options` changed)."
@@ -304,9 +313,10 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
     validate_run_options('pretrain', N=N, seed=seed, time_budget_s=time_budget_s, batch_size=batch_size, learning_rate=learning_rate,
                          label_weight=label_weight)
     check_families(families)   # a bad name is refused before any model is loaded or scan simulated
-    out = Path(output_dir); _check_output_dir(out, resume, overwrite); start = _load_start(init_from, resume)
-    if steps is None and time_budget_s is None: steps = 1000
-    t0 = time.perf_counter(); torch.manual_seed(seed)
+    out, start = Path(output_dir), _load_start(init_from, resume)
+    _check_output_dir(out, resume, overwrite, dict(n_scans=n_scans, N=N, n=n, seed=seed, families=families, batch_size=batch_size,
+                      learning_rate=learning_rate, n_filters_scale=n_filters_scale, label_weight=label_weight))
+    steps = 1000 if steps is None and time_budget_s is None else steps; t0 = time.perf_counter(); torch.manual_seed(seed)
     cfg, opts = scan_configs(N, n_filters_scale=n_filters_scale, batch_size=batch_size, learning_rate=learning_rate)
     corpus = build_corpus(n_scans, N, n, seed, families, int(cfg.model.gridsize), int(cfg.neighbor_count), cfg.model.probe_scale, workers,
                           labels=label_weight > 0)
@@ -317,8 +327,7 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
     module = Pretrainer(net, corpus, label_weight)
     clock = PretrainClock(time_budget_s, steps, learning_rate, opts.warmup_fraction, opts.lr_min_ratio, progress=progress)
     watch = SpreadWatch(corpus, watch_every, progress)
-    trainer = _trainer(out, [clock, watch], steps, checkpoint_every, learning_rate, gradient_clip,
-                       accelerator, devices, num_nodes, precision)
+    trainer = _trainer(out, [clock, watch], steps, checkpoint_every, learning_rate, gradient_clip, accelerator, devices, num_nodes, precision)
     loader = torch.utils.data.DataLoader(CorpusDataset(corpus), batch_sampler=ScanBatchSampler(corpus.scan, batch_size, seed),
                                          collate_fn=_keep)   # the sampler shards over ranks itself
     with warnings.catch_warnings():

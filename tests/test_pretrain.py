@@ -1,7 +1,7 @@
 """`pretrain` (a tiny model in seconds), its archive and card, resume, the hash and fit checks,
 zero-shot reconstruction, fine-tuning from the pretrained archive, and `ptycho-torch-pretrain`.
 """
-import contextlib, copy, io, json, shutil
+import contextlib, copy, io, json, re, shutil
 from pathlib import Path
 import numpy as np
 import pytest
@@ -355,3 +355,14 @@ def test_the_amortised_ratio_in_passes():
     assert r['zero_shot'] == pytest.approx(3.0) and r['start_choice'] == pytest.approx(8.0)
     assert r['ratio'] == pytest.approx((3 + 8 + 4) / 10)
     assert 'ratio' not in B.in_passes(flat, pol, dict(seconds=0.3), (0.99, 0.99))        # never reached: no ratio
+
+
+def test_resume_refuses_a_changed_run(tmp_path):
+    "What defines the run (corpus, loss, network) cannot change on resume: refused before the corpus is simulated."
+    out = tmp_path / 'm'
+    PT.pretrain(out, steps=2, **TINY)
+    for change, needle in [(dict(seed=1), 'seed 0 -> 1'), (dict(families=['cells']), "families None -> ['cells']"),
+                           (dict(label_weight=1.0), 'label_weight 0.0 -> 1.0'), (dict(n_filters_scale=2), 'n_filters_scale 1 -> 2')]:
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            PT.pretrain(out, steps=3, resume=True, **{**TINY, **change})
+    assert PT.pretrain(out, steps=3, resume=True, time_budget_s=60, **TINY)['card']['training']['steps'] == 3   # a budget may change
