@@ -231,9 +231,7 @@ def _check_output_dir(out: Path, resume: bool, overwrite: bool, run: dict):
     changed = [f"{k} {was.get(k)!r} -> {v!r}" for k, v in run.items() if was.get(k) != v]
     if changed: raise ValueError(f"{out}: resuming would change the run ({'; '.join(changed)}); resume with its arguments, "
                                  "or start afresh (overwrite=True or another output_dir)")
-    if not resume:
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(saved) as tmp: tmp.write_text(json.dumps(run))
+    return run   # `pretrain` records it beside the checkpoints it writes
 
 def scan_configs(N: int = 64, **options) -> tuple:
     "`(TrainingConfig, ScanOptions)` of the single-scan model (`config.ScanOptions` defaults, `options` changed)."
@@ -314,8 +312,8 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
                          label_weight=label_weight)
     check_families(families)   # a bad name is refused before any model is loaded or scan simulated
     out, start = Path(output_dir), _load_start(init_from, resume)
-    _check_output_dir(out, resume, overwrite, dict(n_scans=n_scans, N=N, n=n, seed=seed, families=families, batch_size=batch_size,
-                      learning_rate=learning_rate, n_filters_scale=n_filters_scale, label_weight=label_weight))
+    run_args = _check_output_dir(out, resume, overwrite, dict(n_scans=n_scans, N=N, n=n, seed=seed, families=families, batch_size=batch_size,
+                                 learning_rate=learning_rate, n_filters_scale=n_filters_scale, label_weight=label_weight))
     steps = 1000 if steps is None and time_budget_s is None else steps; t0 = time.perf_counter(); torch.manual_seed(seed)
     cfg, opts = scan_configs(N, n_filters_scale=n_filters_scale, batch_size=batch_size, learning_rate=learning_rate)
     corpus = build_corpus(n_scans, N, n, seed, families, int(cfg.model.gridsize), int(cfg.neighbor_count), cfg.model.probe_scale, workers,
@@ -333,7 +331,7 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*(does not have many workers|GPU available|max_epochs|ended before the epoch ended).*')
         trainer.fit(module, train_dataloaders=loader, ckpt_path=str(out / 'checkpoints' / 'last.ckpt') if resume else None)
-    trainer.save_checkpoint(out / 'checkpoints' / 'last.ckpt')        # the final state, resumable
+    trainer.save_checkpoint(out / 'checkpoints' / 'last.ckpt'); (out / 'checkpoints' / 'run.json').write_text(json.dumps(run_args))   # resumable, as it was run
     wall_s = time.perf_counter() - t0
     if not trainer.is_global_zero: return dict(model=net, corpus=corpus)
     spread = output_spread(net, corpus)
