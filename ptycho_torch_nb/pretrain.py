@@ -233,6 +233,10 @@ def _check_output_dir(out: Path, resume: bool, overwrite: bool, run: dict):
                                  "or start afresh (overwrite=True or another output_dir)")
     return run   # `pretrain` records it beside the checkpoints it writes
 
+def _record_run(out: Path, run: dict):
+    "`checkpoints/run.json`: what defines the run, beside its checkpoint (temporary name + rename)."
+    with atomic_path(out / 'checkpoints' / 'run.json') as tmp: tmp.write_text(json.dumps(run))
+
 def scan_configs(N: int = 64, **options) -> tuple:
     "`(TrainingConfig, ScanOptions)` of the single-scan model (`config.ScanOptions` defaults, `options` changed)."
     opts = ScanOptions(**options)
@@ -331,7 +335,7 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*(does not have many workers|GPU available|max_epochs|ended before the epoch ended).*')
         trainer.fit(module, train_dataloaders=loader, ckpt_path=str(out / 'checkpoints' / 'last.ckpt') if resume else None)
-    trainer.save_checkpoint(out / 'checkpoints' / 'last.ckpt'); (out / 'checkpoints' / 'run.json').write_text(json.dumps(run_args))   # resumable, as it was run
+    trainer.save_checkpoint(out / 'checkpoints' / 'last.ckpt'); _record_run(out, run_args)   # resumable, as it was run
     wall_s = time.perf_counter() - t0
     if not trainer.is_global_zero: return dict(model=net, corpus=corpus)
     spread = output_spread(net, corpus)
