@@ -444,12 +444,12 @@ COMMANDS = {'train': (train_main, 'train a model (ptycho-torch-train)'),
 def main(argv: Optional[Sequence[str]] = None) -> int:
     "`python -m ptycho_torch_nb.cli COMMAND …`, COMMAND one of `COMMANDS` (each console script's entry point)."
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ('-h', '--help') or argv[0] not in COMMANDS:
-        print(f"usage: python -m ptycho_torch_nb.cli {{{','.join(COMMANDS)}}} [flags]  (COMMAND --help for its flags)\n")
-        for name, (_, doc) in COMMANDS.items(): print(f"  {name:12s} {doc}")
-        if argv and argv[0] not in ('-h', '--help'): print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
-        return 2 if argv and argv[0] not in ('-h', '--help') else 0
-    return COMMANDS[argv[0]][0](argv[1:])
+    if argv and argv[0] in COMMANDS: return COMMANDS[argv[0]][0](argv[1:])
+    print(f"usage: python -m ptycho_torch_nb.cli {{{','.join(COMMANDS)}}} [flags]  (COMMAND --help for its flags)\n")
+    for name, (_, doc) in COMMANDS.items(): print(f"  {name:12s} {doc}")
+    unknown = bool(argv) and argv[0] not in ('-h', '--help')
+    if unknown: print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
+    return 2 if unknown else 0
 
 # %% ../nbs/06_cli.ipynb #2758e882
 def pretrain_parser() -> argparse.ArgumentParser:
