@@ -472,8 +472,10 @@ def score_on_canvas(stitched,  # [P, P] complex stitched reconstruction
 def score_scan(stitched, weights, positions, object_guess, M: int = 48) -> dict:
     "`score_on_canvas` against the true object resampled on the stitched canvas, over the pixels the truth holds; `ValueError` where it does not hold the positions (`check_truth`)."
     check_truth(object_guess, positions)
-    held = ground_truth_on_canvas(np.ones(np.shape(np.asarray(object_guess).squeeze()), np.float32), positions, M).real > 0.999
-    return score_on_canvas(stitched, np.where(held, weights, 0), ground_truth_on_canvas(object_guess, positions, M))
+    geometry = stitch_geometry(np.asarray(positions, np.float64).reshape(-1, 2), M)
+    gt = object_region(np.asarray(object_guess).squeeze(), geometry, fill=np.nan)   # NaN: canvas pixels the truth does not hold
+    held = np.isfinite(gt)
+    return score_on_canvas(stitched, np.where(held, weights, 0), np.where(held, gt, 0))
 
 # %% ../nbs/03c_evaluation.ipynb #79a77aea
 METRICS_SCHEMA = 'ptycho_torch_nb.metrics/1'
