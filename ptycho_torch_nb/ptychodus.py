@@ -192,7 +192,8 @@ def object_from_stitched(stitched,                  # [P, P] complex stitched im
     canvas_row, canvas_col = geo.object_to_canvas(cols - PTYCHODUS_HALF_PIXEL, rows - PTYCHODUS_HALF_PIXEL)  # whole with `grid_anchor`
     sample = lambda img: map_coordinates(img, [canvas_row, canvas_col], order=1, mode='constant', cval=0.0)
     coverage = np.clip(weights, 0.0, 1.0)   # edge pixels (0 < w < 1) blend the image with the background
-    image = sample((stitched * coverage).real) + 1j * sample((stitched * coverage).imag)
+    blended = stitched * coverage
+    image = sample(blended.real) + 1j * sample(blended.imag)
     out = (image + (1.0 - sample(coverage)) * np.asarray(object_in.get_layer(0))).astype(np.complex64)  # [H, W]
     return Object(out, object_in.get_pixel_geometry(), object_in.get_center(), layer_spacing_m=[])
 
