@@ -8,7 +8,7 @@ import importlib.util, math, os, sys, time, zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
-from .core import require_torch, output_folder
+from .core import require_torch, output_folder, MODEL_CARD
 torch = require_torch()
 import lightning as L
 from . import physics
@@ -163,9 +163,9 @@ def _callbacks(ec, out: Path, monitor: str, has_validation: bool) -> list:
     "The checkpoint and early-stopping callbacks the execution config asks for."
     from lightning.pytorch.callbacks import ModelCheckpoint, EarlyStopping
     cbs = []
-    if ec.enable_checkpointing:
+    if ec.enable_checkpointing:   # no version counter: the last checkpoint is last.ckpt, also in a copied or moved run folder
         cbs.append(ModelCheckpoint(dirpath=str(out / 'checkpoints'), monitor=monitor, mode=ec.checkpoint_mode,
-                                   save_top_k=int(ec.checkpoint_save_top_k), save_last=True))
+                                   save_top_k=int(ec.checkpoint_save_top_k), save_last=True, enable_version_counter=False))
     if has_validation and ec.early_stop_patience is not None:
         cbs.append(EarlyStopping(monitor=monitor, mode=ec.checkpoint_mode, patience=int(ec.early_stop_patience)))
     return cbs
@@ -325,9 +325,13 @@ def predict_scan(model,  # a trained `PtychoPINN_Lightning`
     return views.to(torch.complex64).numpy()
 
 # %% ../nbs/04_training.ipynb #f5dc41d7
-RUN_ARTIFACTS = ('wts.h5.zip', 'checkpoints', 'lightning_logs', 'mlruns', 'metrics.json', 'reconstruction.npz',
-                 'reconstruct.json', 'stitched_object.npy', 'reconstructed_amplitude.png', 'reconstructed_phase.png',
-                 'comparison.png', 'loss_curve.png', 'ssim_curve.png')   # what a run writes into its output folder
+RUN_ARTIFACTS = ('wts.h5.zip', 'checkpoints', 'lightning_logs', 'mlruns', 'metrics.json', 'reconstruction.npz',   # every name the
+                 'reconstruct.json', 'stitched_object.npy', 'reconstructed_amplitude.png', 'reconstructed_phase.png',   # tools write into
+                 'comparison.png', 'loss_curve.png', 'probe.npy', 'network',   # an output folder: training, inference, reconstruct;
+                 'solver.npz', 'demo.png', 'demo.json', MODEL_CARD, '.train',  # the demo, pretraining, the ptychodus Train's stage;
+                 'stream.json', 'live.png', 'live.npz', 'live.h5', 'object.npz', 'object.h5', 'amplitude.png', 'phase.png')  # a stream
+_WRITTEN_WITH = {'probe.npy': 'reconstruct.json', 'network': 'network/reconstruct.json', **dict.fromkeys(
+                 ('object.npz', 'object.h5', 'amplitude.png', 'phase.png'), 'stream.json')}   # a common name: ours beside its record
 
 def prepare_output_dir(output_dir,  # the run's output folder
                        overwrite: bool = False,  # remove a previous run's artifacts (only `RUN_ARTIFACTS`) first
@@ -336,7 +340,7 @@ def prepare_output_dir(output_dir,  # the run's output folder
                       ) -> Path:
     "Refuse a folder that holds a previous run, so two runs never mix (`FileExistsError` naming it and the fix)."
     out = output_folder(output_dir)
-    found = [n for n in RUN_ARTIFACTS if (out / n).exists()]
+    found = [n for n in RUN_ARTIFACTS if (out / n).exists() and (out / _WRITTEN_WITH.get(n, n)).exists()]
     if not found or resume not in (None, False): return out
     if not overwrite:
         raise FileExistsError(f"{out}: holds a previous run ({', '.join(found)}); pass --overwrite (overwrite=True) "
