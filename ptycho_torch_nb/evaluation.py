@@ -4,7 +4,7 @@
 
 # %% ../nbs/03c_evaluation.ipynb #c1096358
 from __future__ import annotations
-import math
+import logging, math
 from pathlib import Path
 import numpy as np
 import json
@@ -16,8 +16,9 @@ from .data_container import check_truth
 __all__ = ['MS_SSIM_WEIGHTS', 'IMAGE_STYLE', 'METRICS_SCHEMA', 'METRICS_CONVENTIONS', 'LOSS_MEANING', 'as_image', 'trim_border',
            'fit_plane', 'fit_and_remove_plane', 'psnr_cv2', 'psnr', 'ms_ssim', 'frc_curve', 'frc_crossing',
            'eval_reconstruction', 'find_shift', 'shift_image', 'register_to_truth', 'align_and_score', 'show_image',
-           'plot_comparison', 'plot_loss_curves', 'ground_truth_on_canvas', 'covered_box', 'evaluate_reconstruction',
-           'scanned_mask', 'score_on_canvas', 'score_scan', 'metrics_record', 'save_outputs', 'plot_ssim_curve']
+           'plot_comparison', 'plot_loss_curves', 'ground_truth_on_canvas', 'covered_box', 'covered_square',
+           'evaluate_reconstruction', 'scanned_mask', 'score_on_canvas', 'score_scan', 'metrics_record', 'save_outputs',
+           'plot_ssim_curve']
 
 # %% ../nbs/03c_evaluation.ipynb #45a03f5f
 def _to_numpy(a, name):
@@ -96,8 +97,7 @@ def ms_ssim(img1, img2,  # [H, W] real images
         from scipy.ndimage import gaussian_filter
         img1, img2 = gaussian_filter(img1, sigma), gaussian_filter(img2, sigma)
     levels = min(levels, len(MS_SSIM_WEIGHTS))
-    data_range = max(img1.max() - img1.min(), img2.max() - img2.min())
-    value = 1.0
+    data_range, value = max(img1.max() - img1.min(), img2.max() - img2.min()), 1.0
     for level in range(levels):
         s = structural_similarity(img1, img2, data_range=data_range)
         if np.isnan(s): return 0.0
@@ -110,8 +110,7 @@ def ms_ssim(img1, img2,  # [H, W] real images
 # %% ../nbs/03c_evaluation.ipynb #33ddf54a
 def _square_crop(a, b):
     "Centre-crop two same-shape images to a square (as the reference's `frc_cutoffs`)."
-    h, w = a.shape
-    n = min(h, w)
+    (h, w), n = a.shape, min(a.shape)
     r0, c0 = (h - n) // 2, (w - n) // 2
     return a[r0:r0 + n, c0:c0 + n], b[r0:r0 + n, c0:c0 + n]
 
@@ -120,8 +119,7 @@ def frc_curve(target, pred  # [H, W] real images (centre-cropped to a square if 
     "Fourier ring correlation per integer ring (reference: the FRC submodule's `FSC`)."
     t, p = _square_crop(np.asarray(target, np.float64), np.asarray(pred, np.float64))
     n = t.shape[0]
-    F1 = np.fft.fftshift(np.fft.fft2(t))
-    F2 = np.fft.fftshift(np.fft.fft2(p))
+    F1, F2 = np.fft.fftshift(np.fft.fft2(t)), np.fft.fftshift(np.fft.fft2(p))
     k = np.arange(n) - n // 2
     ring = np.round(np.hypot(k[:, None], k[None, :])).astype(np.int64).ravel()
     def ring_sum(x): return np.bincount(ring, weights=x.ravel())
@@ -280,8 +278,7 @@ def align_and_score(recon, truth,  # [H, W] complex images of the same region
     recon = recon * np.exp(-1j * (a * cc + b * rr + c))
     scale = float(np.mean(np.abs(truth[mask])) / np.mean(np.abs(recon[mask])))
     recon = recon * scale
-    amp_r, amp_t = np.abs(recon), np.abs(truth)
-    phi_t = np.angle(truth)
+    amp_r, amp_t, phi_t = np.abs(recon), np.abs(truth), np.angle(truth)
     phi_r = phi_t + np.angle(recon * np.conj(truth))
     box = (slice(r0, r1), slice(c0, c1))
     def score(x, y):
@@ -314,8 +311,7 @@ def _fmt_metrics(metrics):
 def _save(fig, path):
     "Write `fig` as a PNG at `path` atomically."
     if path is None: return
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight')
+    with atomic_path(Path(path)) as tmp: fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight')
 
 IMAGE_STYLE = {'amplitude': dict(cmap='gray', label='amplitude'),
                'phase': dict(cmap='twilight', label='phase (rad)', vmin=-np.pi, vmax=np.pi)}
@@ -328,8 +324,7 @@ def show_image(ax,  # a matplotlib Axes
                title: str = ''):
     "Draw one amplitude or phase image with pixel axes and a colour bar; returns the image artist."
     import matplotlib
-    style = IMAGE_STYLE[kind]
-    img = np.asarray(img, np.float64)
+    style, img = IMAGE_STYLE[kind], np.asarray(img, np.float64)
     if mask is not None: img = np.where(np.asarray(mask, bool), img, np.nan)
     shown = img[np.isfinite(img)]
     lo = style.get('vmin', shown.min() if shown.size else 0.0) if vmin is None else vmin
@@ -394,8 +389,7 @@ def plot_loss_curves(history,  # {'train_loss': [...], 'val_loss': [...]} or [{'
     "Plot every numeric series of a training history (log scale when all values are positive); returns the Figure."
     from matplotlib.figure import Figure
     series, x_label = _history_series(history)
-    fig = Figure(figsize=(6.4, 4.0))
-    ax = fig.add_subplot(1, 1, 1)
+    fig = Figure(figsize=(6.4, 4.0)); ax = fig.add_subplot(1, 1, 1)
     for k, (x, y) in series.items():
         ok = np.isfinite(y)
         ax.plot(x[ok], y[ok], marker='o' if ok.sum() < 30 else None, ms=3, label=k)
@@ -411,8 +405,7 @@ def ground_truth_on_canvas(object_guess,   # the true object, [H, W] complex
                            positions,      # [..., 2] absolute `[x, y]` of the stitched patterns
                            M: int = 20):   # the M used for stitching (sets the canvas size)
     "The true object resampled (bilinear) on the stitched canvas of these positions (`stitching.object_region`)."
-    geometry = stitch_geometry(np.asarray(positions, np.float64).reshape(-1, 2), M)
-    return object_region(np.asarray(object_guess).squeeze(), geometry)
+    return object_region(np.asarray(object_guess).squeeze(), stitch_geometry(np.asarray(positions, np.float64).reshape(-1, 2), M))
 
 def covered_box(weights,                  # [P, P] overlap weights of the stitch (`reassemble_position(..., return_weights=True)`)
                 min_fraction: float = 0.9):  # keep rows/columns covered at least this fraction of the best one
@@ -423,15 +416,29 @@ def covered_box(weights,                  # [P, P] overlap weights of the stitch
     rows, cols = np.flatnonzero(fr >= min_fraction * fr.max()), np.flatnonzero(fc >= min_fraction * fc.max())
     return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
+def covered_square(weights,  # [P, P] overlap weights of the stitch
+                  ) -> tuple:
+    "`(row slice, col slice)`: the largest odd-sided square of the canvas all of whose pixels the patches cover (weight > 0.5)."
+    from scipy.ndimage import distance_transform_cdt
+    d = distance_transform_cdt(np.pad(np.asarray(weights) > 0.5, 1), metric='chessboard')[1:-1, 1:-1]  # to the nearest uncovered pixel
+    r, c = (int(i) for i in np.unravel_index(np.argmax(d), d.shape)); k = int(d[r, c]) - 1   # nothing covered: k = -1, an empty box
+    return slice(r - k, r + k + 1), slice(c - k, c + k + 1)
+
 def evaluate_reconstruction(stitched_obj,  # [P, P] complex stitched reconstruction
                             positions,  # [..., 2] absolute `[x, y]` of the stitched patterns
                             object_guess,  # the true object, [H, W] complex
                             M: int = 20,  # the M used for stitching (sets the canvas size)
                             weights=None,  # [P, P] stitch weights: score only the rectangle they cover (None: the whole canvas)
                            ) -> tuple:
-    "`(metrics, truth, box)`: reference metrics of the stitched image vs the truth, on the rectangle the patches cover."
+    "`(metrics, truth, box)`: reference metrics of the stitched image vs the truth, on a rectangle the patches cover (metrics None, with a warning, where none is large enough)."
     gt = ground_truth_on_canvas(object_guess, positions, M)
     box = covered_box(weights) if weights is not None else (slice(None), slice(None))
+    need = 7 + 4   # eval_reconstruction's 7 x 7 SSIM window inside the 2 pixels a side it trims
+    if weights is not None and min(gt[box].shape) < need: box = covered_square(weights)   # a ragged small scan: a thin strip
+    if min(gt[box].shape) < need:
+        logging.getLogger(__name__).warning("reference metrics not computed: the patches cover no %d x %d square of the %d x %d canvas "
+                                            "(a larger M covers more); the scanned-region scores are unaffected", need, need, *gt.shape)
+        return None, gt, (slice(None), slice(None))
     metrics = eval_reconstruction(np.asarray(stitched_obj)[box], gt[box])
     metrics['scored_box'] = [box[0].start, box[0].stop, box[1].start, box[1].stop]
     return metrics, gt, box

@@ -123,6 +123,12 @@ def train_cdi_model_torch(train_data,          # NPZ path, RawDataTorch or conta
             'trainer': trainer, 'checkpoint_dir': str(out / 'checkpoints'), 'backend': 'pytorch'}
 
 # %% ../nbs/05_workflow.ipynb #270363ae
+def _distinct_patterns(container, positions) -> int:
+    "How many of the scan's diffraction patterns the groups hold, each counted once (it sits in about gridsize² groups)."
+    nn = getattr(container, 'nn_indices', None)
+    if nn is not None: return int(torch.unique(torch.as_tensor(nn)).numel())
+    return len(np.unique(np.round(np.asarray(positions), 3).reshape(-1, 2), axis=0))   # no indices: one per distinct position (to 1e-3 px)
+
 def reassemble_cdi_image_torch(test_data, config, model=None, flip_x: bool = False, flip_y: bool = False,
                                transpose: bool = False, M: int = 20, *, train_results: dict = None,
                                execution_config=None, anchor=None):
@@ -141,10 +147,11 @@ def reassemble_cdi_image_torch(test_data, config, model=None, flip_x: bool = Fal
     img, weights = stitch_patches(obj, pos, M, flip_x, flip_y, transpose, return_weights=True, anchor=anchor)
     t2 = time.perf_counter()
     amp, phase = np.abs(img), np.angle(img)
+    n_patterns = _distinct_patterns(container, pos)
     return amp, phase, {'obj_tensor_full': obj, 'global_offsets': pos, 'stitched_obj': img, 'stitch_weights': weights,
                         'recon_amp': amp, 'recon_phase': phase, 'test_container': container,
-                        'inference_seconds': t1 - t0, 'stitch_seconds': t2 - t1,
-                        'inference_patterns_per_s': obj.shape[0] * obj.shape[1] / max(t1 - t0, 1e-9)}
+                        'inference_seconds': t1 - t0, 'stitch_seconds': t2 - t1, 'inference_groups': int(obj.shape[0]),
+                        'inference_patterns': n_patterns, 'inference_patterns_per_s': n_patterns / max(t1 - t0, 1e-9)}
 
 # %% ../nbs/05_workflow.ipynb #f26fe4b4
 def _ground_truth_object(test_data, container):
@@ -161,11 +168,13 @@ def save_model_bundle(results: dict, config, output_dir) -> Path:
 def run_cdi_example_torch(train_data, test_data, config, flip_x: bool = False, flip_y: bool = False,
                           transpose: bool = False, M: int = 20, do_stitching: bool = False,
                           execution_config=None, **train_kwargs):
-    "Train, then (with `do_stitching` and test data) stitch the test reconstruction: (amplitude|None, phase|None, results)."
+    "Train, archive (with `config.output_dir`), then (with `do_stitching` and test data) stitch and score the test reconstruction: (amplitude|None, phase|None, results)."
     ec = execution_config if execution_config is not None else default_execution_config()
     validate_run(config, ec, where='run_cdi_example_torch', M=M, seed=train_kwargs.get('seed'))   # before anything runs
     _update_legacy(config)
     results = train_cdi_model_torch(train_data, test_data, config, ec, **train_kwargs)
+    if getattr(config, 'output_dir', None) is not None and results['trainer'].is_global_zero:   # first: a later failure keeps the model
+        results['bundle_path'] = save_model_bundle(results, config, config.output_dir)
     amp = phase = None
     if do_stitching and results.get('test_container') is not None:
         amp, phase, rec = reassemble_cdi_image_torch(results['test_container'], config, results['models']['diffraction_to_obj'],
@@ -175,7 +184,5 @@ def run_cdi_example_torch(train_data, test_data, config, flip_x: bool = False, f
         if gt_obj is not None and not (flip_x or flip_y or transpose):
             results['metrics'], results['ground_truth_canvas'], results['scored_box'] = evaluate_reconstruction(
                 rec['stitched_obj'], rec['global_offsets'], gt_obj, M, rec['stitch_weights'])
-    if getattr(config, 'output_dir', None) is not None and results['trainer'].is_global_zero:
-        results['bundle_path'] = save_model_bundle(results, config, config.output_dir)
     results['backend'] = 'pytorch'
     return amp, phase, results

@@ -72,6 +72,20 @@ def test_resume_continues_history_and_epochs(tiny_files, tmp_path):
     assert second['history']['train_loss'][0] == pytest.approx(first['history']['train_loss'][0])
     assert second['trainer'].global_step == 2 * first['trainer'].global_step
 
+@pytest.mark.parametrize('step', ['reassemble_cdi_image_torch', 'evaluate_reconstruction'])
+def test_archive_survives_a_failure_after_training(tiny_files, tmp_path, monkeypatch, step):
+    "run_cdi_example_torch archives the trained model before stitching and scoring: a failure there keeps wts.h5.zip."
+    from ptycho_torch_nb import workflow as W
+    train_file, test_file = tiny_files
+    def fail(*args, **kwargs): raise RuntimeError(f'{step} failed')
+    monkeypatch.setattr(W, step, fail)
+    ec = T.default_execution_config(accelerator='cpu', logger_backend=None, enable_checkpointing=False,
+                                    enable_progress_bar=False)
+    with pytest.raises(RuntimeError, match=f'{step} failed'):   # the step ran (the test scan has its truth) and failed
+        W.run_cdi_example_torch(train_file, test_file, _configs(W, tmp_path / 'run', 8, nepochs=1), execution_config=ec,
+                                do_stitching=True)
+    assert (tmp_path / 'run' / 'wts.h5.zip').is_file()
+
 def test_logger_choices(tmp_path, monkeypatch):
     "Each backend's logger, writing under the output folder; a missing optional package is a clear ImportError."
     find_spec = T.importlib.util.find_spec                   # as training looks the packages up
