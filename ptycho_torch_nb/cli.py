@@ -4,12 +4,12 @@
 
 # %% ../nbs/06_cli.ipynb #3e0b67f3
 from __future__ import annotations
-import argparse, dataclasses, os, sys, warnings
+import argparse, dataclasses, json, os, sys, warnings
 from pathlib import Path
 from typing import Optional, Sequence
 from .config import ScanOptions, GENERATOR_MODES, POLISH_STARTS, POLISH_EPOCHS, ROUTES, validate_run_options
 from .core import (refuse_pretrained, OneLineParser, run_command, quiet_libraries, positive_int, non_negative_int, positive_float,
-                                  HelpFormatter)
+                                  HelpFormatter, atomic_path)
 from .hdf5_data import add_hdf5_arguments, hdf5_options, is_hdf5, load_scan, scan_facts  # numpy/h5py: --help stays torch-free
 
 # %% auto #0
@@ -23,9 +23,9 @@ ACCELERATORS = ('auto', 'cpu', 'gpu', 'cuda', 'mps', 'tpu')   # 'tpu' is accepte
 class CLIError(Exception):
     "A user error the CLI reports as one line (exit code 2)."
 
-def _add_output_flags(g):
-    "`--quiet` and `--verbose`, the same on every command."
-    g.add_argument('--quiet', action='store_true', help='no progress bar, no summary lines')
+def _add_output_flags(g, quiet_keeps: str = ''):
+    "`--quiet` and `--verbose`, the same on every command; `quiet_keeps`: the one line a quiet run still prints."
+    g.add_argument('--quiet', action='store_true', help=f"no progress bar, {'only ' + quiet_keeps if quiet_keeps else 'no summary lines'}")
     g.add_argument('--verbose', action='store_true',
                    help="also show Lightning's own lines (GPU/TPU available, tips) and library warnings")
     return g
@@ -224,7 +224,6 @@ def _summary(paths: dict, quiet: bool, extra=()):
     if quiet: return
     for line in extra: print(line)
     for name, p in sorted(paths.items()): print(f"  {name}: {p}")
-    import json
     record = json.loads(Path(paths['metrics.json']).read_text()) if 'metrics.json' in paths else {}
     amp, ph = record.get('amplitude') or {}, record.get('phase') or {}
     for k in ('ssim', 'psnr', 'frc50', 'mae'):
@@ -267,11 +266,12 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 def infer_parser() -> argparse.ArgumentParser:
     "The argument parser of `ptycho-torch-infer`."
     p = OneLineParser(prog='ptycho-torch-infer', formatter_class=HelpFormatter,
-                                description='Reconstruct a scan with a trained model (wts.h5.zip) and write the '
-                                            'stitched amplitude/phase, metrics.json and figures.')
+                      description='Reconstruct a scan with a trained model (wts.h5.zip) and write the stitched amplitude/phase, '
+                                  'metrics.json and figures. The scan is grouped and stitched as ptycho-torch-train scores its test scan, '
+                                  "so the archive of a ptycho-torch-reconstruct run gives an image close to that run's own, not the same.")
     g = p.add_argument_group('files')
     g.add_argument('--model_path', '--model-path', dest='model_path', type=Path, required=True,
-                   help='folder holding wts.h5.zip (the --output_dir of ptycho-torch-train)')
+                   help='folder holding wts.h5.zip: the --output_dir of ptycho-torch-train, or of -reconstruct after training (its network/ with --polish)')
     g.add_argument('--test_data', '--test_data_file', '--test-data-file', dest='test_data', type=Path, required=True,
                    help='scan to reconstruct (NPZ, or HDF5 with the HDF5 flags)')
     _add_data_flags(p, inference=True)
@@ -282,29 +282,26 @@ def infer_parser() -> argparse.ArgumentParser:
 def _infer(argv):
     args = infer_parser().parse_args(argv)
     if not args.model_path.is_dir(): raise CLIError(f"model folder not found: {args.model_path}")
+    net = args.model_path / 'network'   # a ptycho-torch-reconstruct run that trained and polished keeps its network there
+    if not (args.model_path / 'wts.h5.zip').is_file() and (net / 'wts.h5.zip').is_file():
+        raise CLIError(f"model archive not found: {args.model_path / 'wts.h5.zip'}; this run's trained network is in {net} (--model_path {net})")
     _check_file(args.model_path / 'wts.h5.zip', 'model archive'); refuse_pretrained(args.model_path, 'ptycho-torch-infer')
     test = _check_scan(args.test_data, 'test data file', args)
-    _resolve_accelerator_flags(args)
-    quiet_libraries(args.verbose)
+    _resolve_accelerator_flags(args); quiet_libraries(args.verbose)
     from ptycho_torch_nb import config as C, persistence as P, workflow as W, params as legacy
     from ptycho_torch_nb.evaluation import save_outputs, evaluate_reconstruction
-    import torch
     from ptycho_torch_nb.training import prepare_output_dir; prepare_output_dir(args.output_dir, args.overwrite)  # used folder: refused
     models, params = P.load_inference_bundle_torch(args.model_path)
-    model = models['diffraction_to_obj']
-    device = 'cuda' if args.accelerator in ('gpu', 'cuda') else ('mps' if args.accelerator == 'mps' else 'cpu')
-    model = model.to(device)
+    model = models['diffraction_to_obj'].to('cuda' if args.accelerator in ('gpu', 'cuda') else ('mps' if args.accelerator == 'mps' else 'cpu'))
     try:
         inference = C.InferenceConfig(model=C.ModelConfig(N=int(params['N']), gridsize=int(params['gridsize'])),
                                       model_path=args.model_path, test_data_file=args.test_data, n_groups=args.n_groups,
                                       n_subsample=args.n_subsample, subsample_seed=args.subsample_seed,
                                       neighbor_count=args.neighbor_count, output_dir=args.output_dir, backend='pytorch')
         execution = C.PyTorchExecutionConfig(accelerator=args.accelerator, num_workers=args.num_workers,
-                                             inference_batch_size=args.inference_batch_size,
-                                             enable_progress_bar=not args.quiet)
+                                             inference_batch_size=args.inference_batch_size, enable_progress_bar=not args.quiet)
         C.validate_run(inference, execution, where='ptycho-torch-infer', M=args.M)   # the one gate
-    except (ValueError, TypeError) as e:
-        raise CLIError(str(e)) from None
+    except (ValueError, TypeError) as e: raise CLIError(str(e)) from None
     C.update_legacy_dict(legacy.cfg, inference)
     raw = W.load_raw(args.test_data, 'test data') if isinstance(test, Path) else test
     container = W.as_container(raw, inference, 'infer' if args.n_groups else 'test')
@@ -314,9 +311,8 @@ def _infer(argv):
             rec['stitched_obj'], rec['global_offsets'], raw.objectGuess, args.M, rec['stitch_weights'])
     rec['backend'] = 'pytorch'
     paths = save_outputs(amp, phase, rec, args.output_dir)
-    _summary(paths, args.quiet,
-             [f"reconstructed {rec['obj_tensor_full'].shape[0] * rec['obj_tensor_full'].shape[1]} patterns "
-              f"({rec['inference_patterns_per_s']:.0f} patterns/s); outputs in {args.output_dir}:"])
+    _summary(paths, args.quiet, [f"reconstructed {rec['inference_patterns']} patterns in {rec['inference_groups']} groups "   # each
+                                 f"({rec['inference_patterns_per_s']:.0f} patterns/s); outputs in {args.output_dir}:"])   # pattern once
     return 0
 
 def infer_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -330,9 +326,9 @@ def reconstruct_parser() -> argparse.ArgumentParser:
     "Argument parser of `ptycho-torch-reconstruct`."
     p = OneLineParser(prog='ptycho-torch-reconstruct', formatter_class=HelpFormatter,
         description='Reconstruct one ptychography scan. By default (--route auto) with the shipped pretrained network and '
-                    f'{POLISH_EPOCHS} passes of the same-physics solver from its image, where that network fits the scan; '
-                    'otherwise, or with any training flag, by training PtychoPINN on the scan\'s own diffraction (no labels, '
-                    'gridsize 2; the archive wts.h5.zip is written too). Writes images, metrics.json and reconstruct.json '
+                    f'{POLISH_EPOCHS} passes of the same-physics solver from its image, where that network fits the scan; otherwise, or '
+                    'with any training flag, by training PtychoPINN on the scan\'s own diffraction (no labels, gridsize 2; its archive '
+                    'wts.h5.zip goes to --output_dir, or to its network/ with --polish). Writes images, metrics.json and reconstruct.json '
                     'into --output_dir; its last line says which route ran and why.')
     p.add_argument('scan', help='scan file: NPZ (diff3d or diffraction, xcoords, ycoords, probeGuess; objectGuess is used as the truth for scores) or HDF5 (see the HDF5 flags)')
     p.add_argument('--output_dir', '--output-dir', required=True, help='folder for the outputs (created)')
@@ -378,7 +374,7 @@ def reconstruct_parser() -> argparse.ArgumentParser:
     p.add_argument('--snapshots', type=float, nargs='*', default=(), metavar='SECONDS',
                    help='training times at which to score the reconstruction against the truth (needs objectGuess)')
     p.add_argument('--seed', type=int, default=42, help='seed of weights, grouping and shuffling')
-    _add_run_flags(_add_output_flags(p))
+    _add_run_flags(_add_output_flags(p, 'the last line: where the products went, the route and why'))
     add_hdf5_arguments(p, probe=True)
     return p
 
@@ -422,6 +418,8 @@ def _reconstruct(argv):
         res = reconstruct_scan(scan, None, scan_execution_config(run_opts, args.accelerator), args.time_budget, init_from=args.init_from,
                                output_dir=net_dir, snapshot_at_s=args.snapshots or (), parity=args.parity, progress=not args.quiet,
                                seed=args.seed, overwrite=args.overwrite, **opts)
+        rj = net_dir / 'reconstruct.json'   # the product reconstruct_scan wrote, given the route that ran and why
+        with atomic_path(rj) as tmp: tmp.write_text(json.dumps(json.loads(rj.read_text()) | dict(route='train', route_reason=why), indent=1))
         head = f"trained {res['train_seconds']:.1f} s"
         if passes: pol = polish(scan, res, passes, start=args.polish_start or 'auto', seed=args.seed, refine_probe=args.polish_probe,
                                 time_budget_s=args.polish_budget)

@@ -106,6 +106,7 @@ def test_cli_runs_and_finetunes(tmp_path, scan_file, capsys):
     assert rc == 0
     summary = json.loads((out2 / 'reconstruct.json').read_text())
     assert summary['stopped_by_budget'] and summary['options']['init_from'] == str(out1)
+    assert summary['route'] == 'train' and summary['route_reason'].startswith('training options given (--time_budget, --init_from')  # recorded too
     out = capsys.readouterr().out
     assert 'SSIM amplitude' in out and 'route train: training options given (--time_budget, --init_from' in out   # flags ask to train
 
