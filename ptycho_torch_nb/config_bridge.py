@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional
 from .config import (ModelConfig as TFModelConfig, TrainingConfig as TFTrainingConfig,
-                                    InferenceConfig as TFInferenceConfig, validate_run)
+                                    InferenceConfig as TFInferenceConfig, validate_run, N_IMAGES_DEPRECATION)
 from .config_params import DataConfig, ModelConfig, TrainingConfig, InferenceConfig
 
 # %% ../nbs/01c_config_bridge.ipynb #f2878263
@@ -63,6 +63,17 @@ def _as_paths(kwargs, names):
     for n in names:
         if isinstance(kwargs.get(n), str): kwargs[n] = Path(kwargs[n])
 
+def _n_images_alias(kwargs):
+    "Apply the deprecated `n_images` (alias of `n_groups`) as the dataclasses do, before the bridge's own checks."
+    n_images, n_groups = kwargs.get('n_images'), kwargs.get('n_groups')
+    if n_images is None: return
+    if n_groups is None:
+        warnings.warn(N_IMAGES_DEPRECATION, DeprecationWarning, stacklevel=3)
+        kwargs['n_groups'] = n_images
+    elif n_groups != n_images:   # two different counts for one setting: choosing either would silently drop the other
+        raise ValueError(f"n_groups={n_groups} and n_images={n_images} differ; n_images is the deprecated alias of n_groups: "
+                         "give n_groups only")
+
 def to_training_config(model: TFModelConfig,  # canonical ModelConfig (from `to_model_config`)
                        data: DataConfig,  # provides K, nphotons, subsample_seed
                        pt_model: ModelConfig,  # provides intensity_scale_trainable
@@ -81,6 +92,7 @@ def to_training_config(model: TFModelConfig,  # canonical ModelConfig (from `to_
         output_dir=Path(training.output_dir) if training.output_dir else Path('training_outputs'),
         **{k: getattr(training, k, v) for k, v in _TRAINING_GETATTR_DEFAULTS.items()})
     kwargs.update(overrides)
+    _n_images_alias(kwargs)
     if 'nphotons' not in overrides and data.nphotons == PYTORCH_DEFAULT_NPHOTONS:
         raise ValueError(
             f"nphotons default divergence detected: PyTorch default ({PYTORCH_DEFAULT_NPHOTONS}) differs from "
@@ -113,6 +125,7 @@ def to_inference_config(model: TFModelConfig,  # canonical ModelConfig (from `to
                   test_data_file=None, n_groups=None, n_subsample=None, subsample_seed=None,
                   output_dir=Path('inference_outputs'))
     kwargs.update(overrides or {})
+    _n_images_alias(kwargs)
     _as_paths(kwargs, ('model_path', 'test_data_file', 'output_dir'))
     if kwargs['model_path'] is None:
         raise ValueError("model_path is required in overrides for InferenceConfig. "

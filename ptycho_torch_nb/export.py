@@ -69,12 +69,14 @@ def _meta(gen: PatternGenerator, fmt: str, source) -> dict:
 
 def _run_exported(path, fmt: str, X: torch.Tensor):
     "(amplitude, phase) numpy from an exported file, run by its own runtime."
-    if fmt in ('torchscript', 'pt2'):
-        m = torch.jit.load(str(path)) if fmt == 'torchscript' else torch.export.load(str(path)).module()
-        with torch.no_grad(): return tuple(t.numpy() for t in m(X))
-    import onnxruntime as ort
-    s = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
-    return tuple(s.run(None, {s.get_inputs()[0].name: X.numpy()}))
+    if fmt == 'onnx':
+        import onnxruntime as ort
+        s = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+        return tuple(s.run(None, {s.get_inputs()[0].name: X.numpy()}))
+    if fmt == 'torchscript': m = torch.jit.load(str(path))
+    else:   # an open file: torch warns about a path not ending in .pt2, and the temporary name ends in .tmp
+        with open(path, 'rb') as f: m = torch.export.load(f).module()
+    with torch.no_grad(): return tuple(t.numpy() for t in m(X))
 
 def _write(module, X, tmp, fmt: str, meta: dict):
     if fmt == 'torchscript':
@@ -83,7 +85,8 @@ def _write(module, X, tmp, fmt: str, meta: dict):
         return
     if fmt == 'pt2':   # the batch dimension symbolic (1 and up), everything else as traced
         program = torch.export.export(module, (X,), dynamic_shapes=({0: torch.export.Dim('batch', min=1, max=2 ** 20)},))
-        torch.export.save(program, str(tmp), extra_files={'ptycho_meta.json': json.dumps(meta)})
+        with open(tmp, 'wb') as f:   # an open file, for the same reason as in `_run_exported`
+            torch.export.save(program, f, extra_files={'ptycho_meta.json': json.dumps(meta)})
         return
     try: import onnx  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError as e: raise ImportError(f"ONNX export needs the optional extra: pip install onnx onnxruntime ({e})") from None
@@ -105,7 +108,7 @@ def export_generator(archive,  # wts.h5.zip (or its folder), or a loaded Lightni
     path = Path(path)
     if path.is_dir(): raise IsADirectoryError(f"{path}: is a folder; give the exported file's name, e.g. {path / 'generator.pt'}")
     if path.exists() and not overwrite: raise FileExistsError(f"{path}: exists; choose another path or overwrite=True")
-    gen = pattern_generator(archive)
+    gen = pattern_generator(archive, purpose='export')
     module = onnx_friendly(gen) if format == 'onnx' else gen   # only ONNX lacks the complex FFT
     g = torch.Generator().manual_seed(0)
     X_trace, X_check = (torch.rand(n, 1, gen.N, gen.N, generator=g) * 2 for n in (2, 5))

@@ -192,9 +192,28 @@ class SpreadWatch(L.Callback):
             trainer.should_stop = True
 
 class PretrainClock(TrainingClock):
-    "`training.TrainingClock` whose spent time and steps survive a resume, with a progress line every `every_s` seconds."
-    def state_dict(self): return dict(train_s=self.train_s, steps=self.steps)
-    def load_state_dict(self, state): self.train_s, self.steps = float(state['train_s']), int(state['steps'])
+    "`training.TrainingClock` whose steps and seconds (training, wall, corpus) add up over a resumed run's sessions."
+    def __init__(self, *args,  # `TrainingClock`'s
+                 started: Optional[float] = None,  # `time.perf_counter()` when this session began (None: now)
+                 corpus_s: float = 0.0,  # seconds this session spent simulating the corpus
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.started, self.corpus_s = time.perf_counter() if started is None else started, float(corpus_s)
+        self.stopped = None   # `stop`'s time: this session's wall time ends there
+        self.before = dict(wall_s=0.0, corpus_s=0.0, sessions=0)   # the run's earlier sessions (from the checkpoint)
+    def stop(self):
+        "End this session's wall time (when training ends), so the final checkpoint and the card hold the same totals."
+        self.stopped = time.perf_counter()
+    def totals(self) -> dict:
+        "The run's wall seconds (so far, or until `stop`), corpus seconds and sessions: the earlier sessions' plus this one's."
+        b, now = self.before, time.perf_counter() if self.stopped is None else self.stopped
+        return dict(wall_s=b['wall_s'] + now - self.started, corpus_s=b['corpus_s'] + self.corpus_s, sessions=b['sessions'] + 1)
+    def state_dict(self): return dict(train_s=self.train_s, steps=self.steps, **self.totals())
+    def load_state_dict(self, state):
+        self.train_s, self.steps = float(state['train_s']), int(state['steps'])
+        # a checkpoint without the totals: its training time is the lower bound of its wall time
+        self.before = dict(wall_s=float(state.get('wall_s', self.train_s)), corpus_s=float(state.get('corpus_s', 0.0)),
+                           sessions=int(state.get('sessions', 1)))
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self.total_steps and self.steps >= self.total_steps: trainer.should_stop = True
@@ -258,7 +277,8 @@ def _trainer(out: Path, callbacks: list, steps, checkpoint_every: int, learning_
              accelerator: str, devices, num_nodes: int, precision: str):
     "The pretraining `lightning.Trainer`: checkpoints every `checkpoint_every` steps, no logger, clipped gradients."
     from lightning.pytorch.callbacks import ModelCheckpoint
-    ckpt = ModelCheckpoint(dirpath=str(out / 'checkpoints'), save_last=True, save_top_k=0, every_n_train_steps=checkpoint_every)
+    ckpt = ModelCheckpoint(dirpath=str(out / 'checkpoints'), save_last=True, save_top_k=0, every_n_train_steps=checkpoint_every,
+                           enable_version_counter=False)   # last.ckpt, also after a resume in a copied folder
     ec = default_execution_config(learning_rate=learning_rate, enable_checkpointing=False, logger_backend=None,
                                   precision=resolve_precision(precision, accelerator), devices=devices, num_nodes=num_nodes,
                                   **({} if accelerator == 'auto' else {'accelerator': accelerator}))
@@ -327,7 +347,7 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
     progress = progress and L.pytorch.utilities.rank_zero_only.rank == 0   # one rank speaks (DDP ranks run this too)
     if progress: print(f"pretrain: {n_scans} scans, {len(corpus)} groups simulated in {gen_s:.1f} s", file=sys.stderr, flush=True)
     module = Pretrainer(net, corpus, label_weight)
-    clock = PretrainClock(time_budget_s, steps, learning_rate, opts.warmup_fraction, opts.lr_min_ratio, progress=progress)
+    clock = PretrainClock(time_budget_s, steps, learning_rate, opts.warmup_fraction, opts.lr_min_ratio, progress=progress, started=t0, corpus_s=gen_s)
     watch = SpreadWatch(corpus, watch_every, progress)
     trainer = _trainer(out, [clock, watch], steps, checkpoint_every, learning_rate, gradient_clip, accelerator, devices, num_nodes, precision)
     loader = torch.utils.data.DataLoader(CorpusDataset(corpus), batch_sampler=ScanBatchSampler(corpus.scan, batch_size, seed),
@@ -335,13 +355,12 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*(does not have many workers|GPU available|max_epochs|ended before the epoch ended).*')
         trainer.fit(module, train_dataloaders=loader, ckpt_path=str(out / 'checkpoints' / 'last.ckpt') if resume else None)
-    trainer.save_checkpoint(out / 'checkpoints' / 'last.ckpt'); _record_run(out, run_args)   # resumable, as it was run
-    wall_s = time.perf_counter() - t0
+    clock.stop(); trainer.save_checkpoint(out / 'checkpoints' / 'last.ckpt'); _record_run(out, run_args)   # resumable, as it was run
     if not trainer.is_global_zero: return dict(model=net, corpus=corpus)
     spread = output_spread(net, corpus)
     if spread < COLLAPSED_SPREAD:
         warnings.warn(f"pretrain: the network's output is constant (amplitude spread {spread:.2g} < {COLLAPSED_SPREAD:g}): it has collapsed and is no prior", RuntimeWarning)
-    run = _training_record(trainer, clock, watch, spread, wall_s=wall_s, corpus_s=gen_s, batch_size=batch_size, learning_rate=learning_rate,
+    run = _training_record(trainer, clock, watch, spread, **clock.totals(), batch_size=batch_size, learning_rate=learning_rate,
                            devices=trainer.world_size // max(num_nodes, 1), num_nodes=num_nodes, gradient_clip=gradient_clip,
                            init_from=started, label_weight=label_weight)
     archive, card = _write_model(out, net, corpus, cfg, opts, dict(n_scans=n_scans, positions_per_scan=n, seed=seed, families=families,

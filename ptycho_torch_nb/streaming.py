@@ -42,16 +42,19 @@ def _lightning(model):
     return models.get('autoencoder') or next(iter(models.values()))
 
 def pattern_generator(model,  # archive (wts.h5.zip or its folder), a LightningModule or a PtychoPINN
+                      purpose: str = 'streaming',  # what needs the per-pattern generator, named in a refusal (e.g. 'export')
                      ) -> PatternGenerator:
     "The model's per-pattern generator in eval mode; refuses models whose patches depend on a group of patterns."
     lm = _lightning(model)
     pinn = getattr(lm, 'model', lm)
     mode = pinn.generator_mode
+    name = model if not isinstance(model, nn.Module) else type(lm).__name__
     if int(pinn.gridsize) > 1 and mode != 'pattern':
-        raise ValueError(f"{model if not isinstance(model, nn.Module) else type(lm).__name__}: the generator takes groups of "
-                         f"{pinn.C} patterns (gridsize {pinn.gridsize}, generator_mode {mode!r}); streaming needs a pattern-wise "
-                         "generator (the single-scan default, generator_mode='pattern') or a gridsize-1 model")
-    if getattr(pinn, 'supervised', False): raise ValueError("streaming needs a PINN model (model_type='pinn'), not the supervised baseline")
+        raise ValueError(f"{name}: the generator takes groups of {pinn.C} patterns (gridsize {pinn.gridsize}, generator_mode "
+                         f"{mode!r}); {purpose} needs a pattern-wise generator (the single-scan default, "
+                         "generator_mode='pattern') or a gridsize-1 model")
+    if getattr(pinn, 'supervised', False):
+        raise ValueError(f"{name}: {purpose} needs a PINN model (model_type='pinn'), not the supervised baseline")
     return PatternGenerator(pinn).eval()
 
 # %% ../nbs/05c_streaming.ipynb #fd4c3b3d

@@ -1,7 +1,7 @@
 """`pretrain` (a tiny model in seconds), its archive and card, resume, the hash and fit checks,
 zero-shot reconstruction, fine-tuning from the pretrained archive, and `ptycho-torch-pretrain`.
 """
-import contextlib, copy, io, json, re, shutil
+import contextlib, copy, io, json, re, shutil, time
 from pathlib import Path
 import numpy as np
 import pytest
@@ -67,11 +67,22 @@ def test_never_overwrites_unasked(pretrained):
         PT.pretrain(out, steps=1, **TINY)
 
 
-def test_resume_continues_the_run(tmp_path):
-    out = tmp_path / 'm'
-    PT.pretrain(out, steps=2, **TINY)
-    res = PT.pretrain(out, steps=4, resume=True, **TINY)
-    assert res['card']['training']['steps'] == 4                      # 2 restored + 2 more, not 4 more
+def test_resume_continues_the_run(tmp_path, monkeypatch):
+    out, build = tmp_path / 'm', PT.build_corpus
+    def slow_build(*args, **kwargs): time.sleep(0.5); return build(*args, **kwargs)   # corpus time that shows in the wall time
+    monkeypatch.setattr(PT, 'build_corpus', slow_build)
+    first = PT.pretrain(out, steps=6, **TINY)['card']['training']
+    saved = torch.load(out / 'checkpoints' / 'last.ckpt', map_location='cpu', weights_only=False)['callbacks']
+    clock = [v for v in saved.values() if isinstance(v, dict) and 'wall_s' in v]
+    assert len(clock) == 1 and clock[0]['wall_s'] == first['wall_s'] and clock[0]['sessions'] == 1   # the card's totals
+    moved = tmp_path / 'moved'; shutil.move(out, moved)               # resumed where the run now lies
+    res = PT.pretrain(moved, steps=7, resume=True, **TINY)
+    t = res['card']['training']
+    assert t['steps'] == 7                                            # 6 restored + 1 more, not 7 more
+    assert sorted(p.name for p in (moved / 'checkpoints').glob('*.ckpt')) == ['last.ckpt']   # no last-v1.ckpt beside a stale last
+    # the card's times are the whole run's: both sessions' wall and corpus seconds, never less than the training inside
+    assert t['sessions'] == 2 and t['corpus_s'] > first['corpus_s'] and t['train_s'] > first['train_s']
+    assert t['wall_s'] > first['wall_s'] and t['wall_s'] >= t['train_s'] + t['corpus_s']
     with pytest.raises(FileNotFoundError, match='nothing to resume'):
         PT.pretrain(tmp_path / 'empty', steps=1, resume=True, **TINY)
 
