@@ -113,10 +113,13 @@ class LossHistory(L.Callback):
         v = torch.as_tensor(v, dtype=torch.float64).detach().cpu()
         if trainer.world_size > 1: v = trainer.strategy.reduce(v.to(trainer.strategy.root_device), reduce_op='mean').cpu()
         return float(v)
-    def on_train_epoch_start(self, trainer, pl_module): self._t0 = time.perf_counter()
+    def on_train_epoch_start(self, trainer, pl_module): self._t0, self._batches = time.perf_counter(), 0
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx): self._batches += 1
     def on_validation_epoch_start(self, trainer, pl_module):
         if self._t0 is not None and not trainer.sanity_checking: self._t_val = time.perf_counter()
     def on_train_epoch_end(self, trainer, pl_module):
+        cut = trainer.should_stop and self._batches < trainer.num_training_batches   # stopped mid-epoch (a time budget)
+        if cut and self.history['epoch_seconds']: return   # a mean over its few batches is no epoch's loss
         dt = time.perf_counter() - self._t0
         v = self._value(trainer, self.train_name)
         if v is not None: self.history['train_loss'].append(v)
