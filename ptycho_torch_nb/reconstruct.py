@@ -248,7 +248,7 @@ def save_scan_outputs(results: dict, output_dir) -> dict:
     out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
     paths = save_outputs(results['amplitude'], results['phase'], results, out)
     with atomic_path(out / 'reconstruct.json') as tmp:
-        tmp.write_text(json.dumps(jsonable({k: results.get(k) for k in _SUMMARY_KEYS}), indent=1))
+        tmp.write_text(json.dumps(jsonable({k: results.get(k) for k in _SUMMARY_KEYS} | {'metrics': results.get('metrics') or None}), indent=1))   # nothing scored: null
     paths['reconstruct.json'] = out / 'reconstruct.json'
     if results.get('probe') is not None:   # a solver run that refined the probe
         with atomic_path(out / 'probe.npy') as tmp, open(tmp, 'wb') as f: np.save(f, np.asarray(results['probe'], np.complex64))
