@@ -554,7 +554,7 @@ def save_outputs(amplitude, phase, results: dict, output_dir) -> dict:
         with atomic_path(out / 'stitched_object.npy') as tmp, open(tmp, 'wb') as f: np.save(f, img.astype(np.complex64))
         paths['stitched_object.npy'] = out / 'stitched_object.npy'
         arrays = dict(object=img.astype(np.complex64), amplitude=np.abs(img), phase=np.angle(img))
-        if results.get('global_offsets') is not None: arrays['positions'] = np.asarray(results['global_offsets'])
+        if results.get('global_offsets') is not None: arrays['positions'] = np.asarray(results['global_offsets']).reshape(-1, 2)
         if gt is not None: arrays['ground_truth'] = np.asarray(gt, np.complex64)
         with atomic_path(out / 'reconstruction.npz') as tmp, open(tmp, 'wb') as f: np.savez_compressed(f, **arrays)
         paths['reconstruction.npz'] = out / 'reconstruction.npz'
