@@ -9,11 +9,11 @@ import numpy as np
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'MODEL_CARD', 'USER_ERRORS', 'LIBRARY_MODULES', 'require_torch',
-           'in_test', 'repo_root', 'data_path', 'fixtures_path', 'process_umask', 'fault_point', 'pid_alive',
-           'clean_stale_temps', 'glob_escape', 'atomic_path', 'output_folder', 'pretrained_card', 'refuse_pretrained',
-           'jsonable', 'OneLineParser', 'run_command', 'end_process_group', 'positive_int', 'non_negative_int',
-           'positive_float', 'HelpFormatter', 'release_memory', 'quiet_libraries']
+__all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'MODEL_CARD', 'USER_ERRORS', 'STOPPED_KEEPS', 'LIBRARY_MODULES',
+           'require_torch', 'in_test', 'repo_root', 'data_path', 'fixtures_path', 'process_umask', 'fault_point',
+           'pid_alive', 'clean_stale_temps', 'glob_escape', 'atomic_path', 'output_folder', 'pretrained_card',
+           'refuse_pretrained', 'jsonable', 'OneLineParser', 'run_command', 'stopped_by_sigterm', 'end_process_group',
+           'positive_int', 'non_negative_int', 'positive_float', 'HelpFormatter', 'release_memory', 'quiet_libraries']
 
 # %% ../nbs/00_core.ipynb #4360d238
 TORCH_INSTALL_HINT = "pip install 'torch>=2.2'"
@@ -172,19 +172,24 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 USER_ERRORS = (ValueError, TypeError, OSError, ImportError)   # bad value, file, data, archive, used folder: exit 2
+STOPPED_KEEPS = ('files already written are kept, the last checkpoint included where the run saves checkpoints '
+                 '(rerun with --resume to continue where the command supports it)')   # ptycho-torch-train, -pretrain
 
 def run_command(prog: str,  # the command's name, first on the error line
                 fn,  # argv -> exit code (or None for 0)
                 argv=None,  # arguments (default: sys.argv[1:]); '--debug' is taken out here
                 user_errors: tuple = ()  # further exception types that are the user's (exit 2)
                ) -> int:
-    "Run a command: a user error is one line `prog: error: ...` and exit 2; any other failure one line and exit 1."
+    "Run a command: a user error is one line `prog: error: ...` and exit 2; any other failure one line and exit 1; SIGTERM 143, Ctrl-C 130."
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = '--debug' in argv or bool(os.environ.get('PTYCHO_TORCH_DEBUG'))
     argv = [a for a in argv if a != '--debug']   # every command takes it, whether its parser lists it or not
     try: return fn(argv) or 0
-    except SystemExit as e:   # argparse: --help (0) or a usage error, already printed as one line (2)
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except SystemExit as e:   # argparse's --help (0) or usage error (2, printed); Lightning's stop on SIGTERM or Ctrl-C
+        return _exit_code(prog, e, debug)
+    except KeyboardInterrupt:   # Ctrl-C outside a Lightning fit (a fit catches it itself: `_exit_code`)
+        if debug: raise
+        return _stopped(prog, 'interrupted (Ctrl-C)', 130)
     except USER_ERRORS + tuple(user_errors) as e:   # OSError: missing/unreadable file, permission, FileExistsError
         if debug: raise
         where = f" {e.filename}" if isinstance(e, OSError) and e.filename and str(e.filename) not in str(e) else ''
@@ -196,6 +201,24 @@ def run_command(prog: str,  # the command's name, first on the error line
               file=sys.stderr)
         return 1
     finally: end_process_group()
+
+def stopped_by_sigterm(e: BaseException) -> bool:
+    "Whether `e` is Lightning's `SIGTERMException` (a `SystemExit`, code None: its way out of a fit sent SIGTERM). Imports nothing."
+    mods = [sys.modules.get(m) for m in ('lightning.pytorch.utilities.exceptions', 'pytorch_lightning.utilities.exceptions')]
+    return any(isinstance(c, type) and isinstance(e, c) for c in (getattr(m, 'SIGTERMException', None) for m in mods))
+
+def _exit_code(prog: str, e: SystemExit, debug: bool) -> int:
+    "The exit code of a `SystemExit` out of a command; a stop by a signal also says one line."
+    if stopped_by_sigterm(e): return _stopped(prog, 'stopped by SIGTERM', 143)   # its code None would read as success
+    if isinstance(e.__context__, KeyboardInterrupt) and e.code not in (None, 0):   # Lightning's fit: Ctrl-C -> sys.exit(1)
+        if debug: raise e
+        return _stopped(prog, 'interrupted (Ctrl-C)', 130)
+    return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+
+def _stopped(prog: str, what: str, code: int) -> int:
+    "One line `prog: what; what is kept` on stderr (from the first process of a node only: DDP ranks stop together); `code`."
+    if os.environ.get('LOCAL_RANK', '0') in ('', '0'): print(f"{prog}: {what}; {STOPPED_KEEPS}", file=sys.stderr, flush=True)
+    return code
 
 def end_process_group() -> bool:
     "End the `torch.distributed` process group this process joined (a DDP run), if any; True if it did. Imports nothing."
