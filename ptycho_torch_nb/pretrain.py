@@ -182,14 +182,18 @@ class SpreadWatch(L.Callback):
     def load_state_dict(self, state): self.history = [tuple(h) for h in state['history']]
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if not self.every or step % self.every or not trainer.is_global_zero: return
+        if not self.every or step % self.every: return
+        collapsed = self._measure(pl_module, step) if trainer.is_global_zero else False
+        if trainer.strategy.broadcast(collapsed, src=0): trainer.should_stop = True   # DDP: every rank stops, none waits
+    def _measure(self, pl_module, step: int) -> bool:
+        "Record the spread at `step`; True (with a warning) if the network has collapsed."
         spread = output_spread(pl_module.net, self.corpus)
         self.history.append((step, spread))
         if self.progress: print(f"pretrain: step {step}, output spread {spread:.3g}", file=sys.stderr, flush=True)
-        if spread < COLLAPSED_SPREAD:
-            warnings.warn(f"pretrain: at step {step} the network's output is constant (amplitude spread {spread:.2g} < "
-                          f"{COLLAPSED_SPREAD:g}); stopping: lower the learning rate or resume from an earlier checkpoint", RuntimeWarning)
-            trainer.should_stop = True
+        if spread >= COLLAPSED_SPREAD: return False
+        warnings.warn(f"pretrain: at step {step} the network's output is constant (amplitude spread {spread:.2g} < "
+                      f"{COLLAPSED_SPREAD:g}); stopping: lower the learning rate or resume from an earlier checkpoint", RuntimeWarning)
+        return True
 
 class PretrainClock(TrainingClock):
     "`training.TrainingClock` whose steps and seconds (training, wall, corpus) add up over a resumed run's sessions."
@@ -275,15 +279,16 @@ def _build_net(cfg, opts: ScanOptions, corpus: Corpus, learning_rate: float):
 # %% ../nbs/05b_pretrain.ipynb #666ff148
 def _trainer(out: Path, callbacks: list, steps, checkpoint_every: int, learning_rate: float, gradient_clip,
              accelerator: str, devices, num_nodes: int, precision: str):
-    "The pretraining `lightning.Trainer`: checkpoints every `checkpoint_every` steps, no logger, clipped gradients."
+    "The pretraining `lightning.Trainer`: checkpoints every `checkpoint_every` steps, no logger, clipped gradients, fastest kernels."
     from lightning.pytorch.callbacks import ModelCheckpoint
     ckpt = ModelCheckpoint(dirpath=str(out / 'checkpoints'), save_last=True, save_top_k=0, every_n_train_steps=checkpoint_every,
                            enable_version_counter=False)   # last.ckpt, also after a resume in a copied folder
-    ec = default_execution_config(learning_rate=learning_rate, enable_checkpointing=False, logger_backend=None,
+    ec = default_execution_config(learning_rate=learning_rate, enable_checkpointing=False, logger_backend=None, deterministic=False,
                                   precision=resolve_precision(precision, accelerator), devices=devices, num_nodes=num_nodes,
                                   **({} if accelerator == 'auto' else {'accelerator': accelerator}))
     return build_trainer(ec, out, 10 ** 6, 'train_loss', False, callbacks + [ckpt], gradient_clip_val=gradient_clip,
-                         logger=False, enable_checkpointing=True, max_steps=steps if steps else -1, use_distributed_sampler=False)
+                         logger=False, enable_checkpointing=True, max_steps=steps if steps else -1, use_distributed_sampler=False,
+                         benchmark=True)   # with deterministic=False: cuDNN times its kernels once (one batch shape) and keeps the fastest
 
 def _load_start(init_from, resume: bool):
     "(model, card) of the pretrained model to start from, checked before anything is simulated; None for random weights."

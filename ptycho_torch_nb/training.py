@@ -17,7 +17,7 @@ from .model import warmup_cosine
 
 # %% auto #0
 __all__ = ['torch', 'RUN_ARTIFACTS', 'default_execution_config', 'resolve_precision', 'inference_device', 'ContainerDataset',
-           'make_dataloader', 'ContainerDataModule', 'LossHistory', 'build_trainer', 'TrainingClock',
+           'make_dataloader', 'ContainerDataModule', 'LossHistory', 'build_trainer', 'ranks_max', 'TrainingClock',
            'predict_object_patches', 'predict_scan', 'prepare_output_dir', 'check_checkpoint', 'resume_checkpoint']
 
 # %% ../nbs/04_training.ipynb #4c250cb0
@@ -197,6 +197,14 @@ def build_trainer(execution_config,            # PyTorchExecutionConfig
     return L.Trainer(**kw)
 
 # %% ../nbs/04_training.ipynb #d12f82a7
+def ranks_max(trainer,  # a `lightning.Trainer` (DDP or one process)
+              *values):  # numbers (bools too) this rank holds
+    "Each value's maximum over the ranks of a DDP run, the same on every rank (True if any rank's is); one process: as given."
+    if trainer.world_size <= 1: return values
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=trainer.strategy.root_device)
+    t = trainer.strategy.reduce(t, reduce_op='max').tolist()
+    return tuple(type(v)(r) if isinstance(v, (bool, int)) else r for v, r in zip(values, t))
+
 class TrainingClock(L.Callback):
     "Time budget, warm-up + cosine learning-rate schedule, progress lines and timed snapshots of a training run."
     def __init__(self, time_budget_s: Optional[float] = None,  # stop after this much training time (None: the schedule runs over `total_steps`)
@@ -228,15 +236,17 @@ class TrainingClock(L.Callback):
     def setup(self, trainer, pl_module, stage): self.progress = self.progress and trainer.is_global_zero   # one rank speaks (DDP)
     def on_train_start(self, trainer, pl_module): self._t = time.perf_counter()
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._tick()
+        # the rate from the time agreed at the last step's end, before this rank's own tick: every DDP rank sets the same
         lr = self.lr0 * warmup_cosine(self.fraction(), self.warmup, self.min_ratio, floor=0.02)
+        self._tick()
         for opt in trainer.optimizers:
             for g in opt.param_groups: g['lr'] = lr
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._tick(); self.steps += 1
+        stop = bool(self.budget) and self.train_s >= self.budget
+        self.train_s, stop = ranks_max(trainer, self.train_s, stop)   # DDP: a rank that stopped alone would hang the others
         while self.pending and self.train_s >= self.pending[0]: self._snapshot(pl_module, self.pending.pop(0))
-        if self.budget and self.train_s >= self.budget:
-            trainer.should_stop = True; self.stopped_by_budget = True
+        if stop: trainer.should_stop = True; self.stopped_by_budget = True
     def _snapshot(self, pl_module, at_s):
         if self.on_snapshot is None: return
         t0 = time.perf_counter()

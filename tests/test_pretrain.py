@@ -377,3 +377,28 @@ def test_resume_refuses_a_changed_run(tmp_path):
         with pytest.raises(ValueError, match=re.escape(needle)):
             PT.pretrain(out, steps=3, resume=True, **{**TINY, **change})
     assert PT.pretrain(out, steps=3, resume=True, time_budget_s=60, **TINY)['card']['training']['steps'] == 3   # a budget may change
+
+
+DDP_STOP = '''
+import os, sys
+from ptycho_torch_nb import pretrain as PT
+rank, (mode, out) = int(os.environ.get('LOCAL_RANK', 0)), sys.argv[1:]
+if mode == 'budget':   # rank 0 spends its budget in the first step; rank 1 alone would train for ever
+    kw = dict(time_budget_s=1e-3 if rank == 0 else 1e6)
+else:                  # rank 0 alone measures the output spread, and finds a "collapse" at step 2
+    PT.COLLAPSED_SPREAD, kw = 1e9, dict(steps=50, watch_every=2)
+r = PT.pretrain(out, n_scans=4, n=16, batch_size=2, accelerator='cpu', devices=2, checkpoint_every=1000, progress=False,
+                workers=1, **kw)
+if rank == 0: print('STEPS', r['card']['training']['steps'])
+'''
+
+@pytest.mark.parametrize('mode,steps', [('budget', 1), ('spread', 2)])
+def test_ddp_ranks_stop_together(tmp_path, mode, steps):
+    "DDP: a stop that one rank decides (its time budget; the collapse check, which rank 0 alone runs) stops every rank at that step."
+    import os, subprocess, sys
+    script = tmp_path / 'stop.py'; script.write_text(DDP_STOP)
+    try: r = subprocess.run([sys.executable, str(script), mode, str(tmp_path / 'out')], capture_output=True, text=True,
+                            timeout=150, env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore'))
+    except subprocess.TimeoutExpired: pytest.fail(f"{mode}: the ranks did not finish (one waits for the other)")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f'STEPS {steps}\n' in r.stdout, (r.stdout, r.stderr[-2000:])
