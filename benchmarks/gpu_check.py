@@ -7,8 +7,9 @@ On a session with a device machine (`status` shows one lent), one call does it a
 The machine's own python3 has every runtime dependency (torch, lightning, h5py, scipy, scikit-image); the package runs
 from the copied tree (`sys.path`), no install. Phases, each timed, in this order (the pretraining budget is what the
 deadline leaves, so a slow phase shortens it instead of losing the call):
-0. tests: the suite's model and pretraining tests, on this machine (the CUDA bf16 fit; pretraining, zero-shot and
-   polish run on the accelerator there), pass/fail and the tail of pytest's output;
+0. tests: the suite's CUDA checks (tests/test_cuda.py: inference after fit, an archive loaded onto the GPU, the smoothing's
+   deterministic backward, export and streaming of a GPU model, the workflow's deterministic training), the CUDA bf16 fit
+   and the pretraining tests (pretraining, zero-shot and polish run on the accelerator there), with pytest's tail;
 1. throughput: training patterns/s of `pretrain` (bf16-mixed and 32-true) against the plain CNN of the same layers,
    same run, same batch (`bench_pretrain_throughput`): the issue's bar is ours / plain >= 1.1;
 2. zero-shot rate: `reconstruct_zero_shot` of the shipped model on a --rate_n-pattern scan, on the accelerator and on
@@ -38,14 +39,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT.parent), str(ROOT)]
 
-GPU_TESTS = ['tests/test_model.py', 'tests/test_pretrain.py', '-k', 'not prepared_gpu_check']
+GPU_TESTS = ['tests/test_cuda.py', 'tests/test_model.py::test_cuda_bf16', 'tests/test_pretrain.py', '-k', 'not prepared_gpu_check and not ddp']   # (DDP tests: CPU ranks)
 
 def gpu_tests(timeout_s: float = 150) -> dict:
     "The suite's tests that use the accelerator when there is one (the CUDA bf16 fit; pretraining, zero-shot and polish on 'auto')."
     import subprocess
     t = time.perf_counter()
     try:
-        r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-x', *GPU_TESTS], cwd=ROOT.parent,
+        r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-rs', *GPU_TESTS], cwd=ROOT.parent,
                            capture_output=True, text=True, timeout=timeout_s)
         code, tail = r.returncode, (r.stdout + r.stderr)[-1500:]
     except subprocess.TimeoutExpired: code, tail = None, f'timed out after {timeout_s:.0f} s'
@@ -142,6 +143,19 @@ def zero_shot_scores(models: dict, n: int, device: str) -> list:
         rows.append(row)
     return rows
 
+def guarded(rec: dict, key: str, save, fn, report) -> bool:
+    "Run one phase into rec[key] and print `report(result)`; a failure is recorded (message, traceback) and the next phase runs."
+    import traceback
+    t = time.perf_counter()
+    try: rec[key] = fn(); ok = True
+    except Exception as e:
+        rec[key], ok = dict(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:]), False
+        print(f"gpu_check: {key} FAILED: {type(e).__name__}: {' '.join(str(e).split())[:500]}", flush=True)
+    if isinstance(rec[key], dict): rec[key].setdefault('seconds', time.perf_counter() - t)
+    save()
+    if ok: print(report(rec[key]), flush=True)
+    return ok
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--out', type=Path, required=True, help='folder for gpu_check.json and pretrained_N64/ (on the device: $OUT)')
@@ -173,17 +187,15 @@ def main(argv=None):
         rec['tests'] = gpu_tests(); save()
         print(f"tests on this machine ({' '.join(GPU_TESTS)}): {'passed' if rec['tests']['passed'] else 'FAILED'} "
               f"in {rec['tests']['seconds']:.0f} s: {(rec['tests']['tail'].strip().splitlines() or [''])[-1]}", flush=True)
+    def report_throughput(th):
+        ours = th['ours_' + th['chosen']]
+        return (f"throughput: ours ({th['chosen']}) {ours:.0f} patterns/s, plain CNN {th['plain']:.0f} "
+                f"patterns/s: {th['ratio']:.2f}x (bar 1.1); ours 32-true {th['ours_32-true']:.0f}")
     with tempfile.TemporaryDirectory() as work:
-        t = time.perf_counter(); rec['throughput'] = throughput(tiny['steps'], tiny['batch'], dev, Path(work))
-        rec['throughput']['seconds'] = time.perf_counter() - t; save()
-        th = rec['throughput']; ours = th['ours_' + th['chosen']]
-        print(f"throughput: ours ({th['chosen']}) {ours:.0f} patterns/s, plain CNN {th['plain']:.0f} "
-              f"patterns/s: {th['ratio']:.2f}x (bar 1.1); ours 32-true {th['ours_32-true']:.0f}", flush=True)
-    t = time.perf_counter(); rec['zero_shot_rate'] = zero_shot_rate(a.model, tiny['rate_n'], dev)
-    rec['zero_shot_rate']['seconds'] = time.perf_counter() - t; save()
-    for d, z in rec['zero_shot_rate'].items():
-        if isinstance(z, dict): print(f"zero-shot on {d}: {z['n']} patterns, inference {z['inference_seconds']:.2f} s "
-                                      f"({z['patterns_per_s']:.0f} patterns/s), whole call {z['seconds']:.2f} s", flush=True)
+        guarded(rec, 'throughput', save, lambda: throughput(tiny['steps'], tiny['batch'], dev, Path(work)), report_throughput)
+    guarded(rec, 'zero_shot_rate', save, lambda: zero_shot_rate(a.model, tiny['rate_n'], dev),
+            lambda zr: '\n'.join(f"zero-shot on {d}: {z['n']} patterns, inference {z['inference_seconds']:.2f} s "
+                                 f"({z['patterns_per_s']:.0f} patterns/s), whole call {z['seconds']:.2f} s" for d, z in zr.items() if isinstance(z, dict)))
     reserve = 15 if a.tiny else 90                # the corpus simulation is outside the training budget; then scoring
     from ptycho_torch_nb.pretrain import corpus_workers   # ~30 ms per corpus scan on one core, + ~5 s to start the workers
     corpus_s = 5 + 0.03 * tiny['n_scans'] / corpus_workers(tiny['n_scans'])
@@ -197,18 +209,17 @@ def main(argv=None):
         if a.init_from == 'shipped' and a.n_filters_scale != shipped_width:   # another width cannot take its weights
             print(f"gpu_check: --n_filters_scale {a.n_filters_scale} differs from the shipped model's {shipped_width}: "
                   "pretraining from random weights", flush=True); start = None
-        rec['pretrain'] = pretrain_chunk(model_dir, tiny['n_scans'], budget, tiny['batch'], dev, a.resume, 10 if a.tiny else 1000,
-                                        a.n_filters_scale, start, a.label_weight)
-        save(); p = rec['pretrain']
-        print(f"pretrain: {p['steps']} steps in {p['train_s']:.0f} s ({p['precision']}), corpus {p['corpus_s']:.0f} s, "
-              f"loss {p['final_loss']:.4g}, SHA-256 {p['sha256'][:12]}", flush=True)
+        ok = guarded(rec, 'pretrain', save, lambda: pretrain_chunk(model_dir, tiny['n_scans'], budget, tiny['batch'], dev, a.resume,
+                                                                10 if a.tiny else 1000, a.n_filters_scale, start, a.label_weight),
+                     lambda p: f"pretrain: {p['steps']} steps in {p['train_s']:.0f} s ({p['precision']}), corpus {p['corpus_s']:.0f} s, "
+                               f"loss {p['final_loss']:.4g}, SHA-256 {p['sha256'][:12]}")
         from ptycho_torch_nb.pretrain import load_pretrained
-        models = dict(shipped=functools.partial(load_pretrained, a.model), new=functools.partial(load_pretrained, model_dir),
-                      first_guess=functools.partial(with_first_guess, a.model))   # the no-network baseline
-        rec['zero_shot_scores'] = zero_shot_scores(models, tiny['eval_n'], dev); save()
-        f = lambda v: f"{v[0]:.3f} / {v[1]:.3f}" if isinstance(v, list) else v
-        for r in rec['zero_shot_scores']:
-            print(f"zero-shot {r['case']:38s} shipped {f(r['shipped'])}   new {f(r['new'])}   no network {f(r['first_guess'])}", flush=True)
+        models = dict(shipped=functools.partial(load_pretrained, a.model), first_guess=functools.partial(with_first_guess, a.model))
+        if ok: models['new'] = functools.partial(load_pretrained, model_dir)   # beside the no-network baseline (first_guess)
+        f = lambda v: f"{v[0]:.3f} / {v[1]:.3f}" if isinstance(v, list) else str(v)
+        guarded(rec, 'zero_shot_scores', save, lambda: zero_shot_scores(models, tiny['eval_n'], dev),
+                lambda rows: '\n'.join(f"zero-shot {r['case']:38s} " + '   '.join(f"{k} {f(r.get(k, '-'))}" for k in ('shipped', 'new', 'first_guess'))
+                                       for r in rows))
     rec['seconds'] = time.perf_counter() - t0; save()
     print(f"gpu_check: done in {rec['seconds']:.0f} s; record {out / 'gpu_check.json'}", flush=True)
     return 0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06e_export.ipynb #e88a1ccf
 from __future__ import annotations
-import json, math
+import copy, json, math
 from pathlib import Path
 import numpy as np
 from .core import require_torch, atomic_path
@@ -109,6 +109,8 @@ def export_generator(archive,  # wts.h5.zip (or its folder), or a loaded Lightni
     if path.is_dir(): raise IsADirectoryError(f"{path}: is a folder; give the exported file's name, e.g. {path / 'generator.pt'}")
     if path.exists() and not overwrite: raise FileExistsError(f"{path}: exists; choose another path or overwrite=True")
     gen = pattern_generator(archive, purpose='export')
+    if any(p.device.type != 'cpu' for p in gen.parameters()):   # a model on a GPU: export a CPU copy (portable; the
+        gen = copy.deepcopy(gen).cpu()                          # caller's model stays where it is)
     module = onnx_friendly(gen) if format == 'onnx' else gen   # only ONNX lacks the complex FFT
     g = torch.Generator().manual_seed(0)
     X_trace, X_check = (torch.rand(n, 1, gen.N, gen.N, generator=g) * 2 for n in (2, 5))

@@ -492,7 +492,7 @@ def _check_tensors(own: dict, saved: dict, cls, where: str, max_bytes: int):
         raise ValueError(f"{where}: checkpoint does not match {cls.__name__}: missing tensors {missing}, "
                          f"unexpected tensors {unexpected}, shape mismatches {mismatched}")
 
-def _build_from_checkpoint(cls, ckpt: dict, where: str, max_bytes: int = ARCHIVE_LIMITS['model']):
+def _build_from_checkpoint(cls, ckpt: dict, where: str, max_bytes: int = ARCHIVE_LIMITS['model'], device=None):
     "Check the checkpoint's tensors against the architecture built on the meta device (nothing allocated), then load strictly."
     hparams, saved = dict(ckpt.get('hyper_parameters') or {}), ckpt['state_dict']
     model = _rebuild(cls, hparams, where, on_meta=True)
@@ -503,6 +503,7 @@ def _build_from_checkpoint(cls, ckpt: dict, where: str, max_bytes: int = ARCHIVE
         model = _rebuild(cls, hparams, where, on_meta=False)
         model.on_load_checkpoint(ckpt)
         model.load_state_dict(saved, strict=True)
+    if device is not None: model.to(device)   # buffers that are not saved (masks) were built on the CPU
     return model.eval()
 
 def _hparam(hp: dict, key: str):
@@ -558,7 +559,8 @@ def load_torch_bundle(base_path,  # archive path with or without '.zip' (e.g. ou
                 ckpt = _read_checkpoint(archive, member, map_location)
                 _check_consistent(params, ckpt.get('hyper_parameters') or {}, f"{zip_path}: {params_of}/params.json vs {member}")
                 with _one_thread():
-                    by_ckpt[member] = _build_from_checkpoint(cls, ckpt, f"{zip_path}: {member}", int(archive.limits['model']))
+                    by_ckpt[member] = _build_from_checkpoint(cls, ckpt, f"{zip_path}: {member}", int(archive.limits['model']),
+                                                             map_location if isinstance(map_location, (str, torch.device)) else None)
             models[n] = by_ckpt[member]
     if restore_params:
         _legacy_params().update({k: v for k, v in params.items() if k != '_version'})

@@ -144,6 +144,10 @@ def normalize_probe(probe,  # [N, N] complex probe guess
     return (p64 / norm).to(torch.complex64)
 
 # %% ../nbs/03_physics.ipynb #8d92c81b
+def _reflect1(y, dim: int):
+    "Pad one sample on each side of `dim` by reflection (as `F.pad(mode='reflect')`), with slices: its backward is a sum of slices."
+    return torch.cat([y.narrow(dim, 1, 1), y, y.narrow(dim, y.shape[dim] - 2, 1)], dim)
+
 def smooth_complex(x,  # [..., H, W] complex (or real) tensor
                    sigma: float,  # Gaussian width in pixels; 0 returns `x` unchanged
                   ):
@@ -155,7 +159,7 @@ def smooth_complex(x,  # [..., H, W] complex (or real) tensor
     parts = torch.view_as_real(x).movedim(-1, -3) if x.is_complex() else x.unsqueeze(-3)  # [..., p, H, W]
     p = parts.shape[-3]
     y = parts.reshape(-1, 1, H, W)
-    y = F.pad(y, (1, 1, 1, 1), mode='reflect')
+    y = _reflect1(_reflect1(y, -2), -1)   # F.pad's reflect mode has no deterministic backward on CUDA
     kern = (w[:, None] * w[None, :]).to(y.dtype).to(y.device)[None, None]  # [1, 1, 3, 3]
     y = F.conv2d(y, kern).reshape(*lead, p, H, W)
     if x.is_complex(): return torch.view_as_complex(y.movedim(-3, -1).contiguous())

@@ -208,7 +208,7 @@ class StreamingReconstructor:
         if a.ndim != 3 or tuple(a.shape[1:]) != (self.N, self.N):
             raise ValueError(f"chunk of patterns has shape {tuple(a.shape)}, expected [k, {self.N}, {self.N}]")
         if self.scale is None:
-            self.scale = _input_scale(a.numpy(), self.N)
+            self.scale = _input_scale(a.cpu().numpy(), self.N)   # the chunk may come on a GPU
             if self.scale is None: raise ValueError(f"chunk of {len(a)} patterns has no signal (empty or all zero): no input scale can be fixed from it; pass scale=")
         out, B = [], self.batch_size
         with torch.inference_mode():

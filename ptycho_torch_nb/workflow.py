@@ -19,7 +19,7 @@ from .model import PtychoPINN_Lightning
 from .stitching import patch_positions, stitch_patches
 from .evaluation import evaluate_reconstruction
 from .training import (default_execution_config, build_trainer, ContainerDataModule, LossHistory,
-                                      predict_object_patches, prepare_output_dir, resume_checkpoint)
+                                      predict_object_patches, prepare_output_dir, resume_checkpoint, inference_device)
 from .persistence import save_torch_bundle
 
 # %% auto #0
@@ -140,6 +140,7 @@ def reassemble_cdi_image_torch(test_data, config, model=None, flip_x: bool = Fal
     container = as_container(test_data, config, 'test')
     ec = execution_config if execution_config is not None else default_execution_config()
     bs = int(ec.inference_batch_size or getattr(config, 'batch_size', 16) or 16)
+    model.to(inference_device(ec.accelerator))   # after `fit` Lightning leaves the model on the CPU; a GPU run infers on the GPU
     t0 = time.perf_counter()
     obj = predict_object_patches(model, container, bs)
     t1 = time.perf_counter()
