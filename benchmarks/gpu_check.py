@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT.parent), str(ROOT)]
 
-GPU_TESTS = ['tests/test_cuda.py', 'tests/test_model.py::test_cuda_bf16', 'tests/test_pretrain.py', '-k', 'not prepared_gpu_check and not ddp']   # (DDP tests: CPU ranks)
+GPU_TESTS = ['tests/test_cuda.py', 'tests/test_model.py::test_cuda_bf16', 'tests/test_pretrain.py', '-k', 'not prepared_gpu_check and not ddp and not amortised']   # (DDP tests: CPU ranks)
 
 def gpu_tests(timeout_s: float = 150) -> dict:
     "The suite's tests that use the accelerator when there is one (the CUDA bf16 fit; pretraining, zero-shot and polish on 'auto')."
