@@ -45,6 +45,11 @@ class Corpus:
     @property
     def n_scans(self) -> int: return len(self.probes)
 
+def _as_arrays(simulate, *args) -> dict:
+    """A pool worker's scan with numpy arrays for tensors: they cross the pipe as bytes (a torch tensor passes a file descriptor,
+    and a corpus of thousands of scans runs out of them: 'received 0 items of ancdata')."""
+    return {k: v.numpy() if torch.is_tensor(v) else v for k, v in simulate(*args).items()}
+
 def corpus_workers(n_scans: int) -> int:
     "Processes `build_corpus` uses by default: one per core (at most 16), and one per 64 scans at most."
     return max(1, min(os.cpu_count() or 1, 16, n_scans // 64))
@@ -73,7 +78,8 @@ def build_corpus(n_scans: int,            # scans to simulate
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'),   # fresh interpreters: no forked torch threads
                                  initializer=torch.set_num_threads, initargs=(1,)) as ex:
-            scans = list(ex.map(one, streams, range(n_scans), chunksize=8))
+            arrays = ex.map(functools.partial(_as_arrays, one), streams, range(n_scans), chunksize=8)
+            scans = [{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in s.items()} for s in arrays]
     release_memory()
     sizes = np.cumsum([0] + [len(s['patterns']) for s in scans[:-1]])
     return Corpus(torch.cat([s['patterns'] for s in scans]), torch.cat([s['groups'] + int(o) for s, o in zip(scans, sizes)]),

@@ -402,3 +402,21 @@ def test_ddp_ranks_stop_together(tmp_path, mode, steps):
     except subprocess.TimeoutExpired: pytest.fail(f"{mode}: the ranks did not finish (one waits for the other)")
     assert r.returncode == 0, r.stderr[-3000:]
     assert f'STEPS {steps}\n' in r.stdout, (r.stdout, r.stderr[-2000:])
+
+
+FD_LIMIT = '''
+import resource, sys, torch
+from ptycho_torch_nb.pretrain import build_corpus
+if __name__ == '__main__':
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    pool, one = build_corpus(80, n=8, workers=2), build_corpus(80, n=8, workers=1)
+    assert torch.equal(pool.patterns, one.patterns) and torch.equal(pool.groups, one.groups) and pool.records == one.records
+    print('same corpus')
+'''
+
+def test_a_corpus_larger_than_the_file_descriptor_limit(tmp_path):
+    "The pool's scans come back as arrays: 80 scans of tensors under a limit of 64 open files (failed before: 'received 0 items of ancdata')."
+    import os, subprocess, sys
+    script = tmp_path / 'fd.py'; script.write_text(FD_LIMIT)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert r.returncode == 0 and 'same corpus' in r.stdout, r.stderr[-2000:]
