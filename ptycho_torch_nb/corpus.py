@@ -421,6 +421,7 @@ def grouped_corpus_scan(stream,               # `numpy.random.SeedSequence` (or 
                         probe_scale: float = 4.0,  # the model's probe normalisation (`ModelConfig.probe_scale`)
                         seed: int = 0,        # the corpus seed
                         labels: bool = False, # also keep each pattern's true object patch ('labels', complex64 [n, N, N])
+                        arrays: bool = False, # numpy arrays, not tensors (a process pool's return: a tensor would pass a file descriptor)
                        ) -> dict:
     "{'patterns' [n, N, N], 'groups' [n, C] (indices into patterns), 'coords' [n, C, 1, 2], 'probe', 'scale', 'record'[, 'labels']} of one scan."
     import torch
@@ -436,7 +437,7 @@ def grouped_corpus_scan(stream,               # `numpy.random.SeedSequence` (or 
                probe=normalize_probe(torch.as_tensor(raw.probeGuess), probe_scale), scale=float(c.intensity_scale),
                record=raw.metadata['corpus'])
     if labels: out['labels'] = c.Y[order, 0].clone()             # the true patch at each pattern's position
-    return out
+    return {k: v.numpy() if arrays and torch.is_tensor(v) else v for k, v in out.items()}
 
 
 # %% ../nbs/03e_corpus.ipynb #c1a32264

@@ -45,11 +45,6 @@ class Corpus:
     @property
     def n_scans(self) -> int: return len(self.probes)
 
-def _as_arrays(simulate, *args) -> dict:
-    """A pool worker's scan with numpy arrays for tensors: they cross the pipe as bytes (a torch tensor passes a file descriptor,
-    and a corpus of thousands of scans runs out of them: 'received 0 items of ancdata')."""
-    return {k: v.numpy() if torch.is_tensor(v) else v for k, v in simulate(*args).items()}
-
 def corpus_workers(n_scans: int) -> int:
     "Processes `build_corpus` uses by default: one per core (at most 16), and one per 64 scans at most."
     return max(1, min(os.cpu_count() or 1, 16, n_scans // 64))
@@ -78,8 +73,9 @@ def build_corpus(n_scans: int,            # scans to simulate
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'),   # fresh interpreters: no forked torch threads
                                  initializer=torch.set_num_threads, initargs=(1,)) as ex:
-            arrays = ex.map(functools.partial(_as_arrays, one), streams, range(n_scans), chunksize=8)
-            scans = [{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in s.items()} for s in arrays]
+            arrays = ex.map(functools.partial(one, arrays=True), streams, range(n_scans), chunksize=8)   # bytes through the pipe:
+            scans = [{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in s.items()} for s in arrays]  # (tensors
+            # would pass a file descriptor each, and a corpus of thousands of scans ran out of them: 'received 0 items of ancdata')
     release_memory()
     sizes = np.cumsum([0] + [len(s['patterns']) for s in scans[:-1]])
     return Corpus(torch.cat([s['patterns'] for s in scans]), torch.cat([s['groups'] + int(o) for s, o in zip(scans, sizes)]),
@@ -252,6 +248,9 @@ def _check_output_dir(out: Path, resume: bool, overwrite: bool, run: dict):
     if (out / 'wts.h5.zip').exists() and not (resume or overwrite):
         raise FileExistsError(f"{out}: already holds a pretrained model (wts.h5.zip); pass resume=True to continue it, "
                               "overwrite=True to replace it, or choose another output_dir")
+    if (out / 'checkpoints' / 'last.ckpt').exists() and not (resume or overwrite):   # a run stopped before it wrote its model
+        raise FileExistsError(f"{out}: holds an unfinished run (checkpoints/last.ckpt, no wts.h5.zip); pass resume=True to continue "
+                              "it, overwrite=True to start afresh, or choose another output_dir")
     if resume and not (out / 'checkpoints' / 'last.ckpt').exists():
         raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
     if resume: check_checkpoint(out / 'checkpoints' / 'last.ckpt')   # a corrupt one is refused before the corpus is simulated
@@ -363,10 +362,11 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
     trainer = _trainer(out, [clock, watch], steps, checkpoint_every, learning_rate, gradient_clip, accelerator, devices, num_nodes, precision)
     loader = torch.utils.data.DataLoader(CorpusDataset(corpus), batch_sampler=ScanBatchSampler(corpus.scan, batch_size, seed),
                                          collate_fn=_keep)   # the sampler shards over ranks itself
+    _record_run(out, run_args)   # before the first checkpoint: a run killed mid-way still says how it was run (resume checks it)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*(does not have many workers|GPU available|max_epochs|ended before the epoch ended).*')
         trainer.fit(module, train_dataloaders=loader, ckpt_path=str(out / 'checkpoints' / 'last.ckpt') if resume else None)
-    clock.stop(); trainer.save_checkpoint(out / 'checkpoints' / 'last.ckpt'); _record_run(out, run_args)   # resumable, as it was run
+    clock.stop(); trainer.save_checkpoint(out / 'checkpoints' / 'last.ckpt')   # resumable, with the run's totals
     if not trainer.is_global_zero: return dict(model=net, corpus=corpus)
     spread = output_spread(net, corpus)
     if spread < COLLAPSED_SPREAD:

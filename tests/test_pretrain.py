@@ -420,3 +420,20 @@ def test_a_corpus_larger_than_the_file_descriptor_limit(tmp_path):
     script = tmp_path / 'fd.py'; script.write_text(FD_LIMIT)
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert r.returncode == 0 and 'same corpus' in r.stdout, r.stderr[-2000:]
+
+
+def test_a_stopped_run_is_kept_and_says_how_it_ran(tmp_path, monkeypatch):
+    "A run stopped before it wrote its model keeps its checkpoint (a plain rerun is refused) and its run.json (resume checks it)."
+    out = tmp_path / 'm'
+    PT.pretrain(out, steps=2, **{**TINY, 'checkpoint_every': 1})
+    for f in ('wts.h5.zip', 'model_card.json'): (out / f).unlink()   # as if stopped after its last checkpoint
+    ckpt = (out / 'checkpoints' / 'last.ckpt').read_bytes()
+    with pytest.raises(FileExistsError, match='unfinished run'): PT.pretrain(out, steps=2, **TINY)
+    assert (out / 'checkpoints' / 'last.ckpt').read_bytes() == ckpt
+    class Killed(Exception): pass
+    class Trainer:   # training that is stopped at once
+        def fit(self, *a, **k): raise Killed
+    monkeypatch.setattr(PT, '_trainer', lambda *a, **k: Trainer())
+    fresh = tmp_path / 'f'
+    with pytest.raises(Killed): PT.pretrain(fresh, steps=2, **TINY)
+    assert json.loads((fresh / 'checkpoints' / 'run.json').read_text())['n_scans'] == TINY['n_scans']
