@@ -18,7 +18,8 @@ from .model import warmup_cosine
 # %% auto #0
 __all__ = ['torch', 'RUN_ARTIFACTS', 'default_execution_config', 'resolve_precision', 'inference_device', 'ContainerDataset',
            'make_dataloader', 'ContainerDataModule', 'LossHistory', 'build_trainer', 'ranks_max', 'TrainingClock',
-           'predict_object_patches', 'predict_scan', 'prepare_output_dir', 'check_checkpoint', 'resume_checkpoint']
+           'predict_object_patches', 'predict_scan', 'prepare_output_dir', 'set_aside', 'check_checkpoint',
+           'resume_checkpoint']
 
 # %% ../nbs/04_training.ipynb #4c250cb0
 def default_execution_config(**overrides):
@@ -342,7 +343,8 @@ RUN_ARTIFACTS = ('wts.h5.zip', 'checkpoints', 'lightning_logs', 'mlruns', 'metri
                  'reconstruct.json', 'stitched_object.npy', 'reconstructed_amplitude.png', 'reconstructed_phase.png',   # tools write into
                  'comparison.png', 'loss_curve.png', 'probe.npy', 'network',   # an output folder: training, inference, reconstruct;
                  'solver.npz', 'demo.png', 'demo.json', MODEL_CARD, '.train',  # the demo, pretraining, the ptychodus Train's stage;
-                 'stream.json', 'live.png', 'live.npz', 'live.h5', 'object.npz', 'object.h5', 'amplitude.png', 'phase.png')  # a stream
+                 'stream.json', 'live.png', 'live.npz', 'live.h5', 'object.npz', 'object.h5', 'amplitude.png', 'phase.png',  # a stream;
+                 '.previous_run')   # the run an --overwrite replaced, kept until the next one
 _WRITTEN_WITH = {'probe.npy': 'reconstruct.json', 'network': 'network/reconstruct.json', **dict.fromkeys(
                  ('object.npz', 'object.h5', 'amplitude.png', 'phase.png'), 'stream.json')}   # a common name: ours beside its record
 
@@ -356,11 +358,22 @@ def prepare_output_dir(output_dir,  # the run's output folder
     found = [n for n in RUN_ARTIFACTS if (out / n).exists() and (out / _WRITTEN_WITH.get(n, n)).exists()]
     if not found or resume not in (None, False): return out
     if not overwrite:
-        raise FileExistsError(f"{out}: holds a previous run ({', '.join(found)}); pass --overwrite (overwrite=True) "
-                              "to replace it, or choose a new output folder")
+        stopped = (out / 'checkpoints' / 'last.ckpt').exists() and not (out / 'wts.h5.zip').exists()
+        raise FileExistsError(f"{out}: holds a previous run ({', '.join(found)})"
+                              + ("; it stopped before writing its model: --resume last (resume='last') continues it" if stopped else '')
+                              + "; pass --overwrite (overwrite=True) to replace it, or choose a new output folder")
+    return set_aside(out, [n for n in found if n not in keep])
+
+def set_aside(out: Path,  # an output folder
+              names,  # its run artifacts to move
+             ) -> Path:
+    "Move `names` into `out/.previous_run/` (emptied first): a new run stopped before its end leaves the one it replaces whole."
     import shutil
-    for n in (n for n in found if n not in keep):
-        shutil.rmtree(out / n) if (out / n).is_dir() else (out / n).unlink()
+    prev = out / '.previous_run'
+    if prev.exists(): shutil.rmtree(prev)   # the run before the previous one
+    names = [n for n in names if n != prev.name]
+    if names: prev.mkdir()
+    for n in names: os.replace(out / n, prev / n)
     return out
 
 def check_checkpoint(path,  # a Lightning checkpoint (a zip archive, `torch.save`'s format)

@@ -337,7 +337,8 @@ def test_used_output_folder_refused_unless_overwrite(tmp_path):
         prepare_output_dir(out)
     assert _snapshot(out) == before
     prepare_output_dir(out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ['notes.txt']   # only run artifacts are removed
+    assert sorted(p.name for p in out.iterdir()) == ['.previous_run', 'notes.txt']   # only run artifacts, set aside
+    assert (out / '.previous_run' / 'wts.h5.zip').read_bytes() == b'first run'      # whole, should the new run be stopped
     with pytest.raises(NotADirectoryError, match='notes.txt'): prepare_output_dir(out / 'notes.txt')
 
 
