@@ -66,8 +66,10 @@ clean:
 
 # The shipped pretrained model for N=64 (data/pretrained_N64: wts.h5.zip + model_card.json). The shipped one was made
 # by this target with the defaults below on a quiet 2-core CPU: 2048 corpus scans, PRETRAIN_BUDGET=6000 s of training
-# (23,156 steps, bf16; the run was stopped once and continued with PRETRAIN_FLAGS=--resume, as its card's command
-# says). On a GPU raise the budget and the corpus (PRETRAIN_SCANS). It refuses to replace an existing model: add
+# (23,156 steps, bf16; the run was stopped once and continued with PRETRAIN_FLAGS=--resume), then continued on an
+# H200 for 170 s by `benchmarks/gpu_check.py --deadline_s 420 --skip_tests` (4,096 scans, 64 groups a step, label
+# weight 1: 6,556 steps), as its card's command and init_from say. On a GPU raise the budget and the corpus
+# (PRETRAIN_SCANS). It refuses to replace an existing model: add
 # PRETRAIN_FLAGS=--overwrite (or --resume to continue from its checkpoints).
 PRETRAINED ?= data/pretrained_N64
 PRETRAIN_BUDGET ?= 6000
