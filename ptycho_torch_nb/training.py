@@ -8,18 +8,19 @@ import importlib.util, math, os, sys, time, zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
-from .core import require_torch, output_folder, MODEL_CARD
+from .core import require_torch, output_folder, atomic_path, MODEL_CARD
 torch = require_torch()
 import lightning as L
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from . import physics
 from .config import PyTorchExecutionConfig, VALID_ACCELERATORS
 from .model import warmup_cosine
 
 # %% auto #0
 __all__ = ['torch', 'RUN_ARTIFACTS', 'default_execution_config', 'resolve_precision', 'inference_device', 'ContainerDataset',
-           'make_dataloader', 'ContainerDataModule', 'LossHistory', 'build_trainer', 'ranks_max', 'TrainingClock',
-           'predict_object_patches', 'predict_scan', 'prepare_output_dir', 'set_aside', 'check_checkpoint',
-           'resume_checkpoint']
+           'make_dataloader', 'ContainerDataModule', 'LossHistory', 'AtomicCheckpointIO', 'build_trainer', 'ranks_max',
+           'TrainingClock', 'predict_object_patches', 'predict_scan', 'prepare_output_dir', 'set_aside',
+           'check_checkpoint', 'resume_checkpoint']
 
 # %% ../nbs/04_training.ipynb #4c250cb0
 def default_execution_config(**overrides):
@@ -174,6 +175,11 @@ def _callbacks(ec, out: Path, monitor: str, has_validation: bool) -> list:
         cbs.append(EarlyStopping(monitor=monitor, mode=ec.checkpoint_mode, patience=int(ec.early_stop_patience)))
     return cbs
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    "Lightning's checkpoint writer, each file under a temporary name beside it and then renamed (`core.atomic_path`)."
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        with atomic_path(Path(path)) as tmp: torch.save(checkpoint, tmp)
+
 def build_trainer(execution_config,            # PyTorchExecutionConfig
                   output_dir,                  # checkpoints/ and lightning_logs/ go here
                   max_epochs: int,             # TrainingConfig.nepochs
@@ -193,7 +199,7 @@ def build_trainer(execution_config,            # PyTorchExecutionConfig
               accumulate_grad_batches=int(ec.accum_steps), enable_checkpointing=bool(ec.enable_checkpointing),
               enable_progress_bar=bool(ec.enable_progress_bar), enable_model_summary=False,
               logger=_logger(ec.logger_backend, out), callbacks=callbacks,
-              default_root_dir=str(out), num_sanity_val_steps=0, log_every_n_steps=1)
+              default_root_dir=str(out), num_sanity_val_steps=0, log_every_n_steps=1, plugins=[AtomicCheckpointIO()])
     kw.update(trainer_kwargs)
     return L.Trainer(**kw)
 
