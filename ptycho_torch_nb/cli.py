@@ -544,8 +544,7 @@ def stream_parser() -> argparse.ArgumentParser:
 def _stream(argv):
     args = stream_parser().parse_args(argv)
     _check_file(args.model / 'wts.h5.zip' if args.model.is_dir() else args.model, 'model archive'); refuse_pretrained(args.model, 'ptycho-torch-stream')
-    if (args.output_dir / 'stream.json').exists() and not args.overwrite:
-        raise CLIError(f"{args.output_dir}: holds a previous stream (stream.json); choose another --output_dir or --overwrite")
+    from ptycho_torch_nb.training import prepare_output_dir; prepare_output_dir(args.output_dir, args.overwrite)   # used: refused
     from ptycho_torch_nb import streaming as S
     try:
         opts = hdf5_options(args)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, logging, math, os, signal, sys, threading, time, warnings
 from pathlib import Path
 import numpy as np
-from .core import require_torch, atomic_path, output_folder
+from .core import require_torch, atomic_path
 from .raw_data import MAX_SCAN_EXTENT, normalization_factor, RawDataTorch
 from .hdf5_data import HDF5Scan, iter_hdf5_chunks
 from .stitching import stitch_geometry
@@ -460,11 +460,9 @@ def _run(self, source,  # iterable of (amplitude [k, N, N], x [k], y [k]) chunks
         ) -> dict:
     "Consume a stream to its end (or Ctrl-C); returns the final stats, paths, complex object and weights."
     if fmt not in ('npz', 'h5'): raise ValueError(f"fmt={fmt!r}: expected 'npz' or 'h5'")
-    if output_dir is not None:
-        output_folder(output_dir)
-        if (Path(output_dir) / 'stream.json').exists() and not overwrite:
-            raise FileExistsError(f"{output_dir}: holds a previous stream (stream.json); choose another folder or overwrite=True")
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
+    if output_dir is not None:   # a folder holding any run (a stream's live.*, a training) is refused; overwrite sets it aside
+        from ptycho_torch_nb.training import prepare_output_dir
+        prepare_output_dir(output_dir, overwrite).mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
     bar = tqdm(total=total, unit='pat', disable=not progress, file=sys.stderr, smoothing=0.1)
     interrupted, error, cause, t_snap = False, None, None, time.perf_counter()

@@ -376,9 +376,10 @@ def set_aside(out: Path,  # an output folder
     "Move `names` into `out/.previous_run/` (emptied first): a new run stopped before its end leaves the one it replaces whole."
     import shutil
     prev = out / '.previous_run'
-    if prev.exists(): shutil.rmtree(prev)   # the run before the previous one
     names = [n for n in names if n != prev.name]
-    if names: prev.mkdir()
+    if not names: return out                # nothing new (a second call: the CLIs check before the API does): keep it
+    if prev.exists(): shutil.rmtree(prev)   # the run before the previous one
+    prev.mkdir()
     for n in names: os.replace(out / n, prev / n)
     return out
 

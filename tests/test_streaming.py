@@ -165,7 +165,7 @@ def test_keyboard_interrupt_and_errors_in_the_source(model, data, tmp_path):
     res = S.StreamingReconstructor(model, compile=False).run(raising(OSError('detector went away')), tmp_path / 'err', progress=False)
     st = _check_final(tmp_path / 'err', 8, False)
     assert 'detector went away' in st['error'] and res['stats']['error'] == st['error']
-    with pytest.raises(FileExistsError, match='previous stream'):
+    with pytest.raises(FileExistsError, match=r'holds a previous run \(stream.json'):
         S.StreamingReconstructor(model, compile=False).run(raising(KeyboardInterrupt()), tmp_path / 'ki', progress=False)
 
 def test_live_snapshots_are_written(model, data, tmp_path):
@@ -307,7 +307,7 @@ def test_cli_stream_hdf5_and_errors(archive, data, tmp_path):
     assert bad.returncode == 2 and 'entry/nothing' in bad.stderr and 'Traceback' not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
     again = _cli('stream', archive, p, '--positions', 'entry/x', 'entry/y', '--output_dir', tmp_path / 'o', '--quiet')
-    assert again.returncode == 2 and 'previous stream' in again.stderr
+    assert again.returncode == 2 and 'holds a previous run (stream.json' in again.stderr
 
 def test_cli_sigint_while_following(archive, data, tmp_path):
     amp, xy = data
