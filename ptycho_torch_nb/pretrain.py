@@ -20,7 +20,7 @@ from .physics import combined_loss, label_loss, padded_size
 from .model import PtychoPINN_Lightning
 from .stitching import stitch_scan
 from .evaluation import score_scan, ground_truth_on_canvas
-from .training import TrainingClock, check_checkpoint, build_trainer, default_execution_config, resolve_precision, predict_scan, inference_device
+from .training import TrainingClock, check_checkpoint, stopped_run, build_trainer, default_execution_config, resolve_precision, predict_scan, inference_device
 from .persistence import save_torch_bundle, load_torch_bundle
 
 # %% auto #0
@@ -248,7 +248,7 @@ def _check_output_dir(out: Path, resume: bool, overwrite: bool, run: dict):
     if (out / 'wts.h5.zip').exists() and not (resume or overwrite):
         raise FileExistsError(f"{out}: already holds a pretrained model (wts.h5.zip); pass resume=True to continue it, "
                               "overwrite=True to replace it, or choose another output_dir")
-    if (out / 'checkpoints' / 'last.ckpt').exists() and not (resume or overwrite):   # a run stopped before it wrote its model
+    if stopped_run(out) and not (resume or overwrite):   # a plain rerun would replace its checkpoint
         raise FileExistsError(f"{out}: holds an unfinished run (checkpoints/last.ckpt, no wts.h5.zip); pass resume=True to continue "
                               "it, overwrite=True to start afresh, or choose another output_dir")
     if resume and not (out / 'checkpoints' / 'last.ckpt').exists():

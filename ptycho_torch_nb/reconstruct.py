@@ -161,13 +161,11 @@ def fit_scan(model, train_c, config, opts: ScanOptions, execution_config, time_b
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*(does not have many workers|LightningDataModule|GPU available).*')
         trainer.fit(model, datamodule=ContainerDataModule(train_c, None, int(config.batch_size), True, ec, seed))
+    model.to(inference_device(ec.accelerator))   # Lightning leaves a fitted model on the CPU: back where it trained (a GPU)
     return clock, hist
 
-def predict_and_stitch(model, container, M: int = 48,
-                       device=None,  # where inference runs ('cuda', 'cpu'); None: where the model is (after `fit` Lightning leaves it on the CPU)
-                      ) -> dict:
+def predict_and_stitch(model, container, M: int = 48) -> dict:
     "Predict the scan's patches (`predict_scan`), synchronise and stitch them (`stitch_scan`), with timings."
-    if device is not None: model.to(device)
     model.eval()
     t0 = time.perf_counter()
     obj = predict_scan(model, container)
@@ -220,7 +218,7 @@ def reconstruct_scan(data,  # NPZ path or RawDataTorch: the scan to reconstruct 
               + (f"budget {time_budget_s:.0f} s" if time_budget_s else f"{config.nepochs} epochs")
               + (f", fine-tuning {init_from}" if init_from is not None else ""), file=sys.stderr, flush=True)
     clock, hist = fit_scan(model, train_c, config, opts, ec, time_budget_s, snapshot_at_s, snapshot, progress, seed, out)
-    results = predict_and_stitch(model, infer_c, M, inference_device(ec.accelerator))   # back where it trained (a GPU)
+    results = predict_and_stitch(model, infer_c, M)
     results.update(model=model, models={'autoencoder': model, 'diffraction_to_obj': model}, config=config,
                    options=dict(dataclasses.asdict(opts), M=M, parity=parity, time_budget_s=time_budget_s, seed=seed,
                                 precision=ec.precision, init_from=None if init_from is None else str(init_from)),

@@ -19,7 +19,7 @@ from .model import warmup_cosine
 # %% auto #0
 __all__ = ['torch', 'RUN_ARTIFACTS', 'default_execution_config', 'resolve_precision', 'inference_device', 'ContainerDataset',
            'make_dataloader', 'ContainerDataModule', 'LossHistory', 'AtomicCheckpointIO', 'build_trainer', 'ranks_max',
-           'TrainingClock', 'predict_object_patches', 'predict_scan', 'prepare_output_dir', 'set_aside',
+           'TrainingClock', 'predict_object_patches', 'predict_scan', 'prepare_output_dir', 'stopped_run', 'set_aside',
            'check_checkpoint', 'resume_checkpoint']
 
 # %% ../nbs/04_training.ipynb #4c250cb0
@@ -364,11 +364,14 @@ def prepare_output_dir(output_dir,  # the run's output folder
     found = [n for n in RUN_ARTIFACTS if (out / n).exists() and (out / _WRITTEN_WITH.get(n, n)).exists()]
     if not found or resume not in (None, False): return out
     if not overwrite:
-        stopped = (out / 'checkpoints' / 'last.ckpt').exists() and not (out / 'wts.h5.zip').exists()
         raise FileExistsError(f"{out}: holds a previous run ({', '.join(found)})"
-                              + ("; it stopped before writing its model: --resume last (resume='last') continues it" if stopped else '')
+                              + ("; it stopped before writing its model: --resume last (resume='last') continues it" if stopped_run(out) else '')
                               + "; pass --overwrite (overwrite=True) to replace it, or choose a new output folder")
     return set_aside(out, [n for n in found if n not in keep])
+
+def stopped_run(out: Path) -> bool:
+    "Whether the folder holds a training that stopped before it wrote its model: a last checkpoint, no archive."
+    return (out / 'checkpoints' / 'last.ckpt').exists() and not (out / 'wts.h5.zip').exists()
 
 def set_aside(out: Path,  # an output folder
               names,  # its run artifacts to move
