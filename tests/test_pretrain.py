@@ -437,3 +437,16 @@ def test_a_stopped_run_is_kept_and_says_how_it_ran(tmp_path, monkeypatch):
     fresh = tmp_path / 'f'
     with pytest.raises(Killed): PT.pretrain(fresh, steps=2, **TINY)
     assert json.loads((fresh / 'checkpoints' / 'run.json').read_text())['n_scans'] == TINY['n_scans']
+
+
+def test_gpu_check_records_a_failed_phase_and_goes_on(capsys):
+    "`gpu_check.guarded`: a phase that raises is recorded (message and traceback), reported in one line, and returns False."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('gpu_check', Path(__file__).resolve().parent.parent / 'benchmarks' / 'gpu_check.py')
+    gc = importlib.util.module_from_spec(spec); spec.loader.exec_module(gc)
+    rec, saved = {}, []
+    def boom(): raise RuntimeError('received 0 items of ancdata')
+    assert gc.guarded(rec, 'pretrain', lambda: saved.append(1), boom, str) is False
+    assert rec['pretrain']['error'] == 'RuntimeError: received 0 items of ancdata' and 'boom' in rec['pretrain']['traceback']
+    assert saved and 'gpu_check: pretrain FAILED: RuntimeError' in capsys.readouterr().out
+    assert gc.guarded(rec, 'ok', lambda: None, lambda: {'x': 1}, lambda r: f"x {r['x']}") is True and rec['ok']['x'] == 1
