@@ -115,13 +115,15 @@ class ScanBatchSampler(torch.utils.data.Sampler):
     def __len__(self): return len(self._batches())
 
 class CorpusDataset(torch.utils.data.Dataset):
-    "Batch `{'X' [B,C,N,N], 'coords_relative' [B,C,1,2], 'scan' [B]}` (and 'Y' [B,C,N,N], the true patches, if it has labels) gathered from a `Corpus`."
+    "Batch `{'X' [B,C,N,N], 'coords_relative' [B,C,1,2], 'scan' [B], 'scan_id'}` (and 'Y' [B,C,N,N], the true patches, if it has labels) gathered from a `Corpus`; 'scan_id' is the batch's one scan as a Python int (-1: a mix)."
     def __init__(self, corpus: Corpus): self.c = corpus
     def __len__(self): return len(self.c)
     def __getitem__(self, i): return self.__getitems__([i])
     def __getitems__(self, idx):
         idx = torch.as_tensor(idx, dtype=torch.long)
-        out = {'X': self.c.patterns[self.c.groups[idx]], 'coords_relative': self.c.coords_relative[idx], 'scan': self.c.scan[idx]}
+        scan = self.c.scan[idx]   # read here, on the host: the step on a GPU then never waits to learn its probe
+        out = {'X': self.c.patterns[self.c.groups[idx]], 'coords_relative': self.c.coords_relative[idx], 'scan': scan,
+               'scan_id': int(scan[0]) if len(scan) and bool((scan == scan[0]).all()) else -1}
         if self.c.labels is not None: out['Y'] = self.c.labels[self.c.groups[idx]]
         return out
 
@@ -141,7 +143,7 @@ def output_spread(net,  # a `PtychoPINN_Lightning`
     with torch.no_grad():
         for i in np.linspace(0, len(ds) - 1, n).astype(int):
             b = ds[int(i)]
-            amp, _ = m.generate(b['X'].float().to(dev), probe=corpus.probes[int(b['scan'][0])].to(dev))
+            amp, _ = m.generate(b['X'].float().to(dev), probe=corpus.probes[b['scan_id']].to(dev))
             vals.append(float(amp.float().std((-2, -1)).mean()))
     m.train(was)
     return float(np.mean(vals))
@@ -158,8 +160,8 @@ class Pretrainer(L.LightningModule):
         self.register_buffer('probes', corpus.probes, persistent=False)
         self.register_buffer('scales', corpus.scales, persistent=False)
     def compute_losses(self, batch) -> dict:
-        k = int(batch['scan'][0])
-        if not bool((batch['scan'] == k).all()): raise ValueError("a pretraining batch mixes scans (use ScanBatchSampler)")
+        k = batch['scan_id']
+        if k < 0: raise ValueError("a pretraining batch mixes scans (use ScanBatchSampler)")
         m, tc = self.net.model, self.net.tc
         d = m.forward_details(batch['X'], batch['coords_relative'], probe=self.probes[k])
         s = self.scales[k]
@@ -225,7 +227,7 @@ class PretrainClock(TrainingClock):
         if self.total_steps and self.steps >= self.total_steps: trainer.should_stop = True
         loss = outputs['loss'] if isinstance(outputs, dict) else outputs
         budget = f"/{self.budget:.0f} s" if self.budget else f" s, step {self.steps}/{self.total_steps}"
-        self._say(f"[{self.train_s:7.1f}{budget}] step {self.steps}  loss {float(loss):.5g}  "
+        self._say(lambda: f"[{self.train_s:7.1f}{budget}] step {self.steps}  loss {float(loss):.5g}  "
                   f"lr {trainer.optimizers[0].param_groups[0]['lr']:.2e}")
 
 # %% ../nbs/05b_pretrain.ipynb #73c14f88

@@ -271,10 +271,10 @@ class TrainingClock(L.Callback):
         self.history.append(rec)
         budget = f"/{self.budget:.0f}" if self.budget else ""
         self._say(f"[{self.train_s:7.1f}{budget} s] epoch {rec['epoch']:4d}  loss {rec['train_loss']:.5g}  lr {lr:.2e}")
-    def _say(self, msg, force=False):
+    def _say(self, msg, force=False):   # msg: the line, or a function making it (called only to print: a GPU loss read waits for the GPU)
         if not self.progress: return
         if force or time.perf_counter() - self._last_print >= self.every_s:
-            print(msg, file=sys.stderr, flush=True); self._last_print = time.perf_counter()
+            print(msg() if callable(msg) else msg, file=sys.stderr, flush=True); self._last_print = time.perf_counter()
 
 # %% ../nbs/04_training.ipynb #f3cc376c
 def _diffraction_to_obj(model):

@@ -450,3 +450,29 @@ def test_gpu_check_records_a_failed_phase_and_goes_on(capsys):
     assert rec['pretrain']['error'] == 'RuntimeError: received 0 items of ancdata' and 'boom' in rec['pretrain']['traceback']
     assert saved and 'gpu_check: pretrain FAILED: RuntimeError' in capsys.readouterr().out
     assert gc.guarded(rec, 'ok', lambda: None, lambda: {'x': 1}, lambda r: f"x {r['x']}") is True and rec['ok']['x'] == 1
+
+
+def test_a_pretraining_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch):
+    """Every value read from a tensor into Python (`item`, `float`, `int`, `bool`, `tolist`) waits for a GPU to finish
+    its queue, and the step there is bound by launching kernels (benchmarks/RESULTS.md, 2026-12-04): our code reads
+    none a step. Counted here on the CPU: the reads of a 9-step run less those of a 3-step run (one epoch: 16 steps), from
+    our own frames; the loader's reads (sampler, dataset) are of host tensors, before the batch moves to the device."""
+    import sys, traceback
+    reads = []
+    def counted(name):
+        orig = getattr(torch.Tensor, name)
+        def read(self, *a):
+            frames = [f for f in traceback.extract_stack(sys._getframe(1), limit=12) if '/ptycho_torch_nb/' in f.filename]
+            if frames and not {'__getitems__', '__iter__', '_batches'} & {f.name for f in frames}: reads.append(f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno} {name}")
+            return orig(self, *a)
+        return read
+    def run(steps):
+        reads.clear()
+        for name in ('item', '__float__', '__int__', '__bool__', 'tolist'): monkeypatch.setattr(torch.Tensor, name, counted(name))
+        try: PT.pretrain(tmp_path / f's{steps}', **{**TINY, 'n': 16, 'batch_size': 2, 'progress': True, 'checkpoint_every': 10 ** 6}, steps=steps,
+                         watch_every=10 ** 6, accelerator='cpu', precision='32-true')
+        finally: monkeypatch.undo()
+        return list(reads)
+    few, more = run(3), run(9)
+    extra = [r for r in more if more.count(r) > few.count(r)]
+    assert not extra, f"reads per step: {sorted(set(extra))}"
