@@ -16,8 +16,8 @@ from .config import POLISH_EPOCHS
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'PTYCHODUS_INSTALL_HINT', 'SUPPORTED_PTYCHODUS', 'PTYCHODUS_HALF_PIXEL', 'ARCHIVE_NAME', 'HISTORY_MEMBER',
-           'TRAIN_STAGE', 'MODEL_FILE_FILTER', 'MODEL_FILE_EXTENSION', 'TRAINING_DATA_FILE_FILTER',
+__all__ = ['logger', 'PTYCHODUS_INSTALL_HINT', 'SUPPORTED_PTYCHODUS', 'PTYCHODUS_HALF_PIXEL', 'ARCHIVE_NAME', 'PROGRESS_GOAL',
+           'HISTORY_MEMBER', 'TRAIN_STAGE', 'MODEL_FILE_FILTER', 'MODEL_FILE_EXTENSION', 'TRAINING_DATA_FILE_FILTER',
            'RECONSTRUCT_ENTRY_POINT', 'TRAIN_ENTRY_POINT', 'LIBRARY_NAME', 'SLOTS', 'ptychodus_version',
            'check_ptychodus_version', 'simulate_reconstruct_input', 'arrays_from_reconstruct_input',
            'raw_data_from_reconstruct_input', 'grid_anchor', 'object_from_stitched', 'output_product',
@@ -188,6 +188,7 @@ def object_from_stitched(stitched,                  # [P, P] complex stitched im
     geo = stitch_geometry(np.asarray(positions, np.float64).reshape(-1, 2), M, anchor=anchor)
     if geo.size != stitched.shape[0]:
         raise ValueError(f"stitched image is {stitched.shape} but these positions give a {geo.size}-pixel canvas (M={M}, anchor={anchor})")
+    if object_in.num_layers > 1: logger.warning("the input object has %d layers; the reconstruction is one layer (layer 0's grid)", object_in.num_layers)
     rows, cols = np.indices(object_in.get_layer(0).shape, dtype=np.float64)
     canvas_row, canvas_col = geo.object_to_canvas(cols - PTYCHODUS_HALF_PIXEL, rows - PTYCHODUS_HALF_PIXEL)  # whole with `grid_anchor`
     sample = lambda img: map_coordinates(img, [canvas_row, canvas_col], order=1, mode='constant', cval=0.0)
@@ -199,12 +200,12 @@ def object_from_stitched(stitched,                  # [P, P] complex stitched im
 
 def output_product(parameters: ReconstructInput,     # the input (metadata, positions, probe are kept)
                    object_: Object,                  # the reconstructed object
-                   losses: Sequence[LossValue] = (),  # training history to report (default: the input's)
+                   losses: Sequence[LossValue] = (),  # this model's training history (none: no losses, never the input's)
                   ) -> Product:
     "The ptychodus `Product` of a reconstruction: input metadata, positions and probe; new object and losses."
     p = parameters.product
     return Product(metadata=p.metadata, probe_positions=p.probe_positions, probes=p.probes, object_=object_,
-                   losses=list(losses) if losses else list(p.losses))
+                   losses=list(losses))   # an earlier run's costs (another algorithm's) are not this reconstruction's
 
 # %% ../nbs/06b_ptychodus.ipynb #25d0e9da
 @dataclass(frozen=True)
@@ -225,6 +226,7 @@ class ReconstructorSettings:
     polish_epochs: int = POLISH_EPOCHS  # solver passes after the pretrained network (0: its image alone)
 
 ARCHIVE_NAME = 'wts.h5.zip'
+PROGRESS_GOAL = 1   # each call yields one output, when done; ptychodus' batch mode names it by progress (product.000001.h5, as its own slots)
 HISTORY_MEMBER = 'ptychodus/training_history.json'   # losses, added to the archive so products can report them
 
 # %% ../nbs/06b_ptychodus.ipynb #b2e6f8db
@@ -318,6 +320,7 @@ def resolve_archive(model_path) -> Path:
     "The `wts.h5.zip` archive a model path means: the file itself, or `<folder>/wts.h5.zip`."
     p = Path(model_path)
     if p.is_dir(): p = p / ARCHIVE_NAME
+    if p.suffix == '.ckpt': raise ValueError(f"{p} is a Lightning training checkpoint; open the model archive {ARCHIVE_NAME} of the same run instead")
     if not p.is_file(): raise FileNotFoundError(f"model archive not found: {p} (expected a {ARCHIVE_NAME} file or a folder holding one)")
     return p
 
@@ -425,11 +428,10 @@ class PtychoPINNTorchReconstructor(TrainableReconstructor):
 
     @property
     def name(self) -> str: return self._name
-    def get_progress_goal(self) -> int: return int(self.settings.nepochs)
+    def get_progress_goal(self) -> int: return PROGRESS_GOAL
 
     def reconstruct(self, parameters: ReconstructInput):   # no model loaded: the pretrained route (`pretrained_product`)
-        yield ReconstructOutput(reconstruct_product(parameters, self._model_path, self.settings),
-                                progress=self.get_progress_goal(), status=0)
+        yield ReconstructOutput(reconstruct_product(parameters, self._model_path, self.settings), progress=PROGRESS_GOAL, status=0)
 
     def is_model_loaded(self) -> bool: return self._model_path is not None
     def get_model_file_filter(self) -> str: return MODEL_FILE_FILTER
@@ -448,7 +450,7 @@ class PtychoPINNTorchReconstructor(TrainableReconstructor):
         archive, history = train_model(input_path, output_path, self.settings)
         self._model_path, self.last_history = archive, history
         train_losses, val_losses = losses_from_history(history)
-        yield TrainOutput(training_loss=train_losses, validation_loss=val_losses, progress=len(train_losses), status=0)
+        yield TrainOutput(training_loss=train_losses, validation_loss=val_losses, progress=PROGRESS_GOAL, status=0)
 
 # %% ../nbs/06b_ptychodus.ipynb #521e12dc
 RECONSTRUCT_ENTRY_POINT = 'ptycho_torch_nb.ptychodus:run_reconstruct'
@@ -478,14 +480,13 @@ def run_reconstruct(payload,   # `ReconstructPayload` (or ptychodus' PtychoPINN-
     archive = None if payload.model_path is None else resolve_archive(payload.model_path)   # fail fast, before torch is imported
     settings = getattr(payload, 'settings', None) or ReconstructorSettings()
     product = reconstruct_product(payload.reconstruct_input, archive, settings)
-    _put(queue, 'output', ReconstructOutput(product=product, progress=int(settings.nepochs), status=0))
+    _put(queue, 'output', ReconstructOutput(product=product, progress=PROGRESS_GOAL, status=0))
 
 def run_train(payload: TrainPayload, queue):
     "Child entry point: train once, send `('train_output', pickle(TrainOutput))` then `('model_saved', archive)`."
     archive, history = train_model(payload.input_path, payload.output_path, payload.settings)
     train_losses, val_losses = losses_from_history(history)
-    _put(queue, 'train_output', TrainOutput(training_loss=train_losses, validation_loss=val_losses,
-                                            progress=len(train_losses), status=0))
+    _put(queue, 'train_output', TrainOutput(training_loss=train_losses, validation_loss=val_losses, progress=PROGRESS_GOAL, status=0))
     _put(queue, 'model_saved', archive)
 
 # %% ../nbs/06b_ptychodus.ipynb #fe81fc0b
@@ -505,7 +506,7 @@ def build_subprocess_reconstructor(name: str = 'Unsupervised',   # shown in ptyc
     from ptychodus.model.processing.subprocess_reconstructor import SubprocessReconstructor
     get = settings if callable(settings) else (lambda s=settings or ReconstructorSettings(): s)
     return SubprocessReconstructor(
-        name=name, reconstruct_entry_point=RECONSTRUCT_ENTRY_POINT, progress_goal_fn=lambda: int(get().nepochs),
+        name=name, reconstruct_entry_point=RECONSTRUCT_ENTRY_POINT, progress_goal_fn=lambda: PROGRESS_GOAL,
         build_reconstruct_payload=_ReconstructPayloadBuilder(get), is_trainable=True,
         train_entry_point=TRAIN_ENTRY_POINT, build_train_payload=_TrainPayloadBuilder(get),
         model_file_filter=MODEL_FILE_FILTER, model_file_extension=MODEL_FILE_EXTENSION,

@@ -52,7 +52,7 @@ def test_training_outputs(trained):
     last = outputs[-1]
     assert [l.epoch for l in last.training_loss] == list(range(EPOCHS))
     assert all(np.isfinite(l.value) for l in last.training_loss)
-    assert last.progress == EPOCHS == rec.get_progress_goal()
+    assert last.progress == 1 == rec.get_progress_goal()   # one output, when done (ptychodus names batch products by it)
     assert rec.get_model_file_extension() == '.h5.zip' and '*.h5.zip' in rec.get_model_file_filter()
     assert rec.get_training_data_file_filter() == 'NumPy Zipped Archive (*.npz)'
     assert ptn.archive_history(root / 'out')['train_loss'] == [l.value for l in last.training_loss]
@@ -172,7 +172,7 @@ def test_subprocess_reconstructor(trained):
     from ptychodus.model.processing._subprocess_protocol import ChildError
     rec, ri, truth, root, outputs = trained
     sub = ptn.build_subprocess_reconstructor('Unsupervised', ptn.ReconstructorSettings(nepochs=EPOCHS, **TINY))
-    assert isinstance(sub, TrainableReconstructor) and sub.name == 'Unsupervised' and sub.get_progress_goal() == EPOCHS
+    assert isinstance(sub, TrainableReconstructor) and sub.name == 'Unsupervised' and sub.get_progress_goal() == 1
     assert not sub.is_model_loaded()
     payload = ptn._ReconstructPayloadBuilder(lambda: ptn.ReconstructorSettings(pretrained='none'))(ri, None)
     assert payload.model_path is None                              # no model: the child takes the pretrained route, or says why
@@ -247,7 +247,7 @@ def test_model_core_enable(home):
         assert isinstance(table['ptychopinn-torch_unsupervised'], ptn.PtychoPINNTorchReconstructor)
         # with no fixed settings, epochs come from ptychodus' own PtychoPINN-Torch training settings, per call
         core.ptychopinn_torch_reconstructor_library.training_settings.epochs.set_value(3)
-        assert table[key].get_progress_goal() == 3
+        assert table[key]._build_train_payload('in', 'out').settings.nepochs == 3
         assert processing.get_model_file_extension(algorithm=key) == '.h5.zip'
         assert processing.get_training_data_file_filter(algorithm=key) == 'NumPy Zipped Archive (*.npz)'
 
@@ -273,10 +273,30 @@ def test_batch_mode_main(trained, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, 'argv', ['ptychodus', '--batch', 'reconstruct', '-i', str(inp), '-o', str(out)])
     assert ptn.main() == 0
     written = sorted(out.glob('product*.h5'))
-    assert len(written) == 1, f'expected one product file in {out}, found {written}'
+    assert [w.name for w in written] == ['product.000001.h5'], f'expected one product file in {out}, found {written}'   # as ptychodus' own slots
     product = load_product(written[0])
     expected = list(rec.reconstruct(ri))[0].product
     assert product.object_.get_geometry() == ri.product.object_.get_geometry()
     np.testing.assert_array_equal(product.probe_positions.get_indexes(), ri.product.probe_positions.get_indexes())
     np.testing.assert_allclose(product.object_.get_array(), expected.object_.get_array(), atol=1e-4)
     assert [(l.epoch, l.value) for l in product.losses] == [(l.epoch, l.value) for l in outputs[-1].training_loss]
+
+
+def test_output_losses_are_this_models_only(trained, tmp_path):
+    "An input product's losses (an earlier run's, maybe another algorithm's) never pass for this reconstruction's."
+    from ptychodus.api.product import Product, LossValue
+    from ptychodus.api.reconstruct import ReconstructInput
+    rec, ri, truth, root, outputs = trained
+    p = ri.product
+    earlier = ReconstructInput(ri.diffraction_patterns, ri.bad_pixels,
+                               Product(p.metadata, p.probe_positions, p.probes, p.object_, [LossValue(0, 9.0), LossValue(1, 8.0)]))
+    assert ptn.output_product(earlier, p.object_).losses == []
+    out = ptn.reconstruct_product(earlier, root / 'out', rec.settings)
+    assert [l.value for l in out.losses] == [l.value for l in outputs[-1].training_loss]
+
+
+def test_a_training_checkpoint_is_refused_by_name(tmp_path):
+    "Lightning's .ckpt files sit beside the archive in a run folder: opening one says which file to open instead."
+    (tmp_path / 'epoch=0-step=2.ckpt').write_bytes(b'PK')
+    with pytest.raises(ValueError, match=r"Lightning training checkpoint.*wts\.h5\.zip"):
+        ptn.PtychoPINNTorchReconstructor().load_model_from_file(tmp_path / 'epoch=0-step=2.ckpt')
