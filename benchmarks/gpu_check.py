@@ -11,7 +11,8 @@ deadline leaves, so a slow phase shortens it instead of losing the call):
    deterministic backward, export and streaming of a GPU model, the workflow's deterministic training), the CUDA bf16 fit
    and the pretraining tests (pretraining, zero-shot and polish run on the accelerator there), with pytest's tail;
 1. throughput: training patterns/s of `pretrain` (bf16-mixed and 32-true) against the plain CNN of the same layers,
-   same run, same batch (`bench_pretrain_throughput`): the issue's bar is ours / plain >= 1.1;
+   same run, same batch (`bench_pretrain_throughput`), at each of --throughput_batches groups per step (the step is
+   launch-bound at 64 groups on an H200: larger batches share that cost): the issue's bar is ours / plain >= 1.1;
 2. zero-shot rate: `reconstruct_zero_shot` of the shipped model on a --rate_n-pattern scan, on the accelerator and on
    the machine's CPU (patterns/s of inference, and the whole call with stitching);
 3. pretraining: the shipped model's recipe (`make pretrained`) on a --n_scans corpus for the time left, bf16, one scan
@@ -29,7 +30,7 @@ The new model's start is then measured on the session's own machine, where the m
 Its ratio in solver passes is the bar's time to quality. A zero-shot SSIM says little about it (RESULTS.md, 2026-12-03,
 sixth session: what a start must get right is its large scales).
 
-Usage: python benchmarks/gpu_check.py --out DIR [--deadline_s 420] [--n_scans 4096] [--batch_size 64]
+Usage: python benchmarks/gpu_check.py --out DIR [--deadline_s 420] [--n_scans 4096] [--batch_size 64] [--throughput_batches 64 256]
        [--resume CKPT] [--tiny]
 """
 import argparse, functools, json, shutil, sys, tempfile, time
@@ -59,6 +60,11 @@ def environment() -> dict:
     dev = inference_device('auto')
     return dict(torch=torch.__version__, device=dev, name=torch.cuda.get_device_name(0) if dev == 'cuda' else 'cpu',
                 precision=resolve_precision('auto', 'gpu' if dev == 'cuda' else 'cpu'), cpu_threads=torch.get_num_threads())
+
+def throughput_by_batch(steps: int, batch_sizes, device: str, workdir: Path) -> dict:
+    "`throughput` at each batch size: {'by_batch': {groups: record}}, and the first batch size's record at the top level."
+    by = {int(b): throughput(steps, int(b), device, workdir) for b in batch_sizes}
+    return dict(by[int(batch_sizes[0])], by_batch=by)
 
 def throughput(steps: int, batch_size: int, device: str, workdir: Path) -> dict:
     "Training patterns/s of `pretrain` in each precision and of the plain CNN of the same layers (same batch)."
@@ -163,6 +169,7 @@ def main(argv=None):
     ap.add_argument('--deadline_s', type=float, default=420, help="the whole script ends within about this (s); 420: with the start, about half of a session's 15 device minutes")
     ap.add_argument('--n_scans', type=int, default=4096, help='pretraining corpus scans (the shipped CPU model: 2048)')
     ap.add_argument('--batch_size', type=int, default=64, help='groups per pretraining step (64: a whole corpus scan)')
+    ap.add_argument('--throughput_batches', type=int, nargs='+', default=[64, 256], help='groups per step at which phase 1 measures throughput')
     ap.add_argument('--n_filters_scale', type=int, default=1, help='network width (1: the shipped 2.5 MB model; 2: 4x the weights, a 9.7 MB archive)')
     ap.add_argument('--resume', type=Path, default=None, help="a last.ckpt of an earlier chunk to continue")
     ap.add_argument('--init_from', default='shipped', help="weights to start from: 'shipped' (--model), 'none' (random), or a model folder")
@@ -183,18 +190,19 @@ def main(argv=None):
     rec = dict(environment=environment(), argv=sys.argv[1:] if argv is None else argv)
     dev = rec['environment']['device']
     print(f"gpu_check: {rec['environment']}", flush=True)
-    tiny = dict(steps=2, rate_n=32, n_scans=2, eval_n=32, batch=4) if a.tiny else dict(steps=30, rate_n=1024, n_scans=a.n_scans, eval_n=256, batch=a.batch_size)
+    tiny = (dict(steps=2, rate_n=32, n_scans=2, eval_n=32, batch=4, batches=[4, 8]) if a.tiny else
+            dict(steps=30, rate_n=1024, n_scans=a.n_scans, eval_n=256, batch=a.batch_size, batches=a.throughput_batches))
     save = lambda: (out / 'gpu_check.json').write_text(json.dumps(rec, indent=1, default=float))
     if not (a.tiny or a.skip_tests):   # (the suite runs the tiny form itself)
         rec['tests'] = gpu_tests(); save()
         print(f"tests on this machine ({' '.join(GPU_TESTS)}): {'passed' if rec['tests']['passed'] else 'FAILED'} "
               f"in {rec['tests']['seconds']:.0f} s: {(rec['tests']['tail'].strip().splitlines() or [''])[-1]}", flush=True)
-    def report_throughput(th):
-        ours = th['ours_' + th['chosen']]
-        return (f"throughput: ours ({th['chosen']}) {ours:.0f} patterns/s, plain CNN {th['plain']:.0f} "
-                f"patterns/s: {th['ratio']:.2f}x (bar 1.1); ours 32-true {th['ours_32-true']:.0f}")
+    def report_throughput(rec):
+        return '\n'.join(f"throughput, {b} groups a step: ours ({th['chosen']}) {th['ours_' + th['chosen']]:.0f} patterns/s, plain CNN "
+                         f"{th['plain']:.0f} patterns/s: {th['ratio']:.2f}x (bar 1.1); ours 32-true {th['ours_32-true']:.0f}"
+                         for b, th in rec['by_batch'].items())
     with tempfile.TemporaryDirectory() as work:
-        guarded(rec, 'throughput', save, lambda: throughput(tiny['steps'], tiny['batch'], dev, Path(work)), report_throughput)
+        guarded(rec, 'throughput', save, lambda: throughput_by_batch(tiny['steps'], tiny['batches'], dev, Path(work)), report_throughput)
     guarded(rec, 'zero_shot_rate', save, lambda: zero_shot_rate(a.model, tiny['rate_n'], dev),
             lambda zr: '\n'.join(f"zero-shot on {d}: {z['n']} patterns, inference {z['inference_seconds']:.2f} s "
                                  f"({z['patterns_per_s']:.0f} patterns/s), whole call {z['seconds']:.2f} s" for d, z in zr.items() if isinstance(z, dict)))
