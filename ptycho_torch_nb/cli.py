@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 from .config import ScanOptions, GENERATOR_MODES, POLISH_STARTS, POLISH_EPOCHS, ROUTES, validate_run_options
 from .core import (refuse_pretrained, OneLineParser, run_command, quiet_libraries, positive_int, non_negative_int, positive_float,
                                   HelpFormatter, atomic_path)
-from .hdf5_data import add_hdf5_arguments, hdf5_options, is_hdf5, load_scan, scan_facts  # numpy/h5py: --help stays torch-free
+from .hdf5_data import add_hdf5_arguments, hdf5_options, is_hdf5, load_scan, scan_facts, scan_options  # numpy/h5py: --help stays torch-free
 
 # %% auto #0
 __all__ = ['ACCELERATORS', 'COMMANDS', 'CLIError', 'train_parser', 'build_train_configs', 'train_main', 'infer_parser',
@@ -26,33 +26,28 @@ class CLIError(Exception):
 def _add_output_flags(g, quiet_keeps: str = ''):
     "`--quiet` and `--verbose`, the same on every command; `quiet_keeps`: the one line a quiet run still prints."
     g.add_argument('--quiet', action='store_true', help=f"no progress bar, {'only ' + quiet_keeps if quiet_keeps else 'no summary lines'}")
-    g.add_argument('--verbose', action='store_true',
-                   help="also show Lightning's own lines (GPU/TPU available, tips) and library warnings")
+    g.add_argument('--verbose', action='store_true', help="also show Lightning's own lines (GPU/TPU available, tips) and library warnings")
     return g
 
-def _devices(s):
-    return 'auto' if s == 'auto' else positive_int(s)
+def _devices(s): return 'auto' if s == 'auto' else positive_int(s)
 
 def _add_runtime_flags(p, inference: bool = False):
     g = p.add_argument_group('execution (PyTorchExecutionConfig)')
-    g.add_argument('--accelerator', choices=ACCELERATORS, default='auto',
-                   help="device kind; 'auto' = cuda when available, else cpu")
+    g.add_argument('--accelerator', choices=ACCELERATORS, default='auto', help="device kind; 'auto' = cuda when available, else cpu")
     g.add_argument('--devices', type=_devices, default=1, help="devices per node, or 'auto'")
-    g.add_argument('--num-workers', dest='num_workers', type=non_negative_int, default=0,
-                   help='DataLoader worker processes (0 is best on CPU)')
+    g.add_argument('--num-workers', dest='num_workers', type=non_negative_int, default=0, help='DataLoader worker processes (0 is best on CPU)')
     g.add_argument('--pin-memory', dest='pin_memory', action='store_true', help='pin host memory for GPU transfers')
     g.add_argument('--inference-batch-size', dest='inference_batch_size', type=positive_int, default=None,
                    help='groups per prediction batch (default: the training batch size; 16 for ptycho-torch-infer)')
     _add_output_flags(g)
-    g.add_argument('--device', choices=('cpu', 'cuda'), default=None,
-                   help='DEPRECATED: use --accelerator (mapped to it with a DeprecationWarning)')
+    g.add_argument('--device', choices=('cpu', 'cuda'), default=None, help='DEPRECATED: use --accelerator (mapped to it with a DeprecationWarning)')
     return g
 
 def _add_data_flags(p, inference: bool = False):
     g = p.add_argument_group('data and grouping (TrainingConfig / InferenceConfig)')
     g.add_argument('--output_dir', '--output-dir', dest='output_dir', type=Path,
                    default=Path('inference_outputs' if inference else 'training_outputs'),
-                   help='folder for images, metrics, checkpoints, logs and wts.h5.zip')
+                   help='folder for images and metrics' + ('' if inference else ', checkpoints, logs and wts.h5.zip'))
     g.add_argument('--n_groups', '--n-groups', '--n_images', '--n-images', dest='n_groups', type=positive_int,
                    default=None, help='groups (patterns at gridsize 1) to use; --n_images is the older name '
                                       + ('(default: every scan position)' if inference else
@@ -167,12 +162,13 @@ def _check_file(path, what):
 
 def _check_scan(path, what, args=None, loaded: bool = False):
     """A scan file exists and can be read (numpy/h5py only: answered before torch is imported). An HDF5 file, read
-    with the HDF5 flags of `args`, comes back loaded (a `RawDataTorch`), as does an NPZ with `loaded`; else its path."""
+    with the HDF5 flags of `args`, comes back loaded (a `RawDataTorch`), as does an NPZ with `loaded` or read with flags
+    (`--data`, `--diffraction_layout`); else its path."""
     _check_file(path, what)
     if path is None: return None
-    try: raw = load_scan(path, **(hdf5_options(args) if args is not None and is_hdf5(path) else {}))
+    try: raw = load_scan(path, **(opts := scan_options(args, path) if args is not None else {}))   # an NPZ: --data, --diffraction_layout
     except ValueError as e: raise CLIError(str(e)) from None
-    return raw if loaded or is_hdf5(path) else path
+    return raw if loaded or is_hdf5(path) or any(v is not None for v in opts.values()) else path   # flags applied: the loaded scan
 
 def build_train_configs(args):
     "`(TrainingConfig, PyTorchExecutionConfig)` from parsed `ptycho-torch-train` flags."
@@ -285,6 +281,10 @@ def _infer(argv):
     net = args.model_path / 'network'   # a ptycho-torch-reconstruct run that trained and polished keeps its network there
     if not (args.model_path / 'wts.h5.zip').is_file() and (net / 'wts.h5.zip').is_file():
         raise CLIError(f"model archive not found: {args.model_path / 'wts.h5.zip'}; this run's trained network is in {net} (--model_path {net})")
+    used = json.loads((args.model_path / 'reconstruct.json').read_text()).get('pretrained') if (args.model_path / 'reconstruct.json').is_file() else None
+    if used and not (args.model_path / 'wts.h5.zip').is_file():   # a ptycho-torch-reconstruct run that trained nothing
+        raise CLIError(f"{args.model_path} holds no trained network: that run imaged its scan with the pretrained model ({used}); image "
+                       "another scan with it by ptycho-torch-reconstruct SCAN" + ('' if used == 'shipped' else f" --pretrained {used}"))
     _check_file(args.model_path / 'wts.h5.zip', 'model archive'); refuse_pretrained(args.model_path, 'ptycho-torch-infer')
     test = _check_scan(args.test_data, 'test data file', args)
     _resolve_accelerator_flags(args); quiet_libraries(args.verbose)
@@ -404,7 +404,9 @@ def _reconstruct(argv):
     passes = args.polish if args.polish is not None else (POLISH_EPOCHS if route == 'pretrained' else 0)
     if (args.polish_budget is not None or args.polish_probe or args.polish_start) and not passes:
         raise CLIError("--polish_budget, --polish_probe and --polish_start set up the polish: give --polish EPOCHS too")
-    from ptycho_torch_nb.reconstruct import reconstruct_scan, scan_options, scan_execution_config, polish, save_scan_outputs
+    if not args.quiet: print(f"ptycho-torch-reconstruct: route {route} ({why})" + ('' if route == 'pretrained' else '; training ' + (
+        f"for {args.time_budget:g} s" if args.time_budget else "for all its epochs (--time_budget S caps it)")), file=sys.stderr, flush=True)
+    from ptycho_torch_nb.reconstruct import reconstruct_scan, scan_options, scan_execution_config, polish, save_scan_outputs, fit_report
     from ptycho_torch_nb.training import prepare_output_dir; out = prepare_output_dir(args.output_dir, args.overwrite)   # used: refused
     net_dir, pol = out / 'network' if passes else out, None
     if route == 'pretrained':   # the network's inference, then the polish from its image
@@ -426,9 +428,10 @@ def _reconstruct(argv):
     if pol is not None:
         pol.update(route='polish', route_reason=why, pretrained=res.get('pretrained')); res = pol; save_scan_outputs(res, out)
         head += f", polished {res['epochs']} passes in {res['seconds']:.1f} s" + (', probe refined' if args.polish_probe else '')
-    m = res.get('metrics')
+    m, (fit, warn) = res.get('metrics'), fit_report(res)
     print(f"ptycho-torch-reconstruct: wrote {args.output_dir} (route {route}: {why}; {head}"
-          + (f"; SSIM amplitude {m['ssim_amp']:.3f}, phase {m['ssim_phase']:.3f}" if m else "") + ")")
+          + (f"; SSIM amplitude {m['ssim_amp']:.3f}, phase {m['ssim_phase']:.3f}" if m else "") + fit + ")")
+    if warn: print(f"ptycho-torch-reconstruct: warning: {warn}", file=sys.stderr)
 
 def reconstruct_main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of `ptycho-torch-reconstruct`: image one scan by the route `route.choose_route` picks."

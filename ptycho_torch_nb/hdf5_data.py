@@ -12,9 +12,9 @@ from .raw_data import RawDataTorch, read_npz
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DATA_KINDS', 'UNITS', 'HDF5_SUFFIXES', 'counts_to_amplitude', 'object_pixel_size', 'positions_to_pixels',
-           'read_positions_csv', 'HDF5Scan', 'iter_hdf5_chunks', 'add_hdf5_arguments', 'hdf5_options', 'is_hdf5',
-           'load_scan', 'scan_facts']
+__all__ = ['log', 'DATA_KINDS', 'UNITS', 'HDF5_DEFAULTS', 'HDF5_ONLY', 'HDF5_SUFFIXES', 'counts_to_amplitude',
+           'object_pixel_size', 'positions_to_pixels', 'read_positions_csv', 'HDF5Scan', 'iter_hdf5_chunks',
+           'add_hdf5_arguments', 'hdf5_options', 'npz_options', 'scan_options', 'is_hdf5', 'load_scan', 'scan_facts']
 
 # %% ../nbs/02d_hdf5_data.ipynb #fa488be4
 DATA_KINDS = ('counts', 'amplitude', 'intensity')
@@ -311,18 +311,24 @@ RawDataTorch.from_hdf5 = staticmethod(_raw_from_hdf5)
 def add_hdf5_arguments(parser,  # an argparse.ArgumentParser
                        probe: bool = False,  # also `--probe` (commands that need the probe: train, infer, reconstruct)
                       ):
-    "Add the HDF5 input flags (`--diffraction_key --positions --units --pixel_size --mask --crop --centre --data [--probe]`)."
-    g = parser.add_argument_group('HDF5 input (hdf5_data.HDF5Scan; for .h5/.hdf5/.nxs scan files)')
+    "Add the scan file flags: HDF5 (`--diffraction_key --positions --units --pixel_size --mask --crop --centre [--probe]`), both (`--data`), NPZ (`--diffraction_layout`)."
+    g = parser.add_argument_group('scan file input (.h5/.hdf5/.nxs: hdf5_data.HDF5Scan; an NPZ takes only --data and --diffraction_layout)')
     if probe: g.add_argument('--probe', metavar='KEY_OR_NPZ', help="the probe: a dataset key in the HDF5 file, or an .npz holding 'probeGuess'")
-    g.add_argument('--diffraction_key', '--diffraction-key', default='entry/data/data', help='dataset of (M, H, W) detector counts')
+    g.add_argument('--diffraction_key', '--diffraction-key', help=f'dataset of (M, H, W) detector counts (default: {HDF5_DEFAULTS["diffraction"]})')
     g.add_argument('--positions', nargs='+', metavar='KEY_OR_CSV', help='two dataset keys (x y), one (M, 2) key, or a CSV (x, y)')
-    g.add_argument('--units', choices=tuple(UNITS), default='px', help="positions' units; not px: x_px = x * unit / pixel_size")
+    g.add_argument('--units', choices=tuple(UNITS), help="positions' units (default: px); not px: x_px = x * unit / pixel_size")
     g.add_argument('--pixel_size', '--pixel-size', type=float, help='object pixel size (m): lambda * z / (N * detector pixel)')
     g.add_argument('--mask', help='bad-pixel mask dataset (non-zero = bad; NeXus pixel_mask)')
     g.add_argument('--crop', type=int, help='keep N x N pixels around the beam centre')
     g.add_argument('--centre', '--center', nargs='+', metavar='ROW_COL', help="beam centre 'ROW COL', or 'auto' (centroid); default: frame centre")
-    g.add_argument('--data', choices=DATA_KINDS, default='counts', help="'counts' refuses fractional values")
+    g.add_argument('--data', choices=DATA_KINDS, help="what the patterns hold (HDF5 default: counts, which refuses fractional values; "
+                   "an NPZ: amplitudes, as the data contract says; intensity/counts: square-rooted)")
+    g.add_argument('--diffraction_layout', '--diffraction-layout', choices=('MNN', 'NNM'),
+                   help="an NPZ's diff3d layout, (M, N, N) or (N, N, M): needed only when M = N leaves it ambiguous")
     return g
+
+HDF5_DEFAULTS = dict(diffraction='entry/data/data', units='px', data='counts')   # what an HDF5 file gets for a flag not given
+HDF5_ONLY = ('probe', 'diffraction_key', 'positions', 'units', 'pixel_size', 'mask', 'crop', 'centre')   # flags an NPZ cannot take
 
 def hdf5_options(args) -> dict:
     "`HDF5Scan` keyword arguments from flags parsed with `add_hdf5_arguments`."
@@ -334,8 +340,22 @@ def hdf5_options(args) -> dict:
         try: centre = tuple(float(v) for v in centre); assert len(centre) == 2
         except (ValueError, AssertionError): raise ValueError(f"--centre expects 'ROW COL' or 'auto', got {' '.join(args.centre)!r}")
     if args.crop is not None and args.crop < 1: raise ValueError(f"--crop {args.crop}: expected a positive pattern size")
-    return dict(diffraction=args.diffraction_key, positions=pos, units=args.units, pixel_size=args.pixel_size,
-                mask=args.mask, crop=args.crop, centre=centre, data=args.data, **({'probe': args.probe} if 'probe' in vars(args) else {}))
+    if getattr(args, 'diffraction_layout', None): raise ValueError("--diffraction_layout: for an NPZ's diff3d; an HDF5 dataset is (M, H, W)")
+    return dict(diffraction=args.diffraction_key or HDF5_DEFAULTS['diffraction'], positions=pos, units=args.units or HDF5_DEFAULTS['units'],
+                pixel_size=args.pixel_size, mask=args.mask, crop=args.crop, centre=centre, data=args.data or HDF5_DEFAULTS['data'],
+                **({'probe': args.probe} if 'probe' in vars(args) else {}))
+
+def npz_options(args) -> dict:
+    "`RawDataTorch.from_file` keyword arguments from the same flags (`--data`, `--diffraction_layout`); `ValueError` naming an HDF5-only flag."
+    given = [f"--{k}" for k in HDF5_ONLY if getattr(args, k, None) is not None]
+    if given: raise ValueError(f"{', '.join(given)}: HDF5 input flags, and this scan is an NPZ, whose keys hold the patterns, probe and "
+                               "positions (diff3d, probeGuess, xcoords, ycoords; specs/data_contract.md): drop them")
+    data = getattr(args, 'data', None)
+    return dict(diffraction_is_intensity=None if data is None else data != 'amplitude', diffraction_layout=getattr(args, 'diffraction_layout', None))
+
+def scan_options(args, path) -> dict:
+    "The loader's keyword arguments for `path` from parsed flags: `hdf5_options` for an HDF5 file, `npz_options` for an NPZ."
+    return hdf5_options(args) if is_hdf5(path) else npz_options(args)
 
 # %% ../nbs/02d_hdf5_data.ipynb #16054b4b
 HDF5_SUFFIXES = ('.h5', '.hdf5', '.hdf', '.nxs', '.nx5')
@@ -345,13 +365,13 @@ def is_hdf5(path) -> bool:
     return Path(path).suffix.lower() in HDF5_SUFFIXES
 
 def load_scan(path,  # .npz (data contract) or HDF5 detector file
-              **hdf5_options,  # HDF5 files: `RawDataTorch.from_hdf5` options (diffraction, positions, probe, units, ...)
+              **options,  # HDF5: `RawDataTorch.from_hdf5`'s (diffraction, positions, probe, units, ...); NPZ: `from_file`'s (`scan_options`)
              ) -> RawDataTorch:
     "The scan in `path` as a `RawDataTorch`; `FileNotFoundError`/`ValueError` naming the file (and dataset) otherwise."
     p = Path(path)
     if not p.is_file(): raise FileNotFoundError(f"scan file not found: {p}")
-    if is_hdf5(p): return RawDataTorch.from_hdf5(p, **hdf5_options)
-    return RawDataTorch.from_file(p)
+    if is_hdf5(p): return RawDataTorch.from_hdf5(p, **options)
+    return RawDataTorch.from_file(p, **options)
 
 def scan_facts(scan,  # NPZ path or RawDataTorch
               ) -> dict:

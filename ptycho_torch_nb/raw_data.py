@@ -241,9 +241,8 @@ def _diffraction_from_npz(data: dict, src, M: int, layout: str | None = None):
     if d.ndim != 3: raise _bad(src, key, f"has shape {d.shape}, expected 3-D (M, N, N) or (N, N, M)")
     if layout is None and d.shape[0] == d.shape[1] == d.shape[2] == M:
         raise _bad(src, key, f"has shape {d.shape}: with M = N = {M} the layout is ambiguous, (M, N, N) or (N, N, M); "
-                             "pass diffraction_layout='MNN' or 'NNM' to RawDataTorch.from_file; for the command-line tools, "
-                             "rewrite it once with RawDataTorch.from_file(path, diffraction_layout=...).to_file(new_path), "
-                             "which records the layout")
+                             "pass diffraction_layout='MNN' or 'NNM' to RawDataTorch.from_file (command line: --diffraction_layout "
+                             "MNN or NNM); to_file records it in the file")
     if layout == 'NNM' or (layout is None and d.shape[0] != M and d.shape[2] == M and d.shape[0] == d.shape[1]):
         log.info("%s: '%s' stored as (N, N, M) %s; transposed to (M, N, N)", src, key, d.shape)
         d = np.ascontiguousarray(np.moveaxis(d, 2, 0))
@@ -271,7 +270,8 @@ def _load_raw(cls, path, diffraction_is_intensity=None, diffraction_layout=None)
     if diffraction_is_intensity is None and not from_ptychodus:
         why = intensity_evidence(d)
         if why: raise _bad(path, key, f"looks like intensities, not amplitudes: {why}; pass diffraction_is_intensity=True "
-                                      "to convert (amplitude = sqrt(intensity)), or False if these are amplitudes")
+                                      "to convert (amplitude = sqrt(intensity)), or False if these are amplitudes (command line: "
+                                      "--data intensity, or --data amplitude)")
     if probe.ndim == 3 and probe.shape[-1] == 1: probe = probe[..., 0]          # (N, N, 1)
     if probe.ndim == 3 and probe.dtype.kind != 'c' and 2 in (probe.shape[0], probe.shape[-1]):
         raise _bad(path, 'probeGuess', f"has shape {probe.shape} and real values: it looks like [real, imag] planes, "

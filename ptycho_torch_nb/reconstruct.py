@@ -4,7 +4,7 @@
 
 # %% ../nbs/05a_reconstruct.ipynb #0e2a8f78
 from __future__ import annotations
-import dataclasses, json, math, os, sys, tempfile, time, warnings
+import copy, dataclasses, json, math, os, sys, tempfile, time, warnings
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
@@ -23,11 +23,11 @@ from .training import (default_execution_config, resolve_precision, build_traine
 from .persistence import load_torch_bundle, save_torch_bundle
 
 # %% auto #0
-__all__ = ['torch', 'SCAN_FIELDS', 'PIE_ALPHA', 'RACE_PASSES', 'scan_defaults', 'scan_options', 'options_for_config',
+__all__ = ['torch', 'SCAN_FIELDS', 'PIE_ALPHA', 'POOR_FIT', 'RACE_PASSES', 'scan_defaults', 'scan_options', 'options_for_config',
            'merge_canvas_size', 'scan_model', 'scan_setup', 'scan_execution_config', 'scan_containers', 'fit_scan',
            'predict_and_stitch', 'reconstruct_scan', 'save_scan_outputs', 'predicted_amplitude', 'spread_patches',
            'illumination', 'amplitude_gradients', 'pie_step', 'solver_grid', 'object_on_grid', 'frame_on_grid',
-           'iterative_reference', 'data_misfit', 'polish_start', 'polish']
+           'iterative_reference', 'data_misfit', 'photon_noise_misfit', 'fit_report', 'polish_start', 'polish']
 
 # %% ../nbs/05a_reconstruct.ipynb #12e870ab
 def scan_defaults(N: int = 64,  # pattern size
@@ -241,7 +241,7 @@ def _say_done(results: dict, out):
           + (f"; SSIM amplitude {m['ssim_amp']:.3f}, phase {m['ssim_phase']:.3f}" if m else "")
           + (f"; outputs in {out}" if out is not None else ""), file=sys.stderr, flush=True)
 
-_SUMMARY_KEYS = ('route', 'route_reason', 'pretrained', 'options', 'metrics', 'seconds', 'train_seconds', 'steps', 'epochs', 'stopped_by_budget', 'inference_seconds',
+_SUMMARY_KEYS = ('route', 'route_reason', 'pretrained', 'options', 'metrics', 'data_misfit', 'seconds', 'train_seconds', 'steps', 'epochs', 'stopped_by_budget', 'inference_seconds',
                  'stitch_seconds', 'intensity_scale', 'n_patterns', 'snapshots', 'clock_history')
 
 def save_scan_outputs(results: dict, output_dir) -> dict:
@@ -458,6 +458,24 @@ def data_misfit(raw,  # the scan (RawDataTorch)
     pred = pred * math.sqrt(float(amplitude.square().sum()) / max(float(pred.square().sum()), 1e-30))   # = `_photon_scale`, applied after
     return float((pred - amplitude).square().sum() / amplitude.square().sum())
 
+def photon_noise_misfit(raw,  # the scan (RawDataTorch)
+                       ) -> float:
+    "About the `data_misfit` photon noise alone leaves (the truth's, within 2x): var(√n) ≈ 1/4 on each lit pixel of Poisson counts n, over their sum."
+    counts = np.square(np.asarray(raw.diff3d, np.float64))   # (at a few counts a pixel var(√n) is up to 0.4: the low side of 2x)
+    return float(0.25 * np.count_nonzero(counts > 0.5) / max(float(counts.sum()), 1e-30))
+
+POOR_FIT = 0.01  # a solver image's data misfit above this and 5x photon noise is reported (intensities read as amplitudes: 0.03-0.04)
+
+def fit_report(results: dict,  # a `polish` (solver) result, with its 'data_misfit'
+              ) -> tuple:
+    "(' ; data misfit …' for a summary line or '', a warning or None): the warning when the image fits the data poorly."
+    fit = results.get('data_misfit')
+    if not fit: return '', None
+    text = f"; data misfit {fit['final']:.1e}, photon noise alone ~{fit['photon_noise']:.0e}"
+    if fit['final'] <= max(POOR_FIT, 5 * fit['photon_noise']): return text, None
+    return text, (f"the image fits the data poorly (misfit {fit['final']:.1e}, {fit['final'] / fit['photon_noise']:.0f}x photon noise): if it "
+                  "looks wrong, check what the patterns hold (--data amplitude/intensity/counts), the probe and the positions' units")
+
 RACE_PASSES = 5  # solver passes from each candidate start before `start='auto'` keeps one
 
 def polish_start(raw,  # the scan (RawDataTorch)
@@ -508,4 +526,7 @@ def polish(raw,  # the scan (RawDataTorch or NPZ path)
                           time_budget_s=budget)
     out['seconds'] += choosing; out['epochs'] += done
     for s in out['snapshots']: s['train_s'] += choosing; s['epoch'] += done
+    fitted = copy.copy(raw)
+    if out.get('probe') is not None: fitted.probeGuess = out['probe']   # the refined probe
+    out['data_misfit'] = dict(final=data_misfit(fitted, out['object']), photon_noise=photon_noise_misfit(raw))
     return out

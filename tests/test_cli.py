@@ -140,6 +140,42 @@ def test_hdf5_input_flags(tiny_files, tmp_path, capsys):
         code, err = _run(main, argv + ['--positions', 'entry/nothing'], capsys)
         assert code == 2 and 'entry/nothing' in err, err
 
+def test_npz_input_flags(tiny_files, tmp_path, capsys):
+    "An NPZ takes --data (counts become amplitudes) and --diffraction_layout; an HDF5-only flag on an NPZ is one line, not ignored."
+    import numpy as np
+    train, _ = tiny_files
+    with np.load(train) as d: arrays = {k: d[k] for k in d.files if k != '_metadata'}
+    counts = np.round(arrays['diff3d'].astype(np.float64) ** 2)
+    np.savez(tmp_path / 'counts.npz', **{**arrays, 'diff3d': counts})
+    for main, argv in ((cli.train_main, ['--train_data_file', str(tmp_path / 'counts.npz')]),
+                       (cli.reconstruct_main, [str(tmp_path / 'counts.npz'), '--output_dir', str(tmp_path / 'r')])):
+        code, err = _run(main, argv, capsys)                     # counts read as amplitudes: refused, naming the flag
+        assert code == 2 and '--data intensity' in err and '\n' not in err, err
+        code, err = _run(main, argv + ['--crop', '32', '--probe', 'p.npz'], capsys)
+        assert code == 2 and err.endswith('drop them') and '--probe, --crop' in err and '\n' not in err, err
+    args = cli.train_parser().parse_args(['--train_data_file', str(tmp_path / 'counts.npz'), '--data', 'counts'])
+    raw = cli._check_scan(args.train_data_file, 'training data file', args)   # loaded with the flag, and used so
+    np.testing.assert_allclose(raw.diff3d, np.sqrt(counts), rtol=1e-6)
+    assert cli._check_scan(train, 'training data file', cli.train_parser().parse_args(['--train_data_file', str(train)])) == train
+
+
+def test_reconstruct_says_its_route_first_and_warns_of_a_poor_fit(tiny_files, tmp_path, capsys):
+    "The route is named before any work; intensities passed off as amplitudes (not whole numbers: no refusal) fit poorly, and it says so."
+    import numpy as np
+    train, _ = tiny_files
+    with np.load(train) as d: arrays = {k: d[k] for k in d.files}
+    a = arrays['diff3d'].astype(np.float64)
+    np.savez(tmp_path / 'intensities.npz', **{**arrays, 'diff3d': (a ** 2 / a.max()).astype(np.float32)})
+    code, err = _run(cli.reconstruct_main, [str(tmp_path / 'intensities.npz'), '--output_dir', str(tmp_path / 'r'), '--polish', '30'], capsys)
+    lines = err.splitlines()
+    assert code == 0 and lines[0].startswith('ptycho-torch-reconstruct: route pretrained ('), err
+    assert 'warning: the image fits the data poorly' in lines[-1] and '--data' in lines[-1], err
+    fit = json.loads((tmp_path / 'r' / 'reconstruct.json').read_text())['data_misfit']
+    assert fit['final'] > 1000 * fit['photon_noise'], fit
+    code, err = _run(cli.infer_main, ['--model_path', str(tmp_path / 'r'), '--test_data', str(train)], capsys)   # no network in it
+    assert code == 2 and 'holds no trained network' in err and 'ptycho-torch-reconstruct SCAN' in err and '\n' not in err, err
+
+
 def test_train_then_infer_round_trip(tiny_files, tmp_path, capsys):
     train, test = tiny_files
     out = tmp_path / 'train_out'
