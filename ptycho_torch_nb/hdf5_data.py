@@ -23,9 +23,11 @@ def counts_to_amplitude(frames,  # (k, H, W) counts (integer dtype, or float hol
                         mask=None,  # (H, W) bool, True = bad pixel (amplitude set to 0), or None
                         data: str = 'counts',  # 'counts' (integers), 'intensity' (float, any value >= 0) or 'amplitude'
                         src: str = '<memory>',  # named in errors
+                        nonfinite: str = 'raise',  # unmasked NaN/Inf: 'raise' (naming the frames), or 'frame': that whole frame becomes NaN
                        ) -> np.ndarray:
     "float32 amplitudes `sqrt(counts)` (or the amplitudes as given), bad and flagged pixels zeroed; checks see the rest."
     a = np.asarray(frames)
+    if nonfinite not in ('raise', 'frame'): raise ValueError(f"{src}: nonfinite={nonfinite!r}; expected 'raise' or 'frame'")
     if data not in DATA_KINDS: raise ValueError(f"{src}: data={data!r} is not one of {list(DATA_KINDS)}")
     if a.dtype.kind not in 'iuf': raise ValueError(f"{src}: patterns have dtype {a.dtype}; expected integer counts or a real array")
     x = a.astype(np.float32)
@@ -33,9 +35,15 @@ def counts_to_amplitude(frames,  # (k, H, W) counts (integer dtype, or float hol
     # NaN module gaps), which the checks below must not see
     if a.dtype.kind == 'u': x[a == np.iinfo(a.dtype).max] = 0   # detector's 'bad/overflow' marker
     if mask is not None: x[..., np.asarray(mask, bool)] = 0
+    lost = np.zeros(len(x), bool)   # frames given up whole (nonfinite='frame'): NaN out, for the caller to drop
     if a.dtype.kind == 'f':
         bad = ~np.isfinite(x)
-        if bad.any(): raise ValueError(f"{src}: patterns contain {int(bad.sum())} unmasked NaN/Inf value(s)")
+        if bad.any():
+            lost = bad.reshape(len(x), -1).any(1)
+            if nonfinite == 'raise':
+                raise ValueError(f"{src}: patterns contain {int(bad.sum())} unmasked NaN/Inf value(s), in frame(s) "
+                                 f"{np.flatnonzero(lost)[:8].tolist()} of these (a stream drops such frames; a mask covers fixed pixels)")
+            x[lost] = 0
     if x.size and x.min() < 0:
         raise ValueError(f"{src}: patterns have {int((x < 0).sum())} unmasked negative value(s) (min {x.min():.4g}); counts "
                          "must be >= 0 (detector markers such as Pilatus -1/-2? pass a mask that covers them)")
@@ -46,7 +54,9 @@ def counts_to_amplitude(frames,  # (k, H, W) counts (integer dtype, or float hol
             raise ValueError(f"{src}: values look like amplitudes, not counts ({x[i]:.4g} at index {tuple(int(j) for j in i)} "
                              f"is not an integer; {float(np.mean(frac > 1e-3)):.0%} of values are fractional); "
                              "pass data='amplitude' (or 'intensity' for float intensities)")
-    return np.sqrt(x, out=x) if data != 'amplitude' else x
+    out = np.sqrt(x, out=x) if data != 'amplitude' else x
+    out[lost] = np.nan
+    return out
 
 # %% ../nbs/02d_hdf5_data.ipynb #4403d1e2
 UNITS = {'px': None, 'm': 1.0, 'mm': 1e-3, 'um': 1e-6, 'nm': 1e-9}
@@ -126,7 +136,11 @@ def _open_h5(path, swmr: bool):
         try: return h5py.File(path, 'r', swmr=True, libver='latest'), True
         except (OSError, ValueError, RuntimeError): pass  # not written in SWMR mode (or damaged): a plain read says which
     try: return h5py.File(path, 'r', locking=False), False
-    except (OSError, RuntimeError) as e: raise ValueError(f"{path}: cannot open the HDF5 file (truncated or corrupt?): {e}") from None
+    except (OSError, RuntimeError) as e:
+        if 'already open for write' in str(e):   # a writer holds it (SWMR): not damaged, and h5clear would hurt it
+            raise ValueError(f"{path}: the file is still being written by another process; stream it as it grows (--follow), "
+                             "or wait until the scan ends") from None
+        raise ValueError(f"{path}: cannot open the HDF5 file (truncated or corrupt?): {e}") from None
 
 def _crop_window(shape, crop, centre, path):
     "(r0, c0, n): the crop window of frames of shape (H, W)."
@@ -155,8 +169,10 @@ class HDF5Scan:
                  data: str = 'counts',  # 'counts', 'intensity' or 'amplitude' (see `counts_to_amplitude`)
                  growing: bool = False,  # the file is still being written: frames and positions may differ in number
                  swmr: bool = True,  # open in SWMR mode when the writer uses it (a file still being written)
+                 nonfinite: str = 'raise',  # a frame with unmasked NaN/Inf: 'raise', or 'frame' (returned all NaN, to be dropped)
                 ):
         self.path, self.key, self.data, self.units, self.pixel_size = Path(path), diffraction, data, units, pixel_size
+        self.nonfinite = nonfinite
         positions_to_pixels([], [], units, pixel_size, str(self.path))  # refuse bad units before reading anything
         self.file, self.swmr = _open_h5(self.path, swmr)
         ds = self._ds = _dataset(self.file, diffraction, self.path, 'diffraction dataset')
@@ -223,6 +239,8 @@ def _n_positions(self) -> int:
 
 def _check_lengths(self):
     M, n = self.n_frames, self._n_positions()
+    xy = [int(d.shape[0]) for d in (self._xy_ds or ()) if d is not None and d.ndim == 1]
+    if len(xy) == 2 and xy[0] != xy[1]: raise ValueError(f"{self.path}: the positions' x has {xy[0]} values and y {xy[1]}; both need one per pattern ({M})")
     if M != n: raise ValueError(f"{self.path}: dataset '{self.key}' has {M} patterns but the positions give {n}")
 
 HDF5Scan._positions, HDF5Scan._mask, HDF5Scan._centroid = _positions, _mask, _centroid
@@ -233,8 +251,10 @@ HDF5Scan.__len__ = lambda self: min(self.n_frames, self._n_positions())
 def _read(self, start: int, stop: int) -> tuple:
     "(amplitude (k, N, N) float32, x (k,), y (k,)) of patterns start..stop (only those frames are read)."
     r0, c0, n = self.window
-    frames = self._ds[start:stop, r0:r0 + n, c0:c0 + n]
-    amp = counts_to_amplitude(frames, self.mask, self.data, f"{self.path}:{self.key}[{start}:{stop}]")
+    try: frames = self._ds[start:stop, r0:r0 + n, c0:c0 + n]
+    except (OSError, RuntimeError) as e:   # a damaged (compressed) chunk: h5py names neither file nor frames
+        raise ValueError(f"{self.path}: cannot read frames [{start}:{stop}] of '{self.key}' (damaged file?): {e}") from None
+    amp = counts_to_amplitude(frames, self.mask, self.data, f"{self.path}:{self.key}[{start}:{stop}]", self.nonfinite)
     if self._xy is not None: xy = self._xy[start:stop]
     elif self._xy_ds[1] is None: xy = np.asarray(self._xy_ds[0][start:stop], np.float64)
     else: xy = np.column_stack([np.asarray(d[start:stop], np.float64) for d in self._xy_ds])

@@ -48,6 +48,10 @@ def _check_extent(out: dict, src):
             raise _bad(src, key, f"spans {span:.4g} px, more than MAX_SCAN_EXTENT={MAX_SCAN_EXTENT} (the stitched image would not fit "
                                  f"in memory): positions in another unit than object pixels, or an outlier (pattern {far} at "
                                  f"{a[far]:.4g}, the median is {med:.4g})?")
+    span = max(float(np.ptp(out[k])) for k in ('xcoords', 'ycoords'))
+    if len(out['xcoords']) > 1 and span < 1:   # e.g. metres read as pixels: every pattern would land on one patch
+        raise _bad(src, 'xcoords', f"and 'ycoords' span {span:.3g} px: all {len(out['xcoords'])} positions lie within one object pixel; "
+                                   "positions in metres or microns read as pixels? (HDF5 input: --units and --pixel_size)")
 
 def _check_finite(a, src, key):
     if a.dtype.kind in 'fc':

@@ -195,3 +195,26 @@ def test_iter_hdf5_chunks_range(scan_file):
     got = list(iter_hdf5_chunks(p, positions=XY, chunk=4, start=3, stop=10, crop=40))
     assert [len(a) for a, _, _ in got] == [4, 3]
     np.testing.assert_allclose(got[0][0][0] ** 2, counts[3], rtol=1e-5)
+
+
+def test_a_file_still_being_written_is_named_so(scan_file, monkeypatch):
+    "A writer holding the file (SWMR) is not damage: the message says to follow it, not to run h5clear on it."
+    p, _ = scan_file
+    def busy(*a, **k): raise OSError("Unable to synchronously open file (file is already open for write (may use <h5clear file> "
+                                     "to clear file consistency flags))")
+    monkeypatch.setattr(h5py, 'File', busy)
+    with pytest.raises(ValueError, match='still being written by another process; stream it as it grows') as e:
+        HDF5Scan(p, positions=XY, swmr=False)
+    assert 'h5clear' not in str(e.value)
+
+
+def test_a_damaged_block_names_the_file_and_its_frames(scan_file):
+    "h5py's own message for a chunk its filter cannot decode names neither file nor frames; ours names both."
+    p, _ = scan_file
+    with HDF5Scan(p, positions=XY) as s:
+        class Damaged:
+            shape, ndim = s._ds.shape, 3
+            def __getitem__(self, key): raise OSError("Can't synchronously read data (filter returned failure during read)")
+        s._ds = Damaged()
+        with pytest.raises(ValueError, match=r"scan\.h5: cannot read frames \[4:8\] of 'entry/data/data' \(damaged file\?\)"):
+            s.read(4, 8)
