@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['torch', 'log', 'PtychoDataContainerTorch', 'subsample', 'PtychoDataset', 'collate_batch', 'scan_groups',
-           'scan_nphotons', 'grouped_container', 'inference_container', 'check_truth', 'scan_truth']
+           'scan_nphotons', 'grouped_container', 'inference_container', 'check_truth', 'constant_over_scan',
+           'scan_truth']
 
 # %% ../nbs/02_data_container.ipynb #0fe20f72
 def _channel_first(a, dtype=None):
@@ -269,14 +270,36 @@ def check_truth(object_guess,  # the true object, [H, W] complex, in the scan's 
         raise ValueError(f"the truth ({H}x{W}) does not hold the scan: {int(out.sum())} of {len(x)} positions lie outside it "
                          f"(x {x.min():.1f}..{x.max():.1f}, y {y.min():.1f}..{y.max():.1f}); pass the object in the scan's own frame")
 
+def constant_over_scan(obj,  # complex object [H, W] in the scan's frame
+                       positions,  # [..., 2] absolute [x, y] scan positions
+                       half: float = 0.0,  # how far beyond the positions the region reaches (half a pattern)
+                       rtol: float = 1e-5,  # spread allowed, relative to the largest amplitude there (float rounding)
+                      ) -> bool:
+    "True where `obj` has one amplitude and one phase over the scanned region: a flat start, not a truth."
+    a = np.asarray(obj).squeeze()
+    x, y = np.asarray(positions, np.float64).reshape(-1, 2).T
+    H, W = a.shape[-2:]
+    rows = slice(max(0, math.floor(y.min() - half)), min(H, math.ceil(y.max() + half) + 1))
+    cols = slice(max(0, math.floor(x.min() - half)), min(W, math.ceil(x.max() + half) + 1))
+    region = a[..., rows, cols]
+    if region.size == 0: return False
+    # |z - z0| small everywhere <=> amplitude and phase both constant (a zero object, whose phase is undefined, included)
+    return bool(np.abs(region - region.flat[0]).max() <= rtol * max(float(np.abs(region).max()), np.finfo(np.float32).tiny))
+
 def scan_truth(raw,  # the scan (RawDataTorch)
                truth=None,  # complex object passed by the caller, or None: the scan's own objectGuess
                where: str = 'scan',  # named in the warning
               ):
-    "The truth to score `raw` against, decided before any work: `truth` (checked), else the scan's objectGuess where it holds the scan, else None."
+    "The truth to score `raw` against, decided before any work: `truth` (checked), else the scan's objectGuess where it holds the scan and is not flat, else None."
     positions = np.column_stack([raw.xcoords, raw.ycoords])
     if truth is not None: check_truth(truth, positions); return truth
     guess = getattr(raw, 'objectGuess', None)
     if guess is None: return None
-    try: check_truth(guess, positions); return guess
+    try: check_truth(guess, positions)
     except ValueError as e: log.warning("%s: not scored: its objectGuess is no truth for it (%s)", where, e); return None
+    if constant_over_scan(guess, positions, np.shape(raw.diff3d)[-1] / 2):
+        z = np.asarray(guess).flat[0]
+        log.warning("%s: not scored: its objectGuess is one constant value over the scanned region (amplitude %.3g, phase "
+                    "%.3g rad); it looks like an initial guess, not a truth", where, abs(z), np.angle(z))
+        return None
+    return guess

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 from .core import data_path
 from .config import ROUTES, POLISH_EPOCHS
-from .pretrain import load_pretrained, check_fits, reconstruct_zero_shot
+from .pretrain import load_pretrained, check_fits, check_pattern_size, reconstruct_zero_shot
 from .reconstruct import polish
 
 # %% auto #0
@@ -45,6 +45,7 @@ def choose_route(scan,                          # RawDataTorch to image
                 ) -> tuple:
     "(route, (model, card) or None, why): 'pretrained' (network + polish) or 'train' (on the scan's own diffraction)."
     if route not in ROUTES: raise ValueError(f"route={route!r}: expected one of {list(ROUTES)}")
+    check_pattern_size(scan)                    # an N no model has: neither route images it; the error says what to do
     if route == 'train' or training:
         if route == 'pretrained' or pretrained is not None:
             raise ValueError(f"{', '.join(training) or 'route train'} trains a network on the scan, a pretrained model images it "

@@ -13,11 +13,12 @@ from ptycho_torch_nb.simulation import simulated_scan
 
 @pytest.fixture(scope='module')
 def scan_files(tmp_path_factory):
-    "A Run1084 scan the shipped model fits (N=64) and one it does not (N=32)."
+    "Run1084 scans: one the shipped model fits (N=64), one it does not (N=128), one no model of the package can (N=32)."
     d = tmp_path_factory.mktemp('route')
     simulated_scan(n=24, seed=2).to_file(d / 'n64.npz')
+    simulated_scan(n=16, N=128, seed=2).to_file(d / 'n128.npz')
     simulated_scan(n=16, N=32, seed=2).to_file(d / 'n32.npz')
-    return d / 'n64.npz', d / 'n32.npz'
+    return d / 'n64.npz', d / 'n128.npz', d / 'n32.npz'
 
 
 def run(*argv):
@@ -55,10 +56,17 @@ def test_conflicting_routes_are_refused(scan_files, tmp_path, argv, needle):
 
 def test_a_scan_the_shipped_model_does_not_fit(scan_files, tmp_path):
     code, out, err = run(scan_files[1], '--output_dir', tmp_path / 'x', '--route', 'pretrained')
-    assert code == 2 and 'N=64' in err and err.count('\n') == 1, err
+    assert code == 2 and 'is for N=64; pretrain one for N=128' in err and err.count('\n') == 1, err
     from ptycho_torch_nb.raw_data import RawDataTorch
     route, model, why = choose_route(RawDataTorch.from_file(scan_files[1]))
     assert (route, model) == ('train', None) and 'training on the scan instead' in why
+
+
+@pytest.mark.parametrize('argv', [[], ['--route', 'pretrained'], ['--route', 'train'], ['--time_budget', '5']])
+def test_a_pattern_size_no_model_has_is_refused_saying_what_to_do(scan_files, tmp_path, argv):
+    code, out, err = run(scan_files[2], '--output_dir', tmp_path / 'x', *argv)
+    assert code == 2 and 'N=32' in err and 'pad or resample the patterns' in err and err.count('\n') == 1, err
+    assert 'pretrain one' not in err and not (tmp_path / 'x').exists()
 
 
 def test_no_shipped_model_or_a_damaged_one(scan_files, tmp_path, monkeypatch):
