@@ -288,7 +288,7 @@ def _infer(argv):
     _check_file(args.model_path / 'wts.h5.zip', 'model archive'); refuse_pretrained(args.model_path, 'ptycho-torch-infer')
     test = _check_scan(args.test_data, 'test data file', args)
     _resolve_accelerator_flags(args); quiet_libraries(args.verbose)
-    from ptycho_torch_nb import config as C, persistence as P, workflow as W, params as legacy
+    from ptycho_torch_nb import config as C, persistence as P, workflow as W, params as legacy, data_container as D
     from ptycho_torch_nb.evaluation import save_outputs, evaluate_reconstruction
     from ptycho_torch_nb.training import prepare_output_dir; prepare_output_dir(args.output_dir, args.overwrite)  # used folder: refused
     models, params = P.load_inference_bundle_torch(args.model_path)
@@ -306,9 +306,9 @@ def _infer(argv):
     raw = W.load_raw(args.test_data, 'test data') if isinstance(test, Path) else test
     container = W.as_container(raw, inference, 'infer' if args.n_groups else 'test')
     amp, phase, rec = W.reassemble_cdi_image_torch(container, inference, model, M=args.M, execution_config=execution)
-    if raw.objectGuess is not None:
+    if (truth := D.scan_truth(raw, where=str(args.test_data))) is not None:   # one that does not hold the scan, or is flat: not scored
         rec['metrics'], rec['ground_truth_canvas'], rec['scored_box'] = evaluate_reconstruction(
-            rec['stitched_obj'], rec['global_offsets'], raw.objectGuess, args.M, rec['stitch_weights'])
+            rec['stitched_obj'], rec['global_offsets'], truth, args.M, rec['stitch_weights'])
     rec['backend'] = 'pytorch'
     paths = save_outputs(amp, phase, rec, args.output_dir)
     _summary(paths, args.quiet, [f"reconstructed {rec['inference_patterns']} patterns in {rec['inference_groups']} groups "   # each

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_workflow.ipynb #1f443b47
 from __future__ import annotations
-import dataclasses, json, math, os, time
+import dataclasses, json, logging, math, os, time
 from pathlib import Path
 import numpy as np
 from .core import require_torch, in_test
@@ -13,7 +13,7 @@ import lightning as L
 from . import params
 from .config import update_legacy_dict, validate_run
 from .raw_data import RawDataTorch
-from .data_container import PtychoDataContainerTorch
+from .data_container import PtychoDataContainerTorch, constant_over_scan
 from .simulation import make_run1084_datasets
 from .model import PtychoPINN_Lightning
 from .stitching import patch_positions, stitch_patches
@@ -159,6 +159,10 @@ def _ground_truth_object(test_data, container):
     gt = getattr(container, 'objectGuess', None) if container is not None else None
     if gt is None and test_data is not None and not isinstance(test_data, (str, os.PathLike)):
         gt = getattr(test_data, 'objectGuess', None)
+    H, W = np.shape(gt)[-2:] if gt is not None else (0, 0)
+    if gt is not None and constant_over_scan(gt, [(0, 0), (W - 1, H - 1)]):   # a flat start (one value throughout) is no truth
+        logging.getLogger(__name__).warning("test data: not scored: its objectGuess is one constant value, an initial guess")
+        return None
     return gt
 
 def save_model_bundle(results: dict, config, output_dir) -> Path:

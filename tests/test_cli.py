@@ -211,3 +211,9 @@ def test_train_then_infer_round_trip(tiny_files, tmp_path, capsys):
     assert core <= set(mi) and core <= set(m) and mi['schema'] == m['schema'] and mi['history'] is None
     for side in ('amplitude', 'phase'):
         for k, v in m[side].items(): assert abs(mi[side][k] - v) <= 1e-4 * max(1.0, abs(v)), (side, k, v, mi[side][k])
+    # a flat objectGuess (an initial guess, not a truth) is not scored, by infer as by reconstruct
+    with np.load(test) as d: arrays = {k: d[k] for k in d.files}
+    np.savez(tmp_path / 'flat.npz', **{**arrays, 'objectGuess': np.ones_like(arrays['objectGuess'])})
+    code = cli.infer_main(['--model_path', str(out), '--test_data', str(tmp_path / 'flat.npz'), '--output_dir', str(tmp_path / 'flat'),
+                           '--accelerator', 'cpu', '--quiet'])
+    assert code == 0 and json.loads((tmp_path / 'flat' / 'metrics.json').read_text())['amplitude'] is None

@@ -133,3 +133,13 @@ def test_batches_are_indexed_once(tiny_files):
     finally: T.ContainerDataset.__getitem__ = orig
     assert calls == [] and len(batches) == 2
     np.testing.assert_array_equal(batches[1]['X'].numpy(), np.asarray(c.X[8:16]))
+
+
+def test_a_flat_object_guess_is_not_scored_as_the_truth():
+    "The train CLI's held-out scan: an objectGuess of one value throughout is an initial guess; a real one is kept."
+    from types import SimpleNamespace as NS
+    import numpy as np
+    from ptycho_torch_nb import workflow as W
+    assert W._ground_truth_object(None, NS(objectGuess=np.ones((40, 40), np.complex64))) is None
+    real = np.exp(1j * np.linspace(0, 1, 1600)).reshape(40, 40).astype(np.complex64)
+    assert W._ground_truth_object(None, NS(objectGuess=real)) is real
