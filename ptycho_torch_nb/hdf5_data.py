@@ -79,7 +79,8 @@ def positions_to_pixels(x, y,  # positions in `units`
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if units == 'px': return x, y
     if not pixel_size or pixel_size <= 0:
-        raise ValueError(f"{src}: positions are in {units} but no object pixel size was given (pixel_size=<metres per pixel>, "
+        raise ValueError(f"{src}: positions are in {units} but no object pixel size was given (command line: --pixel_size "
+                         "METRES; Python: pixel_size=<metres per pixel>, "
                          "e.g. object_pixel_size(wavelength, distance, detector_pixel, N))")
     f = UNITS[units] / float(pixel_size)
     return x * f, y * f
@@ -297,7 +298,8 @@ def iter_hdf5_chunks(path,  # HDF5 file
         yield from scan.chunks(chunk, start, stop)
 
 def _probe(probe, f, path):
-    if probe is None: raise ValueError(f"{path}: a probe is required: probe=<dataset key in the file>, an (N, N) array or an .npz with 'probeGuess'")
+    if probe is None: raise ValueError(f"{path}: a probe is required: a dataset key in the file or an .npz with 'probeGuess' "
+                                       "(command line: --probe KEY_OR_NPZ; Python: probe=, which also takes an (N, N) array)")
     if isinstance(probe, (str, Path)) and str(probe).endswith('.npz'):
         d = read_npz(Path(probe))   # the scan loader's checks: a missing, corrupt or pickled file is named
         if 'probeGuess' not in d: raise ValueError(f"{probe}: no 'probeGuess' array (it holds {d['__files__']})")
