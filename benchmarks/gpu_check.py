@@ -105,14 +105,15 @@ def _resume_into(ckpt: Path, out: Path) -> float:
 
 def pretrain_chunk(out: Path, n_scans: int, budget_s: float, batch_size: int, device: str, resume, checkpoint_every: int,
                    n_filters_scale: int = 1, init_from=None, label_weight: float = 1.0) -> dict:
-    "Pretrain the shipped recipe for `budget_s` more seconds of training (resuming `resume`, or starting from `init_from`)."
+    "Pretrain the shipped recipe for `budget_s` more seconds of training (resuming `resume`, or starting from `init_from`); scans of max(64, batch_size) positions, so one scan fills a batch."
     from ptycho_torch_nb.pretrain import pretrain
     done = _resume_into(Path(resume), out) if resume else 0.0
     init_from = None if resume else init_from
-    r = pretrain(out, n_scans=n_scans, time_budget_s=done + budget_s, batch_size=batch_size, learning_rate=5e-4, init_from=init_from, label_weight=label_weight,
+    r = pretrain(out, n_scans=n_scans, n=max(64, batch_size), time_budget_s=done + budget_s, batch_size=batch_size, learning_rate=5e-4,
+                 init_from=init_from, label_weight=label_weight,
                  n_filters_scale=n_filters_scale, seed=0, resume=bool(resume), overwrite=not resume, checkpoint_every=checkpoint_every,
                  accelerator='gpu' if device == 'cuda' else 'cpu', precision='auto', progress=True,
-                 command=f"python3 benchmarks/gpu_check.py (pretraining: n_scans={n_scans}, batch_size={batch_size}, "
+                 command=f"python3 benchmarks/gpu_check.py (pretraining: n_scans={n_scans}, positions_per_scan={max(64, batch_size)}, batch_size={batch_size}, "
                          f"n_filters_scale={n_filters_scale}, label_weight={label_weight:g}, {done + budget_s:.0f} s of training{', resumed' if resume else ''}"
                          f"{f', from {init_from}' if init_from else ''})")
     shutil.copy2(out / 'checkpoints' / 'last.ckpt', out / 'last.ckpt')   # two folders down: comes back from the device
@@ -168,7 +169,8 @@ def main(argv=None):
     ap.add_argument('--out', type=Path, required=True, help='folder for gpu_check.json and pretrained_N64/ (on the device: $OUT)')
     ap.add_argument('--deadline_s', type=float, default=420, help="the whole script ends within about this (s); 420: with the start, about half of a session's 15 device minutes")
     ap.add_argument('--n_scans', type=int, default=4096, help='pretraining corpus scans (the shipped CPU model: 2048)')
-    ap.add_argument('--batch_size', type=int, default=64, help='groups per pretraining step (64: a whole corpus scan)')
+    ap.add_argument('--batch_size', type=int, default=64, help='groups per pretraining step; corpus scans get max(64, this) positions, so one fills a batch '
+                    '(256: 4x the patterns per scan, so about --n_scans 1024 for the same corpus)')
     ap.add_argument('--throughput_batches', type=int, nargs='+', default=[64, 256], help='groups per step at which phase 1 measures throughput')
     ap.add_argument('--n_filters_scale', type=int, default=1, help='network width (1: the shipped 2.5 MB model; 2: 4x the weights, a 9.7 MB archive)')
     ap.add_argument('--resume', type=Path, default=None, help="a last.ckpt of an earlier chunk to continue")
@@ -208,7 +210,7 @@ def main(argv=None):
                                  f"({z['patterns_per_s']:.0f} patterns/s), whole call {z['seconds']:.2f} s" for d, z in zr.items() if isinstance(z, dict)))
     reserve = 15 if a.tiny else 90                # the corpus simulation is outside the training budget; then scoring
     from ptycho_torch_nb.pretrain import corpus_workers
-    corpus_s = 5 + 0.4 * tiny['n_scans'] / corpus_workers(tiny['n_scans'])   # measured on the H200 machine: 1024 scans, 16 workers, 27 s
+    corpus_s = 5 + 0.4 * tiny['n_scans'] * max(64, tiny['batch']) / 64 / corpus_workers(tiny['n_scans'])   # measured on the H200 machine: 1024 scans, 16 workers, 27 s
     budget = 1.0 if a.tiny else a.deadline_s - (time.perf_counter() - t0) - reserve - corpus_s
     if budget < 30 and not a.tiny:
         print(f"gpu_check: only {budget:.0f} s left for pretraining: skipped", flush=True)
