@@ -563,7 +563,7 @@ def _stream(argv):
         print(f"{st['n_patterns']} patterns, {st['patterns_per_s']:.1f}/s, chunk latency p50 {st['latency_p50_s']:.3f} s, p95 "
               f"{st['latency_p95_s']:.3f} s" + (' (interrupted)' if st['interrupted'] else '') + (f"; error: {st['error']}" if st['error'] else ''))
         for name, p in sorted(res['paths'].items()): print(f"  {name}: {p}")
-    return 0 if st['error'] is None else 1
+    return S.exit_status(res)   # 143 and one line after SIGTERM, as any command (core.run_command); 1 after an error
 
 def stream_main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of `ptycho-torch-stream` (returns the exit code)."

@@ -283,7 +283,15 @@ def _chunks(self, size: int = 64, start: int = 0, stop: int | None = None):
     stop = len(self) if stop is None else min(stop, len(self))
     for s in range(start, stop, size): yield self.read(s, min(s + size, stop))
 
-HDF5Scan.read, HDF5Scan.refresh, HDF5Scan.chunks = _read, _refresh, _chunks
+def _all_positions(self) -> tuple:
+    "(x, y) float64 object-pixel positions of every pattern (`len(self)`), reading no frame: a whole scan's extent, checked before streaming."
+    n = len(self)
+    if self._xy is not None: return self._xy[:n, 0], self._xy[:n, 1]   # an array or a CSV, already in pixels
+    d = self._xy_ds
+    xy = np.asarray(d[0][:n], np.float64) if d[1] is None else np.column_stack([np.asarray(v[:n], np.float64) for v in d])
+    return positions_to_pixels(xy[:, 0], xy[:, 1], self.units, self.pixel_size, str(self.path))
+
+HDF5Scan.read, HDF5Scan.refresh, HDF5Scan.chunks, HDF5Scan.positions = _read, _refresh, _chunks, _all_positions
 
 # %% ../nbs/02d_hdf5_data.ipynb #9cba0a57
 def iter_hdf5_chunks(path,  # HDF5 file

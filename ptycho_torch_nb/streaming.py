@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['torch', 'log', 'PatternGenerator', 'pattern_generator', 'IncrementalCanvas', 'compiled_generator',
            'StreamingReconstructor', 'usable_patterns', 'canvas_rgb', 'write_snapshot', 'array_chunks', 'paced',
-           'replay_file', 'poll_hdf5', 'open_source']
+           'replay_file', 'poll_hdf5', 'FileSource', 'open_source', 'exit_status']
 
 # %% ../nbs/05c_streaming.ipynb #18797c56
 class PatternGenerator(nn.Module):
@@ -196,7 +196,7 @@ class StreamingReconstructor:
                        else IncrementalCanvas(self.M, block=block))
         self.scale = None if scale is None else float(scale)
         self.latencies, self.n_patterns, self.t_first, self.t_last, self.skipped = [], 0, None, None, 0
-        self.ref_xy = None   # the first chunk's median position: nothing farther than MAX_SCAN_EXTENT from it is stitched
+        self.box = None   # (x min, x max, y min, y max) of the positions stitched: never more than MAX_SCAN_EXTENT apart
         self.seconds = dict(wait=0.0, infer=0.0, stitch=0.0, snapshot=0.0)  # where the wall time went (`run` fills wait/snapshot)
 
     def __repr__(self): return f"StreamingReconstructor(N={self.N}, M={self.M}, patterns={self.n_patterns}, canvas={self.canvas.shape})"
@@ -224,18 +224,42 @@ class StreamingReconstructor:
 def usable_patterns(amplitude,  # [k, ...] diffraction amplitudes (numpy or torch)
                     x, y,  # [k] positions
                    ) -> np.ndarray:
-    "[k] bool: the patterns a stream can use (every amplitude finite and >= 0, both positions finite)."
+    "[k] bool: the patterns a stream can use (amplitudes finite, >= 0 and not all zero; both positions finite)."
     a = amplitude.detach().cpu().numpy() if torch.is_tensor(amplitude) else np.asarray(amplitude)
     if len(a) == 0: return np.ones(0, bool)
     flat = a.reshape(len(a), -1)
-    ok = np.isfinite(flat).all(1) & (flat >= 0).all(1)   # NaN fails both
+    ok = np.isfinite(flat).all(1) & (flat >= 0).all(1) & (flat.sum(1, dtype=np.float64) > 0)   # NaN fails all three; a dark frame the last
     return ok & np.isfinite(np.asarray(x, np.float64)) & np.isfinite(np.asarray(y, np.float64))
 
 def _skip(self, n: int):
     "Count `n` dropped patterns in `stats()['skipped']`, with one warning per stream."
-    if n and not self.skipped: log.warning("stream: skipping patterns with NaN/Inf or negative amplitudes, positions not finite or far off, "
-                                           "or no signal before the input scale is fixed (stats: 'skipped')")
+    if n and not self.skipped: log.warning("stream: skipping patterns that are dark (no counts) or hold NaN/Inf or negative amplitudes, "
+                                           "or whose positions are not finite or far off the scan (stats: 'skipped')")
     self.skipped += n
+
+def _check_span(span: float,  # max - min of the positions, the larger of x and y (object pixels)
+                n: int,  # patterns they belong to
+                src: str):  # named in the error
+    "Refuse positions in another unit than object pixels: spanning more than `MAX_SCAN_EXTENT` or, over several patterns, less than one pixel."
+    if span > MAX_SCAN_EXTENT:
+        raise ValueError(f"{src}: positions span {span:.4g} px, more than MAX_SCAN_EXTENT={MAX_SCAN_EXTENT} (the canvas would not fit in "
+                         "memory): positions in another unit than object pixels (--units, --pixel_size), or an outlier?")
+    if n > 1 and span < 1:
+        raise ValueError(f"{src}: all {n} positions lie within {span:.3g} px, one object pixel: positions in metres or microns read as "
+                         "object pixels? Give their unit and the object pixel size (--units m|mm|um|nm --pixel_size METRES)")
+
+def _within_extent(box,  # (x min, x max, y min, y max) of the positions stitched so far, or None
+                   x, y,  # [k] float64 positions
+                   keep):  # [k] bool: the usable patterns
+    "(`keep` less the positions that would make the stitched ones span more than `MAX_SCAN_EXTENT` on an axis, the box with the rest)."
+    if not keep.any(): return keep, box
+    if box is None: mx, my = float(np.median(x[keep])), float(np.median(y[keep])); box = (mx, mx, my, my)   # the first chunk's median
+    keep, (x0, x1, y0, y1), idx = keep.copy(), box, np.flatnonzero(keep)
+    for i in idx[np.argsort(np.abs(x[idx] - (x0 + x1) / 2) + np.abs(y[idx] - (y0 + y1) / 2), kind='stable')]:   # nearest first: an outlier is left out
+        a, b, c, d = min(x0, x[i]), max(x1, x[i]), min(y0, y[i]), max(y1, y[i])
+        if b - a <= MAX_SCAN_EXTENT and d - c <= MAX_SCAN_EXTENT: x0, x1, y0, y1 = a, b, c, d
+        else: keep[i] = False
+    return keep, (x0, x1, y0, y1)
 
 def _update(self, amplitude,  # [k, N, N] diffraction amplitudes
             x, y,  # [k] positions (object pixels, x = column)
@@ -246,18 +270,16 @@ def _update(self, amplitude,  # [k, N, N] diffraction amplitudes
     if self.t_first is None: self.t_first = t0
     if len(amplitude) != len(x) or len(x) != len(y):
         raise ValueError(f"chunk has {len(amplitude)} patterns but {len(x)} x and {len(y)} y positions")
-    keep = usable_patterns(amplitude, x, y)
-    if self.ref_xy is None and keep.any(): self.ref_xy = (float(np.median(np.asarray(x)[keep])), float(np.median(np.asarray(y)[keep])))
-    if keep.any():   # and a position that would grow the canvas past MAX_SCAN_EXTENT from the first chunk (a unit slip, a glitch)
-        keep &= (np.abs(np.asarray(x, np.float64) - self.ref_xy[0]) <= MAX_SCAN_EXTENT) & (np.abs(np.asarray(y, np.float64) - self.ref_xy[1]) <= MAX_SCAN_EXTENT)
-    if not keep.all():   # a bad frame is dropped, not stitched: one NaN would spread over the live image
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    keep, box = _within_extent(self.box, x, y, usable_patterns(amplitude, x, y))   # a unit slip or a glitch never grows the canvas past memory
+    if self.n_patterns == 0 and keep.sum() > 1: _check_span(max(box[1] - box[0], box[3] - box[2]), int(keep.sum()), 'stream (first chunk)')
+    if not keep.all():   # a bad or dark frame is dropped, not stitched: one NaN would spread over the live image
         _skip(self, int((~keep).sum()))
         amplitude = amplitude[torch.as_tensor(keep)] if torch.is_tensor(amplitude) else np.asarray(amplitude)[keep]
-        x, y = np.asarray(x)[keep], np.asarray(y)[keep]
-    if self.scale is None:   # fixed from the first chunk with signal; None again for an empty or all-zero one
+        x, y = x[keep], y[keep]
+    if self.scale is None:   # fixed from the first chunk with a usable pattern (a usable pattern has counts)
         self.scale = _input_scale(amplitude.detach().cpu().numpy() if torch.is_tensor(amplitude) else amplitude, self.N)
-    if self.scale is None:   # nothing usable, or only dark frames, before the scale is fixed: skipped, nothing stitched
-        _skip(self, len(x))
+    if self.scale is None:   # nothing usable before the scale is fixed: nothing stitched
         self.t_last = time.perf_counter(); self.latencies.append(self.t_last - t0)
         return self.latencies[-1]
     t1 = time.perf_counter()
@@ -265,7 +287,7 @@ def _update(self, amplitude,  # [k, N, N] diffraction amplitudes
     t2 = time.perf_counter()
     lo = self.N // 2 - self.M // 2
     self.canvas.add(p[:, lo:lo + self.M, lo:lo + self.M], x, y)
-    self.t_last = time.perf_counter()
+    self.t_last, self.box = time.perf_counter(), box
     self.seconds['infer'] += t2 - t1; self.seconds['stitch'] += self.t_last - t2
     self.n_patterns += len(x)
     self.latencies.append(self.t_last - t0)
@@ -352,14 +374,14 @@ def paced(chunks,  # iterable of (amplitude, x, y)
 def replay_file(path,  # NPZ (data contract) or HDF5 (see `HDF5Scan`) scan
                 rate: float | None = None,  # patterns per second
                 chunk: int = 64,
-                **hdf5_options,  # diffraction=..., positions=..., units, pixel_size, mask, crop, centre, data
+                **hdf5_options,  # diffraction=..., positions=..., units, pixel_size, mask, crop, centre, data, nonfinite
                ):
-    "Replay a scan file chunk by chunk at `rate` patterns/s (an HDF5 file is read lazily)."
+    "Replay a scan file chunk by chunk at `rate` patterns/s (an HDF5 file is read lazily; a frame with NaN/Inf comes all NaN, to be dropped)."
     path = Path(path)
     if path.suffix == '.npz':
         raw = RawDataTorch.from_file(path)
         return paced(array_chunks(raw.diff3d, raw.xcoords, raw.ycoords, chunk), rate)
-    return paced(iter_hdf5_chunks(path, chunk=chunk, **hdf5_options), rate)
+    return paced(iter_hdf5_chunks(path, chunk=chunk, **{'nonfinite': 'frame', **hdf5_options}), rate)
 
 # %% ../nbs/05c_streaming.ipynb #2e3fbde9
 def _open_when_ready(path, diffraction, positions, poll_s: float, timeout_s: float, options: dict):
@@ -371,20 +393,28 @@ def _open_when_ready(path, diffraction, positions, poll_s: float, timeout_s: flo
             if time.perf_counter() - t0 > timeout_s: raise
             time.sleep(poll_s)
 
+def _size_mismatch(path, n: int, N: int, hdf5: bool = True) -> str:
+    "The refusal of a file whose `n × n` patterns a model of pattern size `N` cannot take, with the fix."
+    fix = (f"keep the central {N}x{N} with --crop {N} (and --centre ROW COL, or auto, if the beam is off the frame centre)" if hdf5 and n > N
+           else f"use a model trained on {n}x{n} patterns" + (f", or crop the patterns to {N}x{N}" if n > N else ''))
+    return f"{path}: patterns are {n}x{n} but the model takes {N}x{N}: {fix}"
+
 def poll_hdf5(path,  # HDF5 file being written (SWMR or flushed regularly)
               diffraction: str = 'entry/data/data', positions=None,  # see `HDF5Scan`
               chunk: int = 64,  # patterns per yielded chunk (the last one may be shorter)
               poll_s: float = 0.2,  # seconds between looks at the file
               idle_timeout_s: float = 10.0,  # end after this long without a new frame (also: waiting for the file)
               expected: int | None = None,  # end after this many patterns
-              **options,  # HDF5Scan options: units, pixel_size, mask, crop, centre, data
+              N: int | None = None,  # the model's pattern size: a file with another is refused once open
+              **options,  # HDF5Scan options: units, pixel_size, mask, crop, centre, data, nonfinite (default 'frame')
              ):
     "Follow a growing HDF5 scan: yield each complete chunk as soon as it is in the file."
     path, t_change = Path(path), time.perf_counter()
     while not path.is_file():
         if time.perf_counter() - t_change > idle_timeout_s: raise FileNotFoundError(f"HDF5 file not found after {idle_timeout_s} s: {path}")
         time.sleep(poll_s)
-    with _open_when_ready(path, diffraction, positions, poll_s, idle_timeout_s, options) as scan:
+    with _open_when_ready(path, diffraction, positions, poll_s, idle_timeout_s, {'nonfinite': 'frame', **options}) as scan:
+        if N is not None and scan.N != N: raise ValueError(_size_mismatch(path, scan.N, N))
         done, seen = 0, None
         while expected is None or done < expected:
             n = scan.refresh()   # every look, the first included: a SWMR reader sees no new frame without it
@@ -396,37 +426,62 @@ def poll_hdf5(path,  # HDF5 file being written (SWMR or flushed regularly)
                 stop = min(done + chunk, n); yield scan.read(done, stop); done = stop
             if idle: break
             if expected is None or done < expected: time.sleep(poll_s)
+        if scan.n_frames > done and (expected is None or done < expected):   # frames whose positions never came
+            keys = ' '.join(positions) if isinstance(positions, (list, tuple)) and all(isinstance(k, str) for k in positions) else positions
+            msg = f"{path}: {scan.n_frames} frames arrived, {done} with their positions ({keys if isinstance(keys, (str, Path)) else 'positions given'})"
+            if not done: raise ValueError(f"{msg}: nothing to stitch; are the positions written to those datasets?")
+            log.warning("%s; the other %d frames were not stitched", msg, scan.n_frames - done)
 
 # %% ../nbs/05c_streaming.ipynb #3e335403
+class FileSource:
+    "A scan file as a stream source (`open_source`): iterating yields its chunks; `run` calls `expect(N)` before the first."
+    def __init__(self, path,
+                 chunks,  # need -> iterable of (amplitude, x, y) chunks (need: the model's pattern size, or None)
+                 N: int | None = None,  # the file's pattern size, if known before streaming (a followed file: once it opens)
+                ):
+        self.path, self._chunks, self.N, self.need = Path(path), chunks, N, None
+    def expect(self, N: int):
+        "Refuse the file now if its pattern size is known and is not `N` (a followed file is checked when it opens)."
+        self.need = int(N)
+        if self.N is not None and self.N != self.need: raise ValueError(_size_mismatch(self.path, self.N, self.need, self.path.suffix.lower() != '.npz'))
+    def __iter__(self): return iter(self._chunks(self.need))
+    def __repr__(self): return f"FileSource({self.path}, N={self.N})"
+
 def open_source(path,  # .npz or HDF5 scan file
                 follow: bool = False,  # the HDF5 file is still being written: `poll_hdf5`
                 rate: float | None = None,  # replay a complete file at this many patterns/s
                 chunk: int = 64, poll_s: float = 0.2, idle_timeout_s: float = 10.0, expected: int | None = None,
                 **hdf5_options,  # HDF5Scan options (diffraction, positions, units, pixel_size, mask, crop, centre, data)
                ) -> tuple:
-    "(chunk iterator, patterns expected or None); a complete HDF5 file is opened (and so checked) before streaming."
+    "(`FileSource`, patterns expected or None); a complete file is opened, and its positions checked, before streaming."
     path = Path(path)
     if follow:
         if path.suffix.lower() == '.npz': raise ValueError(f"{path}: following needs an HDF5 source (an NPZ file is never appended to)")
-        return poll_hdf5(path, chunk=chunk, poll_s=poll_s, idle_timeout_s=idle_timeout_s, expected=expected, **hdf5_options), expected
+        return FileSource(path, lambda need: poll_hdf5(path, chunk=chunk, poll_s=poll_s, idle_timeout_s=idle_timeout_s,
+                                                       expected=expected, N=need, **hdf5_options)), expected
     if not path.is_file(): raise FileNotFoundError(f"scan file not found: {path}")
-    if path.suffix.lower() == '.npz': return replay_file(path, rate, chunk), None
-    with HDF5Scan(path, swmr=False, **hdf5_options) as scan: total = len(scan)   # reads no frame
-    return replay_file(path, rate, chunk, swmr=False, **hdf5_options), total
+    if path.suffix.lower() == '.npz':   # the data contract refuses positions spanning too much or one pixel
+        raw = RawDataTorch.from_file(path)
+        return FileSource(path, lambda need: paced(array_chunks(raw.diff3d, raw.xcoords, raw.ycoords, chunk), rate), int(raw.diff3d.shape[-1])), len(raw.xcoords)
+    with HDF5Scan(path, swmr=False, **hdf5_options) as scan: total, N, (x, y) = len(scan), scan.N, scan.positions()   # reads no frame
+    ok = np.isfinite(x) & np.isfinite(y)   # a pattern without a finite position is dropped when it comes
+    _check_span(max(np.ptp(x[ok]), np.ptp(y[ok])) if ok.any() else 0.0, int(ok.sum()), str(path))
+    return FileSource(path, lambda need: replay_file(path, rate, chunk, swmr=False, **hdf5_options), N), total
 
 # %% ../nbs/05c_streaming.ipynb #a7a08a3c
 class _StopFlag:
-    "SIGINT while a chunk is processed (`busy`) -> a flag checked after it; while waiting for data -> KeyboardInterrupt now."
-    def __init__(self): self.set, self.busy, self._old = False, False, None
-    def _on_sigint(self, *a):
+    "SIGINT or SIGTERM while a chunk is processed (`busy`) -> a flag checked after it; while waiting for data -> KeyboardInterrupt now."
+    def __init__(self): self.set, self.busy, self.by, self._old = False, False, None, {}
+    def _on_signal(self, signum, frame):
+        self.by = signal.Signals(signum).name   # which one: a SIGTERM'd command still exits 143 (the CLI)
         if self.busy: self.set = True
         else: raise KeyboardInterrupt
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # elsewhere Ctrl-C raises KeyboardInterrupt as usual
-            self._old = signal.signal(signal.SIGINT, self._on_sigint)
+            self._old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
     def __exit__(self, *a):
-        if self._old is not None: signal.signal(signal.SIGINT, self._old)
+        for s, h in self._old.items(): signal.signal(s, h)
 
 def _live(self, output_dir, fmt: str):
     img, w = self.image()
@@ -434,10 +489,10 @@ def _live(self, output_dir, fmt: str):
     write_snapshot(Path(output_dir) / f'live.{fmt}', img, w, st)
     _write_png(Path(output_dir) / 'live.png', canvas_rgb(img, w))
 
-def _finish(self, output_dir, fmt: str, interrupted: bool, error=None) -> dict:
+def _finish(self, output_dir, fmt: str, interrupted: bool, error=None, stopped_by=None) -> dict:
     "Write the final products; return {'stats', 'paths', 'object', 'weights'}."
     img, w = self.image()
-    st = dict(self.stats(), interrupted=bool(interrupted), error=error)
+    st = dict(self.stats(), interrupted=bool(interrupted), stopped_by=stopped_by, error=error)
     paths = {}
     if output_dir is not None and self.n_patterns:   # nothing stitched: nothing to write (and no folder left to refuse a rerun)
         out = Path(output_dir)
@@ -449,6 +504,13 @@ def _finish(self, output_dir, fmt: str, interrupted: bool, error=None) -> dict:
         paths['stream.json'] = out / 'stream.json'
     return dict(stats=st, paths=paths, object=img, weights=w)
 
+def _check_end(self):
+    "A stream that ended by itself with nothing stitched, or with every position on one pixel, is an error, not a product."
+    if not self.n_patterns:
+        raise ValueError("the stream ended with nothing stitched: " + (f"all {self.skipped} patterns that arrived were dropped (dark, NaN/Inf "
+                         "or negative frames, positions not finite or far off)" if self.skipped else "no pattern arrived"))
+    _check_span(max(self.box[1] - self.box[0], self.box[3] - self.box[2]), self.n_patterns, 'stream')
+
 # %% ../nbs/05c_streaming.ipynb #e63ef9df
 def _run(self, source,  # iterable of (amplitude [k, N, N], x [k], y [k]) chunks
          output_dir=None,  # live and final products go here (None: nothing written)
@@ -458,8 +520,9 @@ def _run(self, source,  # iterable of (amplitude [k, N, N], x [k], y [k]) chunks
          total: int | None = None,  # patterns expected (for the progress bar)
          overwrite: bool = False,  # allow writing over a previous run's products
         ) -> dict:
-    "Consume a stream to its end (or Ctrl-C); returns the final stats, paths, complex object and weights."
+    "Consume a stream to its end (or Ctrl-C, SIGTERM); returns the final stats, paths, complex object and weights."
     if fmt not in ('npz', 'h5'): raise ValueError(f"fmt={fmt!r}: expected 'npz' or 'h5'")
+    if hasattr(source, 'expect'): source.expect(self.N)   # a `FileSource` of another pattern size: refused before the first chunk
     if output_dir is not None:   # a folder holding any run (a stream's live.*, a training) is refused; overwrite sets it aside
         from ptycho_torch_nb.training import prepare_output_dir
         prepare_output_dir(output_dir, overwrite).mkdir(parents=True, exist_ok=True)
@@ -474,20 +537,32 @@ def _run(self, source,  # iterable of (amplitude [k, N, N], x [k], y [k]) chunks
                 try: chunk = next(it)  # reading (or waiting for) the next chunk
                 except StopIteration: break
                 finally: self.seconds['wait'] += time.perf_counter() - t_wait
-                stop.busy = True  # from here to the canvas updated (and the live products written), Ctrl-C waits
+                stop.busy = True  # from here to the canvas updated (and the live products written), Ctrl-C and SIGTERM wait
                 lat = self.update(*chunk[:3], arrived_at=time.perf_counter())
                 bar.update(len(chunk[2])); bar.set_postfix(latency=f"{lat:.3f}s", refresh=False)
-                if output_dir is not None and time.perf_counter() - t_snap >= snapshot_every_s:
+                if output_dir is not None and self.n_patterns and time.perf_counter() - t_snap >= snapshot_every_s:
                     t_s = time.perf_counter(); _live(self, output_dir, fmt)
                     t_snap = time.perf_counter(); self.seconds['snapshot'] += t_snap - t_s
                 stop.busy = False
         except KeyboardInterrupt: interrupted = True
         except Exception as e:
-            error, cause = f"{type(e).__name__}: {e}", e; log.error("stream stopped by an error in the source: %s", error)
+            error, cause = f"{type(e).__name__}: {e}", e
+            if self.n_patterns: log.error("stream stopped by an error: %s", error)   # else it is raised below: said once
         interrupted = interrupted or stop.set
     bar.close()
-    res = _finish(self, output_dir, fmt, interrupted, error)
+    if not interrupted and cause is None: _check_end(self)   # nothing stitched, or all on one pixel: an error (nothing written)
+    res = _finish(self, output_dir, fmt, interrupted, error, stop.by)
     if cause is not None and self.n_patterns == 0: raise cause   # nothing stitched: the source's own error (a missing file: exit 2)
     return res
 
 StreamingReconstructor.run = _run
+
+def exit_status(res: dict,  # what `run` returned
+                prog: str = 'ptycho-torch-stream',  # the command, first on the stop line
+               ) -> int:
+    "A stream command's exit status: 143 after SIGTERM, with one line on stderr (as `core.run_command` stops any command), 1 after an error, else 0."
+    st = res['stats']
+    if st.get('stopped_by') != 'SIGTERM': return 0 if st['error'] is None else 1
+    kept = f"the final products of {st['n_patterns']} patterns are in {res['paths']['stream.json'].parent}" if res['paths'] else 'nothing was stitched or written'
+    print(f"{prog}: stopped by SIGTERM; {kept}", file=sys.stderr, flush=True)
+    return 143

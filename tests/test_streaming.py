@@ -289,6 +289,62 @@ def test_poll_stops_at_expected(data, tmp_path):
     with pytest.raises(FileNotFoundError, match='not found after'):
         list(S.poll_hdf5(tmp_path / 'never.h5', positions=('x', 'y'), idle_timeout_s=0.2, poll_s=0.05))
 
+def _h5(path, frames, x, y):
+    "A complete scan file: `frames` as they are, positions `entry/x`, `entry/y` (growable, so they may be fewer)."
+    with h5py.File(path, 'w') as f:
+        f['entry/data/data'] = frames
+        for k, v in (('entry/x', x), ('entry/y', y)): f.create_dataset(k, data=np.asarray(v, np.float64), maxshape=(None,))
+    return path
+
+POS = ('entry/x', 'entry/y')
+
+def test_nan_and_dark_frames_are_dropped(model, data, tmp_path):
+    "A frame with NaN (lost) comes all NaN from both HDF5 sources and, like a dark frame at any time, is dropped and counted."
+    amp, xy = data
+    counts = np.round(amp.astype(np.float64) ** 2).astype(np.float32)
+    counts[3, 5, 5] = np.nan; counts[30:34] = 0          # a lost frame in the first chunk; the shutter closed later on
+    p = _h5(tmp_path / 'f.h5', counts, xy[:, 0], xy[:, 1])
+    for src in (S.replay_file(p, chunk=16, positions=POS), S.poll_hdf5(p, chunk=16, positions=POS, expected=48)):
+        res = S.StreamingReconstructor(model, compile=False).run(src, progress=False)
+        assert (res['stats']['n_patterns'], res['stats']['skipped']) == (43, 5)
+        assert res['stats']['input_scale'] == pytest.approx(float(normalization_factor(np.delete(amp[:16], 3, 0), N)), rel=1e-5)
+
+def test_stitched_positions_span_at_most_max_scan_extent(model, data, monkeypatch):
+    "max - min of everything stitched stays within MAX_SCAN_EXTENT: a window around the first chunk allowed twice that."
+    amp, xy = data
+    monkeypatch.setattr(S, 'MAX_SCAN_EXTENT', 300)
+    sr = S.StreamingReconstructor(model, compile=False, scale=1.0, block=16)
+    for dx in (0, 250, -250, 100): sr.update(amp[:2], xy[:2, 0] + dx, xy[:2, 1])   # the third chunk would span 500+ px
+    assert (sr.stats()['n_patterns'], sr.stats()['skipped']) == (6, 2)
+    assert sr.canvas.shape[1] <= 300 + sr.M + 2 + 2 * 16
+
+def test_poll_frames_without_positions(data, tmp_path, caplog):
+    "Frames whose positions never arrive: an error when none did (not a silent, empty stream), a warning with both counts else."
+    amp, xy = data
+    counts = np.round(amp[:16].astype(np.float64) ** 2).astype(np.uint32)
+    none, some = (_h5(tmp_path / f'{n}.h5', counts, xy[:n, 0], xy[:n, 1]) for n in (0, 10))
+    with pytest.raises(ValueError, match=r'16 frames arrived, 0 with their positions \(entry/x entry/y\): nothing to stitch'):
+        list(S.poll_hdf5(none, positions=POS, poll_s=0.02, idle_timeout_s=0.2))
+    with caplog.at_level('WARNING', logger=S.log.name):
+        got = list(S.poll_hdf5(some, positions=POS, poll_s=0.02, idle_timeout_s=0.2))
+    assert sum(len(c[0]) for c in got) == 10 and '16 frames arrived, 10 with their positions (entry/x entry/y)' in caplog.text
+
+def test_file_problems_are_found_before_streaming(model, data, tmp_path):
+    "Positions in metres read as pixels, or spanning too much, and patterns of another size than the model's: refused up front."
+    amp, xy = data
+    counts = np.round(amp.astype(np.float64) ** 2).astype(np.uint32)
+    with pytest.raises(ValueError, match=r'm.h5: all 48 positions lie within .*--units'):
+        S.open_source(_h5(tmp_path / 'm.h5', counts, xy[:, 0] * 1e-8, xy[:, 1] * 1e-8), positions=POS)
+    with pytest.raises(ValueError, match=r'far.h5: positions span .* more than MAX_SCAN_EXTENT'):
+        S.open_source(_h5(tmp_path / 'far.h5', counts, np.r_[xy[:47, 0], 1e6], xy[:, 1]), positions=POS)
+    big = np.zeros((48, 96, 96), np.uint32); big[:, 16:80, 16:80] = counts
+    p = _h5(tmp_path / 'big.h5', big, xy[:, 0], xy[:, 1])
+    for follow in (False, True):   # a complete file before its first chunk is read, a followed one when it opens
+        src, _ = S.open_source(p, follow=follow, idle_timeout_s=1.0, positions=POS)
+        with pytest.raises(ValueError, match=r'big.h5: patterns are 96x96 but the model takes 64x64: keep the central 64x64 with --crop 64'):
+            S.StreamingReconstructor(model, compile=False).run(src, tmp_path / 'o', progress=False)
+        assert not list(tmp_path.glob('o/*'))
+
 # ---- CLI ---------------------------------------------------------------------------------------------------------
 
 def _cli(*args, **kw):
@@ -309,7 +365,9 @@ def test_cli_stream_hdf5_and_errors(archive, data, tmp_path):
     again = _cli('stream', archive, p, '--positions', 'entry/x', 'entry/y', '--output_dir', tmp_path / 'o', '--quiet')
     assert again.returncode == 2 and 'holds a previous run (stream.json' in again.stderr
 
-def test_cli_sigint_while_following(archive, data, tmp_path):
+@pytest.mark.parametrize('sig, code', [(signal.SIGINT, 0), (signal.SIGTERM, 143)])
+def test_cli_signal_while_following(archive, data, tmp_path, sig, code):
+    "Ctrl-C, or SIGTERM (systemd, Slurm, kill), while the detector stalls: the final products; SIGTERM exits 143 with one line."
     amp, xy = data
     p = tmp_path / 'partial.h5'
     _writer(p, amp[:24], xy[:24], swmr=False, pause=0)           # half a scan; the 'detector' stalls
@@ -321,11 +379,13 @@ def test_cli_sigint_while_following(archive, data, tmp_path):
     t = time.time()
     while not (out / 'live.npz').exists() and time.time() - t < 120 and proc.poll() is None: time.sleep(0.1)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    assert proc.returncode == code, err
     st = _check_final(out, 24, True)
-    assert st['n_chunks'] == 3
+    assert st['n_chunks'] == 3 and st['stopped_by'] == sig.name
+    stopped = [line for line in err.splitlines() if 'stopped by' in line]
+    assert stopped == ([f"ptycho-torch-stream: stopped by SIGTERM; the final products of 24 patterns are in {out}"] if sig == signal.SIGTERM else [])
 
 
 def test_compile_failure_falls_back_to_eager(model, data, monkeypatch, caplog):
