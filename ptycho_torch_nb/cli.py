@@ -86,8 +86,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument('--gridsize', type=positive_int, default=2, help='patterns per group = gridsize^2')
     g.add_argument('--batch_size', '--batch-size', dest='batch_size', type=positive_int, default=16,
                    help='groups per training batch (per device)')
-    g.add_argument('--nepochs', '--max_epochs', '--max-epochs', dest='nepochs', type=positive_int, default=100,
-                   help='training epochs (--max_epochs is the older name)')
+    g.add_argument('--nepochs', '--max_epochs', '--max-epochs', '--epochs', dest='nepochs', type=positive_int, default=100,
+                   help='training epochs (--max_epochs and --epochs are older names)')
     g.add_argument('--nphotons', type=positive_float, default=None,
                    help='expected photons per pattern (default: the file metadata, else 1e9)')
     g.add_argument('--n_filters_scale', '--n-filters-scale', dest='n_filters_scale', type=positive_int, default=2,

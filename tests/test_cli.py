@@ -43,6 +43,7 @@ def test_aliases_and_defaults(tiny_files):
     train, _ = tiny_files
     tc, ec = _parse(train, '--n_images', '7', '--max_epochs', '3', '--accelerator', 'cpu')
     assert (tc.n_groups, tc.nepochs) == (7, 3)
+    assert _parse(train, '--epochs', '4', '--accelerator', 'cpu')[0].nepochs == 4   # the name ptycho-torch-reconstruct takes too
     tc, ec = _parse(train, '--accelerator', 'cpu')
     assert (tc.model.gridsize, tc.batch_size, tc.nepochs, tc.n_groups) == (2, 16, 100, 16)   # one group per position
     tc, ec = _parse(train, '--accelerator', 'cpu', '--n_subsample', '10')
