@@ -105,6 +105,7 @@ ROWS = [
     _r('D2', 'eval_reconstruction (mean)', 'ptycho_torch_nb.evaluation.eval_reconstruction', 'nbs/03c_evaluation.ipynb#evaluation-metrics-mean', 'golden'),
     _r('D2', 'eval_reconstruction on a non-square image (FRC square crop)', 'ptycho_torch_nb.evaluation.frc_curve', 'nbs/03c_evaluation.ipynb#evaluation-metrics-rect', 'golden'),
     _r('D2', 'evaluation trim / plane removal / amplitude rescale', 'ptycho_torch_nb.evaluation.fit_and_remove_plane', 'nbs/03c_evaluation.ipynb#evaluation-intermediates', 'golden'),
+    _r('D2', 'the reference scores against any objectGuess the test data hold', 'ptycho_torch_nb.data_container.scan_truth', 'nbs/02_data_container.ipynb#data-truth-not-a-guess', 'deviation', 'one that does not hold the scan, or is one constant value (an initial guess), is not scored, with a warning'),
     _r('D2', 'cv2.PSNR (peak 255) on [0, 1] images', 'ptycho_torch_nb.evaluation.psnr', 'nbs/03c_evaluation.ipynb#evaluation-metrics-plane', 'deviation', 'both reported, labelled psnr (reference) and psnr_normalized (peak = range of the truth)'),
     _r('D2', 'ptycho.image.registration.find_translation_offset', 'ptycho_torch_nb.evaluation.find_shift', 'tests/test_stitching_evaluation.py::test_registration_window_beats_plain_correlation', 'deviation', 'mean removed and Tukey window before correlating'),
     _r('D2', 'ptycho.workflows.components.train_cdi_model', 'ptycho_torch_nb.workflow.train_cdi_model_torch', 'nbs/05_workflow.ipynb#workflow-train-results', 'invariant', 'reference + torch result keys; params.cfg written first'),
