@@ -61,17 +61,17 @@ def environment() -> dict:
     return dict(torch=torch.__version__, device=dev, name=torch.cuda.get_device_name(0) if dev == 'cuda' else 'cpu',
                 precision=resolve_precision('auto', 'gpu' if dev == 'cuda' else 'cpu'), cpu_threads=torch.get_num_threads())
 
-def throughput_by_batch(steps: int, batch_sizes, device: str, workdir: Path) -> dict:
+def throughput_by_batch(steps: int, batch_sizes, device: str, workdir: Path, warm_up: bool = True) -> dict:
     "`throughput` at each batch size: {'by_batch': {groups: record}}, and the first batch size's record at the top level."
-    by = {int(b): throughput(steps, int(b), device, workdir) for b in batch_sizes}
+    by = {int(b): throughput(steps, int(b), device, workdir, warm_up) for b in batch_sizes}
     return dict(by[int(batch_sizes[0])], by_batch=by)
 
-def throughput(steps: int, batch_size: int, device: str, workdir: Path) -> dict:
+def throughput(steps: int, batch_size: int, device: str, workdir: Path, warm_up: bool = True) -> dict:
     "Training patterns/s of `pretrain` in each precision and of the plain CNN of the same layers (same batch)."
     from bench_pretrain_throughput import ours_rate, plain_copy, plain_rate
     from ptycho_torch_nb.training import resolve_precision
     chosen = resolve_precision('auto', 'gpu' if device == 'cuda' else 'cpu')
-    for p in dict.fromkeys([chosen, '32-true']): ours_rate(2, p, batch_size, workdir)   # warm-up: cuDNN's kernel choice, the allocator
+    for p in dict.fromkeys([chosen, '32-true']) if warm_up else (): ours_rate(2, p, batch_size, workdir)   # warm-up: cuDNN's kernel choice, the allocator
     ours = {p: ours_rate(steps, p, batch_size, workdir) for p in dict.fromkeys([chosen, '32-true'])}
     gen = ours[chosen]['model'].model.generator
     plain = plain_rate(plain_copy(gen.net).to(device), ours[chosen]['patterns_per_step'], int(gen.in_channels), steps, device=device)
@@ -204,7 +204,7 @@ def main(argv=None):
                          f"{th['plain']:.0f} patterns/s: {th['ratio']:.2f}x (bar 1.1); ours 32-true {th['ours_32-true']:.0f}"
                          for b, th in rec['by_batch'].items())
     with tempfile.TemporaryDirectory() as work:
-        guarded(rec, 'throughput', save, lambda: throughput_by_batch(tiny['steps'], tiny['batches'], dev, Path(work)), report_throughput)
+        guarded(rec, 'throughput', save, lambda: throughput_by_batch(tiny['steps'], tiny['batches'], dev, Path(work), not a.tiny), report_throughput)
     guarded(rec, 'zero_shot_rate', save, lambda: zero_shot_rate(a.model, tiny['rate_n'], dev),
             lambda zr: '\n'.join(f"zero-shot on {d}: {z['n']} patterns, inference {z['inference_seconds']:.2f} s "
                                  f"({z['patterns_per_s']:.0f} patterns/s), whole call {z['seconds']:.2f} s" for d, z in zr.items() if isinstance(z, dict)))
