@@ -244,15 +244,25 @@ def _commit() -> Optional[str]:
     except Exception: return None
     return (head + ('-dirty' if git('status', '--porcelain', '--untracked-files=no') else '')) if head else None
 
-def _check_output_dir(out: Path, resume: bool, overwrite: bool, run: dict):
+def _finished(training: dict, steps, time_budget_s) -> bool:
+    "Whether a finished model's card (`training`) already meets a resume's target: its steps, or its training seconds."
+    return float(training['train_s']) >= time_budget_s if time_budget_s else int(training['steps']) >= int(steps or 1000)
+
+def _target_text(steps, time_budget_s) -> str:
+    return f"{time_budget_s:g} s of training" if time_budget_s else f"{steps or 1000} steps"
+
+def _check_output_dir(out: Path, resume: bool, overwrite: bool, run: dict, target: tuple = (None, None)):
     "Refuse a used folder unasked, a resume with nothing to resume, or one that would change what defines the run (`run`)."
     output_folder(out)
     if (out / 'wts.h5.zip').exists() and not (resume or overwrite):
-        raise FileExistsError(f"{out}: already holds a pretrained model (wts.h5.zip); pass resume=True to continue it, "
-                              "overwrite=True to replace it, or choose another output_dir")
+        raise FileExistsError(f"{out}: already holds a pretrained model (wts.h5.zip); pass resume=True (--resume) to continue it, "
+                              "overwrite=True (--overwrite) to replace it, or choose another output_dir")
+    if resume and (out / MODEL_CARD).is_file() and _finished(read_card(out / MODEL_CARD)['training'], *target):   # no step to add
+        raise ValueError(f"{out}: its model already reached the target ({_target_text(*target)}); to train it further raise "
+                         "steps (--steps) or time_budget_s (--time_budget) above that, or start afresh (--overwrite)")
     if stopped_run(out) and not (resume or overwrite):   # a plain rerun would replace its checkpoint
-        raise FileExistsError(f"{out}: holds an unfinished run (checkpoints/last.ckpt, no wts.h5.zip); pass resume=True to continue "
-                              "it, overwrite=True to start afresh, or choose another output_dir")
+        raise FileExistsError(f"{out}: holds an unfinished run (checkpoints/last.ckpt, no wts.h5.zip); pass resume=True (--resume) to "
+                              "continue it, overwrite=True (--overwrite) to start afresh, or choose another output_dir")
     if resume and not (out / 'checkpoints' / 'last.ckpt').exists():
         raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
     if resume: check_checkpoint(out / 'checkpoints' / 'last.ckpt')   # a corrupt one is refused before the corpus is simulated
@@ -260,7 +270,7 @@ def _check_output_dir(out: Path, resume: bool, overwrite: bool, run: dict):
     was = json.loads(saved.read_text()) if resume and saved.is_file() else run
     changed = [f"{k} {was.get(k)!r} -> {v!r}" for k, v in run.items() if was.get(k) != v]
     if changed: raise ValueError(f"{out}: resuming would change the run ({'; '.join(changed)}); resume with its arguments, "
-                                 "or start afresh (overwrite=True or another output_dir)")
+                                 "or start afresh (overwrite=True / --overwrite, or another output_dir)")
     return run   # `pretrain` records it beside the checkpoints it writes
 
 def _record_run(out: Path, run: dict):
@@ -349,7 +359,7 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
     check_families(families)   # a bad name is refused before any model is loaded or scan simulated
     out, start = Path(output_dir), _load_start(init_from, resume)
     run_args = _check_output_dir(out, resume, overwrite, dict(n_scans=n_scans, N=N, n=n, seed=seed, families=families, batch_size=batch_size,
-                                 learning_rate=learning_rate, n_filters_scale=n_filters_scale, label_weight=label_weight))
+                                 learning_rate=learning_rate, n_filters_scale=n_filters_scale, label_weight=label_weight), (steps, time_budget_s))
     steps = 1000 if steps is None and time_budget_s is None else steps; t0 = time.perf_counter(); torch.manual_seed(seed)
     cfg, opts = scan_configs(N, n_filters_scale=n_filters_scale, batch_size=batch_size, learning_rate=learning_rate)
     corpus = build_corpus(n_scans, N, n, seed, families, int(cfg.model.gridsize), int(cfg.neighbor_count), cfg.model.probe_scale, workers,
@@ -438,7 +448,10 @@ def _card_and_archive(path):
     p = Path(path)
     if not p.exists(): raise FileNotFoundError(f"pretrained model not found: {p}")
     card_path = p if p.suffix == '.json' else (p / MODEL_CARD if p.is_dir() else p.parent / MODEL_CARD)
-    if not card_path.is_file(): raise FileNotFoundError(f"{p}: no model card (model_card.json) next to the pretrained model")
+    if not card_path.is_file():
+        hint = ("; an archive without a card is a training run's: fine-tune from it with init_from (--init_from)"
+                if (card_path.parent / 'wts.h5.zip').is_file() else "; expected a pretrained model's folder or its model_card.json")
+        raise FileNotFoundError(f"{p}: no model card (model_card.json) next to the pretrained model{hint}")
     card = read_card(card_path)
     archive = card_path.parent / card['archive']
     if not archive.is_file(): raise FileNotFoundError(f"{card_path}: its archive {archive} is missing")
@@ -479,11 +492,15 @@ def load_pretrained(path,        # model_card.json, its folder, or the archive n
     digest = _sha256(archive)
     if digest != card['sha256']:
         raise ValueError(f"{archive}: SHA-256 {digest[:16]}... differs from the model card's {card['sha256'][:16]}... "
-                         "(corrupted, truncated or replaced archive)")
+                         "(corrupted, truncated or replaced archive): restore wts.h5.zip and model_card.json together from the run "
+                         "that wrote them, or pretrain again")
     if card.get('training', {}).get('collapsed'):
         warnings.warn(f"{archive}: its card records a collapsed network (constant output, spread {card['training']['output_spread']:.2g}); it is no prior", RuntimeWarning)
     models, _ = load_torch_bundle(archive, restore_params=False)
     model = models['autoencoder']
+    if int(card['N']) != int(model.model.N):   # the hash covers the archive, not the card beside it
+        raise ValueError(f"{archive.parent / MODEL_CARD}: field 'N'={card['N']} but its archive's network is N={model.model.N}; restore "
+                         "wts.h5.zip and model_card.json together from the run that wrote them")
     if scan is not None:
         check_fits(card, scan, f"pretrained model {archive}")
         use_scan(model, scan)

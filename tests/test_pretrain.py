@@ -478,3 +478,28 @@ def test_a_pretraining_step_reads_nothing_back_from_the_device(tmp_path, monkeyp
     few, more = run(3), run(9)
     extra = [r for r in more if more.count(r) > few.count(r)]
     assert not extra, f"reads per step: {sorted(set(extra))}"
+
+
+def test_resuming_a_finished_model_must_add_training(pretrained, tmp_path):
+    "--resume of a model that already reached its steps would rewrite it (a new SHA-256) for nothing: refused, files untouched."
+    import shutil
+    out, _ = pretrained
+    copy_ = tmp_path / 'done'; shutil.copytree(out, copy_)
+    before = {p.name: p.read_bytes() for p in (copy_ / 'wts.h5.zip', copy_ / 'model_card.json')}
+    with pytest.raises(ValueError, match=r"already reached the target \(3 steps\); to train it further raise steps \(--steps\)"):
+        PT.pretrain(copy_, steps=3, resume=True, command='pytest', **TINY)
+    assert {p.name: p.read_bytes() for p in (copy_ / 'wts.h5.zip', copy_ / 'model_card.json')} == before
+
+
+def test_a_card_that_disagrees_with_its_archive_or_is_missing(pretrained, tmp_path):
+    "The hash covers the archive, not the card: an edited N is caught against the network; a card-less archive is a training run's."
+    import shutil
+    out, _ = pretrained
+    edited = tmp_path / 'edited'; shutil.copytree(out, edited, ignore=shutil.ignore_patterns('checkpoints'))
+    card = json.loads((edited / 'model_card.json').read_text()); card['N'] = 128
+    (edited / 'model_card.json').write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=r"field 'N'=128 but its archive's network is N=64"):
+        PT.load_pretrained(edited)
+    (edited / 'model_card.json').unlink()
+    with pytest.raises(FileNotFoundError, match=r"a training run's: fine-tune from it with init_from \(--init_from\)"):
+        PT.load_pretrained(edited)
