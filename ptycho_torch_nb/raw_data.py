@@ -11,9 +11,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'REQUIRED_KEYS', 'DIFFRACTION_KEYS', 'OPTIONAL_KEYS', 'CONTRACT_KEYS', 'MAX_SCAN_EXTENT', 'validate_raw_arrays',
-           'RawDataTorch', 'read_npz', 'intensity_evidence', 'normalization_factor', 'pattern_energy', 'normalize_data',
-           'intensity_scale', 'extract_patches', 'group_indices', 'grouped_from_indices', 'generate_grouped_data']
+__all__ = ['log', 'REQUIRED_KEYS', 'DIFFRACTION_KEYS', 'OPTIONAL_KEYS', 'CONTRACT_KEYS', 'MAX_SCAN_EXTENT', 'check_span',
+           'validate_raw_arrays', 'RawDataTorch', 'read_npz', 'intensity_evidence', 'normalization_factor',
+           'pattern_energy', 'normalize_data', 'intensity_scale', 'extract_patches', 'group_indices',
+           'grouped_from_indices', 'generate_grouped_data']
 
 # %% ../nbs/02a_raw_data.ipynb #95e36ece
 REQUIRED_KEYS = ('xcoords', 'ycoords', 'probeGuess')
@@ -48,10 +49,18 @@ def _check_extent(out: dict, src):
             raise _bad(src, key, f"spans {span:.4g} px, more than MAX_SCAN_EXTENT={MAX_SCAN_EXTENT} (the stitched image would not fit "
                                  f"in memory): positions in another unit than object pixels, or an outlier (pattern {far} at "
                                  f"{a[far]:.4g}, the median is {med:.4g})?")
-    span = max(float(np.ptp(out[k])) for k in ('xcoords', 'ycoords'))
-    if len(out['xcoords']) > 1 and span < 1:   # e.g. metres read as pixels: every pattern would land on one patch
-        raise _bad(src, 'xcoords', f"and 'ycoords' span {span:.3g} px: all {len(out['xcoords'])} positions lie within one object pixel; "
-                                   "positions in metres or microns read as pixels? (HDF5 input: --units and --pixel_size)")
+    check_span(max(float(np.ptp(out[k])) for k in ('xcoords', 'ycoords')), len(out['xcoords']), str(src))   # e.g. metres read as pixels
+
+def check_span(span: float,  # max - min of the positions on their wider axis (object pixels)
+               n: int,  # patterns they belong to (one alone spans nothing)
+               src: str = '<memory>'):  # named in the error
+    "Refuse positions in another unit than object pixels: spanning more than `MAX_SCAN_EXTENT`, or, over several patterns, less than one pixel."
+    if span > MAX_SCAN_EXTENT:
+        raise ValueError(f"{src}: positions span {span:.4g} px, more than MAX_SCAN_EXTENT={MAX_SCAN_EXTENT} (the canvas would not fit in "
+                         "memory): positions in another unit than object pixels (--units, --pixel_size), or an outlier?")
+    if n > 1 and span < 1:   # every pattern would land on one patch
+        raise ValueError(f"{src}: all {n} positions lie within one object pixel ({span:.3g} px): positions in metres or microns read as "
+                         "object pixels? Give their unit and the object pixel size (--units m|mm|um|nm --pixel_size METRES)")
 
 def _check_finite(a, src, key):
     if a.dtype.kind in 'fc':

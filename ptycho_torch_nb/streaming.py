@@ -8,7 +8,7 @@ import json, logging, math, os, signal, sys, threading, time, warnings
 from pathlib import Path
 import numpy as np
 from .core import require_torch, atomic_path
-from .raw_data import MAX_SCAN_EXTENT, normalization_factor, RawDataTorch
+from .raw_data import MAX_SCAN_EXTENT, check_span, normalization_factor, RawDataTorch
 from .hdf5_data import HDF5Scan, iter_hdf5_chunks
 from .stitching import stitch_geometry
 torch = require_torch()
@@ -77,7 +77,7 @@ class IncrementalCanvas:
                       M: int, **kwargs):
         "`stitch_geometry`'s canvas plus a 1-pixel margin: `image()[1:-1, 1:-1]` equals `reassemble_position` of all patches."
         span = float(np.ptp(np.asarray(positions, np.float64).reshape(-1, 2), axis=0).max())
-        if span > MAX_SCAN_EXTENT: raise ValueError(f"positions span {span:.4g} px, more than MAX_SCAN_EXTENT={MAX_SCAN_EXTENT}: another unit than object pixels, or an outlier?")
+        check_span(span, 0, 'positions')   # more than MAX_SCAN_EXTENT: another unit than object pixels, or an outlier
         g = stitch_geometry(np.asarray(positions, np.float64), M)
         return cls(M, (g.origin_xy[0] - 1, g.origin_xy[1] - 1), (g.size + 2, g.size + 2), **kwargs)
 
@@ -237,17 +237,6 @@ def _skip(self, n: int):
                                            "or whose positions are not finite or far off the scan (stats: 'skipped')")
     self.skipped += n
 
-def _check_span(span: float,  # max - min of the positions, the larger of x and y (object pixels)
-                n: int,  # patterns they belong to
-                src: str):  # named in the error
-    "Refuse positions in another unit than object pixels: spanning more than `MAX_SCAN_EXTENT` or, over several patterns, less than one pixel."
-    if span > MAX_SCAN_EXTENT:
-        raise ValueError(f"{src}: positions span {span:.4g} px, more than MAX_SCAN_EXTENT={MAX_SCAN_EXTENT} (the canvas would not fit in "
-                         "memory): positions in another unit than object pixels (--units, --pixel_size), or an outlier?")
-    if n > 1 and span < 1:
-        raise ValueError(f"{src}: all {n} positions lie within {span:.3g} px, one object pixel: positions in metres or microns read as "
-                         "object pixels? Give their unit and the object pixel size (--units m|mm|um|nm --pixel_size METRES)")
-
 def _within_extent(box,  # (x min, x max, y min, y max) of the positions stitched so far, or None
                    x, y,  # [k] float64 positions
                    keep):  # [k] bool: the usable patterns
@@ -272,7 +261,7 @@ def _update(self, amplitude,  # [k, N, N] diffraction amplitudes
         raise ValueError(f"chunk has {len(amplitude)} patterns but {len(x)} x and {len(y)} y positions")
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     keep, box = _within_extent(self.box, x, y, usable_patterns(amplitude, x, y))   # a unit slip or a glitch never grows the canvas past memory
-    if self.n_patterns == 0 and keep.sum() > 1: _check_span(max(box[1] - box[0], box[3] - box[2]), int(keep.sum()), 'stream (first chunk)')
+    if self.n_patterns == 0 and keep.sum() > 1: check_span(max(box[1] - box[0], box[3] - box[2]), int(keep.sum()), 'stream (first chunk)')
     if not keep.all():   # a bad or dark frame is dropped, not stitched: one NaN would spread over the live image
         _skip(self, int((~keep).sum()))
         amplitude = amplitude[torch.as_tensor(keep)] if torch.is_tensor(amplitude) else np.asarray(amplitude)[keep]
@@ -465,7 +454,7 @@ def open_source(path,  # .npz or HDF5 scan file
         return FileSource(path, lambda need: paced(array_chunks(raw.diff3d, raw.xcoords, raw.ycoords, chunk), rate), int(raw.diff3d.shape[-1])), len(raw.xcoords)
     with HDF5Scan(path, swmr=False, **hdf5_options) as scan: total, N, (x, y) = len(scan), scan.N, scan.positions()   # reads no frame
     ok = np.isfinite(x) & np.isfinite(y)   # a pattern without a finite position is dropped when it comes
-    _check_span(max(np.ptp(x[ok]), np.ptp(y[ok])) if ok.any() else 0.0, int(ok.sum()), str(path))
+    check_span(max(np.ptp(x[ok]), np.ptp(y[ok])) if ok.any() else 0.0, int(ok.sum()), str(path))
     return FileSource(path, lambda need: replay_file(path, rate, chunk, swmr=False, **hdf5_options), N), total
 
 # %% ../nbs/05c_streaming.ipynb #a7a08a3c
@@ -509,7 +498,7 @@ def _check_end(self):
     if not self.n_patterns:
         raise ValueError("the stream ended with nothing stitched: " + (f"all {self.skipped} patterns that arrived were dropped (dark, NaN/Inf "
                          "or negative frames, positions not finite or far off)" if self.skipped else "no pattern arrived"))
-    _check_span(max(self.box[1] - self.box[0], self.box[3] - self.box[2]), self.n_patterns, 'stream')
+    check_span(max(self.box[1] - self.box[0], self.box[3] - self.box[2]), self.n_patterns, 'stream')
 
 # %% ../nbs/05c_streaming.ipynb #e63ef9df
 def _run(self, source,  # iterable of (amplitude [k, N, N], x [k], y [k]) chunks
