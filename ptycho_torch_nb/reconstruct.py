@@ -461,8 +461,9 @@ def data_misfit(raw,  # the scan (RawDataTorch)
 def photon_noise_misfit(raw,  # the scan (RawDataTorch)
                        ) -> float:
     "About the `data_misfit` photon noise alone leaves (the truth's, within 2x): var(√n) ≈ 1/4 on each lit pixel of Poisson counts n, over their sum."
-    counts = np.square(np.asarray(raw.diff3d, np.float64))   # (at a few counts a pixel var(√n) is up to 0.4: the low side of 2x)
-    return float(0.25 * np.count_nonzero(counts > 0.5) / max(float(counts.sum()), 1e-30))
+    a = np.asarray(raw.diff3d).reshape(-1)   # amplitudes √n; at a few counts a pixel's var(√n) is up to 0.4: the low side of 2x
+    total = float(np.einsum('i,i->', a, a, dtype=np.float64))   # Σ n, accumulated in float64 without a float64 copy of the scan
+    return float(0.25 * np.count_nonzero(a > math.sqrt(0.5)) / max(total, 1e-30))
 
 POOR_FIT = 0.01  # a solver image's data misfit above this and 5x photon noise is reported (intensities read as amplitudes: 0.03-0.04)
 
