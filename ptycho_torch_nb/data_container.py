@@ -271,14 +271,14 @@ def check_truth(object_guess,  # the true object, [H, W] complex, in the scan's 
                          f"(x {x.min():.1f}..{x.max():.1f}, y {y.min():.1f}..{y.max():.1f}); pass the object in the scan's own frame")
 
 def constant_over_scan(obj,  # complex object [H, W] in the scan's frame
-                       positions,  # [..., 2] absolute [x, y] scan positions
+                       positions=None,  # [..., 2] absolute [x, y] scan positions (None: the whole object)
                        half: float = 0.0,  # how far beyond the positions the region reaches (half a pattern)
                        rtol: float = 1e-5,  # spread allowed, relative to the largest amplitude there (float rounding)
                       ) -> bool:
     "True where `obj` has one amplitude and one phase over the scanned region: a flat start, not a truth."
     a = np.asarray(obj).squeeze()
-    x, y = np.asarray(positions, np.float64).reshape(-1, 2).T
     H, W = a.shape[-2:]
+    x, y = np.asarray([(0, 0), (W - 1, H - 1)] if positions is None else positions, np.float64).reshape(-1, 2).T
     rows = slice(max(0, math.floor(y.min() - half)), min(H, math.ceil(y.max() + half) + 1))
     cols = slice(max(0, math.floor(x.min() - half)), min(W, math.ceil(x.max() + half) + 1))
     region = a[..., rows, cols]

@@ -159,8 +159,7 @@ def _ground_truth_object(test_data, container):
     gt = getattr(container, 'objectGuess', None) if container is not None else None
     if gt is None and test_data is not None and not isinstance(test_data, (str, os.PathLike)):
         gt = getattr(test_data, 'objectGuess', None)
-    H, W = np.shape(gt)[-2:] if gt is not None else (0, 0)
-    if gt is not None and constant_over_scan(gt, [(0, 0), (W - 1, H - 1)]):   # a flat start (one value throughout) is no truth
+    if gt is not None and constant_over_scan(gt):   # a flat start (one value throughout) is no truth
         logging.getLogger(__name__).warning("test data: not scored: its objectGuess is one constant value, an initial guess")
         return None
     return gt
