@@ -503,3 +503,10 @@ def test_a_card_that_disagrees_with_its_archive_or_is_missing(pretrained, tmp_pa
     (edited / 'model_card.json').unlink()
     with pytest.raises(FileNotFoundError, match=r"a training run's: fine-tune from it with init_from \(--init_from\)"):
         PT.load_pretrained(edited)
+
+
+def test_a_path_that_is_no_model_says_what_is_expected(tmp_path):
+    "A file that is neither a model folder, its card nor an archive beside a card: the message says what --pretrained takes."
+    (tmp_path / 'random.bin').write_bytes(b'\0' * 16)
+    with pytest.raises(FileNotFoundError, match=r"random.bin: no model card .*; expected a pretrained model's folder or its model_card.json"):
+        PT.load_pretrained(tmp_path / 'random.bin')

@@ -400,3 +400,13 @@ def test_compile_failure_falls_back_to_eager(model, data, monkeypatch, caplog):
     np.testing.assert_allclose(sr.patches(amp[:5]).numpy(), ref.patches(amp[:5]).numpy())
     with pytest.raises(ValueError, match='batch_size=0'):
         S.StreamingReconstructor(model, batch_size=0, compile=False)
+
+
+def test_a_smaller_pattern_size_and_an_empty_stream(model, tmp_path):
+    "Smaller patterns than the model's (or an NPZ, which --crop cannot cut) need another model; a stream with no pattern is an error."
+    src = S.FileSource(tmp_path / 'small.npz', lambda need: iter(()), N=32)
+    with pytest.raises(ValueError, match=r'small.npz: patterns are 32x32 but the model takes 64x64: use a model trained on 32x32 patterns$'):
+        src.expect(64)
+    with pytest.raises(ValueError, match='the stream ended with nothing stitched: no pattern arrived'):
+        S.StreamingReconstructor(model, compile=False).run(iter(()), tmp_path / 'empty', progress=False)
+    assert not (tmp_path / 'empty' / 'stream.json').exists()
