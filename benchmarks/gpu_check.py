@@ -104,24 +104,24 @@ def _resume_into(ckpt: Path, out: Path) -> float:
     return max([float(v['train_s']) for v in state.values() if isinstance(v, dict) and 'train_s' in v] or [0.0])
 
 def pretrain_chunk(out: Path, n_scans: int, budget_s: float, batch_size: int, device: str, resume, checkpoint_every: int,
-                   n_filters_scale: int = 1, init_from=None, label_weight: float = 1.0) -> dict:
+                   n_filters_scale: int = 1, init_from=None, label_weight: float = 1.0, seed: int = 0) -> dict:
     "Pretrain the shipped recipe for `budget_s` more seconds of training (resuming `resume`, or starting from `init_from`); scans of max(64, batch_size) positions, so one scan fills a batch."
     from ptycho_torch_nb.pretrain import pretrain
     done = _resume_into(Path(resume), out) if resume else 0.0
     init_from = None if resume else init_from
     r = pretrain(out, n_scans=n_scans, n=max(64, batch_size), time_budget_s=done + budget_s, batch_size=batch_size, learning_rate=5e-4,
                  init_from=init_from, label_weight=label_weight,
-                 n_filters_scale=n_filters_scale, seed=0, resume=bool(resume), overwrite=not resume, checkpoint_every=checkpoint_every,
+                 n_filters_scale=n_filters_scale, seed=seed, resume=bool(resume), overwrite=not resume, checkpoint_every=checkpoint_every,
                  accelerator='gpu' if device == 'cuda' else 'cpu', precision='auto', progress=True,
                  command=f"python3 benchmarks/gpu_check.py (pretraining: n_scans={n_scans}, positions_per_scan={max(64, batch_size)}, batch_size={batch_size}, "
-                         f"n_filters_scale={n_filters_scale}, label_weight={label_weight:g}, {done + budget_s:.0f} s of training{', resumed' if resume else ''}"
+                         f"n_filters_scale={n_filters_scale}, label_weight={label_weight:g}, seed={seed}, {done + budget_s:.0f} s of training{', resumed' if resume else ''}"
                          f"{f', from {init_from}' if init_from else ''})")
     shutil.copy2(out / 'checkpoints' / 'last.ckpt', out / 'last.ckpt')   # two folders down: comes back from the device
     shutil.rmtree(out / 'checkpoints')
     t = r['card']['training']
     return dict(steps=t['steps'], train_s=t['train_s'], corpus_s=t['corpus_s'], precision=t['precision'],
                 final_loss=t['final_loss'], output_spread=t['output_spread'], sha256=r['card']['sha256'], resumed_from_s=done,
-                init_from=t.get('init_from'), label_weight=label_weight)
+                init_from=t.get('init_from'), label_weight=label_weight, seed=seed)
 
 def with_first_guess(model_dir):
     "The model of `model_dir` with, as generator, the back-propagated first guess itself: the no-network baseline (RESULTS.md, 2026-12-03)."
@@ -179,6 +179,7 @@ def main(argv=None):
     ap.add_argument('--label_weight', type=float, default=1.0,
                     help="weight of the label term (the corpus' true patches; 0: the physics loss alone). 40 CPU minutes with it "
                          "lifted the camera scan's zero-shot phase SSIM 0.21 -> 0.31, without it 0.21 -> 0.21 (benchmarks/RESULTS.md)")
+    ap.add_argument('--seed', type=int, default=0, help='corpus seed (0: the shipped chunks\' corpus; another: fresh scans for a chunk that continues the shipped model)')
     ap.add_argument('--skip_tests', action='store_true', help='leave out phase 0 (a second call, after one that ran them)')
     ap.add_argument('--tiny', action='store_true', help='seconds-sized phases (a CPU smoke test of this script)')
     a = ap.parse_args(argv)
@@ -222,7 +223,7 @@ def main(argv=None):
             print(f"gpu_check: --n_filters_scale {a.n_filters_scale} differs from the shipped model's {shipped_width}: "
                   "pretraining from random weights", flush=True); start = None
         ok = guarded(rec, 'pretrain', save, lambda: pretrain_chunk(model_dir, tiny['n_scans'], budget, tiny['batch'], dev, a.resume,
-                                                                10 if a.tiny else 1000, a.n_filters_scale, start, a.label_weight),
+                                                                10 if a.tiny else 1000, a.n_filters_scale, start, a.label_weight, a.seed),
                      lambda p: f"pretrain: {p['steps']} steps in {p['train_s']:.0f} s ({p['precision']}), corpus {p['corpus_s']:.0f} s, "
                                f"loss {p['final_loss']:.4g}, SHA-256 {p['sha256'][:12]}")
         from ptycho_torch_nb.pretrain import load_pretrained
