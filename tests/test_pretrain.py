@@ -10,6 +10,12 @@ import torch
 from ptycho_torch_nb import pretrain as PT
 from ptycho_torch_nb.corpus import sample_scan, gaussian_probe, HELD_OUT_FAMILIES, TRAINING_FAMILIES
 
+def child_env(**extra) -> dict:
+    "A child python's environment that finds this checkout's package, installed or not (the device machine runs the tree uninstalled)."
+    import os
+    root = str(Path(__file__).resolve().parent.parent)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')])), **extra)
+
 TINY = dict(n_scans=2, n=8, batch_size=4, seed=0, progress=False, checkpoint_every=2)
 
 
@@ -400,7 +406,7 @@ def test_ddp_ranks_stop_together(tmp_path, mode, steps):
     import os, subprocess, sys
     script = tmp_path / 'stop.py'; script.write_text(DDP_STOP)
     try: r = subprocess.run([sys.executable, str(script), mode, str(tmp_path / 'out')], capture_output=True, text=True,
-                            timeout=150, env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore'))
+                            timeout=150, env=child_env(OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore'))
     except subprocess.TimeoutExpired: pytest.fail(f"{mode}: the ranks did not finish (one waits for the other)")
     assert r.returncode == 0, r.stderr[-3000:]
     assert f'STEPS {steps}\n' in r.stdout, (r.stdout, r.stderr[-2000:])
@@ -420,7 +426,7 @@ def test_a_corpus_larger_than_the_file_descriptor_limit(tmp_path):
     "The pool's scans come back as arrays: 80 scans of tensors under a limit of 64 open files (failed before: 'received 0 items of ancdata')."
     import os, subprocess, sys
     script = tmp_path / 'fd.py'; script.write_text(FD_LIMIT)
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=child_env(OMP_NUM_THREADS='1'))
     assert r.returncode == 0 and 'same corpus' in r.stdout, r.stderr[-2000:]
 
 
