@@ -464,7 +464,7 @@ def pretrain_parser() -> argparse.ArgumentParser:
     p.add_argument('--steps', type=positive_int, default=None, help='optimiser steps (default: 1000 unless --time_budget)')
     p.add_argument('--time_budget', '--time-budget', type=positive_float, default=None, metavar='SECONDS',
                    help='wall-clock training budget in seconds')
-    p.add_argument('--batch_size', '--batch-size', type=positive_int, default=16, help='groups per step, one scan each')
+    p.add_argument('--batch_size', '--batch-size', type=positive_int, default=16, help='groups per step, one scan each (GPU: 256, --positions 256)')
     p.add_argument('--learning_rate', '--learning-rate', type=positive_float, default=5e-4,
                    help='peak learning rate of the warm-up + cosine schedule')
     p.add_argument('--gradient_clip', '--gradient-clip', type=positive_float, default=1.0,
