@@ -290,7 +290,7 @@ def _infer(argv):
     _resolve_accelerator_flags(args); quiet_libraries(args.verbose)
     from ptycho_torch_nb import config as C, persistence as P, workflow as W, params as legacy, data_container as D
     from ptycho_torch_nb.evaluation import save_outputs, evaluate_reconstruction
-    from ptycho_torch_nb.training import prepare_output_dir; prepare_output_dir(args.output_dir, args.overwrite)  # used folder: refused
+    from ptycho_torch_nb.training import prepare_output_dir; prepare_output_dir(args.output_dir, args.overwrite, reads=(args.model_path,))  # used: refused
     models, params = P.load_inference_bundle_torch(args.model_path)
     model = models['diffraction_to_obj'].to('cuda' if args.accelerator in ('gpu', 'cuda') else ('mps' if args.accelerator == 'mps' else 'cpu'))
     try:
@@ -397,7 +397,7 @@ def _reconstruct(argv):
     opts = ({dst: getattr(args, src) for src, dst in _CLI_OPTIONS.items() if getattr(args, src) is not None}
             | ({'probe_trainable': True} if args.probe_trainable else {}) | ({'backprop_input': False} if args.no_backprop_input else {}))
     quiet_libraries(args.verbose)
-    from ptycho_torch_nb.route import choose_route, amortised_reconstruct
+    from ptycho_torch_nb.route import choose_route, amortised_reconstruct, shipped_model
     training = [f"--{k}" for k in _TRAINING_FLAGS if getattr(args, k) not in (None, False, [], ())]
     try: route, model, why = choose_route(scan, args.route, args.pretrained, training)
     except ValueError as e: raise CLIError(f"{e}{'; to train it further on this scan use --init_from MODEL_DIR' if args.init_from else ''}") from None
@@ -407,7 +407,7 @@ def _reconstruct(argv):
     if not args.quiet: print(f"ptycho-torch-reconstruct: route {route} ({why})" + ('' if route == 'pretrained' else '; training ' + (
         f"for {args.time_budget:g} s" if args.time_budget else "for all its epochs (--time_budget S caps it)")), file=sys.stderr, flush=True)
     from ptycho_torch_nb.reconstruct import reconstruct_scan, scan_options, scan_execution_config, polish, save_scan_outputs, fit_report
-    from ptycho_torch_nb.training import prepare_output_dir; out = prepare_output_dir(args.output_dir, args.overwrite)   # used: refused
+    from ptycho_torch_nb.training import prepare_output_dir; out = prepare_output_dir(args.output_dir, args.overwrite, reads=(args.pretrained or shipped_model(), args.init_from))
     net_dir, pol = out / 'network' if passes else out, None
     if route == 'pretrained':   # the network's inference, then the polish from its image
         res, pol = amortised_reconstruct(scan, model, passes, args.polish_start or 'auto', args.polish_probe, args.polish_budget,
@@ -547,7 +547,7 @@ def stream_parser() -> argparse.ArgumentParser:
 def _stream(argv):
     args = stream_parser().parse_args(argv)
     _check_file(args.model / 'wts.h5.zip' if args.model.is_dir() else args.model, 'model archive'); refuse_pretrained(args.model, 'ptycho-torch-stream')
-    from ptycho_torch_nb.training import prepare_output_dir; prepare_output_dir(args.output_dir, args.overwrite)   # used: refused
+    from ptycho_torch_nb.training import prepare_output_dir; prepare_output_dir(args.output_dir, args.overwrite, reads=(args.model,))   # used: refused
     from ptycho_torch_nb import streaming as S
     try:
         opts = hdf5_options(args)

@@ -13,7 +13,7 @@ from torch import nn
 import torch.nn.functional as F
 import lightning as L
 from . import physics
-from .config import ModelConfig, TrainingConfig, GENERATOR_MODES, check_model_options
+from .config import ModelConfig, TrainingConfig, GENERATOR_MODES, check_model_options, validate_model_config
 
 # %% auto #0
 __all__ = ['torch', 'MODEL_DEFAULTS', 'TRAINING_DEFAULTS', 'ENCODER_WIDTHS', 'DECODER_WIDTHS', 'AMP_ACTIVATIONS',
@@ -275,6 +275,7 @@ class PtychoPINN(nn.Module):
                 ):
         super().__init__()
         cfg = config_dict(model_config, MODEL_DEFAULTS)
+        validate_model_config(ModelConfig(**{k: v for k, v in cfg.items() if k in ModelConfig.__dataclass_fields__}))   # an archive's too: the user's gate
         check_model_options(merge_weight, generator_mode, backprop_input)
         if generator_mode == 'pattern' and (cfg['model_type'] == 'supervised' or not cfg['object_big']):
             raise ValueError("generator_mode='pattern' needs model_type='pinn' with object_big=True (a merged group object)")
@@ -293,6 +294,8 @@ class PtychoPINN(nn.Module):
         self.log_scale = nn.Parameter(torch.log(self.intensity_scale.clone()), requires_grad=intensity_scale_trainable)
         self.register_buffer('probe_mask', physics.probe_disk_mask(self.N) if cfg['probe_mask'] else None, persistent=False)
         self.P = padded_size or physics.padded_size(self.N, self.gridsize)
+        if not self.N <= self.P <= 16 * self.N:
+            raise ValueError(f"padded_size={self.P}: the merge canvas must be from N={self.N} to 16·N={16 * self.N} pixels")
         self.merge_min_denominator = merge_min_denominator
 
     def generate(self, X, probe=None, input_scale_factor=None):

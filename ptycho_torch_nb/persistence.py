@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_persistence.ipynb #13687cad
 from __future__ import annotations
-import io, os, re, json, math, time, pickle, zipfile, warnings, dataclasses, importlib, contextlib, itertools
+import io, os, re, json, math, time, zlib, pickle, zipfile, warnings, dataclasses, importlib, contextlib, itertools
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 import numpy as np
@@ -25,10 +25,10 @@ PRIMARY_MODEL = 'diffraction_to_obj'                 # the model whose folder ho
 ARCHIVE_NAME = 'wts.h5.zip'                          # canonical file name inside an output directory
 REQUIRED_PARAMS = ('N', 'gridsize')                  # needed to rebuild the architecture
 
-def _parse_version(version) -> tuple:
+def _parse_version(version, where: str = 'archive') -> tuple:
     "(major, minor, tag) of an archive version string like '3.0-pytorch'; ValueError if unparseable."
     m = re.fullmatch(r'(\d+)\.(\d+)(?:-([A-Za-z0-9_]+))?', str(version))
-    if m is None: raise ValueError(f"unrecognised archive version {version!r} (expected 'MAJOR.MINOR[-backend]')")
+    if m is None: raise ValueError(f"{where}: unrecognised archive version {version!r} (expected 'MAJOR.MINOR[-backend]')")
     return int(m.group(1)), int(m.group(2)), m.group(3)
 
 ARCHIVE_LIMITS = {  # bytes (or a count); configurable per call: load_torch_bundle(..., limits={'checkpoint': 2**31})
@@ -39,6 +39,7 @@ ARCHIVE_LIMITS = {  # bytes (or a count); configurable per call: load_torch_bund
     'other': 16 * 2**20,       # any other member
     'members': 4096,           # entries in the zip directory
     'model': 4 * 2**30,        # weights the checkpoint's hyper-parameters describe (checked before allocating)
+    'total': 2**31,            # bytes inflated from one archive, every member and every read of it together
 }
 
 def _member_kind(name: str) -> str:
@@ -78,13 +79,11 @@ def _resolve_model_class(path: str, where: str = 'archive'):
 # %% ../nbs/06a_persistence.ipynb #70c18ec0
 class _PlainUnpickler(pickle.Unpickler):
     "Unpickler for plain data: every global lookup (class, function) is refused."
-    def __init__(self, f, what: str):
-        super().__init__(f); self.what = what
+    def __init__(self, f, what: str): super().__init__(f); self.what = what
     def find_class(self, module, name):
         raise ValueError(f"{self.what}: refusing to unpickle {module}.{name}: only plain data "
                          "(dict/list/tuple/str/number/bool/None) is accepted from an archive")
-    def persistent_load(self, pid):
-        raise ValueError(f"{self.what}: refusing a pickle with persistent ids")
+    def persistent_load(self, pid): raise ValueError(f"{self.what}: refusing a pickle with persistent ids")
 
 def safe_pickle_loads(data: bytes,  # pickle bytes
                       what: str = 'pickle'  # name used in error messages (archive member)
@@ -148,7 +147,8 @@ def decode_params(plain: dict,  # the output of `encode_params` (read from param
                  ) -> dict:
     "Inverse of `encode_params`: rebuild tuples, complex numbers and arrays (torch tensors where saved as such)."
     if not isinstance(plain, dict): raise ValueError(f"{where}: params snapshot is a {type(plain).__name__}, expected a dict")
-    return {k: _decode_value(v, read_array, where) for k, v in plain.items()}
+    try: return {k: _decode_value(v, read_array, where) for k, v in plain.items()}
+    except (TypeError, AttributeError, KeyError, RecursionError) as e: raise ValueError(f"{where}: a tagged value is malformed: {type(e).__name__}: {e}") from e
 
 # %% ../nbs/06a_persistence.ipynb #32866466
 def _plain_hparam(value, key: str):
@@ -169,11 +169,8 @@ def lightning_checkpoint(module  # a LightningModule (its hparams must be plain 
     import lightning
     hparams = {str(k): _plain_hparam(v, str(k)) for k, v in dict(getattr(module, 'hparams', {}) or {}).items()}
     trainer = getattr(module, '_trainer', None)
-    ckpt = {'state_dict': module.state_dict(),
-            'hyper_parameters': hparams,
-            'pytorch-lightning_version': lightning.__version__,
-            'epoch': int(getattr(trainer, 'current_epoch', 0) or 0) if trainer is not None else 0,
-            'global_step': int(getattr(trainer, 'global_step', 0) or 0) if trainer is not None else 0}
+    ckpt = {'state_dict': module.state_dict(), 'hyper_parameters': hparams, 'pytorch-lightning_version': lightning.__version__,
+            **{k: int(getattr(trainer, a, 0) or 0) if trainer is not None else 0 for k, a in (('epoch', 'current_epoch'), ('global_step', 'global_step'))}}
     module.on_save_checkpoint(ckpt)
     return ckpt
 
@@ -210,9 +207,8 @@ def _model_intensity_scale(module) -> Optional[float]:
         s = getattr(obj, 'intensity_scale', None)
         if isinstance(s, torch.Tensor) and s.numel() == 1: return float(s.detach())
         if isinstance(s, (int, float)) and not isinstance(s, bool): return float(s)
-    hp = dict(getattr(module, 'hparams', {}) or {})
-    if isinstance(hp.get('intensity_scale'), (int, float)): return float(hp['intensity_scale'])
-    return None
+    hp = dict(getattr(module, 'hparams', {}) or {}).get('intensity_scale')
+    return float(hp) if isinstance(hp, (int, float)) else None
 
 def params_snapshot(config=None,  # TrainingConfig/InferenceConfig (or None: params.cfg as it is)
                     intensity_scale: Optional[float] = None,  # trained scale; overrides everything else
@@ -247,8 +243,7 @@ def _config_json(config) -> dict:
         if isinstance(v, (list, tuple)): return [enc(x) for x in v]
         if isinstance(v, dict): return {str(k): enc(x) for k, x in v.items()}
         if v is None or isinstance(v, (bool, int, float, str)): return v
-        if isinstance(v, np.generic): return v.item()
-        return repr(v)
+        return v.item() if isinstance(v, np.generic) else repr(v)
     return {'config': enc(config) if config is not None else None}
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -334,7 +329,7 @@ def _check_member_name(name: str, where: str):
 class _Archive:
     "Validated, read-only view of a model archive (zip members are read in memory, each bounded by `ARCHIVE_LIMITS`)."
     def __init__(self, zip_path: Path, limits: Optional[dict] = None):
-        self.path, self.limits = zip_path, {**ARCHIVE_LIMITS, **(limits or {})}
+        self.path, self.limits, self.inflated = zip_path, {**ARCHIVE_LIMITS, **(limits or {})}, 0
         if not zip_path.exists(): raise FileNotFoundError(f"model archive not found: {zip_path}")
         if zip_path.is_dir(): raise ValueError(f"{zip_path}: is a directory, expected a .zip model archive")
         try:
@@ -368,9 +363,12 @@ class _Archive:
         if declared > limit: raise over('declares', declared)
         try:
             with self.zf.open(member) as f: data = f.read(limit + 1)   # never inflate more than the limit
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, zlib.error) as e:
             raise ValueError(f"{self.path}: archive member {member!r} is unreadable (truncated or corrupt?): {e}") from e
         if len(data) > limit: raise over('inflates to more than', limit)
+        self.inflated += len(data)   # every read counts: a member referenced many times is paid for each time
+        if self.inflated > self.limits['total']: raise ValueError(f"{self.path}: reading {member!r} takes what the archive inflates to "
+            f"{self.inflated} bytes, over the 'total' limit of {self.limits['total']} bytes (raise it with limits={{'total': ...}} if you trust the file)")
         return data
     def read_json(self, member: str):
         try: return json.loads(self.read(member).decode('utf-8'))
@@ -415,8 +413,7 @@ def _read_manifest(archive: _Archive) -> dict:
                          "Load it with the TensorFlow backend (ptycho.model_manager), or select backend='tensorflow'")
     if backend != ARCHIVE_BACKEND:
         raise ValueError(f"{archive.path}: archive backend: {backend}, loader backend: pytorch")
-    major, minor, _ = _parse_version(version)
-    own_major, own_minor, _ = _parse_version(ARCHIVE_VERSION)
+    (major, minor, _), (own_major, own_minor, _) = _parse_version(version, str(archive.path)), _parse_version(ARCHIVE_VERSION)
     if major > own_major:
         raise ValueError(f"{archive.path}: archive format version {version} is newer than this loader supports "
                          f"({own_major}.x); upgrade ptycho_torch_nb to load it")
@@ -441,12 +438,12 @@ def _archive_path(base_path) -> Path:
     return p if p.suffix == '.zip' else Path(f"{p}.zip")
 
 def _read_params(archive: _Archive, name: str) -> dict:
-    plain = archive.read_plain(f"{name}/params")
+    plain, read = archive.read_plain(f"{name}/params"), {}   # `read`: each array member read once, shared by every reference
     if plain is None: raise ValueError(f"{archive.path}: params snapshot of '{name}' is missing ({name}/params.json or params.dill)")
     def read_array(ref):
         member = ref if '/' in ref else f"{name}/params_arrays/{ref}"
         _check_member_name(member, str(archive.path))
-        return archive.read_npy(member)
+        return read[member] if member in read else read.setdefault(member, archive.read_npy(member))
     params = decode_params(plain, read_array, f"{archive.path}: {name}/params")
     missing = [k for k in REQUIRED_PARAMS if k not in params or params[k] is None]
     if missing:
@@ -462,6 +459,9 @@ def _read_checkpoint(archive: _Archive, member: str, map_location) -> dict:
                          f"torch.load(weights_only=True): {type(e).__name__}: {e}") from e
     if not isinstance(ckpt, dict) or 'state_dict' not in ckpt:
         raise ValueError(f"{archive.path}: checkpoint {member!r} has no 'state_dict'")
+    sd, hp = ckpt['state_dict'], ckpt.get('hyper_parameters', {})
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()) or not isinstance(hp, (dict, type(None))):
+        raise ValueError(f"{archive.path}: checkpoint {member!r}: 'state_dict' must map names to tensors and 'hyper_parameters' be a dict")
     return ckpt
 
 class _WeightsOnMeta(torch.overrides.TorchFunctionMode):
@@ -582,13 +582,14 @@ def load_inference_bundle_torch(model_dir,  # directory holding wts.h5.zip (an o
     return load_torch_bundle(zip_path, model_name=model_name, map_location=map_location, limits=limits)
 
 def extract_torch_bundle(base_path,  # archive path with or without '.zip'
-                         dest  # folder to extract into (created)
+                         dest  # a new folder to extract into (an existing one is refused)
                         ) -> Path:
-    "Extract a validated archive into `dest` (member names checked against zip-slip first); returns `dest`."
-    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
-    with _Archive(_archive_path(base_path)) as archive:
+    "Extract a validated archive into the new folder `dest`: written under a temporary name, renamed when whole; returns `dest`."
+    dest = Path(dest)
+    if dest.exists() or dest.is_symlink(): raise FileExistsError(f"{dest}: exists; extract into a new folder")
+    with _Archive(_archive_path(base_path)) as archive, atomic_path(dest) as tmp:
         _read_manifest(archive)
-        root = dest.resolve()
+        tmp.unlink(); tmp.mkdir(); root = tmp.resolve()
         for name in sorted(archive.names):
             target = (root / name).resolve()
             if root not in target.parents and target != root:

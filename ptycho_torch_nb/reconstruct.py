@@ -203,7 +203,7 @@ def reconstruct_scan(data,  # NPZ path or RawDataTorch: the scan to reconstruct 
     validate_run(config, ec, where='reconstruct_scan', time_budget_s=time_budget_s, M=M, seed=seed)   # the one gate (M <= N)
     M = int(M)
     truth = scan_truth(raw, truth, 'reconstruct_scan')        # decided now: a scoring failure never loses the run
-    if out is not None: prepare_output_dir(out, overwrite)   # before training: a used folder is refused
+    if out is not None: prepare_output_dir(out, overwrite, reads=(init_from,))   # before training: a used folder is refused
     torch.manual_seed(seed)
     update_legacy_dict(params.cfg, config)  # CONFIG-001: the archive's params snapshot and the legacy readers see this run
     train_c, infer_c, P = scan_containers(raw, config, opts, parity, seed)

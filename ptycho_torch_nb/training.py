@@ -358,6 +358,7 @@ def prepare_output_dir(output_dir,  # the run's output folder
                        overwrite: bool = False,  # remove a previous run's artifacts (only `RUN_ARTIFACTS`) first
                        resume=None,  # a resumed run continues in its own folder
                        keep=(),  # artifacts left in place when overwriting (a file the new run replaces atomically)
+                       reads=(),  # what the run reads (a model folder or archive; None skipped): never set aside or deleted
                       ) -> Path:
     "Refuse a folder that holds a previous run, so two runs never mix (`FileExistsError` naming it and the fix)."
     out = output_folder(output_dir)
@@ -367,6 +368,11 @@ def prepare_output_dir(output_dir,  # the run's output folder
         raise FileExistsError(f"{out}: holds a previous run ({', '.join(found)})"
                               + ("; it stopped before writing its model: --resume last (resume='last') continues it" if stopped_run(out) else '')
                               + "; pass --overwrite (overwrite=True) to replace it, or choose a new output folder")
+    moved = [(out / n).resolve() for n in (*found, '.previous_run')]
+    inside = lambda p: p == out.resolve() or any(m == p or m in p.parents for m in moved)
+    if clash := [str(p) for p in reads if p is not None and inside(Path(p).resolve())]:
+        raise ValueError(f"{out}: --overwrite (overwrite=True) would set aside or delete {', '.join(clash)}, which this run "
+                         "reads; write to another output folder")
     return set_aside(out, [n for n in found if n not in keep])
 
 def stopped_run(out: Path) -> bool:

@@ -177,6 +177,19 @@ def test_reconstruct_says_its_route_first_and_warns_of_a_poor_fit(tiny_files, tm
     assert code == 2 and 'holds no trained network' in err and 'ptycho-torch-reconstruct SCAN' in err and '\n' not in err, err
 
 
+def test_overwrite_never_removes_the_model_the_run_reads(tiny_files, tmp_path, capsys):
+    "--overwrite sets a previous run aside (and deletes the one before): a model read from there is refused, not moved or deleted."
+    import shutil
+    _, test = tiny_files
+    model = tmp_path / 'model'; shutil.copytree(Path(cli.__file__).resolve().parent.parent / 'data' / 'pretrained_N64', model)
+    run = tmp_path / 'run'; shutil.copytree(model, run / '.previous_run'); (run / 'reconstruct.json').write_text('{}')
+    for out, reads in ((model, model), (run, run / '.previous_run')):   # the model's own folder; the run set aside in the folder
+        before = {p.name: p.read_bytes() for p in reads.iterdir()}
+        code, err = _run(cli.reconstruct_main, [str(test), '--output_dir', str(out), '--pretrained', str(reads), '--polish', '0', '--overwrite'], capsys)
+        last = err.splitlines()[-1]
+        assert code == 2 and last.startswith('ptycho-torch-reconstruct: error: ') and 'which this run reads; write to another output folder' in last, err
+        assert {p.name: p.read_bytes() for p in reads.iterdir()} == before
+
 def test_train_then_infer_round_trip(tiny_files, tmp_path, capsys):
     train, test = tiny_files
     out = tmp_path / 'train_out'
