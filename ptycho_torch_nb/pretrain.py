@@ -426,16 +426,20 @@ def read_card(card_path: Path) -> dict:
     size = card_path.stat().st_size
     if size > CARD_MAX_BYTES: raise ValueError(f"{card_path}: {size} bytes, more than a model card's limit of {CARD_MAX_BYTES}")
     try: card = json.loads(card_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ValueError(f"{card_path}: not JSON ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e: raise ValueError(f"{card_path}: not JSON ({type(e).__name__}: {e})") from None
     if not isinstance(card, dict) or card.get('format') != CARD_FORMAT:
         raise ValueError(f"{card_path}: not a pretrained model card (format {card.get('format') if isinstance(card, dict) else type(card).__name__!r})")
     name, digest, N = card.get('archive'), card.get('sha256'), card.get('N')
     probe = card.get('probe'); rng = probe.get('diameter80_range') if isinstance(probe, dict) else None
+    number = lambda v, low: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= low
+    trained = card.get('training', {}); spread = trained.get('output_spread') if isinstance(trained, dict) else None
     checks = [('archive', isinstance(name, str) and name not in ('', '.', '..') and Path(name).name == name, 'a file name beside the card'),
               ('sha256', isinstance(digest, str) and len(digest) == 64 and all(ch in '0123456789abcdef' for ch in digest), '64 hex digits'),
               ('N', isinstance(N, int) and not isinstance(N, bool) and N >= 1, 'a positive integer'),
-              ('probe.diameter80_range', isinstance(rng, list) and len(rng) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in rng),
-               'two positive numbers')]
+              ('probe.diameter80_range', isinstance(rng, list) and len(rng) == 2 and all(number(v, 1e-9) for v in rng) and rng[0] <= rng[1],
+               'two positive finite numbers, the smaller first'),
+              ('training', isinstance(trained, dict), 'an object (how the model was trained)'),
+              ('training.output_spread', spread is None or number(spread, 0), 'a number >= 0')]
     for key, ok, want in checks:
         if not ok: raise ValueError(f"{card_path}: field {key!r} is {_field_of(card, key)!r}; expected {want}")
     return card
@@ -495,7 +499,7 @@ def load_pretrained(path,        # model_card.json, its folder, or the archive n
                          "(corrupted, truncated or replaced archive): restore wts.h5.zip and model_card.json together from the run "
                          "that wrote them, or pretrain again")
     if card.get('training', {}).get('collapsed'):
-        warnings.warn(f"{archive}: its card records a collapsed network (constant output, spread {card['training']['output_spread']:.2g}); it is no prior", RuntimeWarning)
+        warnings.warn(f"{archive}: its card records a collapsed network (constant output, spread {card['training'].get('output_spread', float('nan')):.2g}); it is no prior", RuntimeWarning)
     models, _ = load_torch_bundle(archive, restore_params=False)
     model = models['autoencoder']
     if int(card['N']) != int(model.model.N):   # the hash covers the archive, not the card beside it
