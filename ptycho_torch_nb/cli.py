@@ -144,7 +144,7 @@ class _CheckpointToggle(argparse.Action):
 
 # %% ../nbs/06_cli.ipynb #48dc518c
 def _resolve_accelerator_flags(args):
-    if args.device is not None:
+    if getattr(args, 'device', None) is not None:
         warnings.warn("--device is deprecated; use --accelerator (mapped: --device "
                       f"{args.device} -> --accelerator {'cpu' if args.device == 'cpu' else 'gpu'})",
                       DeprecationWarning, stacklevel=3)
@@ -155,7 +155,7 @@ def _resolve_accelerator_flags(args):
         if importlib.util.find_spec('torch') is not None:
             import torch; cuda = torch.cuda.is_available()
         args.accelerator = 'cuda' if cuda else 'cpu'
-    return args.accelerator
+    from ptycho_torch_nb.training import check_accelerator; return check_accelerator(args.accelerator)   # a GPU the machine lacks: one line
 
 def _check_file(path, what):
     if path is not None and not Path(path).is_file(): raise CLIError(f"{what} not found: {path}")
@@ -396,7 +396,7 @@ def _reconstruct(argv):
             raise CLIError(f"archive to fine-tune from not found: {ip}")
     opts = ({dst: getattr(args, src) for src, dst in _CLI_OPTIONS.items() if getattr(args, src) is not None}
             | ({'probe_trainable': True} if args.probe_trainable else {}) | ({'backprop_input': False} if args.no_backprop_input else {}))
-    quiet_libraries(args.verbose)
+    quiet_libraries(args.verbose); _resolve_accelerator_flags(args)
     from ptycho_torch_nb.route import choose_route, amortised_reconstruct, shipped_model
     training = [f"--{k}" for k in _TRAINING_FLAGS if getattr(args, k) not in (None, False, [], ())]
     try: route, model, why = choose_route(scan, args.route, args.pretrained, training)

@@ -364,7 +364,7 @@ def hdf5_options(args) -> dict:
     "`HDF5Scan` keyword arguments from flags parsed with `add_hdf5_arguments`."
     pos = args.positions
     if pos is not None and len(pos) > 2: raise ValueError(f"--positions takes 1 or 2 values, got {len(pos)}: {pos}")
-    if pos is not None and len(pos) == 1 and not pos[0].lower().endswith('.csv'): pos = pos[0]
+    if pos is not None and len(pos) == 1: pos = pos[0]   # one (M, 2) key or a CSV file
     centre = 'auto' if args.centre == ['auto'] else args.centre
     if centre not in (None, 'auto'):
         try: centre = tuple(float(v) for v in centre); assert len(centre) == 2

@@ -127,6 +127,7 @@ def validate_raw_arrays(xcoords, ycoords, xcoords_start, ycoords_start, diff3d, 
     if N is not None and p.shape[0] != N:
         raise _bad(src, 'probeGuess', f"has shape {p.shape} but the diffraction patterns are {N}x{N}")
     _check_finite(p, src, 'probeGuess')
+    if not np.abs(p).max() > 0: raise _bad(src, 'probeGuess', "is all zero: a probe must hold the beam")
     out['probeGuess'] = p.astype(np.complex64)
     if objectGuess is not None:
         o = _as_numeric(objectGuess, src, 'objectGuess')

@@ -216,7 +216,8 @@ def probe_diameter(probe,  # complex [N, N] probe
                    energy: float = 0.8,  # fraction of the intensity inside the disk
                   ) -> float:
     "Diameter (px) of the disk around the probe's intensity centroid that holds `energy` of its intensity."
-    I = np.abs(np.asarray(probe)) ** 2
+    a = np.abs(np.asarray(probe)).astype(np.float64); peak = a.max() if a.size else 0.0
+    I = (a / peak) ** 2 if np.isfinite(peak) and peak > 0 else a   # scale-free: a beam of 1e-30 (whose |.|² underflows) has its size
     if I.ndim != 2 or not I.sum() > 0: raise ValueError(f"probe has shape {I.shape} or zero intensity; expected a non-zero [N, N] array")
     yy, xx = np.indices(I.shape)
     cy, cx = (I * yy).sum() / I.sum(), (I * xx).sum() / I.sum()

@@ -17,10 +17,10 @@ from .config import PyTorchExecutionConfig, VALID_ACCELERATORS
 from .model import warmup_cosine
 
 # %% auto #0
-__all__ = ['torch', 'RUN_ARTIFACTS', 'default_execution_config', 'resolve_precision', 'inference_device', 'ContainerDataset',
-           'make_dataloader', 'ContainerDataModule', 'LossHistory', 'AtomicCheckpointIO', 'build_trainer', 'ranks_max',
-           'TrainingClock', 'predict_object_patches', 'predict_scan', 'prepare_output_dir', 'stopped_run', 'set_aside',
-           'check_checkpoint', 'resume_checkpoint']
+__all__ = ['torch', 'RUN_ARTIFACTS', 'default_execution_config', 'resolve_precision', 'inference_device', 'check_accelerator',
+           'ContainerDataset', 'make_dataloader', 'ContainerDataModule', 'LossHistory', 'AtomicCheckpointIO',
+           'build_trainer', 'ranks_max', 'TrainingClock', 'predict_object_patches', 'predict_scan',
+           'prepare_output_dir', 'stopped_run', 'set_aside', 'check_checkpoint', 'resume_checkpoint']
 
 # %% ../nbs/04_training.ipynb #4c250cb0
 def default_execution_config(**overrides):
@@ -49,6 +49,14 @@ def inference_device(accelerator: str = 'auto',  # 'auto' (a GPU when one is vis
     mps = getattr(torch.backends, 'mps', None)
     if accelerator == 'mps' and mps is not None and mps.is_available(): return 'mps'
     return 'cpu'
+
+def check_accelerator(accelerator: str,  # a command's --accelerator ('auto', 'cpu', 'gpu'/'cuda', 'mps')
+                     ) -> str:
+    "`accelerator` if this machine has it; a `ValueError` naming the flag for a GPU it lacks (inference would fall back to the CPU, training fail)."
+    if accelerator in ('gpu', 'cuda', 'mps') and inference_device(accelerator) == 'cpu':
+        raise ValueError(f"--accelerator {accelerator}: this machine has no {'CUDA' if accelerator != 'mps' else 'MPS'} device "
+                         "that torch can use; use --accelerator cpu (or auto)")
+    return accelerator
 
 
 # %% ../nbs/04_training.ipynb #a4dc5c71
