@@ -54,7 +54,7 @@ def _add_data_flags(p, inference: bool = False):
                                          '(default: one group per scan position, so no oversampling is needed)'))
     g.add_argument('--n_subsample', '--n-subsample', dest='n_subsample', type=positive_int, default=None,
                    help='positions to subsample before grouping (default: all)')
-    g.add_argument('--subsample_seed', '--subsample-seed', dest='subsample_seed', type=int, default=0,
+    g.add_argument('--subsample_seed', '--subsample-seed', dest='subsample_seed', type=non_negative_int, default=0,
                    help='seed of the subsampling/grouping; train and infer use the same default, so they '
                         'group a test scan alike and report the same scores (default: 0)')
     g.add_argument('--neighbor_count', '--neighbor-count', dest='neighbor_count', type=positive_int, default=4,
@@ -351,17 +351,17 @@ def reconstruct_parser() -> argparse.ArgumentParser:
                    help='the polish also refines the probe (written as probe.npy)')
     p.add_argument('--polish_start', '--polish-start', choices=POLISH_STARTS, default=None,
                    help="the polish's start: the network's phase on a unit amplitude ('phase'), its whole image ('network'), a flat object ('flat'), or 'auto': flat where the network's image fits the data no better than flat, else a 5-pass race of phase and flat, the better fit going on (default: auto)")
-    p.add_argument('--gridsize', type=int, default=None, help=f"patterns per group = gridsize² (default: {_SCAN.gridsize})")
-    p.add_argument('--neighbor_count', '--neighbor-count', type=int, default=None, metavar='K',
+    p.add_argument('--gridsize', type=positive_int, default=None, help=f"patterns per group = gridsize² (default: {_SCAN.gridsize})")
+    p.add_argument('--neighbor_count', '--neighbor-count', type=positive_int, default=None, metavar='K',
                    help=f"neighbours a training group is drawn from (default: {_SCAN.neighbor_count})")
-    p.add_argument('--group_radius', '--group-radius', type=float, default=None, metavar='PX',
+    p.add_argument('--group_radius', '--group-radius', type=positive_float, default=None, metavar='PX',
                    help='neighbours farther than this from a group\'s seed are not grouped with it (default: N/2)')
-    p.add_argument('--batch_size', '--batch-size', type=int, default=None, help=f"groups per step (default: {_SCAN.batch_size})")
-    p.add_argument('--learning_rate', '--learning-rate', type=float, default=None,
+    p.add_argument('--batch_size', '--batch-size', type=positive_int, default=None, help=f"groups per step (default: {_SCAN.batch_size})")
+    p.add_argument('--learning_rate', '--learning-rate', type=positive_float, default=None,
                    help=f"peak Adam learning rate of the warm-up + cosine schedule (default: {_SCAN.learning_rate})")
-    p.add_argument('--n_filters_scale', '--n-filters-scale', type=int, default=None,
+    p.add_argument('--n_filters_scale', '--n-filters-scale', type=positive_int, default=None,
                    help=f"network width multiplier (default: {_SCAN.n_filters_scale}; the reference uses 2)")
-    p.add_argument('--M', type=int, default=None, help=f"central square of each patch kept when stitching (default: {_SCAN.M})")
+    p.add_argument('--M', type=positive_int, default=None, help=f"central square of each patch kept when stitching (default: {_SCAN.M})")
     p.add_argument('--generator_mode', '--generator-mode', choices=GENERATOR_MODES, default=None,
                    help=f"'pattern': the CNN reads each pattern alone; 'group': the reference CNN reads a group's patterns together (default: {_SCAN.generator_mode!r})")
     p.add_argument('--precision', default=None, choices=['auto', '32-true', 'bf16-mixed', '16-mixed'],
@@ -371,7 +371,7 @@ def reconstruct_parser() -> argparse.ArgumentParser:
     p.add_argument('--probe_trainable', '--probe-trainable', action='store_true', help='refine the probe during training')
     p.add_argument('--parity', action='store_true', help="the TF reference's configuration (reference grouping and merge canvas, batch 16, constant lr 1e-3)")
     p.add_argument('--accelerator', default='auto', choices=['auto', 'cpu', 'gpu', 'cuda', 'mps'], help="where to train; 'auto' = GPU if available (default: auto)")
-    p.add_argument('--snapshots', type=float, nargs='*', default=(), metavar='SECONDS',
+    p.add_argument('--snapshots', type=positive_float, nargs='*', default=(), metavar='SECONDS',
                    help='training times at which to score the reconstruction against the truth (needs objectGuess)')
     p.add_argument('--seed', type=int, default=42, help='seed of weights, grouping and shuffling')
     _add_run_flags(_add_output_flags(p, 'the last line: where the products went, the route and why'))
@@ -460,7 +460,7 @@ def pretrain_parser() -> argparse.ArgumentParser:
     p.add_argument('--output_dir', '--output-dir', required=True, type=Path, help='folder for the model, its card and checkpoints')
     p.add_argument('--n_scans', '--n-scans', type=positive_int, default=256, help='corpus scans to simulate')
     p.add_argument('--positions', type=positive_int, default=64, help='scan positions per corpus scan')
-    p.add_argument('--N', type=positive_int, default=64, help='pattern size')
+    p.add_argument('--N', type=int, choices=(64, 128, 256), default=64, help='pattern size')
     p.add_argument('--steps', type=positive_int, default=None, help='optimiser steps (default: 1000 unless --time_budget)')
     p.add_argument('--time_budget', '--time-budget', type=positive_float, default=None, metavar='SECONDS',
                    help='wall-clock training budget in seconds')
