@@ -119,8 +119,7 @@ def arrays_from_reconstruct_input(parameters: ReconstructInput  # what ptychodus
     if patterns.ndim != 3 or patterns.shape[-1] != patterns.shape[-2]:
         raise ValueError(f"ReconstructInput.diffraction_patterns has shape {patterns.shape}; expected square "
                          "patterns (n, N, N)")
-    if np.iscomplexobj(patterns):
-        raise ValueError("ReconstructInput.diffraction_patterns is complex; expected measured intensities")
+    if np.iscomplexobj(patterns): raise ValueError("ReconstructInput.diffraction_patterns is complex; expected measured intensities")
     product = parameters.product
     positions = product.probe_positions
     if len(positions) != len(patterns):
@@ -129,7 +128,9 @@ def arrays_from_reconstruct_input(parameters: ReconstructInput  # what ptychodus
     bad = parameters.bad_pixels
     if bad is not None and np.shape(bad) != patterns.shape[1:]:
         raise ValueError(f"ReconstructInput.bad_pixels has shape {np.shape(bad)}; expected {patterns.shape[1:]}")
+    if bad is not None and np.all(bad): raise ValueError("ReconstructInput.bad_pixels marks every pixel bad: no measurement is left")
     intensity = np.asarray(inpaint_bad_pixels(patterns, bad), dtype=np.float64)        # (n, N, N) counts
+    if (neg := int((intensity < 0).sum())): logger.warning("%d negative intensities (background subtracted?) read as 0 (min %.4g)", neg, intensity.min())
     amplitude = np.sqrt(np.clip(intensity, 0.0, None)).astype(np.float32)
     modes = np.asarray(product.probes.get_probe_no_opr().get_array())                 # (I, N, N)
     if modes.shape[-2:] != patterns.shape[-2:]:

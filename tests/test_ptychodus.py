@@ -300,3 +300,13 @@ def test_a_training_checkpoint_is_refused_by_name(tmp_path):
     (tmp_path / 'epoch=0-step=2.ckpt').write_bytes(b'PK')
     with pytest.raises(ValueError, match=r"Lightning training checkpoint.*wts\.h5\.zip"):
         ptn.PtychoPINNTorchReconstructor().load_model_from_file(tmp_path / 'epoch=0-step=2.ckpt')
+
+
+def test_background_subtracted_and_fully_masked_input(caplog):
+    "Negative intensities (background subtracted) are read as 0 and said so; a mask of every pixel is refused by name."
+    ri, _ = ptn.simulate_reconstruct_input(n_positions=16, nphotons=1e6, seed=3)
+    shifted = ReconstructInput(ri.diffraction_patterns - 3.0, ri.bad_pixels, ri.product)
+    with caplog.at_level('WARNING'): a = ptn.arrays_from_reconstruct_input(shifted)
+    assert a['diff3d'].min() == 0 and 'negative intensities (background subtracted?) read as 0' in caplog.text, caplog.text
+    masked = ReconstructInput(ri.diffraction_patterns, np.ones(ri.diffraction_patterns.shape[1:], bool), ri.product)
+    with pytest.raises(ValueError, match='bad_pixels marks every pixel bad'): ptn.arrays_from_reconstruct_input(masked)
