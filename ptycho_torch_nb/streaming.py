@@ -512,6 +512,7 @@ def _run(self, source,  # iterable of (amplitude [k, N, N], x [k], y [k]) chunks
     "Consume a stream to its end (or Ctrl-C, SIGTERM); returns the final stats, paths, complex object and weights."
     if fmt not in ('npz', 'h5'): raise ValueError(f"fmt={fmt!r}: expected 'npz' or 'h5'")
     if hasattr(source, 'expect'): source.expect(self.N)   # a `FileSource` of another pattern size: refused before the first chunk
+    made = output_dir is not None and not Path(output_dir).exists()   # a folder this run makes: removed if it ends up empty
     if output_dir is not None:   # a folder holding any run (a stream's live.*, a training) is refused; overwrite sets it aside
         from ptycho_torch_nb.training import prepare_output_dir
         prepare_output_dir(output_dir, overwrite).mkdir(parents=True, exist_ok=True)
@@ -539,9 +540,13 @@ def _run(self, source,  # iterable of (amplitude [k, N, N], x [k], y [k]) chunks
             if self.n_patterns: log.error("stream stopped by an error: %s", error)   # else it is raised below: said once
         interrupted = interrupted or stop.set
     bar.close()
-    if not interrupted and cause is None: _check_end(self)   # nothing stitched, or all on one pixel: an error (nothing written)
-    res = _finish(self, output_dir, fmt, interrupted, error, stop.by)
-    if cause is not None and self.n_patterns == 0: raise cause   # nothing stitched: the source's own error (a missing file: exit 2)
+    try:
+        if not interrupted and cause is None: _check_end(self)   # nothing stitched, or all on one pixel: an error (nothing written)
+        res = _finish(self, output_dir, fmt, interrupted, error, stop.by)
+        if cause is not None and self.n_patterns == 0: raise cause   # nothing stitched: the source's own error (a missing file: exit 2)
+    except BaseException:
+        if made and not any(Path(output_dir).iterdir()): Path(output_dir).rmdir()   # a refused stream leaves no empty folder
+        raise
     return res
 
 StreamingReconstructor.run = _run

@@ -409,4 +409,7 @@ def test_a_smaller_pattern_size_and_an_empty_stream(model, tmp_path):
         src.expect(64)
     with pytest.raises(ValueError, match='the stream ended with nothing stitched: no pattern arrived'):
         S.StreamingReconstructor(model, compile=False).run(iter(()), tmp_path / 'empty', progress=False)
-    assert not (tmp_path / 'empty' / 'stream.json').exists()
+    assert not (tmp_path / 'empty').exists()                      # nothing written: not even the folder it made
+    (tmp_path / 'mine').mkdir()                                   # a folder of the user's: kept
+    with pytest.raises(ValueError, match='nothing stitched'): S.StreamingReconstructor(model, compile=False).run(iter(()), tmp_path / 'mine', progress=False)
+    assert (tmp_path / 'mine').is_dir()
