@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv, logging
 from pathlib import Path
 import numpy as np
-from .raw_data import RawDataTorch, read_npz
+from .raw_data import RawDataTorch, read_npz, check_whole_counts
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,7 @@ def counts_to_amplitude(frames,  # (k, H, W) counts (integer dtype, or float hol
     if x.size and x.min() < 0:
         raise ValueError(f"{src}: patterns have {int((x < 0).sum())} unmasked negative value(s) (min {x.min():.4g}); counts "
                          "must be >= 0 (detector markers such as Pilatus -1/-2? pass a mask that covers them)")
-    if data == 'counts' and a.dtype.kind == 'f' and x.size:
-        frac = np.abs(x - np.round(x))
-        if frac.max() > 1e-3:
-            i = np.unravel_index(int(frac.argmax()), x.shape)
-            raise ValueError(f"{src}: values look like amplitudes, not counts ({x[i]:.4g} at index {tuple(int(j) for j in i)} "
-                             f"is not an integer; {float(np.mean(frac > 1e-3)):.0%} of values are fractional); "
-                             "pass data='amplitude' (or 'intensity' for float intensities)")
+    if data == 'counts' and a.dtype.kind == 'f': check_whole_counts(x, src)
     out = np.sqrt(x, out=x) if data != 'amplitude' else x
     out[lost] = np.nan
     return out
@@ -386,7 +380,8 @@ def npz_options(args) -> dict:
     if given: raise ValueError(f"{', '.join(given)}: HDF5 input flags, and this scan is an NPZ, whose keys hold the patterns, probe and "
                                "positions (diff3d, probeGuess, xcoords, ycoords; specs/data_contract.md): drop them")
     data = getattr(args, 'data', None)
-    return dict(diffraction_is_intensity=None if data is None else data != 'amplitude', diffraction_layout=getattr(args, 'diffraction_layout', None))
+    kind = None if data is None else 'counts' if data == 'counts' else data != 'amplitude'   # counts: whole numbers, checked
+    return dict(diffraction_is_intensity=kind, diffraction_layout=getattr(args, 'diffraction_layout', None))
 
 def scan_options(args, path) -> dict:
     "The loader's keyword arguments for `path` from parsed flags: `hdf5_options` for an HDF5 file, `npz_options` for an NPZ."

@@ -12,9 +12,9 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'REQUIRED_KEYS', 'DIFFRACTION_KEYS', 'OPTIONAL_KEYS', 'CONTRACT_KEYS', 'MAX_SCAN_EXTENT', 'check_span',
-           'validate_raw_arrays', 'RawDataTorch', 'read_npz', 'intensity_evidence', 'normalization_factor',
-           'pattern_energy', 'normalize_data', 'intensity_scale', 'extract_patches', 'group_indices',
-           'grouped_from_indices', 'generate_grouped_data']
+           'check_whole_counts', 'validate_raw_arrays', 'RawDataTorch', 'read_npz', 'intensity_evidence',
+           'normalization_factor', 'pattern_energy', 'normalize_data', 'intensity_scale', 'extract_patches',
+           'group_indices', 'grouped_from_indices', 'generate_grouped_data']
 
 # %% ../nbs/02a_raw_data.ipynb #95e36ece
 REQUIRED_KEYS = ('xcoords', 'ycoords', 'probeGuess')
@@ -68,6 +68,17 @@ def _check_finite(a, src, key):
         if not ok.all():
             bad = np.argwhere(~ok)
             raise _bad(src, key, f"contains {len(bad)} NaN/Inf value(s), first at index {tuple(int(i) for i in bad[0])}")
+
+def check_whole_counts(x,  # float patterns said to be photon counts
+                       src: str,  # named in the error (a file, a file and key)
+                      ):
+    "ValueError if `x` holds fractional values: amplitudes (or normalised intensities) passed off as counts."
+    frac = np.abs(x - np.round(x))
+    if x.size and frac.max() > 1e-3:
+        i = np.unravel_index(int(frac.argmax()), x.shape)
+        raise ValueError(f"{src}: values look like amplitudes, not counts ({x[i]:.4g} at index {tuple(int(j) for j in i)} "
+                         f"is not an integer; {float(np.mean(frac > 1e-3)):.0%} of values are fractional); "
+                         "pass data='amplitude' (or 'intensity' for float intensities)")
 
 def _check_signal(d, src, key):
     "ValueError if no pattern holds any signal; a warning naming the count of all-zero patterns otherwise."
@@ -280,6 +291,8 @@ def _load_raw(cls, path, diffraction_is_intensity=None, diffraction_layout=None)
     key, d = _diffraction_from_npz(data, path, len(x), diffraction_layout)
     _check_finite(d, path, key)   # before any guess about what the numbers are
     probe = data['probeGuess']
+    if isinstance(diffraction_is_intensity, str) and diffraction_is_intensity != 'counts':
+        raise ValueError(f"diffraction_is_intensity={diffraction_is_intensity!r}: expected True, False, None or 'counts'")
     intensity = from_ptychodus if diffraction_is_intensity is None else bool(diffraction_is_intensity)
     if diffraction_is_intensity is None and not from_ptychodus:
         why = intensity_evidence(d)
@@ -297,6 +310,7 @@ def _load_raw(cls, path, diffraction_is_intensity=None, diffraction_layout=None)
         d = _as_real_numeric(d, path, key)
         _check_finite(d, path, key)
         if d.size and d.min() < 0: raise _bad(path, key, f"has negative intensities (min {d.min():.4g})")
+        if diffraction_is_intensity == 'counts' and d.dtype.kind == 'f': check_whole_counts(d, f"{path}: key '{key}'")
         log.warning("%s: '%s' holds intensities%s; converted once to amplitude = sqrt(intensity) (float32)",
                     path, key, " (ptychodus export: 'bad_pixels' present)" if from_ptychodus else "")
         d = np.sqrt(d.astype(np.float32))
@@ -310,7 +324,7 @@ def _load_raw(cls, path, diffraction_is_intensity=None, diffraction_layout=None)
 
 # %% ../nbs/02a_raw_data.ipynb #1a8a56c7
 def _raw_from_file(path,  # an .npz file following the data contract
-                   diffraction_is_intensity: bool | None = None,  # None: intensity iff ptychodus' 'bad_pixels' key is present; data that look like counts are refused
+                   diffraction_is_intensity: bool | str | None = None,  # None: intensity iff ptychodus' 'bad_pixels' key is present; data that look like counts are refused; 'counts': intensities that must be whole numbers
                    diffraction_layout: str | None = None  # 'MNN' or 'NNM'; needed only when M = N makes the layout ambiguous
                   ) -> RawDataTorch:
     "Load and validate one scan from an NPZ file."
