@@ -516,8 +516,9 @@ def test_cli_file_errors_are_one_line(tiny_files, tmp_path, capsys, archive):
 
 
 @pytest.mark.parametrize('flags,needle', [(['--time_budget', '-5'], 'time_budget_s=-5.0'), (['--time_budget', 'nan'], 'time_budget_s=nan'),
-                                          (['--M', '0'], 'M=0'), (['--epochs', '0'], 'nepochs=0'), (['--seed', '-1'], 'seed=-1'),
-                                          (['--batch_size', '0'], 'batch_size=0'), (['--gridsize', '0'], 'gridsize=0'),
+                                          (['--M', '0'], "argument --M: expected a positive integer, got '0'"), (['--epochs', '0'], 'nepochs=0'), (['--seed', '-1'], 'seed=-1'),
+                                          (['--batch_size', '0'], 'argument --batch_size/--batch-size: expected a positive integer'),
+                                          (['--gridsize', '0'], 'argument --gridsize: expected a positive integer'),
                                           (['--time_budget', 'soon'], 'time_budget')])
 def test_reconstruct_cli_refuses_bad_values(flags, needle, tiny_files, tmp_path, capsys):
     from ptycho_torch_nb import cli
@@ -554,7 +555,7 @@ def test_reconstruct_refuses_a_used_folder(tiny_files, tmp_path, capsys):
     assert code == 2 and 'previous run' in line and '--overwrite' in line and _snapshot(out) == before
 
 
-@pytest.mark.parametrize('flags,needle', [(['--N', '48'], 'N=48'), (['--seed', '-1'], 'seed=-1'), (['--time_budget', '-5'], 'time_budget'),
+@pytest.mark.parametrize('flags,needle', [(['--N', '48'], 'argument --N: invalid choice: 48 (choose from 64, 128, 256)'), (['--seed', '-1'], 'seed=-1'), (['--time_budget', '-5'], 'time_budget'),
                                           (['--steps', '0'], 'steps'), (['--corpus_workers', '0'], 'corpus_workers')])
 def test_pretrain_cli_refuses_bad_values(flags, needle, tmp_path, capsys):
     from ptycho_torch_nb import cli
