@@ -320,7 +320,7 @@ def test_the_prepared_gpu_check_runs(tmp_path):
     root = Path(__file__).resolve().parent.parent
     script = root / 'benchmarks' / 'gpu_check.py'
     r = subprocess.run([sys.executable, str(script), '--out', str(tmp_path / 'o'), '--tiny'], capture_output=True, text=True,
-                       env={'OMP_NUM_THREADS': '2', 'PATH': '/usr/bin:/bin'}, timeout=300)
+                       env={'OMP_NUM_THREADS': '1', 'PATH': '/usr/bin:/bin'}, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rec = json.loads((tmp_path / 'o' / 'gpu_check.json').read_text())
     assert rec['throughput']['plain'] > 0 and rec['throughput']['ratio'] > 0
@@ -351,7 +351,7 @@ def test_the_amortised_benchmark_runs(tmp_path):
     fx = tmp_path / 'bench.json'
     r = subprocess.run([sys.executable, str(root / 'benchmarks' / 'bench_amortised.py'), '--n', '8', '--solver_epochs', '2',
                         '--polish_epochs', '3', '--repeats', '2', '--fixture', str(fx)], capture_output=True, text=True,
-                       env={'OMP_NUM_THREADS': '2', 'PATH': '/usr/bin:/bin'}, timeout=300)
+                       env={'OMP_NUM_THREADS': '1', 'PATH': '/usr/bin:/bin'}, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rec = json.loads(fx.read_text())
     assert '--repeats 2' in rec['command'] and len(rec['model']['sha256']) == 64
