@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, dataclasses, json, os, sys, warnings
 from pathlib import Path
 from typing import Optional, Sequence
-from .config import ScanOptions, GENERATOR_MODES, POLISH_STARTS, POLISH_EPOCHS, ROUTES, validate_run_options
+from .config import ScanOptions, GENERATOR_MODES, POLISH_STARTS, POLISH_EPOCHS, ROUTES, PATTERN_SIZES, validate_run_options
 from .core import (refuse_pretrained, OneLineParser, run_command, quiet_libraries, positive_int, non_negative_int, positive_float,
                                   HelpFormatter, atomic_path)
 from .hdf5_data import add_hdf5_arguments, hdf5_options, is_hdf5, load_scan, scan_facts, scan_options  # numpy/h5py: --help stays torch-free
@@ -81,7 +81,7 @@ def train_parser() -> argparse.ArgumentParser:
                    help='held-out scan: validation loss every epoch, then stitched, scored and plotted')
     _add_data_flags(p)
     g = p.add_argument_group('model and training (ModelConfig / TrainingConfig)')
-    g.add_argument('--N', dest='N', type=int, choices=(64, 128, 256), default=None,
+    g.add_argument('--N', dest='N', type=int, choices=PATTERN_SIZES, default=None,
                    help='pattern size (default: from the probe in the training file)')
     g.add_argument('--gridsize', type=positive_int, default=2, help='patterns per group = gridsize^2')
     g.add_argument('--batch_size', '--batch-size', dest='batch_size', type=positive_int, default=16,
@@ -149,13 +149,9 @@ def _resolve_accelerator_flags(args):
                       f"{args.device} -> --accelerator {'cpu' if args.device == 'cpu' else 'gpu'})",
                       DeprecationWarning, stacklevel=3)
         if args.accelerator == 'auto': args.accelerator = 'cpu' if args.device == 'cpu' else 'gpu'
-    if args.accelerator == 'auto':
-        import importlib.util
-        cuda = False
-        if importlib.util.find_spec('torch') is not None:
-            import torch; cuda = torch.cuda.is_available()
-        args.accelerator = 'cuda' if cuda else 'cpu'
-    from ptycho_torch_nb.training import check_accelerator; return check_accelerator(args.accelerator)   # a GPU the machine lacks: one line
+    from ptycho_torch_nb.training import check_accelerator, inference_device
+    if args.accelerator == 'auto': args.accelerator = inference_device('auto')   # 'cuda' where torch sees one, else 'cpu'
+    return check_accelerator(args.accelerator)   # a GPU the machine lacks: one line
 
 def _check_file(path, what):
     if path is not None and not Path(path).is_file(): raise CLIError(f"{what} not found: {path}")
@@ -460,7 +456,7 @@ def pretrain_parser() -> argparse.ArgumentParser:
     p.add_argument('--output_dir', '--output-dir', required=True, type=Path, help='folder for the model, its card and checkpoints')
     p.add_argument('--n_scans', '--n-scans', type=positive_int, default=256, help='corpus scans to simulate')
     p.add_argument('--positions', type=positive_int, default=64, help='scan positions per corpus scan')
-    p.add_argument('--N', type=int, choices=(64, 128, 256), default=64, help='pattern size')
+    p.add_argument('--N', type=int, choices=PATTERN_SIZES, default=64, help='pattern size')
     p.add_argument('--steps', type=positive_int, default=None, help='optimiser steps (default: 1000 unless --time_budget)')
     p.add_argument('--time_budget', '--time-budget', type=positive_float, default=None, metavar='SECONDS',
                    help='wall-clock training budget in seconds')

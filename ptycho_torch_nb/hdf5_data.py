@@ -33,11 +33,11 @@ def counts_to_amplitude(frames,  # (k, H, W) counts (integer dtype, or float hol
     x = a.astype(np.float32)
     # masked and flagged pixels are zeroed first: they may hold the detector's markers (Pilatus -1 gaps, -2 bad pixels,
     # NaN module gaps), which the checks below must not see
-    flagged = a == np.iinfo(a.dtype).max if a.dtype.kind == 'u' else np.zeros(a.shape, bool)   # the detector's 'bad/overflow' marker
-    x[flagged] = 0
+    flagged = a == np.iinfo(a.dtype).max if a.dtype.kind == 'u' else None   # the detector's 'bad/overflow' marker
+    if flagged is not None: x[flagged] = 0
     if mask is not None: x[..., np.asarray(mask, bool)] = 0
     if nonfinite == 'raise' and x.size and not np.any(x) and np.any(a):   # the signal was all markers or masked: not 'all zero'
-        raise ValueError(f"{src}: no signal is left in these {len(x)} frames once {int(flagged.sum())} values holding the detector's "
+        raise ValueError(f"{src}: no signal is left in these {len(x)} frames once {int(flagged.sum()) if flagged is not None else 0} values holding the detector's "
                          f"overflow/bad marker and {int(np.sum(mask)) if mask is not None else 0} masked pixels are set aside "
                          "(saturated frames, or a mask over the beam?)")
     lost = np.zeros(len(x), bool)   # frames given up whole (nonfinite='frame'): NaN out, for the caller to drop

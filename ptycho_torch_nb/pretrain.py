@@ -6,12 +6,12 @@
 from __future__ import annotations
 import dataclasses, datetime, functools, hashlib, json, math, os, subprocess, sys, time, warnings
 from pathlib import Path
-from typing import Optional, Sequence, get_args, get_type_hints
+from typing import Optional, Sequence
 import numpy as np
 import torch
 import lightning as L
 from .core import MODEL_CARD, atomic_path, output_folder, repo_root, release_memory
-from .config import ModelConfig, TrainingConfig, ScanOptions, validate_run_options
+from .config import ModelConfig, TrainingConfig, ScanOptions, PATTERN_SIZES, validate_run_options
 from .data_container import grouped_container, scan_nphotons, scan_truth
 from .hdf5_data import load_scan
 from .simulation import probe_diameter
@@ -24,10 +24,10 @@ from .training import TrainingClock, check_checkpoint, stopped_run, build_traine
 from .persistence import save_torch_bundle, load_torch_bundle
 
 # %% auto #0
-__all__ = ['COLLAPSED_SPREAD', 'CARD_FORMAT', 'CARD_VERSION', 'CARD_MAX_BYTES', 'PATTERN_SIZES', 'Corpus', 'corpus_workers',
-           'build_corpus', 'ScanBatchSampler', 'CorpusDataset', 'output_spread', 'Pretrainer', 'SpreadWatch',
-           'PretrainClock', 'scan_configs', 'pretrain', 'model_card', 'read_card', 'check_pattern_size', 'check_fits',
-           'load_pretrained', 'use_scan', 'reconstruct_zero_shot']
+__all__ = ['COLLAPSED_SPREAD', 'CARD_FORMAT', 'CARD_VERSION', 'CARD_MAX_BYTES', 'Corpus', 'corpus_workers', 'build_corpus',
+           'ScanBatchSampler', 'CorpusDataset', 'output_spread', 'Pretrainer', 'SpreadWatch', 'PretrainClock',
+           'scan_configs', 'pretrain', 'model_card', 'read_card', 'check_pattern_size', 'check_fits', 'load_pretrained',
+           'use_scan', 'reconstruct_zero_shot']
 
 # %% ../nbs/05b_pretrain.ipynb #1ee3cb4e
 @dataclasses.dataclass
@@ -460,8 +460,6 @@ def _card_and_archive(path):
     archive = card_path.parent / card['archive']
     if not archive.is_file(): raise FileNotFoundError(f"{card_path}: its archive {archive} is missing")
     return card, archive
-
-PATTERN_SIZES = get_args(get_type_hints(ModelConfig)['N'])   # the N a model of this package can have (`ModelConfig.N`)
 
 def check_pattern_size(scan,            # RawDataTorch
                        context: str = '',  # said after the size, e.g. ' but the shipped model is for N=64'
