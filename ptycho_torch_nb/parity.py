@@ -144,6 +144,7 @@ ROWS = [
     _r('D3', 'two full Keras models per archive', 'ptycho_torch_nb.persistence.save_torch_bundle', 'nbs/06a_persistence.ipynb#persist-shared-weights', 'deviation', 'weights stored once; archive ≈ 1.01× the raw weights'),
     _r('D3', 'upstream torch load_state_dict(strict=False)', 'ptycho_torch_nb.persistence.load_torch_bundle', 'tests/test_persistence.py::test_mismatched_weights_are_an_error', 'deviation', 'strict: never silently random weights'),
     _r('D3', "upstream torch archive version '2.0-pytorch'", 'ptycho_torch_nb.persistence.ARCHIVE_VERSION', 'nbs/06a_persistence.ipynb#persist-version', 'deviation', 'newer major refused, newer minor warns'),
+    _r('D3', 'ModelManager unpickles and loads an archive whole, whatever it holds', 'ptycho_torch_nb.persistence.ARCHIVE_LIMITS', 'nbs/06a_persistence.ipynb#persist-bounded', 'deviation', 'bounded per member and per archive, each array read once; malformed contents and hyper-parameters outside the model gate (padded_size N..16N) refused naming the archive'),
     _r('D3', 'checkpoint resume (Lightning last.ckpt)', 'ptycho_torch_nb.persistence.load_torch_bundle', 'tests/test_persistence.py::test_resume_after_sigkill', 'invariant', 'SIGKILL mid-epoch, resume, right epoch count'),
     _r('D3', 'interrupted save', 'ptycho_torch_nb.persistence.save_torch_bundle', 'tests/test_persistence.py::test_interrupted_save_keeps_previous_archive', 'invariant', 'previous archive byte-identical'),
     # --- E: backend and ptychodus
