@@ -139,3 +139,10 @@ def test_cuda_bf16(run1084):
     lm = PtychoPINN_Lightning(dict(gridsize=2, n_filters_scale=1), intensity_scale=S0, probe=run1084[1])
     tr = _fit(lm, sim, accelerator='gpu', devices=1, precision='bf16-mixed')
     assert torch.isfinite(tr.callback_metrics['train_loss'])
+
+
+def test_the_model_gates_its_own_config():
+    "Hyper-parameters from an archive pass the gate a user's config passes: a field out of range, a merge canvas outside N..16N."
+    from ptycho_torch_nb.model import PtychoPINN
+    with pytest.raises(ValueError, match='gridsize'): PtychoPINN({'N': 64, 'gridsize': -2})
+    with pytest.raises(ValueError, match=r'padded_size=32: the merge canvas must be from N=64 to 16·N=1024 pixels'): PtychoPINN({'N': 64}, padded_size=32)
