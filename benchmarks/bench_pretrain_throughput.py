@@ -49,11 +49,11 @@ def plain_rate(net, patterns: int, in_channels: int, steps: int, N: int = 64, de
     sync()
     return steps * patterns / (time.perf_counter() - t)
 
-def ours_rate(steps: int, precision: str, batch_size: int, workdir: Path) -> dict:
-    "Training patterns/s of `pretrain` (16 corpus scans of max(64, batch_size) positions: one scan fills a batch) and the precision it ran in."
+def ours_rate(steps: int, precision: str, batch_size: int, workdir: Path, n_scans: int = 16) -> dict:
+    "Training patterns/s of `pretrain` (`n_scans` corpus scans of max(64, batch_size) positions: one scan fills a batch) and the precision it ran in."
     from ptycho_torch_nb.pretrain import pretrain
     out = Path(tempfile.mkdtemp(dir=workdir))
-    r = pretrain(out, n_scans=16, n=max(64, batch_size), steps=steps + 1, batch_size=batch_size, precision=precision, progress=False,
+    r = pretrain(out, n_scans=n_scans, n=max(64, batch_size), steps=steps + 1, batch_size=batch_size, precision=precision, progress=False,
                  overwrite=True, checkpoint_every=10 ** 6, command='bench_pretrain_throughput')
     c, card = r['clock'], r['card']
     C = int(r['model'].model.gridsize) ** 2

@@ -61,18 +61,18 @@ def environment() -> dict:
     return dict(torch=torch.__version__, device=dev, name=torch.cuda.get_device_name(0) if dev == 'cuda' else 'cpu',
                 precision=resolve_precision('auto', 'gpu' if dev == 'cuda' else 'cpu'), cpu_threads=torch.get_num_threads())
 
-def throughput_by_batch(steps: int, batch_sizes, device: str, workdir: Path, warm_up: bool = True) -> dict:
+def throughput_by_batch(steps: int, batch_sizes, device: str, workdir: Path, warm_up: bool = True, n_scans: int = 16) -> dict:
     "`throughput` at each batch size: {'by_batch': {groups: record}}, and the first batch size's record at the top level."
-    by = {int(b): throughput(steps, int(b), device, workdir, warm_up) for b in batch_sizes}
+    by = {int(b): throughput(steps, int(b), device, workdir, warm_up, n_scans) for b in batch_sizes}
     return dict(by[int(batch_sizes[0])], by_batch=by)
 
-def throughput(steps: int, batch_size: int, device: str, workdir: Path, warm_up: bool = True) -> dict:
+def throughput(steps: int, batch_size: int, device: str, workdir: Path, warm_up: bool = True, n_scans: int = 16) -> dict:
     "Training patterns/s of `pretrain` in each precision and of the plain CNN of the same layers (same batch)."
     from bench_pretrain_throughput import ours_rate, plain_copy, plain_rate
     from ptycho_torch_nb.training import resolve_precision
     chosen = resolve_precision('auto', 'gpu' if device == 'cuda' else 'cpu')
-    for p in dict.fromkeys([chosen, '32-true']) if warm_up else (): ours_rate(2, p, batch_size, workdir)   # warm-up: cuDNN's kernel choice, the allocator
-    ours = {p: ours_rate(steps, p, batch_size, workdir) for p in dict.fromkeys([chosen, '32-true'])}
+    for p in dict.fromkeys([chosen, '32-true']) if warm_up else (): ours_rate(2, p, batch_size, workdir, n_scans)   # warm-up: cuDNN's kernel choice, the allocator
+    ours = {p: ours_rate(steps, p, batch_size, workdir, n_scans) for p in dict.fromkeys([chosen, '32-true'])}
     gen = ours[chosen]['model'].model.generator
     plain = plain_rate(plain_copy(gen.net).to(device), ours[chosen]['patterns_per_step'], int(gen.in_channels), steps, device=device)
     plain_bf16 = (plain_rate(plain_copy(gen.net).to(device), ours[chosen]['patterns_per_step'], int(gen.in_channels), steps, device=device, bf16=True)
@@ -187,16 +187,16 @@ def main(argv=None):
     ap.add_argument('--tiny', action='store_true', help='seconds-sized phases (a CPU smoke test of this script)')
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
+    if a.resume is not None and not a.resume.is_file():     # before the imports: a typo costs no torch start-up
+        print(f"gpu_check: --resume {a.resume}: no such checkpoint", file=sys.stderr); return 2
     import torch, warnings
     from ptycho_torch_nb.core import quiet_libraries
     quiet_libraries(False); warnings.filterwarnings('ignore', message='.*(does not have many workers|GPU available).*')
-    if a.resume is not None and not a.resume.is_file():
-        print(f"gpu_check: --resume {a.resume}: no such checkpoint", file=sys.stderr); return 2
     out = a.out; out.mkdir(parents=True, exist_ok=True)
     rec = dict(environment=environment(), argv=sys.argv[1:] if argv is None else argv)
     dev = rec['environment']['device']
     print(f"gpu_check: {rec['environment']}", flush=True)
-    tiny = (dict(steps=2, rate_n=32, n_scans=2, eval_n=32, batch=4, batches=[4, 8]) if a.tiny else
+    tiny = (dict(steps=2, rate_n=32, n_scans=2, eval_n=32, batch=2, batches=[2, 4]) if a.tiny else
             dict(steps=30, rate_n=1024, n_scans=a.n_scans, eval_n=256, batch=a.batch_size, batches=a.throughput_batches))
     save = lambda: (out / 'gpu_check.json').write_text(json.dumps(rec, indent=1, default=float))
     if not (a.tiny or a.skip_tests):   # (the suite runs the tiny form itself)
@@ -208,7 +208,7 @@ def main(argv=None):
                          f"{th['plain']:.0f} patterns/s: {th['ratio']:.2f}x (bar 1.1); ours 32-true {th['ours_32-true']:.0f}" + (f"; plain CNN under bf16 autocast {th['plain_bf16']:.0f}: {th['ratio_bf16']:.2f}x" if th.get('plain_bf16') else '')
                          for b, th in rec['by_batch'].items())
     with tempfile.TemporaryDirectory() as work:
-        guarded(rec, 'throughput', save, lambda: throughput_by_batch(tiny['steps'], tiny['batches'], dev, Path(work), not a.tiny), report_throughput)
+        guarded(rec, 'throughput', save, lambda: throughput_by_batch(tiny['steps'], tiny['batches'], dev, Path(work), not a.tiny, 2 if a.tiny else 16), report_throughput)
     guarded(rec, 'zero_shot_rate', save, lambda: zero_shot_rate(a.model, tiny['rate_n'], dev),
             lambda zr: '\n'.join(f"zero-shot on {d}: {z['n']} patterns, inference {z['inference_seconds']:.2f} s "
                                  f"({z['patterns_per_s']:.0f} patterns/s), whole call {z['seconds']:.2f} s" for d, z in zr.items() if isinstance(z, dict)))

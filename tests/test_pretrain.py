@@ -325,7 +325,7 @@ def test_the_prepared_gpu_check_runs(tmp_path):
     rec = json.loads((tmp_path / 'o' / 'gpu_check.json').read_text())
     assert rec['throughput']['plain'] > 0 and rec['throughput']['ratio'] > 0
     by = rec['throughput']['by_batch']                     # the sweep over groups per step, each against its own plain CNN
-    assert list(by) == ['4', '8'] and [by[b]['patterns_per_step'] for b in by] == [16, 32] and all(by[b]['ratio'] > 0 for b in by)
+    assert list(by) == ['2', '4'] and [by[b]['patterns_per_step'] for b in by] == [8, 16] and all(by[b]['ratio'] > 0 for b in by)
     assert rec['zero_shot_rate']['cpu']['patterns_per_s'] > 0
     assert rec['pretrain']['steps'] > 0 and len(rec['zero_shot_scores']) == 5
     assert all(len(r['first_guess']) == 2 and r['first_guess'] != r['shipped'] for r in rec['zero_shot_scores'])   # the no-network row
