@@ -351,19 +351,21 @@ def _cli(*args, **kw):
     return subprocess.run([sys.executable, '-m', 'ptycho_torch_nb.cli', *map(str, args)], capture_output=True, text=True,
                           timeout=300, **kw)
 
-def test_cli_stream_hdf5_and_errors(archive, data, tmp_path):
+def test_cli_stream_hdf5_and_errors(archive, data, tmp_path, capsys):
     amp, xy = data
     p = write_h5(tmp_path / 's.h5', amp, xy)
     out = _cli('stream', archive, p, '--positions', 'entry/x', 'entry/y', '--output_dir', tmp_path / 'o', '--chunk', '16',
                '--quiet', '--threads', '1', '--no_compile')   # compiled == eager is proven in 05c_streaming
     assert out.returncode == 0, out.stderr
     _check_final(tmp_path / 'o', 48, False)
-    bad = _cli('stream', archive, p, '--diffraction_key', 'entry/nothing', '--positions', 'entry/x', 'entry/y',
-               '--output_dir', tmp_path / 'o2', '--quiet')
-    assert bad.returncode == 2 and 'entry/nothing' in bad.stderr and 'Traceback' not in bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1
-    again = _cli('stream', archive, p, '--positions', 'entry/x', 'entry/y', '--output_dir', tmp_path / 'o', '--quiet')
-    assert again.returncode == 2 and 'holds a previous run (stream.json' in again.stderr
+    from ptycho_torch_nb.cli import stream_main      # the refusals in this process: the exit code and stderr are the CLI's
+    capsys.readouterr()
+    assert stream_main([str(archive), str(p), '--diffraction_key', 'entry/nothing', '--positions', 'entry/x', 'entry/y',
+                        '--output_dir', str(tmp_path / 'o2'), '--quiet', '--no_compile']) == 2
+    err = capsys.readouterr().err
+    assert 'entry/nothing' in err and 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
+    assert stream_main([str(archive), str(p), '--positions', 'entry/x', 'entry/y', '--output_dir', str(tmp_path / 'o'), '--quiet']) == 2
+    assert 'holds a previous run (stream.json' in capsys.readouterr().err
 
 @pytest.mark.parametrize('sig, code', [(signal.SIGINT, 0), (signal.SIGTERM, 143)])
 def test_cli_signal_while_following(archive, data, tmp_path, sig, code):
