@@ -4,8 +4,6 @@ PYTHON ?= python3
 # PyTorch is installed first and pinned, so pip never pulls a multi-GB CUDA build by accident.
 # GPU users: make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
 TORCH ?= torch==2.13.0
-# No byte-compiling of every installed file (torch's alone: 20 s of a fresh setup); Python compiles what it imports, once.
-PIP_FLAGS ?= --no-compile
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -16,8 +14,8 @@ OUT ?= demo_outputs
 $(STAMP): setup.py settings.ini
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v 'WARNING: Location' || true
-	$(BIN)/python -m pip install -q $(PIP_FLAGS) $(TORCH) 2>&1 | grep -v 'WARNING: Location' ; test $${PIPESTATUS[0]} -eq 0
-	$(BIN)/python -m pip install -q $(PIP_FLAGS) $(TORCH) -e '.[dev,ptychodus,onnx]' 2>&1 | grep -v 'WARNING: Location' ; test $${PIPESTATUS[0]} -eq 0
+	$(BIN)/python -m pip install -q $(TORCH) 2>&1 | grep -v 'WARNING: Location' ; test $${PIPESTATUS[0]} -eq 0
+	$(BIN)/python -m pip install -q $(TORCH) -e '.[dev,ptychodus,onnx]' 2>&1 | grep -v 'WARNING: Location' ; test $${PIPESTATUS[0]} -eq 0
 	touch $(STAMP)
 
 venv: $(STAMP)
