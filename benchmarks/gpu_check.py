@@ -196,8 +196,8 @@ def main(argv=None):
     rec = dict(environment=environment(), argv=sys.argv[1:] if argv is None else argv)
     dev = rec['environment']['device']
     print(f"gpu_check: {rec['environment']}", flush=True)
-    tiny = (dict(steps=2, rate_n=32, n_scans=2, eval_n=32, batch=2, batches=[2, 4]) if a.tiny else
-            dict(steps=30, rate_n=1024, n_scans=a.n_scans, eval_n=256, batch=a.batch_size, batches=a.throughput_batches))
+    tiny = (dict(steps=2, rate_n=32, n_scans=2, eval_n=32, batch=2, batches=[2, 4], rate_scans=2) if a.tiny else
+            dict(steps=30, rate_n=1024, n_scans=a.n_scans, eval_n=256, batch=a.batch_size, batches=a.throughput_batches, rate_scans=16))
     save = lambda: (out / 'gpu_check.json').write_text(json.dumps(rec, indent=1, default=float))
     if not (a.tiny or a.skip_tests):   # (the suite runs the tiny form itself)
         rec['tests'] = gpu_tests(); save()
@@ -208,7 +208,7 @@ def main(argv=None):
                          f"{th['plain']:.0f} patterns/s: {th['ratio']:.2f}x (bar 1.1); ours 32-true {th['ours_32-true']:.0f}" + (f"; plain CNN under bf16 autocast {th['plain_bf16']:.0f}: {th['ratio_bf16']:.2f}x" if th.get('plain_bf16') else '')
                          for b, th in rec['by_batch'].items())
     with tempfile.TemporaryDirectory() as work:
-        guarded(rec, 'throughput', save, lambda: throughput_by_batch(tiny['steps'], tiny['batches'], dev, Path(work), not a.tiny, 2 if a.tiny else 16), report_throughput)
+        guarded(rec, 'throughput', save, lambda: throughput_by_batch(tiny['steps'], tiny['batches'], dev, Path(work), not a.tiny, tiny['rate_scans']), report_throughput)
     guarded(rec, 'zero_shot_rate', save, lambda: zero_shot_rate(a.model, tiny['rate_n'], dev),
             lambda zr: '\n'.join(f"zero-shot on {d}: {z['n']} patterns, inference {z['inference_seconds']:.2f} s "
                                  f"({z['patterns_per_s']:.0f} patterns/s), whole call {z['seconds']:.2f} s" for d, z in zr.items() if isinstance(z, dict)))

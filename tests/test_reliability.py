@@ -375,6 +375,12 @@ def test_second_run_into_a_used_folder(tiny_files, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ 5. determinism in fresh processes
+def _in_process(script: str, name: str):
+    "The function `name` of a child script, run in this process (the runs around the killed one need no fresh interpreter)."
+    here = {'__name__': 'in_process'}; exec(script, here)
+    return here[name]
+
+
 DET_SCRIPT = textwrap.dedent('''
     import hashlib, sys
     from pathlib import Path
@@ -409,35 +415,27 @@ def test_same_seed_same_weights_in_fresh_processes(tiny_files, tmp_path):
         return next(l.split()[1] for l in p.stdout.splitlines() if l.startswith('DIGEST'))
     a, b = digest('a', 5), digest('b', 5)
     assert a == b                 # bitwise: grouping, weights and shuffling all follow the one seed
-    here = {'__name__': 'det'}; exec(DET_SCRIPT, here)   # another seed needs no fresh process: the digest's code, here
-    assert here['digest'](tiny_files[0], tmp_path / 'c', 6) != a    # and the seed matters
+    assert _in_process(DET_SCRIPT, 'digest')(tiny_files[0], tmp_path / 'c', 6) != a    # and the seed matters (here: no fresh process needed)
 
 
 # ------------------------------------------------------------------ 6. fault tests: SIGKILL inside each write path
 SAVE_SCRIPT = textwrap.dedent('''
-    import sys, torch
+    import sys
     from pathlib import Path
-    from ptycho_torch_nb.config import ModelConfig, TrainingConfig
-    from ptycho_torch_nb.model import PtychoPINN_Lightning
-    from ptycho_torch_nb.persistence import save_torch_bundle
-    torch.manual_seed(int(sys.argv[2]))
-    m = PtychoPINN_Lightning(model_config=dict(N=64, gridsize=1, n_filters_scale=1))
-    save_torch_bundle({'autoencoder': m, 'diffraction_to_obj': m}, Path(sys.argv[1]) / 'wts.h5',
-                      TrainingConfig(model=ModelConfig(N=64, gridsize=1, n_filters_scale=1), backend='pytorch'))
+
+    def save(folder, seed):
+        import torch
+        from ptycho_torch_nb.config import ModelConfig, TrainingConfig
+        from ptycho_torch_nb.model import PtychoPINN_Lightning
+        from ptycho_torch_nb.persistence import save_torch_bundle
+        with torch.random.fork_rng():   # run in the test's process too: its random state stays as it was
+            torch.manual_seed(seed)
+            m = PtychoPINN_Lightning(model_config=dict(N=64, gridsize=1, n_filters_scale=1))
+        save_torch_bundle({'autoencoder': m, 'diffraction_to_obj': m}, Path(folder) / 'wts.h5',
+                          TrainingConfig(model=ModelConfig(N=64, gridsize=1, n_filters_scale=1), backend='pytorch'))
+
+    if __name__ == '__main__': save(sys.argv[1], int(sys.argv[2]))
 ''')
-
-
-def _save_here(folder: Path, seed: int):
-    "SAVE_SCRIPT's save in this process (the runs before and after the killed one need no fresh interpreter)."
-    import torch
-    from ptycho_torch_nb.config import ModelConfig, TrainingConfig
-    from ptycho_torch_nb.model import PtychoPINN_Lightning
-    from ptycho_torch_nb.persistence import save_torch_bundle
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        m = PtychoPINN_Lightning(model_config=dict(N=64, gridsize=1, n_filters_scale=1))
-    save_torch_bundle({'autoencoder': m, 'diffraction_to_obj': m}, folder / 'wts.h5',
-                      TrainingConfig(model=ModelConfig(N=64, gridsize=1, n_filters_scale=1), backend='pytorch'))
 
 
 def _temps(folder: Path):
@@ -447,7 +445,8 @@ def _temps(folder: Path):
 @pytest.mark.parametrize('fault', ['archive-write#3', 'before-rename:wts.h5.zip'])
 def test_kill_during_save_keeps_previous_archive(tmp_path, fault):
     script = tmp_path / 'save.py'; script.write_text(SAVE_SCRIPT)
-    _save_here(tmp_path, 1)                                       # the previous run (the killed one is a fresh process)
+    save = _in_process(SAVE_SCRIPT, 'save')
+    save(tmp_path, 1)                                             # the previous run (the killed one is a fresh process)
     previous = (tmp_path / 'wts.h5.zip').read_bytes()
     p = subprocess.run([sys.executable, str(script), str(tmp_path), '2'], env=_env(PTYCHO_TORCH_NB_FAULT=fault),
                        capture_output=True, text=True, timeout=300)
@@ -455,28 +454,33 @@ def test_kill_during_save_keeps_previous_archive(tmp_path, fault):
     assert (tmp_path / 'wts.h5.zip').read_bytes() == previous     # the previous state, byte for byte
     assert _temps(tmp_path)                                       # the killed writer left its temporary behind
     models, params = _load(tmp_path / 'wts.h5.zip')               # ... which loading ignores
-    _save_here(tmp_path, 3)                                       # the next run
+    save(tmp_path, 3)                                             # the next run
     assert _temps(tmp_path) == []                                 # cleans it
     _load(tmp_path / 'wts.h5.zip')
 
 
 PTY_SCRIPT = textwrap.dedent('''
-    import sys, warnings, logging
-    warnings.filterwarnings('ignore'); logging.getLogger('lightning.pytorch').setLevel(logging.ERROR)
-    from ptycho_torch_nb.ptychodus import ReconstructorSettings, train_model
-    train_model(sys.argv[1], sys.argv[2], ReconstructorSettings(nepochs=1, batch_size=4, n_groups=8, n_filters_scale=1,
-                                                                accelerator='cpu', nphotons=1e9))
+    import sys
+
+    def train(data, out):
+        from ptycho_torch_nb.ptychodus import ReconstructorSettings, train_model
+        train_model(data, out, ReconstructorSettings(nepochs=1, batch_size=4, n_groups=8, n_filters_scale=1, accelerator='cpu',
+                                                     nphotons=1e9))
+
+    if __name__ == '__main__':
+        import warnings, logging
+        warnings.filterwarnings('ignore'); logging.getLogger('lightning.pytorch').setLevel(logging.ERROR)
+        train(sys.argv[1], sys.argv[2])
 ''')
 
 
 def test_kill_during_ptychodus_history_write(tiny_files, tmp_path):
     "A Train killed at its final save (the archive with the history) leaves the previous model whole; the next one succeeds."
     pytest.importorskip('ptychodus')
-    from ptycho_torch_nb.ptychodus import HISTORY_MEMBER, TRAIN_STAGE, ReconstructorSettings, archive_history, train_model
+    from ptycho_torch_nb.ptychodus import HISTORY_MEMBER, TRAIN_STAGE, archive_history
     script = tmp_path / 'pty.py'; script.write_text(PTY_SCRIPT)
     out = tmp_path / 'model'
-    train = lambda: train_model(tiny_files[0], out, ReconstructorSettings(nepochs=1, batch_size=4, n_groups=8,
-                                n_filters_scale=1, accelerator='cpu', nphotons=1e9))     # PTY_SCRIPT, in this process
+    train = lambda: _in_process(PTY_SCRIPT, 'train')(tiny_files[0], out)   # the runs around the killed one, here
     train()
     previous = (out / 'wts.h5.zip').read_bytes()
     p = subprocess.run([sys.executable, str(script), str(tiny_files[0]), str(out)],  # the 2nd save of wts.h5.zip has the history
