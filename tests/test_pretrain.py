@@ -413,9 +413,9 @@ def test_ddp_ranks_stop_together(tmp_path, mode, steps):
 
 
 FD_LIMIT = '''
-import resource, sys, torch
-from ptycho_torch_nb.pretrain import build_corpus
-if __name__ == '__main__':
+if __name__ == '__main__':   # imports under the guard: the spawned workers re-import this script, and need only the corpus module
+    import resource, torch
+    from ptycho_torch_nb.pretrain import build_corpus
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     pool, one = build_corpus(80, n=8, workers=2), build_corpus(80, n=8, workers=1)
     assert torch.equal(pool.patterns, one.patterns) and torch.equal(pool.groups, one.groups) and pool.records == one.records
