@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 from .config import ScanOptions, GENERATOR_MODES, POLISH_STARTS, POLISH_EPOCHS, ROUTES, PATTERN_SIZES, validate_run_options
 from .core import (refuse_pretrained, OneLineParser, run_command, quiet_libraries, positive_int, non_negative_int, positive_float,
-                                  HelpFormatter, atomic_path)
+                                  HelpFormatter, atomic_path, prepare_output_dir)
 from .hdf5_data import add_hdf5_arguments, hdf5_options, is_hdf5, load_scan, scan_facts, scan_options  # numpy/h5py: --help stays torch-free
 
 # %% auto #0
@@ -231,6 +231,7 @@ def _train(argv):
                     'checkpoint to resume from')
     args.train_scan = _check_scan(args.train_data_file, 'training data file', args)   # contents: still before torch is imported
     args.test_scan = _check_scan(args.test_data_file, 'test data file', args)
+    if not args.overwrite: prepare_output_dir(args.output_dir, resume=args.resume)   # a used folder: refused before torch is imported
     training, execution = build_train_configs(args)
     quiet_libraries(args.verbose)
     from ptycho_torch_nb import workflow as W
@@ -283,10 +284,11 @@ def _infer(argv):
                        "another scan with it by ptycho-torch-reconstruct SCAN" + ('' if used == 'shipped' else f" --pretrained {used}"))
     _check_file(args.model_path / 'wts.h5.zip', 'model archive'); refuse_pretrained(args.model_path, 'ptycho-torch-infer')
     test = _check_scan(args.test_data, 'test data file', args)
+    if not args.overwrite: prepare_output_dir(args.output_dir)   # a used folder: refused before torch is imported
     _resolve_accelerator_flags(args); quiet_libraries(args.verbose)
     from ptycho_torch_nb import config as C, persistence as P, workflow as W, params as legacy, data_container as D
     from ptycho_torch_nb.evaluation import save_outputs, evaluate_reconstruction
-    from ptycho_torch_nb.training import prepare_output_dir; prepare_output_dir(args.output_dir, args.overwrite, reads=(args.model_path,))  # used: refused
+    prepare_output_dir(args.output_dir, args.overwrite, reads=(args.model_path,))  # used: refused
     models, params = P.load_inference_bundle_torch(args.model_path)
     model = models['diffraction_to_obj'].to('cuda' if args.accelerator in ('gpu', 'cuda') else ('mps' if args.accelerator == 'mps' else 'cpu'))
     try:
@@ -392,6 +394,7 @@ def _reconstruct(argv):
             raise CLIError(f"archive to fine-tune from not found: {ip}")
     opts = ({dst: getattr(args, src) for src, dst in _CLI_OPTIONS.items() if getattr(args, src) is not None}
             | ({'probe_trainable': True} if args.probe_trainable else {}) | ({'backprop_input': False} if args.no_backprop_input else {}))
+    if not args.overwrite: prepare_output_dir(args.output_dir)   # a used folder: refused before torch is imported
     quiet_libraries(args.verbose); _resolve_accelerator_flags(args)
     from ptycho_torch_nb.route import choose_route, amortised_reconstruct, shipped_model
     training = [f"--{k}" for k in _TRAINING_FLAGS if getattr(args, k) not in (None, False, [], ())]
@@ -403,7 +406,7 @@ def _reconstruct(argv):
     if not args.quiet: print(f"ptycho-torch-reconstruct: route {route} ({why})" + ('' if route == 'pretrained' else '; training ' + (
         f"for {args.time_budget:g} s" if args.time_budget else "for all its epochs (--time_budget S caps it)")), file=sys.stderr, flush=True)
     from ptycho_torch_nb.reconstruct import reconstruct_scan, scan_options, scan_execution_config, polish, save_scan_outputs, fit_report
-    from ptycho_torch_nb.training import prepare_output_dir; out = prepare_output_dir(args.output_dir, args.overwrite, reads=(args.pretrained or shipped_model(), args.init_from))
+    out = prepare_output_dir(args.output_dir, args.overwrite, reads=(args.pretrained or shipped_model(), args.init_from))
     net_dir, pol = out / 'network' if passes else out, None
     if route == 'pretrained':   # the network's inference, then the polish from its image
         res, pol = amortised_reconstruct(scan, model, passes, args.polish_start or 'auto', args.polish_probe, args.polish_budget,
@@ -543,7 +546,7 @@ def stream_parser() -> argparse.ArgumentParser:
 def _stream(argv):
     args = stream_parser().parse_args(argv)
     _check_file(args.model / 'wts.h5.zip' if args.model.is_dir() else args.model, 'model archive'); refuse_pretrained(args.model, 'ptycho-torch-stream')
-    from ptycho_torch_nb.training import prepare_output_dir; prepare_output_dir(args.output_dir, args.overwrite, reads=(args.model,))   # used: refused
+    prepare_output_dir(args.output_dir, args.overwrite, reads=(args.model,))   # used: refused
     from ptycho_torch_nb import streaming as S
     try:
         opts = hdf5_options(args)

@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import lightning as L
-from .core import MODEL_CARD, atomic_path, output_folder, repo_root, release_memory
+from .core import MODEL_CARD, atomic_path, output_folder, repo_root, release_memory, stopped_run
 from .config import ModelConfig, TrainingConfig, ScanOptions, PATTERN_SIZES, validate_run_options
 from .data_container import grouped_container, scan_nphotons, scan_truth
 from .hdf5_data import load_scan
@@ -20,7 +20,7 @@ from .physics import combined_loss, label_loss, padded_size
 from .model import PtychoPINN_Lightning
 from .stitching import stitch_scan
 from .evaluation import score_scan, ground_truth_on_canvas
-from .training import TrainingClock, check_checkpoint, stopped_run, build_trainer, default_execution_config, resolve_precision, predict_scan, inference_device
+from .training import TrainingClock, check_checkpoint, build_trainer, default_execution_config, resolve_precision, predict_scan, inference_device
 from .persistence import save_torch_bundle, load_torch_bundle
 
 # %% auto #0

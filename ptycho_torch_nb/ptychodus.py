@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version as _dist_version
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
-from .core import atomic_path, pretrained_card
+from .core import atomic_path, pretrained_card, prepare_output_dir
 from .config import POLISH_EPOCHS
 
 logger = logging.getLogger(__name__)
@@ -300,7 +300,6 @@ def train_model(input_path,                                  # training NPZ file
     config = _training_config(settings, train, out)
     ec = PyTorchExecutionConfig(accelerator=settings.accelerator, logger_backend=None, enable_progress_bar=False)
     validate_run(config, ec, where='ReconstructorSettings', seed=settings.seed, M=settings.stitch_crop)  # before any write
-    from ptycho_torch_nb.training import prepare_output_dir
     # ptychodus' Train names this folder: its previous run is replaced, never mixed. The model it holds (which the
     # reconstructor may have loaded) stays until the new archive replaces it atomically: a failed Train loses nothing.
     prepare_output_dir(out, overwrite=True, keep=(ARCHIVE_NAME,)).mkdir(parents=True, exist_ok=True)

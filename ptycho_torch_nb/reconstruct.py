@@ -8,7 +8,7 @@ import copy, dataclasses, json, math, os, sys, tempfile, time, warnings
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
-from .core import require_torch, atomic_path, jsonable
+from .core import require_torch, atomic_path, jsonable, prepare_output_dir
 torch = require_torch()
 from . import physics, params
 from .config import ModelConfig, TrainingConfig, ScanOptions, POLISH_STARTS, update_legacy_dict, validate_run, validate_run_options
@@ -19,7 +19,7 @@ from .model import PtychoPINN_Lightning
 from .stitching import stitch_scan, reassemble_position, stitch_geometry
 from .evaluation import score_scan, ground_truth_on_canvas, save_outputs
 from .training import (default_execution_config, resolve_precision, build_trainer, ContainerDataModule,
-                                      LossHistory, TrainingClock, predict_scan, prepare_output_dir, inference_device)
+                                      LossHistory, TrainingClock, predict_scan, inference_device)
 from .persistence import load_torch_bundle, save_torch_bundle
 
 # %% auto #0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, logging, math, os, signal, sys, threading, time, warnings
 from pathlib import Path
 import numpy as np
-from .core import require_torch, atomic_path
+from .core import require_torch, atomic_path, prepare_output_dir
 from .raw_data import MAX_SCAN_EXTENT, check_span, normalization_factor, RawDataTorch
 from .hdf5_data import HDF5Scan, iter_hdf5_chunks
 from .stitching import stitch_geometry
@@ -514,7 +514,6 @@ def _run(self, source,  # iterable of (amplitude [k, N, N], x [k], y [k]) chunks
     if hasattr(source, 'expect'): source.expect(self.N)   # a `FileSource` of another pattern size: refused before the first chunk
     made = output_dir is not None and not Path(output_dir).exists()   # a folder this run makes: removed if it ends up empty
     if output_dir is not None:   # a folder holding any run (a stream's live.*, a training) is refused; overwrite sets it aside
-        from ptycho_torch_nb.training import prepare_output_dir
         prepare_output_dir(output_dir, overwrite).mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
     bar = tqdm(total=total, unit='pat', disable=not progress, file=sys.stderr, smoothing=0.1)

@@ -17,10 +17,9 @@ from .config import PyTorchExecutionConfig, VALID_ACCELERATORS
 from .model import warmup_cosine
 
 # %% auto #0
-__all__ = ['torch', 'RUN_ARTIFACTS', 'default_execution_config', 'resolve_precision', 'inference_device', 'check_accelerator',
-           'ContainerDataset', 'make_dataloader', 'ContainerDataModule', 'LossHistory', 'AtomicCheckpointIO',
-           'build_trainer', 'ranks_max', 'TrainingClock', 'predict_object_patches', 'predict_scan',
-           'prepare_output_dir', 'stopped_run', 'set_aside', 'check_checkpoint', 'resume_checkpoint']
+__all__ = ['torch', 'default_execution_config', 'resolve_precision', 'inference_device', 'check_accelerator', 'ContainerDataset',
+           'make_dataloader', 'ContainerDataModule', 'LossHistory', 'AtomicCheckpointIO', 'build_trainer', 'ranks_max',
+           'TrainingClock', 'predict_object_patches', 'predict_scan', 'check_checkpoint', 'resume_checkpoint']
 
 # %% ../nbs/04_training.ipynb #4c250cb0
 def default_execution_config(**overrides):
@@ -353,53 +352,6 @@ def predict_scan(model,  # a trained `PtychoPINN_Lightning`
     return views.to(torch.complex64).numpy()
 
 # %% ../nbs/04_training.ipynb #f5dc41d7
-RUN_ARTIFACTS = ('wts.h5.zip', 'checkpoints', 'lightning_logs', 'mlruns', 'metrics.json', 'reconstruction.npz',   # every name the
-                 'reconstruct.json', 'stitched_object.npy', 'reconstructed_amplitude.png', 'reconstructed_phase.png',   # tools write into
-                 'comparison.png', 'loss_curve.png', 'probe.npy', 'network',   # an output folder: training, inference, reconstruct;
-                 'solver.npz', 'demo.png', 'demo.json', MODEL_CARD, '.train',  # the demo, pretraining, the ptychodus Train's stage;
-                 'stream.json', 'live.png', 'live.npz', 'live.h5', 'object.npz', 'object.h5', 'amplitude.png', 'phase.png',  # a stream;
-                 '.previous_run')   # the run an --overwrite replaced, kept until the next one
-_WRITTEN_WITH = {'probe.npy': 'reconstruct.json', 'network': 'network/reconstruct.json', **dict.fromkeys(
-                 ('object.npz', 'object.h5', 'amplitude.png', 'phase.png'), 'stream.json')}   # a common name: ours beside its record
-
-def prepare_output_dir(output_dir,  # the run's output folder
-                       overwrite: bool = False,  # remove a previous run's artifacts (only `RUN_ARTIFACTS`) first
-                       resume=None,  # a resumed run continues in its own folder
-                       keep=(),  # artifacts left in place when overwriting (a file the new run replaces atomically)
-                       reads=(),  # what the run reads (a model folder or archive; None skipped): never set aside or deleted
-                      ) -> Path:
-    "Refuse a folder that holds a previous run, so two runs never mix (`FileExistsError` naming it and the fix)."
-    out = output_folder(output_dir)
-    found = [n for n in RUN_ARTIFACTS if (out / n).exists() and (out / _WRITTEN_WITH.get(n, n)).exists()]
-    if not found or resume not in (None, False): return out
-    if not overwrite:
-        raise FileExistsError(f"{out}: holds a previous run ({', '.join(found)})"
-                              + ("; it stopped before writing its model: --resume last (resume='last') continues it" if stopped_run(out) else '')
-                              + "; pass --overwrite (overwrite=True) to replace it, or choose a new output folder")
-    moved = [(out / n).resolve() for n in (*found, '.previous_run')]
-    inside = lambda p: p == out.resolve() or any(m == p or m in p.parents for m in moved)
-    if clash := [str(p) for p in reads if p is not None and inside(Path(p).resolve())]:
-        raise ValueError(f"{out}: --overwrite (overwrite=True) would set aside or delete {', '.join(clash)}, which this run "
-                         "reads; write to another output folder")
-    return set_aside(out, [n for n in found if n not in keep])
-
-def stopped_run(out: Path) -> bool:
-    "Whether the folder holds a training that stopped before it wrote its model: a last checkpoint, no archive."
-    return (out / 'checkpoints' / 'last.ckpt').exists() and not (out / 'wts.h5.zip').exists()
-
-def set_aside(out: Path,  # an output folder
-              names,  # its run artifacts to move
-             ) -> Path:
-    "Move `names` into `out/.previous_run/` (emptied first): a new run stopped before its end leaves the one it replaces whole."
-    import shutil
-    prev = out / '.previous_run'
-    names = [n for n in names if n != prev.name]
-    if not names: return out                # nothing new (a second call: the CLIs check before the API does): keep it
-    if prev.exists(): shutil.rmtree(prev)   # the run before the previous one
-    prev.mkdir()
-    for n in names: os.replace(out / n, prev / n)
-    return out
-
 def check_checkpoint(path,  # a Lightning checkpoint (a zip archive, `torch.save`'s format)
                     ) -> Path:
     "`path` if it is whole (every member passes its CRC: flipped bytes would otherwise load as wrong weights); `ValueError` naming it otherwise."

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses, json, logging, math, os, time
 from pathlib import Path
 import numpy as np
-from .core import require_torch, in_test
+from .core import require_torch, in_test, prepare_output_dir
 torch = require_torch()
 import lightning as L
 from . import params
@@ -19,7 +19,7 @@ from .model import PtychoPINN_Lightning
 from .stitching import patch_positions, stitch_patches
 from .evaluation import evaluate_reconstruction
 from .training import (default_execution_config, build_trainer, ContainerDataModule, LossHistory,
-                                      predict_object_patches, prepare_output_dir, resume_checkpoint, inference_device)
+                                      predict_object_patches, resume_checkpoint, inference_device)
 from .persistence import save_torch_bundle
 
 # %% auto #0

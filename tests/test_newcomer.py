@@ -148,7 +148,7 @@ def test_metrics_schema_conventions(tmp_path):
 
 @pytest.mark.parametrize('cmd', CLIS + ('pretrain',))
 def test_cli_answers_without_importing_torch(cmd, tmp_path):
-    "Fresh process: `--help` and a file with a wrong key are answered before torch (or Lightning) is imported."
+    "Fresh process: `--help`, a file with a wrong key and a used output folder are answered before torch (or Lightning) is imported."
     bad = tmp_path / 'bad.npz'
     np.savez(bad, xcoordz=np.zeros(4), ycoords=np.zeros(4), diff3d=np.zeros((4, 8, 8), np.float32),
              probeGuess=np.ones((8, 8), np.complex64))
@@ -160,7 +160,15 @@ def test_cli_answers_without_importing_torch(cmd, tmp_path):
              "try: rc = getattr(cli, sys.argv[1] + '_main')(sys.argv[2:])\nexcept SystemExit as e: rc = e.code\n"
              "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules, 'lightning': 'lightning' in sys.modules,"
              " 's': time.perf_counter() - t0}), file=sys.stderr)")
-    for argv, want_rc in (([cmd, '--help'], 0), ([cmd, *bad_args], 2)):
+    good, used = tmp_path / 'good.npz', tmp_path / 'used'   # a valid scan, and a folder that holds a previous run
+    from ptycho_torch_nb.simulation import simulated_scan
+    simulated_scan(n=8).to_file(good); used.mkdir(); (used / 'metrics.json').write_text('{}')
+    used_args = {'train': ['--train_data_file', str(good), '--test_data_file', str(good), '--output_dir', str(used)],
+                 'infer': ['--model_path', str(tmp_path / 'model'), '--test_data', str(good), '--output_dir', str(used)],
+                 'reconstruct': [str(good), '--output_dir', str(used)]}.get(cmd)
+    cases = [([cmd, '--help'], 0, None), ([cmd, *bad_args], 2, "'xcoords'" if cmd != 'pretrain' else '')]
+    if used_args: cases.append(([cmd, *used_args], 2, 'holds a previous run (metrics.json)'))
+    for argv, want_rc, says in cases:
         t0 = time.perf_counter()
         p = subprocess.run([sys.executable, '-c', probe, *argv], env=_env(), cwd=tmp_path, capture_output=True,
                            text=True, timeout=120)
@@ -172,7 +180,7 @@ def test_cli_answers_without_importing_torch(cmd, tmp_path):
         if want_rc == 2:
             err = p.stderr.strip().splitlines()
             assert err[-2].startswith(f'ptycho-torch-{cmd}: error:'), err
-            assert "'xcoords'" in err[-2] or cmd == 'pretrain', err
+            assert says in err[-2], (says, err)
             assert 'Traceback' not in p.stderr
 
 

@@ -329,7 +329,7 @@ def test_saved_files_follow_the_umask(tmp_path, umask, mode):
 
 # ------------------------------------------------------------------ 4. runs never mix
 def test_used_output_folder_refused_unless_overwrite(tmp_path):
-    from ptycho_torch_nb.workflow import prepare_output_dir
+    from ptycho_torch_nb.core import prepare_output_dir
     out = tmp_path / 'run'; (out / 'checkpoints').mkdir(parents=True)
     (out / 'wts.h5.zip').write_bytes(b'first run'); (out / 'notes.txt').write_text('mine')
     before = _snapshot(out)

@@ -181,7 +181,7 @@ def test_live_snapshots_are_written(model, data, tmp_path):
                 seen.append((tmp_path / 'live' / 'live.npz').exists())
     S.StreamingReconstructor(model, compile=False).run(Watch(), tmp_path / 'live', snapshot_every_s=0.1, progress=False)
     assert any(seen[:-1])                                       # a live snapshot existed before the end
-    from ptycho_torch_nb.training import RUN_ARTIFACTS          # every product is a run artifact: --overwrite clears it
+    from ptycho_torch_nb.core import RUN_ARTIFACTS          # every product is a run artifact: --overwrite clears it
     assert {p.name for p in (tmp_path / 'live').iterdir()} <= set(RUN_ARTIFACTS)
 
 class FakeClock:
