@@ -11,7 +11,7 @@ cfg = ConfigParser(delimiters=['='])
 cfg.read(here / 'settings.ini', encoding='utf-8')
 cfg = cfg['DEFAULT']
 
-licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
+licenses = {'apache2': 'Apache-2.0'}   # settings.ini's name -> the SPDX expression (setuptools wants it instead of a classifier)
 lic = licenses[cfg['license']]
 statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable']
 
@@ -25,12 +25,11 @@ setuptools.setup(
     long_description=readme.read_text(encoding='utf-8') if readme.exists() else cfg['description'],
     long_description_content_type='text/markdown',
     author=cfg['author'], author_email=cfg['author_email'],
-    license=lic[0], url=cfg['git_url'],
+    license=lic, url=cfg['git_url'],
     keywords=cfg['keywords'],
     classifiers=[
         'Development Status :: ' + statuses[int(cfg['status'])],
         'Intended Audience :: ' + cfg['audience'].title(),
-        'License :: ' + lic[1],
         'Natural Language :: ' + cfg['language'].title(),
         'Programming Language :: Python :: 3.11',
         'Topic :: Scientific/Engineering :: Physics',
