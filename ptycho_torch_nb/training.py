@@ -8,7 +8,7 @@ import importlib.util, math, os, sys, time, zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
-from .core import require_torch, output_folder, atomic_path, MODEL_CARD
+from .core import require_torch, atomic_path
 torch = require_torch()
 import lightning as L
 from lightning.pytorch.plugins.io import TorchCheckpointIO
