@@ -19,7 +19,7 @@ Usage: python benchmarks/bench_amortised.py --model data/pretrained_N64 [--n 256
        [--polish_epochs 100] [--finetune_s 0] [--repeats 1] [--threads 2] [--out amortised.json]
        [--fixture nbs/fixtures/amortised_bench.json]   (the curves the pretrain notebook plots)
 """
-import argparse, json, sys, time
+import argparse, json, sys
 from pathlib import Path
 import numpy as np
 

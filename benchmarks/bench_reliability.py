@@ -1,6 +1,6 @@
 """Issue 15: how fast hostile archives are refused (real zip bombs, not patched headers), and what the gate costs.
 Run: python benchmarks/bench_reliability.py   (writes nothing outside a temporary folder)."""
-import atexit, io, json, shutil, tempfile, time, zipfile
+import atexit, io, shutil, tempfile, time, zipfile
 from pathlib import Path
 import torch
 from ptycho_torch_nb import params

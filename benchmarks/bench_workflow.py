@@ -21,7 +21,7 @@ REFERENCE = {  # upstream_baseline.md (TF 2.21, same machine class, 2 threads)
 
 def run_one(gridsize: int, epochs: int, workdir: Path) -> dict:
     sys.path.insert(0, str(ROOT))
-    import logging, warnings, tempfile
+    import logging, warnings
     warnings.filterwarnings('ignore')
     for n in ('lightning', 'lightning.pytorch'): logging.getLogger(n).setLevel(logging.ERROR)
     t_import = time.perf_counter()

@@ -1,7 +1,7 @@
 """Same seed, same steps, one thread: reconstruct_scan, iterative_reference and run_cdi_example_torch, printed as JSON.
 
 Run it in two checkouts (PYTHONPATH=<checkout>) to compare a refactor before and after (benchmarks/RESULTS.md, issue 14)."""
-import atexit, shutil, sys, json, tempfile, warnings, logging, torch, numpy as np
+import atexit, shutil, json, tempfile, warnings, logging, torch
 from pathlib import Path
 OUT = Path(tempfile.mkdtemp()); atexit.register(shutil.rmtree, OUT, True)
 warnings.filterwarnings('ignore'); logging.getLogger('lightning.pytorch').setLevel(logging.ERROR)

@@ -35,7 +35,6 @@ Usage: python benchmarks/gpu_check.py --out DIR [--deadline_s 420] [--n_scans 40
 """
 import argparse, functools, json, shutil, sys, tempfile, time
 from pathlib import Path
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT.parent), str(ROOT)]
@@ -189,7 +188,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     if a.resume is not None and not a.resume.is_file():     # before the imports: a typo costs no torch start-up
         print(f"gpu_check: --resume {a.resume}: no such checkpoint", file=sys.stderr); return 2
-    import torch, warnings
+    import warnings
     from ptycho_torch_nb.core import quiet_libraries
     quiet_libraries(False); warnings.filterwarnings('ignore', message='.*(does not have many workers|GPU available).*')
     out = a.out; out.mkdir(parents=True, exist_ok=True)

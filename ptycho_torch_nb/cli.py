@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_cli.ipynb #3e0b67f3
 from __future__ import annotations
-import argparse, dataclasses, json, os, sys, warnings
+import argparse, json, sys, warnings
 from pathlib import Path
 from typing import Optional, Sequence
 from .config import ScanOptions, GENERATOR_MODES, POLISH_STARTS, POLISH_EPOCHS, ROUTES, PATTERN_SIZES, validate_run_options

@@ -13,7 +13,7 @@ __all__ = ['PATTERN_SIZES', 'N_IMAGES_DEPRECATION', 'KEY_MAPPINGS', 'RUN_OPTION_
 
 # %% ../nbs/01_config.ipynb #917ba3e1
 import math, numbers, os, json, typing, warnings, dataclasses
-from dataclasses import dataclass, field, fields, asdict
+from dataclasses import dataclass, fields, asdict
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Union
 

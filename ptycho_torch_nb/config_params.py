@@ -6,7 +6,7 @@
 __all__ = ['DataConfig', 'ModelConfig', 'TrainingConfig', 'InferenceConfig', 'DatagenConfig', 'update_existing_config']
 
 # %% ../nbs/01b_config_params.ipynb #0760c49e
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, List, Literal, Optional, Tuple, Union
 
 # %% ../nbs/01b_config_params.ipynb #3b2ff31a

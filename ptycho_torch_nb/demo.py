@@ -4,7 +4,7 @@
 
 # %% ../nbs/06d_demo.ipynb #1c7bb3ac
 from __future__ import annotations
-import argparse, json, sys, time, warnings
+import argparse, json, sys, time
 from pathlib import Path
 from typing import Optional, Sequence
 

@@ -5,7 +5,7 @@
 # %% ../nbs/00a_parity.ipynb #5a5759d9
 from __future__ import annotations
 import importlib, json, re
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 from pathlib import Path
 from .core import repo_root
 

@@ -4,9 +4,9 @@
 
 # %% ../nbs/06a_persistence.ipynb #13687cad
 from __future__ import annotations
-import io, os, re, json, math, time, zlib, pickle, zipfile, warnings, dataclasses, importlib, contextlib, itertools
+import io, os, re, json, math, zlib, pickle, zipfile, warnings, dataclasses, importlib, contextlib, itertools
 from pathlib import Path, PurePosixPath
-from typing import Any, Optional
+from typing import Optional
 import numpy as np
 from .core import require_torch, atomic_path, fault_point
 torch = require_torch()
@@ -103,7 +103,7 @@ def _encode_value(value, key: str, arrays: dict):
     if isinstance(value, torch.Tensor) or isinstance(value, np.ndarray):
         kind = 'torch' if isinstance(value, torch.Tensor) else 'numpy'
         arr = value.detach().cpu().numpy() if kind == 'torch' else np.asarray(value)
-        if arr.dtype == object: raise TypeError(f"object array")
+        if arr.dtype == object: raise TypeError("object array")
         stem = re.sub(r'[^A-Za-z0-9_.-]', '_', key)
         while stem in arrays: stem += '_'
         arrays[stem] = np.ascontiguousarray(arr)

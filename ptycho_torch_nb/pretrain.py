@@ -6,7 +6,7 @@
 from __future__ import annotations
 import dataclasses, datetime, functools, hashlib, json, math, os, subprocess, sys, time, warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 import numpy as np
 import torch
 import lightning as L
@@ -15,7 +15,7 @@ from .config import ModelConfig, TrainingConfig, ScanOptions, PATTERN_SIZES, val
 from .data_container import grouped_container, scan_nphotons, scan_truth
 from .hdf5_data import load_scan
 from .simulation import probe_diameter
-from .corpus import check_families, corpus_spec, grouped_corpus_scan, TRAINING_FAMILIES
+from .corpus import check_families, corpus_spec, grouped_corpus_scan
 from .physics import combined_loss, label_loss, padded_size
 from .model import PtychoPINN_Lightning
 from .stitching import stitch_scan

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06b_ptychodus.ipynb #aa2c5bb6
 from __future__ import annotations
-import dataclasses, importlib, json, logging, math, shutil, sys, time, zipfile
+import dataclasses, json, logging, math, shutil, sys, zipfile
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version as _dist_version
 from pathlib import Path

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02a_raw_data.ipynb #057d9864
 from __future__ import annotations
-import json, logging, math, itertools, hashlib, zipfile
+import json, logging, math, itertools
 from pathlib import Path
 import numpy as np
 

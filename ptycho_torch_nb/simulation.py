@@ -7,7 +7,7 @@ from __future__ import annotations
 import math, logging
 import numpy as np
 from .core import require_torch, data_path
-from .raw_data import RawDataTorch, extract_patches
+from .raw_data import RawDataTorch
 from . import physics
 
 torch = require_torch()

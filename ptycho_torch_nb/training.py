@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_training.ipynb #1698c96a
 from __future__ import annotations
-import importlib.util, math, os, sys, time, zipfile
+import importlib.util, os, sys, time, zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np

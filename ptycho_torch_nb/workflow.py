@@ -4,10 +4,10 @@
 
 # %% ../nbs/05_workflow.ipynb #1f443b47
 from __future__ import annotations
-import dataclasses, json, logging, math, os, time
+import dataclasses, logging, os, time
 from pathlib import Path
 import numpy as np
-from .core import require_torch, in_test, prepare_output_dir
+from .core import require_torch, prepare_output_dir
 torch = require_torch()
 import lightning as L
 from . import params

@@ -1,6 +1,6 @@
 """CLI tests: every flag reaches its config field; bad paths and bad values give one clean line; a tiny
 train -> infer round trip writes the expected files (in-process, N=64, 16 patterns, 1 epoch)."""
-import json, os, subprocess, sys, warnings
+import json, os, subprocess, sys
 from pathlib import Path
 import pytest
 from ptycho_torch_nb import cli

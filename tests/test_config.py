@@ -3,7 +3,7 @@
 The golden parity (reference snapshots) lives in nbs/01_config.ipynb and nbs/01a_params.ipynb; these
 tests cover what is clumsy in a notebook: files on disk, subprocess imports and a wide parametrised matrix.
 """
-import dataclasses, json, subprocess, sys, warnings
+import dataclasses, subprocess, sys, warnings
 from pathlib import Path
 
 import pytest

@@ -1,6 +1,6 @@
 """Data phase: every bad input of the data contract is refused with a message naming the file, key and problem;
 grouping-cache hit/miss/invalidation/corruption; ptychodus NPZ conversion. (Notebook cells cover the happy paths.)"""
-import json, logging, os
+import logging, os
 import numpy as np
 import pytest
 

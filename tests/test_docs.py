@@ -10,7 +10,7 @@ from the notebooks after nbdev's processing, and the result reads right in a rea
   (deselect with `-m "not browser"`). The screenshots go to `<build>/_docs/screenshots/`; the build folder
   is a pytest tmp folder, or `DOCS_TEST_BUILD_DIR` when set.
 """
-import base64, html, json, os, re, shutil, subprocess, sys, tempfile, time
+import base64, json, os, re, shutil, subprocess, sys, tempfile, time
 from html.parser import HTMLParser
 from pathlib import Path
 import pytest

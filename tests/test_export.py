@@ -1,7 +1,6 @@
 """Issue 17: `export.export_generator` and `ptycho-torch-export`: TorchScript, torch.export (and ONNX where onnxruntime
 installs) reproduce the eager generator within 1e-5 relative, and run in a process that cannot import ptycho_torch_nb."""
 import importlib.util, json, subprocess, sys
-from pathlib import Path
 import numpy as np
 import pytest
 import torch

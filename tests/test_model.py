@@ -6,7 +6,7 @@ import pytest
 import torch
 import lightning as L
 from ptycho_torch_nb import physics
-from ptycho_torch_nb.model import PtychoPINN_Lightning, PtychoPINN
+from ptycho_torch_nb.model import PtychoPINN_Lightning
 from ptycho_torch_nb.simulation import simulate_groups
 from ptycho_torch_nb.training import make_dataloader
 from ptycho_torch_nb.core import data_path, repo_root

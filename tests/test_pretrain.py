@@ -403,7 +403,7 @@ if rank == 0: print('STEPS', r['card']['training']['steps'])
 @pytest.mark.parametrize('mode,steps', [('budget', 1), ('spread', 2)])
 def test_ddp_ranks_stop_together(tmp_path, mode, steps):
     "DDP: a stop that one rank decides (its time budget; the collapse check, which rank 0 alone runs) stops every rank at that step."
-    import os, subprocess, sys
+    import subprocess, sys
     script = tmp_path / 'stop.py'; script.write_text(DDP_STOP)
     try: r = subprocess.run([sys.executable, str(script), mode, str(tmp_path / 'out')], capture_output=True, text=True,
                             timeout=150, env=child_env(OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore'))
@@ -424,7 +424,7 @@ if __name__ == '__main__':   # imports under the guard: the spawned workers re-i
 
 def test_a_corpus_larger_than_the_file_descriptor_limit(tmp_path):
     "The pool's scans come back as arrays: 80 scans of tensors under a limit of 64 open files (failed before: 'received 0 items of ancdata')."
-    import os, subprocess, sys
+    import subprocess, sys
     script = tmp_path / 'fd.py'; script.write_text(FD_LIMIT)
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=child_env(OMP_NUM_THREADS='1'))
     assert r.returncode == 0 and 'same corpus' in r.stdout, r.stderr[-2000:]

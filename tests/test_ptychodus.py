@@ -6,7 +6,7 @@ export read by our loader, ptychodus' SubprocessReconstructor (a spawned child r
 full ptychodus ModelCore with our reconstructor enabled. HOME points at a temporary folder because ptychodus
 reads token files from it.
 """
-import os, pickle, sys
+import pickle, sys
 from pathlib import Path
 import numpy as np
 import pytest

@@ -3,7 +3,7 @@ runs never mix; one seed gives bitwise-identical weights; every write path survi
 
 Each case asserts the exception type (or the CLI's exit code 2 and one line), that the message names the culprit,
 and that nothing was written or overwritten. Workloads are tiny (N=64, 16 patterns, 1 epoch)."""
-import dataclasses, io, json, math, os, pickle, signal, struct, subprocess, sys, textwrap, zipfile
+import dataclasses, io, json, os, pickle, signal, struct, subprocess, sys, textwrap, zipfile
 from pathlib import Path
 import numpy as np
 import pytest
@@ -117,7 +117,7 @@ def test_metadata_nphotons_checked_like_the_field(meta, tiny_files, tmp_path, ca
     from ptycho_torch_nb.raw_data import RawDataTorch
     src = dict(np.load(tiny_files[0]))
     p = tmp_path / 'meta.npz'; np.savez(p, **{**src, '_metadata': np.asarray(json.dumps(meta))})
-    with pytest.raises(ValueError, match=rf"meta\.npz: _metadata: nphotons="): RawDataTorch.from_file(p)
+    with pytest.raises(ValueError, match=r"meta\.npz: _metadata: nphotons="): RawDataTorch.from_file(p)
     code = cli.train_main(['--train_data_file', str(p), '--output_dir', str(tmp_path / 'o'), '--accelerator', 'cpu', '--quiet'])
     line = _one_line(capsys.readouterr().err)
     assert code == 2 and 'meta.npz' in line and 'nphotons' in line

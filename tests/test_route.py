@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ptycho_torch_nb import cli
-from ptycho_torch_nb.route import choose_route, shipped_model, amortised_reconstruct
+from ptycho_torch_nb.route import choose_route, shipped_model
 from ptycho_torch_nb.simulation import simulated_scan
 
 

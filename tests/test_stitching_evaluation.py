@@ -1,13 +1,12 @@
 """Checks of `ptycho_torch_nb.stitching` and `ptycho_torch_nb.evaluation` that do not belong in the notebooks:
 argument validation (errors name the argument and its shape), import hygiene, headless plotting, and the
 deliberate deviations from the reference."""
-import math, subprocess, sys
+import subprocess, sys
 import numpy as np
 import pytest
 import torch
 
-from ptycho_torch_nb.stitching import (reassemble_position, stitch_geometry, absolute_positions, object_region,
-                                       flatten_patches, amplitude_phase)
+from ptycho_torch_nb.stitching import reassemble_position, stitch_geometry, object_region, amplitude_phase
 from ptycho_torch_nb import evaluation as ev
 
 

@@ -130,7 +130,7 @@ def _check_final(out, n, interrupted, fmt='npz'):
     st = json.loads((out / 'stream.json').read_text())
     assert st['n_patterns'] == n and st['interrupted'] is interrupted
     if fmt == 'npz':
-        with np.load(out / f'object.npz') as f: obj, w, st2 = f['object'], f['weights'], json.loads(str(f['stats']))
+        with np.load(out / 'object.npz') as f: obj, w, st2 = f['object'], f['weights'], json.loads(str(f['stats']))
     else:
         with h5py.File(out / 'object.h5') as f: obj, w, st2 = f['object'][()], f['weights'][()], json.loads(f.attrs['stats'])
     assert np.isfinite(obj).all() and w.max() > 0 and st2['n_patterns'] == n
@@ -146,7 +146,7 @@ def test_ctrl_c_mid_chunk_leaves_a_valid_product(model, data, tmp_path):
     assert signal.getsignal(signal.SIGINT) is old             # handler restored
     st = _check_final(tmp_path / 'cut', 24, True, 'h5')       # the chunk in flight completed, nothing after it
     assert res['stats']['n_chunks'] == 3 and st['error'] is None
-    img, w = res['object'], res['weights']
+    img = res['object']
     ref = S.StreamingReconstructor(model, compile=False); ref.update(amp[:8], xy[:8, 0], xy[:8, 1]); ref.update(amp[8:24], xy[8:24, 0], xy[8:24, 1])
     np.testing.assert_allclose(img, ref.image()[0], atol=1e-5 * np.abs(img).max())   # exactly the 3 chunks, whole
 

@@ -105,7 +105,6 @@ def test_logger_choices(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match='pip install tensorboard'): T._logger('tensorboard', tmp_path)
 
 def test_trainer_maps_execution_config(tmp_path):
-    from ptycho_torch_nb import workflow as W
     ec = T.default_execution_config(accelerator='cpu', accum_steps=3, gradient_clip_val=0.5, precision='bf16-mixed',
                                     checkpoint_save_top_k=2, checkpoint_mode='max', early_stop_patience=5,
                                     logger_backend=None, deterministic=False)
