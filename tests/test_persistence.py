@@ -1,6 +1,6 @@
 """Persistence tests that need other processes: fresh-process round trip, resume after SIGKILL, refusals.
 
-The notebook `nbs/06a_persistence.ipynb` holds the in-process checks; these cover what a notebook cell cannot
+The notebook `nbs/04a_persistence.ipynb` holds the in-process checks; these cover what a notebook cell cannot
 (a new interpreter with no state, a training process killed mid-epoch).
 """
 import io, json, math, os, pickle, signal, subprocess, sys, time, uuid, zipfile
@@ -203,7 +203,7 @@ def _error_cases(path, tmp):
         'npy_header_lies': (lambda: ld(_forge(path, tmp / 'o.zip', replace={'diffraction_to_obj/params_arrays/probe.npy': huge_npy})),
                             ValueError, "is not a plain .npy array: its header declares shape (1099511627776,) of complex128"),
         'unknown_class': (lambda: ld(_forge(path, tmp / 'l.zip', replace={'diffraction_to_obj/model.json': json.dumps(
-                              {'model_class': 'os.system', 'checkpoint': 'diffraction_to_obj/model.ckpt'})})), ValueError, 'neither defined in ptycho_torch_nb nor registered'),
+                              {'model_class': 'os.system', 'checkpoint': 'diffraction_to_obj/model.ckpt'})})), ValueError, "'os.system' is not registered"),
     }
 
 
