@@ -355,19 +355,18 @@ def reconstruct_scan(raw,                       # RawDataTorch of the scan (obje
                      settings: ReconstructorSettings = ReconstructorSettings(),
                     ) -> dict:
     "Predict and stitch a scan with a saved model: {'stitched', 'weights', 'positions', 'M', 'anchor'} (the workflow's canvas, anchored on the object grid)."
-    from ptycho_torch_nb.config import InferenceConfig, ModelConfig
+    from ptycho_torch_nb.config import InferenceConfig, ModelConfig, validate_run
     from ptycho_torch_nb.workflow import reassemble_cdi_image_torch
-    from ptycho_torch_nb.config import validate_run_options
     model, params = load_model(model_path)
     N, gridsize = int(params['N']), int(params['gridsize'])
-    validate_run_options('ReconstructorSettings', N=N, M=settings.stitch_crop, seed=settings.seed)
-    if raw.N != N:
-        raise ValueError(f"the model in {model_path} was trained on {N}x{N} patterns; this scan has {raw.N}x{raw.N}")
     C = gridsize * gridsize
     config = InferenceConfig(model=ModelConfig(N=N, gridsize=gridsize), model_path=Path(model_path), test_data_file=Path(),
                              n_groups=max(len(raw) // C, 1) if C > 1 else len(raw),
                              neighbor_count=int(params.get('neighbor_count', settings.neighbor_count)),
                              subsample_seed=settings.seed, backend='pytorch')
+    validate_run(config, where='ReconstructorSettings', M=settings.stitch_crop, seed=settings.seed)   # the one gate
+    if raw.N != N:
+        raise ValueError(f"the model in {model_path} was trained on {N}x{N} patterns; this scan has {raw.N}x{raw.N}")
     M, anchor = settings.stitch_crop, grid_anchor(np.column_stack([raw.xcoords, raw.ycoords]))
     from ptycho_torch_nb.training import inference_device
     model.to(inference_device(settings.accelerator))

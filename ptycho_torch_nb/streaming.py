@@ -440,22 +440,22 @@ def open_source(path,  # .npz or HDF5 scan file
                 follow: bool = False,  # the HDF5 file is still being written: `poll_hdf5`
                 rate: float | None = None,  # replay a complete file at this many patterns/s
                 chunk: int = 64, poll_s: float = 0.2, idle_timeout_s: float = 10.0, expected: int | None = None,
-                **hdf5_options,  # HDF5Scan options (diffraction, positions, units, pixel_size, mask, crop, centre, data)
+                **options,  # the file's loader options (`hdf5_data.scan_options`): HDF5Scan's, or RawDataTorch.from_file's for an NPZ
                ) -> tuple:
     "(`FileSource`, patterns expected or None); a complete file is opened, and its positions checked, before streaming."
     path = Path(path)
     if follow:
         if path.suffix.lower() == '.npz': raise ValueError(f"{path}: following needs an HDF5 source (an NPZ file is never appended to)")
         return FileSource(path, lambda need: poll_hdf5(path, chunk=chunk, poll_s=poll_s, idle_timeout_s=idle_timeout_s,
-                                                       expected=expected, N=need, **hdf5_options)), expected
+                                                       expected=expected, N=need, **options)), expected
     if not path.is_file(): raise FileNotFoundError(f"scan file not found: {path}")
     if path.suffix.lower() == '.npz':   # the data contract refuses positions spanning too much or one pixel
-        raw = RawDataTorch.from_file(path)
+        raw = RawDataTorch.from_file(path, **options)   # --data, --diffraction_layout
         return FileSource(path, lambda need: paced(array_chunks(raw.diff3d, raw.xcoords, raw.ycoords, chunk), rate), int(raw.diff3d.shape[-1])), len(raw.xcoords)
-    with HDF5Scan(path, swmr=False, **hdf5_options) as scan: total, N, (x, y) = len(scan), scan.N, scan.positions()   # reads no frame
+    with HDF5Scan(path, swmr=False, **options) as scan: total, N, (x, y) = len(scan), scan.N, scan.positions()   # reads no frame
     ok = np.isfinite(x) & np.isfinite(y)   # a pattern without a finite position is dropped when it comes
     check_span(max(np.ptp(x[ok]), np.ptp(y[ok])) if ok.any() else 0.0, int(ok.sum()), str(path))
-    return FileSource(path, lambda need: replay_file(path, rate, chunk, swmr=False, **hdf5_options), N), total
+    return FileSource(path, lambda need: replay_file(path, rate, chunk, swmr=False, **options), N), total
 
 # %% ../nbs/05c_streaming.ipynb #a7a08a3c
 class _StopFlag:

@@ -13,7 +13,7 @@ import lightning as L
 from . import params
 from .config import update_legacy_dict, validate_run
 from .raw_data import RawDataTorch
-from .data_container import PtychoDataContainerTorch, constant_over_scan
+from .data_container import PtychoDataContainerTorch, constant_over_scan, check_truth
 from .simulation import make_run1084_datasets
 from .model import PtychoPINN_Lightning
 from .stitching import patch_positions, stitch_patches
@@ -155,11 +155,17 @@ def reassemble_cdi_image_torch(test_data, config, model=None, flip_x: bool = Fal
                         'inference_patterns': n_patterns, 'inference_patterns_per_s': n_patterns / max(t1 - t0, 1e-9)}
 
 # %% ../nbs/05_workflow.ipynb #f26fe4b4
-def _ground_truth_object(test_data, container):
+def _ground_truth_object(test_data, container, positions):
+    "The test scan's objectGuess where it can be scored: it holds every stitched position and is not one constant value."
     gt = getattr(container, 'objectGuess', None) if container is not None else None
     if gt is None and test_data is not None and not isinstance(test_data, (str, os.PathLike)):
         gt = getattr(test_data, 'objectGuess', None)
-    if gt is not None and constant_over_scan(gt):   # a flat start (one value throughout) is no truth
+    if gt is None: return None
+    try: check_truth(gt, positions)   # a crop, or an object in another frame, would be scored against zeros
+    except ValueError as e:
+        logging.getLogger(__name__).warning("test data: not scored: its objectGuess is no truth for it (%s)", e)
+        return None
+    if constant_over_scan(gt):   # a flat start (one value throughout) is no truth
         logging.getLogger(__name__).warning("test data: not scored: its objectGuess is one constant value, an initial guess")
         return None
     return gt
@@ -184,7 +190,7 @@ def run_cdi_example_torch(train_data, test_data, config, flip_x: bool = False, f
         amp, phase, rec = reassemble_cdi_image_torch(results['test_container'], config, results['models']['diffraction_to_obj'],
                                                      flip_x, flip_y, transpose, M, execution_config=ec)
         results.update({k: v for k, v in rec.items() if k != 'test_container'})
-        gt_obj = _ground_truth_object(test_data, results['test_container'])
+        gt_obj = _ground_truth_object(test_data, results['test_container'], rec['global_offsets'])
         if gt_obj is not None and not (flip_x or flip_y or transpose):
             results['metrics'], results['ground_truth_canvas'], results['scored_box'] = evaluate_reconstruction(
                 rec['stitched_obj'], rec['global_offsets'], gt_obj, M, rec['stitch_weights'])

@@ -366,6 +366,18 @@ def test_cli_stream_hdf5_and_errors(archive, data, tmp_path, capsys):
     assert 'entry/nothing' in err and 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
     assert stream_main([str(archive), str(p), '--positions', 'entry/x', 'entry/y', '--output_dir', str(tmp_path / 'o'), '--quiet']) == 2
     assert 'holds a previous run (stream.json' in capsys.readouterr().err
+    # an NPZ source takes --data and --diffraction_layout, as every command's NPZ does; the HDF5-only flags are refused
+    npz = tmp_path / 's.npz'
+    np.savez(npz, diff3d=amp, xcoords=xy[:, 0], ycoords=xy[:, 1], probeGuess=np.ones((N, N), np.complex64))
+    assert stream_main([str(archive), str(npz), '--crop', '64', '--output_dir', str(tmp_path / 'o3'), '--quiet']) == 2
+    err = capsys.readouterr().err
+    assert '--crop' in err and 'NPZ' in err and len(err.strip().splitlines()) == 1, err
+    for kind in ('amplitude', 'intensity'):
+        assert stream_main([str(archive), str(npz), '--data', kind, '--diffraction_layout', 'MNN', '--output_dir',
+                            str(tmp_path / kind), '--quiet', '--no_compile', '--threads', '1']) == 0, capsys.readouterr().err
+        _check_final(tmp_path / kind, 48, False)
+    with np.load(tmp_path / 'amplitude' / 'object.npz') as a, np.load(tmp_path / 'intensity' / 'object.npz') as b:
+        assert not np.allclose(a['object'], b['object'])   # --data intensity: the square roots went in
 
 @pytest.mark.parametrize('sig, code', [(signal.SIGINT, 0), (signal.SIGTERM, 143)])
 def test_cli_signal_while_following(archive, data, tmp_path, sig, code):

@@ -134,11 +134,14 @@ def test_batches_are_indexed_once(tiny_files):
     np.testing.assert_array_equal(batches[1]['X'].numpy(), np.asarray(c.X[8:16]))
 
 
-def test_a_flat_object_guess_is_not_scored_as_the_truth():
-    "The train CLI's held-out scan: an objectGuess of one value throughout is an initial guess; a real one is kept."
+def test_an_object_guess_is_scored_only_where_it_is_a_truth():
+    """The train CLI's held-out scan: an objectGuess of one value throughout is an initial guess, one that does not hold
+    the stitched positions (a crop) would be scored against zeros; both are left out. A real one is kept."""
     from types import SimpleNamespace as NS
     import numpy as np
     from ptycho_torch_nb import workflow as W
-    assert W._ground_truth_object(None, NS(objectGuess=np.ones((40, 40), np.complex64))) is None
+    inside = np.array([[[5.0, 5.0]], [[30.0, 34.0]]])   # [n, 1, 2] absolute [x, y], as the stitch's global offsets
+    assert W._ground_truth_object(None, NS(objectGuess=np.ones((40, 40), np.complex64)), inside) is None
     real = np.exp(1j * np.linspace(0, 1, 1600)).reshape(40, 40).astype(np.complex64)
-    assert W._ground_truth_object(None, NS(objectGuess=real)) is real
+    assert W._ground_truth_object(None, NS(objectGuess=real), inside) is real
+    assert W._ground_truth_object(None, NS(objectGuess=real[:30, :30]), inside) is None   # y = 34 lies outside the crop
