@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 from .config import ScanOptions, GENERATOR_MODES, POLISH_STARTS, POLISH_EPOCHS, ROUTES, PATTERN_SIZES, validate_run_options
 from .core import (refuse_pretrained, OneLineParser, run_command, quiet_libraries, positive_int, non_negative_int, positive_float,
-                                  HelpFormatter, atomic_path, prepare_output_dir)
+                                  HelpFormatter, atomic_path, prepare_output_dir, output_folder, folder_path)
 from .hdf5_data import add_hdf5_arguments, hdf5_options, npz_options, is_hdf5, load_scan, scan_facts, scan_options  # numpy/h5py: --help stays torch-free
 
 # %% auto #0
@@ -45,7 +45,7 @@ def _add_runtime_flags(p, inference: bool = False):
 
 def _add_data_flags(p, inference: bool = False):
     g = p.add_argument_group('data and grouping (TrainingConfig / InferenceConfig)')
-    g.add_argument('--output_dir', '--output-dir', dest='output_dir', type=Path,
+    g.add_argument('--output_dir', '--output-dir', dest='output_dir', type=folder_path,
                    default=Path('inference_outputs' if inference else 'training_outputs'),
                    help='folder for images and metrics' + ('' if inference else ', checkpoints, logs and wts.h5.zip'))
     g.add_argument('--n_groups', '--n-groups', '--n_images', '--n-images', dest='n_groups', type=positive_int,
@@ -329,7 +329,7 @@ def reconstruct_parser() -> argparse.ArgumentParser:
                     'wts.h5.zip goes to --output_dir, or to its network/ with --polish). Writes images, metrics.json and reconstruct.json '
                     'into --output_dir; its last line says which route ran and why.')
     p.add_argument('scan', help='scan file: NPZ (diff3d or diffraction, xcoords, ycoords, probeGuess; objectGuess is used as the truth for scores) or HDF5 (see the HDF5 flags)')
-    p.add_argument('--output_dir', '--output-dir', required=True, help='folder for the outputs (created)')
+    p.add_argument('--output_dir', '--output-dir', required=True, type=folder_path, help='folder for the outputs (created)')
     p.add_argument('--time_budget', '--time-budget', type=float, default=None, metavar='SECONDS',
                    help='training wall-clock budget in seconds; without it, training runs --nepochs epochs, which takes '
                         'about an hour on 2 CPU cores for a 256-pattern scan (default: no budget)')
@@ -456,7 +456,7 @@ def pretrain_parser() -> argparse.ArgumentParser:
     "Argument parser of `ptycho-torch-pretrain`."
     p = OneLineParser(prog='ptycho-torch-pretrain', formatter_class=HelpFormatter, description='Pretrain PtychoPINN\'s single-scan network '
         'self-supervised on a simulated corpus of many samples; writes wts.h5.zip, model_card.json and checkpoints/.')
-    p.add_argument('--output_dir', '--output-dir', required=True, type=Path, help='folder for the model, its card and checkpoints')
+    p.add_argument('--output_dir', '--output-dir', required=True, type=folder_path, help='folder for the model, its card and checkpoints')
     p.add_argument('--n_scans', '--n-scans', type=positive_int, default=256, help='corpus scans to simulate')
     p.add_argument('--positions', type=positive_int, default=64, help='scan positions per corpus scan')
     p.add_argument('--N', type=int, choices=PATTERN_SIZES, default=64, help='pattern size')
@@ -492,6 +492,7 @@ def _pretrain(argv):
     args = pretrain_parser().parse_args(argv)
     validate_run_options('ptycho-torch-pretrain', N=args.N, seed=args.seed, time_budget_s=args.time_budget,
                          batch_size=args.batch_size, learning_rate=args.learning_rate, label_weight=args.label_weight)   # the gate
+    output_folder(args.output_dir)   # a file in the way, or no right to write: refused before the corpus is simulated
     if (args.output_dir / 'wts.h5.zip').exists() and not (args.resume or args.overwrite):
         raise CLIError(f"{args.output_dir}: already holds a pretrained model; use --resume, --overwrite or another --output_dir")
     if args.resume and args.init_from is not None:
@@ -524,7 +525,7 @@ def stream_parser() -> argparse.ArgumentParser:
                                 description='Reconstruct a scan live, chunk by chunk, with live.png and snapshots as it goes.')
     p.add_argument('model', type=Path, help='trained archive: wts.h5.zip or the folder holding it')
     p.add_argument('source', type=Path, help='scan file: .npz (data contract) or .h5/.hdf5/.nxs (detector counts)')
-    p.add_argument('--output_dir', '--output-dir', type=Path, default=Path('stream_outputs'), help='live and final products')
+    p.add_argument('--output_dir', '--output-dir', type=folder_path, default=Path('stream_outputs'), help='live and final products')
     g = p.add_argument_group('stream')
     g.add_argument('--follow', action='store_true', help='the HDF5 file is still being written: poll it (SWMR where used)')
     g.add_argument('--rate', type=positive_float, default=None, help='replay a complete file at this many patterns/s')
@@ -581,7 +582,8 @@ def export_parser() -> argparse.ArgumentParser:
 def _export(argv):
     args = export_parser().parse_args(argv)
     _check_file(args.model / 'wts.h5.zip' if args.model.is_dir() else args.model, 'model archive'); refuse_pretrained(args.model, 'ptycho-torch-export')
-    if args.output.is_file() and not args.overwrite: raise CLIError(f"{args.output}: exists (use --overwrite)")   # a folder: export_generator says so
+    if args.output.is_file() and not args.overwrite: raise CLIError(f"{args.output}: exists (use --overwrite)")
+    output_folder(args.output.parent)   # a folder that cannot be written: refused before the model is loaded   # a folder: export_generator says so
     from ptycho_torch_nb.export import export_generator
     res = export_generator(args.model, args.output, args.format, overwrite=args.overwrite)  # checked to 1e-5 against eager
     print(f"{res['format']} generator (N={res['N']}) written to {res['path']}; max relative difference to eager {res['max_rel_diff']:.2g}")

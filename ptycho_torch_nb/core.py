@@ -13,8 +13,9 @@ __all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'MODEL_CARD', 'RUN
            'LIBRARY_MODULES', 'require_torch', 'in_test', 'repo_root', 'data_path', 'fixtures_path', 'process_umask',
            'fault_point', 'pid_alive', 'clean_stale_temps', 'glob_escape', 'atomic_path', 'output_folder',
            'pretrained_card', 'refuse_pretrained', 'prepare_output_dir', 'stopped_run', 'set_aside', 'jsonable',
-           'OneLineParser', 'run_command', 'stopped_by_sigterm', 'end_process_group', 'positive_int',
-           'non_negative_int', 'positive_float', 'HelpFormatter', 'release_memory', 'quiet_libraries']
+           'OneLineParser', 'Terminated', 'sigterm_unwinds', 'run_command', 'stopped_by_sigterm', 'end_process_group',
+           'folder_path', 'positive_int', 'non_negative_int', 'positive_float', 'HelpFormatter', 'release_memory',
+           'quiet_libraries']
 
 # %% ../nbs/00_core.ipynb #4360d238
 TORCH_INSTALL_HINT = "pip install 'torch>=2.2'"
@@ -125,11 +126,19 @@ def atomic_path(final_path,  # where the file (or folder) should end up
 # %% ../nbs/00_core.ipynb #fa20394c
 def output_folder(path,  # where a run writes its products
                  ) -> Path:
-    "`path` as a `Path`, or `NotADirectoryError` when a file is in the way (checked before any work, so a run never fails at its end)."
+    "`path` as a `Path`; `NotADirectoryError` when a file is in the way, `PermissionError` when it cannot be written (checked before any work, so a run never fails at its end)."
+    if not str(path).strip(): raise ValueError("output folder: an empty name; name a folder (it is made if needed)")
     out = Path(path)
     if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{out}: output folder exists and is not a folder")
     if not out.exists() and out.parent.exists() and not out.parent.is_dir():
         raise NotADirectoryError(f"{out}: cannot be made, {out.parent} is a file")
+    base = next((p for p in (out, *out.parents) if p.is_dir()), None)   # where the first write (or mkdir) will happen
+    try:
+        fd, probe = tempfile.mkstemp(prefix='.write_check.', dir=base)
+        os.close(fd); os.unlink(probe)
+    except OSError as e:
+        where = 'the folder' if base == out else f'{base}, where it would be made'
+        raise PermissionError(f"{out}: output folder cannot be written ({e.strerror or e} in {where}); choose another one") from None
     return out
 
 # %% ../nbs/00_core.ipynb #e8275f44
@@ -214,7 +223,7 @@ def jsonable(x):
     return repr(x)
 
 # %% ../nbs/00_core.ipynb #b471e248
-import argparse, sys
+import argparse, signal, sys, threading
 
 class OneLineParser(argparse.ArgumentParser):
     "An `ArgumentParser` whose usage errors are one line `prog: error: ...` (exit code 2), not usage + error."
@@ -225,6 +234,22 @@ USER_ERRORS = (ValueError, TypeError, OSError, ImportError)   # bad value, file,
 STOPPED_KEEPS = ('files already written are kept, the last checkpoint included where the run saves checkpoints '
                  '(rerun with --resume to continue where the command supports it)')   # ptycho-torch-train, -pretrain
 
+class Terminated(KeyboardInterrupt):
+    "SIGTERM outside a Lightning fit: the command unwinds as on Ctrl-C (each `atomic_path` removes its temporary file), then exits 143."
+
+def _on_sigterm(signum, frame):
+    # a Lightning fit installs its own handler and calls this one after it: the fit then stops at its next step
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm: raise Terminated()
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    "While the block runs (in the main thread), SIGTERM raises `Terminated` instead of ending the process on the spot."
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
+    try: yield
+    finally:
+        if main: signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+
 def run_command(prog: str,  # the command's name, first on the error line
                 fn,  # argv -> exit code (or None for 0)
                 argv=None,  # arguments (default: sys.argv[1:]); '--debug' is taken out here
@@ -234,12 +259,13 @@ def run_command(prog: str,  # the command's name, first on the error line
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = '--debug' in argv or bool(os.environ.get('PTYCHO_TORCH_DEBUG'))
     argv = [a for a in argv if a != '--debug']   # every command takes it, whether its parser lists it or not
-    try: return fn(argv) or 0
+    try:
+        with sigterm_unwinds(): return fn(argv) or 0
     except SystemExit as e:   # argparse's --help (0) or usage error (2, printed); Lightning's stop on SIGTERM or Ctrl-C
         return _exit_code(prog, e, debug)
-    except KeyboardInterrupt:   # Ctrl-C outside a Lightning fit (a fit catches it itself: `_exit_code`)
+    except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM (`Terminated`), outside a Lightning fit (a fit catches it itself: `_exit_code`)
         if debug: raise
-        return _stopped(prog, 'interrupted (Ctrl-C)', 130)
+        return _stopped(prog, 'stopped by SIGTERM', 143) if isinstance(e, Terminated) else _stopped(prog, 'interrupted (Ctrl-C)', 130)
     except USER_ERRORS + tuple(user_errors) as e:   # OSError: missing/unreadable file, permission, FileExistsError
         if debug: raise
         where = f" {e.filename}" if isinstance(e, OSError) and e.filename and str(e.filename) not in str(e) else ''
@@ -278,6 +304,11 @@ def end_process_group() -> bool:
     return True
 
 # %% ../nbs/00_core.ipynb #f81391e8
+def folder_path(s) -> Path:
+    "argparse type of an output folder: a `Path`, refusing an empty name (which `Path` reads as the current folder)."
+    if not str(s).strip(): raise argparse.ArgumentTypeError("expected a folder name, got an empty one")
+    return Path(s)
+
 def positive_int(s) -> int:
     "argparse type: an integer > 0."
     try: v = int(s)
