@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_cli.ipynb #3e0b67f3
 from __future__ import annotations
-import argparse, json, sys, warnings
+import argparse, json, sys, warnings, zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 from .config import ScanOptions, GENERATOR_MODES, POLISH_STARTS, POLISH_EPOCHS, ROUTES, PATTERN_SIZES, validate_run_options
@@ -156,6 +156,18 @@ def _resolve_accelerator_flags(args):
 def _check_file(path, what):
     if path is not None and not Path(path).is_file(): raise CLIError(f"{what} not found: {path}")
 
+def _check_archive(path, what: str = 'model archive'):
+    "A model archive, or the folder holding its wts.h5.zip, is a zip with a manifest (zipfile only: answered before torch is imported; the loader checks the rest)."
+    if path is None: return
+    p = Path(path)
+    if p.is_dir(): p = p / 'wts.h5.zip'
+    elif not p.is_file() and Path(f"{p}.zip").is_file(): p = Path(f"{p}.zip")
+    _check_file(p, what)
+    try:
+        with zipfile.ZipFile(p) as z: names = set(z.namelist())
+    except (zipfile.BadZipFile, OSError) as e: raise CLIError(f"{p}: not a readable {what} ({e}): truncated, or not a wts.h5.zip") from None
+    if not names & {'manifest.json', 'manifest.dill'}: raise CLIError(f"{p}: a zip without manifest.json, not a {what} of this package")
+
 def _check_scan(path, what, args=None, loaded: bool = False):
     """A scan file exists and can be read (numpy/h5py only: answered before torch is imported). An HDF5 file, read
     with the HDF5 flags of `args`, comes back loaded (a `RawDataTorch`), as does an NPZ with `loaded` or read with flags
@@ -282,7 +294,7 @@ def _infer(argv):
     if used and not (args.model_path / 'wts.h5.zip').is_file():   # a ptycho-torch-reconstruct run that trained nothing
         raise CLIError(f"{args.model_path} holds no trained network: that run imaged its scan with the pretrained model ({used}); image "
                        "another scan with it by ptycho-torch-reconstruct SCAN" + ('' if used == 'shipped' else f" --pretrained {used}"))
-    _check_file(args.model_path / 'wts.h5.zip', 'model archive'); refuse_pretrained(args.model_path, 'ptycho-torch-infer')
+    _check_archive(args.model_path / 'wts.h5.zip'); refuse_pretrained(args.model_path, 'ptycho-torch-infer')
     test = _check_scan(args.test_data, 'test data file', args)
     if not args.overwrite: prepare_output_dir(args.output_dir)   # a used folder: refused before torch is imported
     _resolve_accelerator_flags(args); quiet_libraries(args.verbose)
@@ -392,6 +404,8 @@ def _reconstruct(argv):
         ip = Path(args.init_from)
         if not (ip.is_file() or (ip / 'wts.h5.zip').is_file() or Path(f"{ip}.zip").is_file()):
             raise CLIError(f"archive to fine-tune from not found: {ip}")
+        _check_archive(ip, 'archive to fine-tune from')
+    if args.pretrained is not None: _check_archive(args.pretrained, 'pretrained model')
     opts = ({dst: getattr(args, src) for src, dst in _CLI_OPTIONS.items() if getattr(args, src) is not None}
             | ({'probe_trainable': True} if args.probe_trainable else {}) | ({'backprop_input': False} if args.no_backprop_input else {}))
     if not args.overwrite: prepare_output_dir(args.output_dir)   # a used folder: refused before torch is imported
@@ -546,7 +560,7 @@ def stream_parser() -> argparse.ArgumentParser:
 
 def _stream(argv):
     args = stream_parser().parse_args(argv)
-    _check_file(args.model / 'wts.h5.zip' if args.model.is_dir() else args.model, 'model archive'); refuse_pretrained(args.model, 'ptycho-torch-stream')
+    _check_archive(args.model); refuse_pretrained(args.model, 'ptycho-torch-stream')
     prepare_output_dir(args.output_dir, args.overwrite, reads=(args.model,))   # used: refused
     from ptycho_torch_nb import streaming as S
     try:
@@ -581,7 +595,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 def _export(argv):
     args = export_parser().parse_args(argv)
-    _check_file(args.model / 'wts.h5.zip' if args.model.is_dir() else args.model, 'model archive'); refuse_pretrained(args.model, 'ptycho-torch-export')
+    _check_archive(args.model); refuse_pretrained(args.model, 'ptycho-torch-export')
     if args.output.is_file() and not args.overwrite: raise CLIError(f"{args.output}: exists (use --overwrite)")
     output_folder(args.output.parent)   # a folder that cannot be written: refused before the model is loaded   # a folder: export_generator says so
     from ptycho_torch_nb.export import export_generator

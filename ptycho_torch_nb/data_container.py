@@ -218,7 +218,8 @@ def scan_groups(x, y,  # (M,) positions
     M = len(pts)
     if M < 1: raise ValueError("no positions to group")
     if C == 1: return np.arange(M, dtype=np.int64)[:, None]
-    if K < C - 1 and not cover: raise ValueError(f"K={K} must be >= C-1={C - 1} (neighbours to complete a group)")
+    if K < C - 1 and not cover: raise ValueError(f"neighbor_count K={K} is too small for groups of C=gridsize²={C} patterns: completing a group "
+                                               f"needs K >= {C - 1} (--neighbor_count {C - 1} or more, or a smaller --gridsize)")
     near = _neighbours(pts, max(K, 2 * C) if cover else K, radius)
     rng = np.random.default_rng(seed)
     groups = []

@@ -459,7 +459,8 @@ def group_indices(xcoords, ycoords,  # (M,) positions
         return _oversampled_groups(xcoords, ycoords, nsamples, pool, C, seed, sequential_sampling, src)
     rng, _ = _rng_for(seed, sequential_sampling)
     if n_points < C: raise ValueError(f"{src}: {n_points} positions but a group needs C={C}")
-    if K < C: raise ValueError(f"{src}: K={K} must be >= C={C} (neighbours to choose a group from)")
+    if K < C: raise ValueError(f"{src}: neighbor_count K={K} is too small for groups of C=gridsize²={C} patterns: choosing a "
+                             f"group needs K >= {C} (--neighbor_count {C} or more, or a smaller --gridsize)")
     n = min(nsamples, n_points)
     if nsamples > n_points: log.info("%s: nsamples=%d capped at the %d positions", src, nsamples, n_points)
     if sequential_sampling: seeds = np.arange(n)

@@ -148,11 +148,14 @@ def test_metrics_schema_conventions(tmp_path):
 
 @pytest.mark.parametrize('cmd', CLIS + ('pretrain',))
 def test_cli_answers_without_importing_torch(cmd, tmp_path):
-    "Fresh process: `--help`, a file with a wrong key and a used output folder are answered before torch (or Lightning) is imported."
+    "Fresh process: `--help`, a file with a wrong key, a used output folder and a broken archive are answered before torch (or Lightning) is imported."
     bad = tmp_path / 'bad.npz'
     np.savez(bad, xcoordz=np.zeros(4), ycoords=np.zeros(4), diff3d=np.zeros((4, 8, 8), np.float32),
              probeGuess=np.ones((8, 8), np.complex64))
-    (tmp_path / 'model').mkdir(); (tmp_path / 'model' / 'wts.h5.zip').write_bytes(b'not used before the data check')
+    import zipfile
+    (tmp_path / 'model').mkdir(); (tmp_path / 'broken').mkdir()   # an archive opened only after the data check; a text file
+    with zipfile.ZipFile(tmp_path / 'model' / 'wts.h5.zip', 'w') as z: z.writestr('manifest.json', '{}')
+    (tmp_path / 'broken' / 'wts.h5.zip').write_text('not a zip')
     bad_args = {'train': ['--train_data_file', str(bad)], 'infer': ['--model_path', str(tmp_path / 'model'), '--test_data', str(bad)],
                 'reconstruct': [str(bad), '--output_dir', str(tmp_path / 'out')],
                 'pretrain': ['--output_dir', str(tmp_path / 'out'), '--steps', '0']}[cmd]   # no data file: a bad value
@@ -168,6 +171,7 @@ def test_cli_answers_without_importing_torch(cmd, tmp_path):
                  'reconstruct': [str(good), '--output_dir', str(used)]}.get(cmd)
     cases = [([cmd, '--help'], 0, None), ([cmd, *bad_args], 2, "'xcoords'" if cmd != 'pretrain' else '')]
     if used_args: cases.append(([cmd, *used_args], 2, 'holds a previous run (metrics.json)'))
+    if cmd == 'infer': cases.append(([cmd, '--model_path', str(tmp_path / 'broken'), '--test_data', str(good)], 2, 'not a readable model archive'))
     for argv, want_rc, says in cases:
         t0 = time.perf_counter()
         p = subprocess.run([sys.executable, '-c', probe, *argv], env=_env(), cwd=tmp_path, capture_output=True,
