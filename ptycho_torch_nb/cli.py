@@ -4,12 +4,13 @@
 
 # %% ../nbs/06_cli.ipynb #3e0b67f3
 from __future__ import annotations
-import argparse, json, sys, warnings, zipfile
+import argparse, json, sys, warnings
 from pathlib import Path
 from typing import Optional, Sequence
 from .config import ScanOptions, GENERATOR_MODES, POLISH_STARTS, POLISH_EPOCHS, ROUTES, PATTERN_SIZES, validate_run_options
 from .core import (refuse_pretrained, OneLineParser, run_command, quiet_libraries, positive_int, non_negative_int, positive_float,
-                                  HelpFormatter, atomic_path, prepare_output_dir, output_folder, folder_path)
+                                  HelpFormatter, atomic_path, prepare_output_dir, output_folder, folder_path,
+                                  check_archive_file)
 from .hdf5_data import add_hdf5_arguments, hdf5_options, npz_options, is_hdf5, load_scan, scan_facts, scan_options  # numpy/h5py: --help stays torch-free
 
 # %% auto #0
@@ -156,18 +157,6 @@ def _resolve_accelerator_flags(args):
 def _check_file(path, what):
     if path is not None and not Path(path).is_file(): raise CLIError(f"{what} not found: {path}")
 
-def _check_archive(path, what: str = 'model archive'):
-    "A model archive, or the folder holding its wts.h5.zip, is a zip with a manifest (zipfile only: answered before torch is imported; the loader checks the rest)."
-    if path is None: return
-    p = Path(path)
-    if p.is_dir(): p = p / 'wts.h5.zip'
-    elif not p.is_file() and Path(f"{p}.zip").is_file(): p = Path(f"{p}.zip")
-    _check_file(p, what)
-    try:
-        with zipfile.ZipFile(p) as z: names = set(z.namelist())
-    except (zipfile.BadZipFile, OSError) as e: raise CLIError(f"{p}: not a readable {what} ({e}): truncated, or not a wts.h5.zip") from None
-    if not names & {'manifest.json', 'manifest.dill'}: raise CLIError(f"{p}: a zip without manifest.json, not a {what} of this package")
-
 def _check_scan(path, what, args=None, loaded: bool = False):
     """A scan file exists and can be read (numpy/h5py only: answered before torch is imported). An HDF5 file, read
     with the HDF5 flags of `args`, comes back loaded (a `RawDataTorch`), as does an NPZ with `loaded` or read with flags
@@ -212,7 +201,7 @@ def build_train_configs(args):
             checkpoint_mode=args.checkpoint_mode, early_stop_patience=args.early_stop_patience,
             logger_backend=None if args.logger == 'none' else args.logger,
             inference_batch_size=args.inference_batch_size, num_nodes=args.num_nodes)
-        C.validate_run(training, execution, where='ptycho-torch-train', seed=args.seed, M=args.M)   # the one gate
+        C.validate_run(training, execution, where='', seed=args.seed, M=args.M)   # the one gate
     except (ValueError, TypeError) as e:
         raise CLIError(str(e)) from None
     if args.num_workers > 0 and args.deterministic:
@@ -294,7 +283,7 @@ def _infer(argv):
     if used and not (args.model_path / 'wts.h5.zip').is_file():   # a ptycho-torch-reconstruct run that trained nothing
         raise CLIError(f"{args.model_path} holds no trained network: that run imaged its scan with the pretrained model ({used}); image "
                        "another scan with it by ptycho-torch-reconstruct SCAN" + ('' if used == 'shipped' else f" --pretrained {used}"))
-    _check_archive(args.model_path / 'wts.h5.zip'); refuse_pretrained(args.model_path, 'ptycho-torch-infer')
+    check_archive_file(args.model_path / 'wts.h5.zip'); refuse_pretrained(args.model_path, 'ptycho-torch-infer')
     test = _check_scan(args.test_data, 'test data file', args)
     if not args.overwrite: prepare_output_dir(args.output_dir)   # a used folder: refused before torch is imported
     _resolve_accelerator_flags(args); quiet_libraries(args.verbose)
@@ -310,7 +299,7 @@ def _infer(argv):
                                       neighbor_count=args.neighbor_count, output_dir=args.output_dir, backend='pytorch')
         execution = C.PyTorchExecutionConfig(accelerator=args.accelerator, num_workers=args.num_workers,
                                              inference_batch_size=args.inference_batch_size, enable_progress_bar=not args.quiet)
-        C.validate_run(inference, execution, where='ptycho-torch-infer', M=args.M)   # the one gate
+        C.validate_run(inference, execution, where='', M=args.M)   # the one gate
     except (ValueError, TypeError) as e: raise CLIError(str(e)) from None
     C.update_legacy_dict(legacy.cfg, inference)
     raw = W.load_raw(args.test_data, 'test data') if isinstance(test, Path) else test
@@ -397,15 +386,11 @@ _TRAINING_FLAGS = ('time_budget', 'nepochs', 'init_from', 'parity', 'snapshots',
 
 def _reconstruct(argv):
     args = reconstruct_parser().parse_args(argv)   # a usage error: one line, exit 2 (`_run`)
-    validate_run_options('ptycho-torch-reconstruct', time_budget_s=args.time_budget, M=args.M, seed=args.seed, nepochs=args.nepochs,
-                         gridsize=args.gridsize, batch_size=args.batch_size, learning_rate=args.learning_rate)   # the gate
+    validate_run_options('', time_budget_s=args.time_budget, M=args.M, seed=args.seed, nepochs=args.nepochs, gridsize=args.gridsize,
+                         batch_size=args.batch_size, learning_rate=args.learning_rate, n_filters_scale=args.n_filters_scale)   # the gate
     scan = _check_scan(Path(args.scan), 'scan file', args, loaded=True)   # read once, used by every route
-    if args.init_from is not None:
-        ip = Path(args.init_from)
-        if not (ip.is_file() or (ip / 'wts.h5.zip').is_file() or Path(f"{ip}.zip").is_file()):
-            raise CLIError(f"archive to fine-tune from not found: {ip}")
-        _check_archive(ip, 'archive to fine-tune from')
-    if args.pretrained is not None: _check_archive(args.pretrained, 'pretrained model')
+    if args.init_from is not None: check_archive_file(args.init_from, 'archive to fine-tune from')
+    if args.pretrained is not None: check_archive_file(args.pretrained, 'pretrained model')
     opts = ({dst: getattr(args, src) for src, dst in _CLI_OPTIONS.items() if getattr(args, src) is not None}
             | ({'probe_trainable': True} if args.probe_trainable else {}) | ({'backprop_input': False} if args.no_backprop_input else {}))
     if not args.overwrite: prepare_output_dir(args.output_dir)   # a used folder: refused before torch is imported
@@ -504,8 +489,8 @@ def pretrain_parser() -> argparse.ArgumentParser:
 
 def _pretrain(argv):
     args = pretrain_parser().parse_args(argv)
-    validate_run_options('ptycho-torch-pretrain', N=args.N, seed=args.seed, time_budget_s=args.time_budget,
-                         batch_size=args.batch_size, learning_rate=args.learning_rate, label_weight=args.label_weight)   # the gate
+    validate_run_options('', N=args.N, seed=args.seed, time_budget_s=args.time_budget, batch_size=args.batch_size,
+                         learning_rate=args.learning_rate, label_weight=args.label_weight, n_filters_scale=args.n_filters_scale)   # the gate
     output_folder(args.output_dir)   # a file in the way, or no right to write: refused before the corpus is simulated
     if (args.output_dir / 'wts.h5.zip').exists() and not (args.resume or args.overwrite):
         raise CLIError(f"{args.output_dir}: already holds a pretrained model; use --resume, --overwrite or another --output_dir")
@@ -560,7 +545,7 @@ def stream_parser() -> argparse.ArgumentParser:
 
 def _stream(argv):
     args = stream_parser().parse_args(argv)
-    _check_archive(args.model); refuse_pretrained(args.model, 'ptycho-torch-stream')
+    check_archive_file(args.model); refuse_pretrained(args.model, 'ptycho-torch-stream')
     prepare_output_dir(args.output_dir, args.overwrite, reads=(args.model,))   # used: refused
     from ptycho_torch_nb import streaming as S
     try:
@@ -595,7 +580,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 def _export(argv):
     args = export_parser().parse_args(argv)
-    _check_archive(args.model); refuse_pretrained(args.model, 'ptycho-torch-export')
+    check_archive_file(args.model); refuse_pretrained(args.model, 'ptycho-torch-export')
     if args.output.is_file() and not args.overwrite: raise CLIError(f"{args.output}: exists (use --overwrite)")
     output_folder(args.output.parent)   # a folder that cannot be written: refused before the model is loaded   # a folder: export_generator says so
     from ptycho_torch_nb.export import export_generator

@@ -222,9 +222,10 @@ def _check_range(cfg, name, ok, allowed):
 _positive = (lambda v: v > 0, 'a value > 0')
 _non_negative = (lambda v: v >= 0, 'a value >= 0')
 _unit = (lambda v: 0 <= v <= 1, 'a value in [0, 1]')
+_width = (lambda v: 1 <= v <= 16, 'a value in 1..16 (the network width multiplier: 16 already gives 16× the channels)')
 
 _MODEL_RANGES = {
-    'gridsize': _positive, 'n_filters_scale': _positive, 'fno_modes': _positive, 'fno_width': _positive,
+    'gridsize': _positive, 'n_filters_scale': _width, 'fno_modes': _positive, 'fno_width': _positive,
     'fno_blocks': _positive, 'fno_cnn_blocks': _non_negative, 'learned_input_channels': _positive,
     'max_hidden_channels': _positive, 'resnet_width': _positive, 'probe_mask_sigma': _positive,
     'probe_mask_diameter': _positive, 'probe_scale': _positive, 'gaussian_smoothing_sigma': _non_negative,
@@ -286,15 +287,14 @@ def validate_config(config) -> None:
 def _int_like(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 def _finite(v) -> bool: return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
+_COUNT = (lambda v: _int_like(v) and v >= 1, 'an int >= 1')
 RUN_OPTION_RULES = {  # option -> (test, what is allowed); None values are skipped (= the option's default)
     'seed': (lambda v: _int_like(v) and 0 <= v < 2**32, 'an int in [0, 2**32)'),
     'subsample_seed': (lambda v: _int_like(v) and 0 <= v < 2**32, 'an int in [0, 2**32)'),
     'time_budget_s': (lambda v: _finite(v) and v > 0, 'a finite number of seconds > 0'),
     'nphotons': (lambda v: _finite(v) and v > 0, 'a finite number > 0'),
-    'nepochs': (lambda v: _int_like(v) and v >= 1, 'an int >= 1'),
+    'nepochs': _COUNT, 'gridsize': _COUNT, 'batch_size': _COUNT,
     'n_groups': (lambda v: _int_like(v) and v >= 1, 'an int >= 1 (None: every position)'),
-    'gridsize': (lambda v: _int_like(v) and v >= 1, 'an int >= 1'),
-    'batch_size': (lambda v: _int_like(v) and v >= 1, 'an int >= 1'),
     'N': (lambda v: _int_like(v) and v in PATTERN_SIZES, f'one of {list(PATTERN_SIZES)}'),
     'M': (lambda v: _int_like(v) and v >= 2 and v % 2 == 0, 'an even int in 2..N (the central crop of each patch kept when stitching)'),
     'learning_rate': (lambda v: _finite(v) and v > 0, 'a finite number > 0'),
@@ -302,6 +302,7 @@ RUN_OPTION_RULES = {  # option -> (test, what is allowed); None values are skipp
     'alpha': (lambda v: _finite(v) and 0 <= v <= 1, "a number in [0, 1] (the solver's regularisation of Σ|P|²)"),
     'momentum': (lambda v: _finite(v) and 0 <= v <= 0.99, "a number in [0, 0.99] (the solver's momentum per pass; 0: none)"),
     'label_weight': (lambda v: _finite(v) and v >= 0, "a finite number >= 0 (pretraining's label term; 0: the physics loss alone)"),
+    'n_filters_scale': (lambda v: _int_like(v) and 1 <= v <= 16, 'an int in 1..16 (the network width multiplier)'),
 }
 
 def validate_run_options(where: str = 'options',  # named in the error (a file, 'ptycho-torch-train', ...)
@@ -309,14 +310,14 @@ def validate_run_options(where: str = 'options',  # named in the error (a file, 
                          **options  # name=value pairs checked against RUN_OPTION_RULES
                         ) -> None:
     "Raise `ValueError` naming the first option whose value breaks its rule in `RUN_OPTION_RULES`."
-    for name, value in options.items():
-        if value is None: continue
+    at = f"{where}: " if where else ''   # '': a command line, whose error line already starts with its name
+    for name, value in ((k, v) for k, v in options.items() if v is not None):   # None: the option's default
         if name not in RUN_OPTION_RULES:
-            raise ValueError(f"{where}: unknown run option {name!r} (known: {sorted(RUN_OPTION_RULES)})")
+            raise ValueError(f"{at}unknown run option {name!r} (known: {sorted(RUN_OPTION_RULES)})")
         ok, allowed = RUN_OPTION_RULES[name]
-        if not ok(value): raise ValueError(f"{where}: {name}={value!r} is invalid: allowed {allowed}")
+        if not ok(value): raise ValueError(f"{at}{name}={value!r} is invalid: allowed {allowed}")
         if name == 'M' and N is not None and value > N:
-            raise ValueError(f"{where}: M={value!r} is invalid: allowed an even int in 2..N={N}")
+            raise ValueError(f"{at}M={value!r} is invalid: allowed an even int in 2..N={N}")
 
 def validate_run(*configs,  # ModelConfig / TrainingConfig / InferenceConfig / PyTorchExecutionConfig (None skipped)
                  where: str = 'options',  # named in run-option errors
@@ -325,8 +326,7 @@ def validate_run(*configs,  # ModelConfig / TrainingConfig / InferenceConfig / P
                 ) -> None:
     "The one validation gate of every entry point: each config, then the run options (M bounded by the model's N)."
     N = None
-    for c in configs:
-        if c is None: continue
+    for c in (c for c in configs if c is not None):
         if isinstance(c, InferenceConfig): validate_inference_config(c, check_model_path=check_model_path)
         else: validate_config(c)
         model = c if isinstance(c, ModelConfig) else getattr(c, 'model', None)
@@ -485,7 +485,7 @@ def validate_scan_options(o: ScanOptions) -> None:
     rules = {'gridsize': _positive, 'neighbor_count': _positive, 'batch_size': _positive,
              'learning_rate': _non_negative, 'M': RUN_OPTION_RULES['M'],  # M: the run option's own rule
              'warmup_fraction': (lambda v: 0 <= v < 1, 'a value in [0, 1)'), 'lr_min_ratio': (lambda v: 0 <= v <= 1, 'a value in [0, 1]'),
-             'n_filters_scale': _positive, 'nepochs': _positive,
+             'n_filters_scale': _width, 'nepochs': _positive,
              'group_radius': (lambda v: v is None or v > 0, 'None or a value > 0'),
              'precision': (lambda v: v in SCAN_PRECISIONS, f'one of {list(SCAN_PRECISIONS)}')}
     for name, (ok, allowed) in rules.items(): _check_range(o, name, ok, allowed)

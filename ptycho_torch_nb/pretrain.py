@@ -24,10 +24,10 @@ from .training import TrainingClock, check_checkpoint, build_trainer, default_ex
 from .persistence import save_torch_bundle, load_torch_bundle
 
 # %% auto #0
-__all__ = ['COLLAPSED_SPREAD', 'CARD_FORMAT', 'CARD_VERSION', 'CARD_MAX_BYTES', 'Corpus', 'corpus_workers', 'build_corpus',
-           'ScanBatchSampler', 'CorpusDataset', 'output_spread', 'Pretrainer', 'SpreadWatch', 'PretrainClock',
-           'scan_configs', 'pretrain', 'model_card', 'read_card', 'check_pattern_size', 'check_fits', 'load_pretrained',
-           'use_scan', 'reconstruct_zero_shot']
+__all__ = ['COLLAPSED_SPREAD', 'CARD_FORMAT', 'CARD_VERSION', 'CARD_MAX_BYTES', 'Corpus', 'corpus_workers', 'corpus_bytes',
+           'check_corpus_size', 'build_corpus', 'ScanBatchSampler', 'CorpusDataset', 'output_spread', 'Pretrainer',
+           'SpreadWatch', 'PretrainClock', 'scan_configs', 'pretrain', 'model_card', 'read_card', 'check_pattern_size',
+           'check_fits', 'load_pretrained', 'use_scan', 'reconstruct_zero_shot']
 
 # %% ../nbs/05b_pretrain.ipynb #1ee3cb4e
 @dataclasses.dataclass
@@ -49,6 +49,18 @@ def corpus_workers(n_scans: int) -> int:
     "Processes `build_corpus` uses by default: one per core (at most 16), and one per 64 scans at most."
     return max(1, min(os.cpu_count() or 1, 16, n_scans // 64))
 
+def corpus_bytes(n_scans: int, n: int, N: int, labels: bool = False) -> int:
+    "Peak memory of `build_corpus`: each pattern (float32) and its label patch (complex64) held twice while the scans are joined."
+    return 2 * n_scans * n * N * N * (4 + (8 if labels else 0))
+
+def check_corpus_size(n_scans: int, n: int, N: int, labels: bool = False):
+    "`ValueError` before anything is simulated when the corpus would not fit in this machine's memory."
+    need, ram = corpus_bytes(n_scans, n, N, labels), os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    if need > 0.8 * ram:
+        raise ValueError(f"a corpus of n_scans={n_scans} × n={n} positions of {N}×{N} patterns{' with labels' if labels else ''} needs about "
+                         f"{need / 2**30:.1f} GiB while it is built, more than 80% of this machine's {ram / 2**30:.1f} GiB: fewer scans "
+                         "(--n_scans) or positions (--positions)")
+
 def build_corpus(n_scans: int,            # scans to simulate
                  N: int = 64,             # pattern size
                  n: int = 64,             # positions per scan
@@ -64,7 +76,9 @@ def build_corpus(n_scans: int,            # scans to simulate
     if n_scans < 1: raise ValueError(f"n_scans={n_scans}: expected at least one scan")
     families = check_families(families)   # before any process starts
     workers = corpus_workers(n_scans) if workers is None else int(workers)
-    if workers < 1: raise ValueError(f"workers={workers}: expected at least one process")
+    if not 1 <= workers <= 2 * max(os.cpu_count() or 1, 1):
+        raise ValueError(f"workers={workers} (--corpus_workers): expected 1..{2 * (os.cpu_count() or 1)}, twice this machine's cores")
+    check_corpus_size(n_scans, n, N, labels)
     one = functools.partial(grouped_corpus_scan, N=N, n=n, families=families, gridsize=gridsize, K=K, probe_scale=probe_scale, seed=seed, labels=labels)
     streams = np.random.SeedSequence(seed).spawn(n_scans)
     if workers == 1: scans = list(map(one, streams, range(n_scans)))
@@ -355,7 +369,7 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
             ) -> dict:
     "Pretrain the single-scan model on a simulated corpus; returns {'archive', 'card', 'model', 'corpus', ...}."
     validate_run_options('pretrain', N=N, seed=seed, time_budget_s=time_budget_s, batch_size=batch_size, learning_rate=learning_rate,
-                         label_weight=label_weight)
+                         label_weight=label_weight, n_filters_scale=n_filters_scale)
     check_families(families)   # a bad name is refused before any model is loaded or scan simulated
     out, start = Path(output_dir), _load_start(init_from, resume)
     run_args = _check_output_dir(out, resume, overwrite, dict(n_scans=n_scans, N=N, n=n, seed=seed, families=families, batch_size=batch_size,

@@ -415,6 +415,9 @@ def poll_hdf5(path,  # HDF5 file being written (SWMR or flushed regularly)
                 stop = min(done + chunk, n); yield scan.read(done, stop); done = stop
             if idle: break
             if expected is None or done < expected: time.sleep(poll_s)
+        if expected is not None and done < expected and scan.n_frames <= done:   # the detector went quiet before the scan's end
+            log.warning("%s: no new frame for %g s: stopped after %d of the %d patterns expected (a longer --idle_timeout_s "
+                        "waits longer)", path, idle_timeout_s, done, expected)
         if scan.n_frames > done and (expected is None or done < expected):   # frames whose positions never came
             keys = ' '.join(positions) if isinstance(positions, (list, tuple)) and all(isinstance(k, str) for k in positions) else positions
             msg = f"{path}: {scan.n_frames} frames arrived, {done} with their positions ({keys if isinstance(keys, (str, Path)) else 'positions given'})"

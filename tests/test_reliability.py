@@ -283,11 +283,14 @@ def _with_checkpoint(good: bytes, out: Path, edit) -> Path:
 
 
 def test_huge_architecture_refused_before_allocation(archive, tmp_path):
-    "n_filters_scale=1000 in the hyper-parameters: 2 TB of weights; refused from the meta-device skeleton."
+    """n_filters_scale=1000 in the hyper-parameters (2 TB of weights): refused by the config gate; 16, the widest a config
+    allows, over a 64 MiB 'model' limit: refused from the meta-device skeleton, before anything is allocated."""
     path, good = archive
     p = _with_checkpoint(good, tmp_path / 'huge.zip', lambda ck: ck['hyper_parameters']['model_config'].update(n_filters_scale=1000))
-    with pytest.raises(ValueError, match=r"huge\.zip: diffraction_to_obj/model\.ckpt: the hyper-parameters describe .* GiB, over the 'model' limit"):
-        _load(p)
+    with pytest.raises(ValueError, match=r"n_filters_scale=1000 is invalid: allowed a value in 1\.\.16"): _load(p)
+    p = _with_checkpoint(good, tmp_path / 'wide.zip', lambda ck: ck['hyper_parameters']['model_config'].update(n_filters_scale=16))
+    with pytest.raises(ValueError, match=r"wide\.zip: diffraction_to_obj/model\.ckpt: the hyper-parameters describe .* GiB, over the 'model' limit"):
+        _load(p, limits={'model': 64 * 2**20})
     p = _with_checkpoint(good, tmp_path / 'wider.zip', lambda ck: ck['hyper_parameters']['model_config'].update(n_filters_scale=2))
     with pytest.raises(ValueError, match='shape mismatches'): _load(p)
 

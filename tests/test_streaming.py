@@ -281,11 +281,14 @@ def test_poll_follows_a_detector_in_another_process(data, tmp_path, monkeypatch,
     np.testing.assert_allclose(np.concatenate([c[2] for c in got]), xy[:, 1])
     np.testing.assert_allclose(np.concatenate([c[0] for c in got]) ** 2, counts, rtol=1e-5)
 
-def test_poll_stops_at_expected(data, tmp_path):
+def test_poll_stops_at_expected(data, tmp_path, caplog):
     amp, xy = data
     p = write_h5(tmp_path / 'done.h5', amp, xy)
     got = list(S.poll_hdf5(p, positions=('entry/x', 'entry/y'), chunk=16, expected=20, idle_timeout_s=30))
-    assert [len(c[0]) for c in got] == [16, 4]
+    assert [len(c[0]) for c in got] == [16, 4] and 'expected' not in caplog.text
+    got = list(S.poll_hdf5(p, positions=('entry/x', 'entry/y'), chunk=16, expected=100, idle_timeout_s=0.3, poll_s=0.05))
+    assert sum(len(c[0]) for c in got) == 48   # the detector went quiet first: the stream ends, and says so
+    assert 'done.h5: no new frame for 0.3 s: stopped after 48 of the 100 patterns expected' in caplog.text
     with pytest.raises(FileNotFoundError, match='not found after'):
         list(S.poll_hdf5(tmp_path / 'never.h5', positions=('x', 'y'), idle_timeout_s=0.2, poll_s=0.05))
 
