@@ -87,9 +87,12 @@ def build_corpus(n_scans: int,            # scans to simulate
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'),   # fresh interpreters: no forked torch threads
                                  initializer=torch.set_num_threads, initargs=(1,)) as ex:
-            arrays = ex.map(functools.partial(one, arrays=True), streams, range(n_scans), chunksize=8)   # bytes through the pipe:
-            scans = [{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in s.items()} for s in arrays]  # (tensors
-            # would pass a file descriptor each, and a corpus of thousands of scans ran out of them: 'received 0 items of ancdata')
+            try:
+                arrays = ex.map(functools.partial(one, arrays=True), streams, range(n_scans), chunksize=8)   # bytes through the pipe:
+                scans = [{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in s.items()} for s in arrays]  # (tensors
+                # would pass a file descriptor each, and a corpus of thousands of scans ran out of them: 'received 0 items of ancdata')
+            except BaseException:   # Ctrl-C, SIGTERM (`core.Terminated`) or a failed scan: the queued scans are dropped, not awaited
+                ex.shutdown(wait=False, cancel_futures=True); raise
     release_memory()
     sizes = np.cumsum([0] + [len(s['patterns']) for s in scans[:-1]])
     return Corpus(torch.cat([s['patterns'] for s in scans]), torch.cat([s['groups'] + int(o) for s, o in zip(scans, sizes)]),
