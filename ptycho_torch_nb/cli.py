@@ -155,7 +155,8 @@ def _resolve_accelerator_flags(args):
     return check_accelerator(args.accelerator)   # a GPU the machine lacks: one line
 
 def _check_file(path, what):
-    if path is not None and not Path(path).is_file(): raise CLIError(f"{what} not found: {path}")
+    if path is not None and not Path(path).is_file():
+        raise CLIError(f"{what} {path} is a folder; name the file in it" if Path(path).is_dir() else f"{what} not found: {path}")
 
 def _check_scan(path, what, args=None, loaded: bool = False):
     """A scan file exists and can be read (numpy/h5py only: answered before torch is imported). An HDF5 file, read
@@ -389,8 +390,7 @@ def _reconstruct(argv):
     validate_run_options('', time_budget_s=args.time_budget, M=args.M, seed=args.seed, nepochs=args.nepochs, gridsize=args.gridsize,
                          batch_size=args.batch_size, learning_rate=args.learning_rate, n_filters_scale=args.n_filters_scale)   # the gate
     scan = _check_scan(Path(args.scan), 'scan file', args, loaded=True)   # read once, used by every route
-    if args.init_from is not None: check_archive_file(args.init_from, 'archive to fine-tune from')
-    if args.pretrained is not None: check_archive_file(args.pretrained, 'pretrained model')
+    check_archive_file(args.init_from, 'archive to fine-tune from'); check_archive_file(args.pretrained, 'pretrained model')   # None: skipped
     opts = ({dst: getattr(args, src) for src, dst in _CLI_OPTIONS.items() if getattr(args, src) is not None}
             | ({'probe_trainable': True} if args.probe_trainable else {}) | ({'backprop_input': False} if args.no_backprop_input else {}))
     if not args.overwrite: prepare_output_dir(args.output_dir)   # a used folder: refused before torch is imported

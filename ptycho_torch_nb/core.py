@@ -160,11 +160,12 @@ def refuse_pretrained(model_path,  # a model folder or archive a tool would run 
                          f"stand-in probe of its archive; image a scan with it by `ptycho-torch-reconstruct SCAN --pretrained "
                          f"{model_path}` (it adopts the scan's probe), or fine-tune it on a scan with --init_from")
 
-def check_archive_file(path,  # a model archive, or the folder holding its wts.h5.zip
+def check_archive_file(path,  # a model archive, or the folder holding its wts.h5.zip (None: nothing to check)
                        what: str = 'model archive',  # named in the error
-                      ) -> Path:
+                      ) -> Path | None:
     "The archive's path once it is a zip with a manifest (no torch: a command answers a wrong file at once; the loader checks the rest)."
     import zipfile
+    if path is None: return None
     p = Path(path)
     if p.is_dir(): p = p / 'wts.h5.zip'
     elif not p.is_file() and Path(f"{p}.zip").is_file(): p = Path(f"{p}.zip")

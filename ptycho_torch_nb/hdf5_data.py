@@ -77,7 +77,9 @@ def positions_to_pixels(x, y,  # positions in `units`
     if units not in UNITS: raise ValueError(f"{src}: position units {units!r} not one of {list(UNITS)}")
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if units == 'px': return x, y
-    if not pixel_size or pixel_size <= 0:
+    if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
+        raise ValueError(f"{src}: pixel_size={pixel_size!r} (--pixel_size) is invalid: allowed a finite size > 0, in metres per object pixel")
+    if not pixel_size:
         raise ValueError(f"{src}: positions are in {units} but no object pixel size was given (command line: --pixel_size "
                          "METRES; Python: pixel_size=<metres per pixel>, "
                          "e.g. object_pixel_size(wavelength, distance, detector_pixel, N))")

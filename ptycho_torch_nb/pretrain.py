@@ -470,7 +470,8 @@ def _card_and_archive(path):
     if not p.exists(): raise FileNotFoundError(f"pretrained model not found: {p}")
     card_path = p if p.suffix == '.json' else (p / MODEL_CARD if p.is_dir() else p.parent / MODEL_CARD)
     if not card_path.is_file():
-        hint = ("; an archive without a card is a training run's: fine-tune from it with init_from (--init_from)"
+        hint = ("; an archive without a card is a training run's: fine-tune it on a scan with `ptycho-torch-reconstruct SCAN "
+                "--init_from` (reconstruct_scan(init_from=...)); pretraining and zero-shot start only from a pretrained model"
                 if (card_path.parent / 'wts.h5.zip').is_file() else "; expected a pretrained model's folder or its model_card.json")
         raise FileNotFoundError(f"{p}: no model card (model_card.json) next to the pretrained model{hint}")
     card = read_card(card_path)

@@ -507,7 +507,7 @@ def test_a_card_that_disagrees_with_its_archive_or_is_missing(pretrained, tmp_pa
     with pytest.raises(ValueError, match=r"field 'N'=128 but its archive's network is N=64"):
         PT.load_pretrained(edited)
     (edited / 'model_card.json').unlink()
-    with pytest.raises(FileNotFoundError, match=r"a training run's: fine-tune from it with init_from \(--init_from\)"):
+    with pytest.raises(FileNotFoundError, match=r"a training run's: fine-tune it on a scan with `ptycho-torch-reconstruct SCAN --init_from`"):
         PT.load_pretrained(edited)
 
 
