@@ -107,6 +107,8 @@ def export_generator(archive,  # wts.h5.zip (or its folder), or a loaded Lightni
     if format not in FORMATS: raise ValueError(f"format={format!r} is not one of {list(FORMATS)}")
     path = Path(path)
     if path.is_dir(): raise IsADirectoryError(f"{path}: is a folder; give the exported file's name, e.g. {path / 'generator.pt'}")
+    named = {'.pt': 'torchscript', '.pt2': 'pt2', '.onnx': 'onnx'}.get(path.suffix.lower(), format)   # another suffix: any format
+    if named != format: raise ValueError(f"{path}: a {path.suffix} name for a {format} export; pass format={named!r} (--format {named}) or rename it")
     if path.exists() and not overwrite: raise FileExistsError(f"{path}: exists; choose another path or overwrite=True")
     gen = pattern_generator(archive, purpose='export')
     if any(p.device.type != 'cpu' for p in gen.parameters()):   # a model on a GPU: export a CPU copy (portable; the
