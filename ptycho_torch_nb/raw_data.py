@@ -216,6 +216,9 @@ def read_npz(path: Path) -> dict:
                     if k == '_metadata' and 'pickle' in str(e):
                         log.warning("%s: '_metadata' is a pickled object and was skipped (pickle is never loaded)", path)
                         continue
+                    if 'pickle' in str(e):   # an object array: numpy would unpickle it, which a data file never needs
+                        raise ValueError(f"{path}: key {k!r} is an object array (dtype=object), which is never unpickled; "
+                                         "save it as a numeric array") from None
                     raise
             data['__files__'] = list(f.files)
             return data
