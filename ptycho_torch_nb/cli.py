@@ -174,7 +174,6 @@ def build_train_configs(args):
     if args.disable_mlflow:
         warnings.warn("--disable_mlflow is deprecated; use --logger none (and --quiet)", DeprecationWarning, stacklevel=2)
         args.logger, args.quiet = 'none', True
-    _resolve_accelerator_flags(args)
     if args.scheduler == 'Adaptive': args.scheduler = 'ReduceLROnPlateau'
     scan = getattr(args, 'train_scan', None)   # the loaded HDF5 scan, if the file is one
     facts = scan_facts(args.train_data_file if scan is None else scan)
@@ -190,8 +189,9 @@ def build_train_configs(args):
                   subsample_seed=args.subsample_seed, neighbor_count=args.neighbor_count, output_dir=args.output_dir,
                   backend='pytorch', scheduler=args.scheduler,
                   gradient_clip_val=args.gradient_clip_val, gradient_clip_algorithm=args.gradient_clip_algorithm)
-        if args.nphotons is not None: tc['nphotons'] = args.nphotons
-        training = C.TrainingConfig(**tc)
+        training = C.TrainingConfig(**tc, **({'nphotons': args.nphotons} if args.nphotons is not None else {}))
+        C.validate_run(training, where='', seed=args.seed, M=args.M)   # before the execution config (which imports torch)
+        _resolve_accelerator_flags(args)
         execution = C.PyTorchExecutionConfig(
             accelerator=args.accelerator, devices=args.devices, strategy=args.strategy, deterministic=args.deterministic,
             precision=args.precision, gradient_clip_val=args.gradient_clip_val,
