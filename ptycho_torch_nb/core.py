@@ -219,9 +219,13 @@ def set_aside(out: Path,  # an output folder
     prev = out / '.previous_run'
     names = [n for n in names if n != prev.name]
     if not names: return out                # nothing new (a second call: the CLIs check before the API does): keep it
-    if prev.exists(): shutil.rmtree(prev)   # the run before the previous one
+    replaced = prev.exists()
+    if replaced: shutil.rmtree(prev)   # the run before the previous one
     prev.mkdir()
     for n in names: os.replace(out / n, prev / n)
+    import logging   # one line on stderr, so a user of --overwrite knows where the previous run went
+    logging.getLogger(__name__).warning("%s: the previous run (%s) is set aside in %s%s", out, ', '.join(names), prev,
+                                        '; the one set aside before it is removed' if replaced else '')
     return out
 
 
