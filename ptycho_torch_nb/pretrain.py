@@ -284,7 +284,10 @@ def _check_output_dir(out: Path, resume: bool, overwrite: bool, run: dict, targe
         raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
     if resume: check_checkpoint(out / 'checkpoints' / 'last.ckpt')   # a corrupt one is refused before the corpus is simulated
     run, saved = json.loads(json.dumps(run)), out / 'checkpoints' / 'run.json'   # the corpus, the loss and the network
-    was = json.loads(saved.read_text()) if resume and saved.is_file() else run
+    if resume and not saved.is_file():   # pretraining writes it before its first checkpoint: another command's checkpoint
+        raise ValueError(f"{out}: its checkpoint is not a pretraining run's (no checkpoints/run.json); resume it with the "
+                         "command that wrote it (ptycho-torch-train --resume), or pretrain into another output_dir")
+    was = json.loads(saved.read_text()) if resume else run
     changed = [f"{k} {was.get(k)!r} -> {v!r}" for k, v in run.items() if was.get(k) != v]
     if changed: raise ValueError(f"{out}: resuming would change the run ({'; '.join(changed)}); resume with its arguments, "
                                  "or start afresh (overwrite=True / --overwrite, or another output_dir)")

@@ -385,6 +385,10 @@ def test_resume_refuses_a_changed_run(tmp_path):
         with pytest.raises(ValueError, match=re.escape(needle)):
             PT.pretrain(out, steps=3, resume=True, **{**TINY, **change})
     assert PT.pretrain(out, steps=3, resume=True, time_budget_s=60, **TINY)['card']['training']['steps'] == 3   # a budget may change
+    train = tmp_path / 'train' / 'checkpoints'; train.mkdir(parents=True)   # another command's checkpoint (no run.json)
+    shutil.copy(out / 'checkpoints' / 'last.ckpt', train / 'last.ckpt')
+    with pytest.raises(ValueError, match=r"train: its checkpoint is not a pretraining run's \(no checkpoints/run.json\)"):
+        PT.pretrain(train.parent, steps=3, resume=True, **TINY)
 
 
 DDP_STOP = '''
