@@ -75,7 +75,8 @@ def positions_to_pixels(x, y,  # positions in `units`
                        ) -> tuple:
     "float64 object-pixel positions: `x_px = x · unit / pixel_size` (unit in metres)."
     if units not in UNITS: raise ValueError(f"{src}: position units {units!r} not one of {list(UNITS)}")
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    try: x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    except (TypeError, ValueError) as e: raise ValueError(f"{src}: the positions are not numbers ({e})") from None
     if units == 'px': return x, y
     if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
         raise ValueError(f"{src}: pixel_size={pixel_size!r} (--pixel_size) is invalid: allowed a finite size > 0, in metres per object pixel")
@@ -208,6 +209,8 @@ def _positions(self, spec):
     else:
         keys = [spec] if isinstance(spec, str) else list(spec)
         dss = [_dataset(self.file, k, self.path, 'positions dataset') for k in keys]
+        if text := [f"'{k}' ({d.dtype})" for k, d in zip(keys, dss) if d.dtype.kind not in 'iuf']:
+            raise ValueError(f"{self.path}: positions dataset {', '.join(text)} does not hold numbers")
         if len(dss) == 1 and dss[0].ndim == 2 and dss[0].shape[1] == 2: return (dss[0], None), None
         if len(dss) != 2 or any(d.ndim != 1 for d in dss):
             raise ValueError(f"{self.path}: positions {keys} have shapes {[d.shape for d in dss]}; expected two (M,) datasets or one (M, 2)")

@@ -61,6 +61,13 @@ def test_missing_positions_dataset(scan_file):
     with pytest.raises(ValueError, match="positions dataset 'entry/sample/z' not found"):
         HDF5Scan(p, positions=('entry/sample/x', 'entry/sample/z'))
 
+def test_positions_that_are_not_numbers(tmp_path):
+    p = tmp_path / 'text.h5'
+    with h5py.File(p, 'w') as f:
+        f['entry/data/data'] = np.ones((4, 16, 16)); f['x'] = np.array([b'a', b'b', b'c', b'd']); f['y'] = np.zeros(4)
+    with pytest.raises(ValueError, match=r"text\.h5: positions dataset 'x' \(\|S1\) does not hold numbers"):
+        HDF5Scan(p, positions=('x', 'y'))
+
 def test_no_positions(scan_file):
     with pytest.raises(ValueError, match='no positions given'):
         HDF5Scan(scan_file[0])
