@@ -11,7 +11,7 @@ from .config import ScanOptions, GENERATOR_MODES, POLISH_STARTS, POLISH_EPOCHS, 
 from .core import (refuse_pretrained, OneLineParser, run_command, quiet_libraries, positive_int, non_negative_int, positive_float,
                                   HelpFormatter, atomic_path, prepare_output_dir, output_folder, folder_path,
                                   check_archive_file)
-from .hdf5_data import add_hdf5_arguments, hdf5_options, npz_options, is_hdf5, load_scan, scan_facts, scan_options  # numpy/h5py: --help stays torch-free
+from .hdf5_data import add_hdf5_arguments, is_hdf5, load_scan, scan_facts, scan_options  # numpy/h5py: --help stays torch-free
 
 # %% auto #0
 __all__ = ['ACCELERATORS', 'COMMANDS', 'CLIError', 'train_parser', 'build_train_configs', 'train_main', 'infer_parser',
@@ -549,7 +549,7 @@ def _stream(argv):
     prepare_output_dir(args.output_dir, args.overwrite, reads=(args.model,))   # used: refused
     from ptycho_torch_nb import streaming as S
     try:
-        opts = npz_options(args) if args.source.suffix.lower() == '.npz' else hdf5_options(args)   # an NPZ: --data, --diffraction_layout
+        opts = scan_options(args, args.source)   # an NPZ: --data, --diffraction_layout
         source, total = S.open_source(args.source, args.follow, args.rate, args.chunk, args.poll_s, args.idle_timeout_s,
                                       args.expected, **opts)
         if args.threads: S.torch.set_num_threads(args.threads)

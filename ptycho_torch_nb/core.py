@@ -12,8 +12,8 @@ from pathlib import Path
 __all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'MODEL_CARD', 'RUN_ARTIFACTS', 'USER_ERRORS', 'STOPPED_KEEPS',
            'LIBRARY_MODULES', 'require_torch', 'in_test', 'repo_root', 'data_path', 'fixtures_path', 'process_umask',
            'fault_point', 'pid_alive', 'clean_stale_temps', 'glob_escape', 'atomic_path', 'output_folder',
-           'pretrained_card', 'refuse_pretrained', 'check_archive_file', 'prepare_output_dir', 'stopped_run',
-           'set_aside', 'jsonable', 'OneLineParser', 'Terminated', 'sigterm_unwinds', 'run_command',
+           'pretrained_card', 'refuse_pretrained', 'archive_file', 'check_archive_file', 'prepare_output_dir',
+           'stopped_run', 'set_aside', 'jsonable', 'OneLineParser', 'Terminated', 'sigterm_unwinds', 'run_command',
            'stopped_by_sigterm', 'end_process_group', 'folder_path', 'positive_int', 'non_negative_int',
            'positive_float', 'HelpFormatter', 'release_memory', 'quiet_libraries']
 
@@ -160,16 +160,23 @@ def refuse_pretrained(model_path,  # a model folder or archive a tool would run 
                          f"stand-in probe of its archive; image a scan with it by `ptycho-torch-reconstruct SCAN --pretrained "
                          f"{model_path}` (it adopts the scan's probe), or fine-tune it on a scan with --init_from")
 
+def archive_file(path,  # a model archive, its name without '.zip', or the folder holding its wts.h5.zip
+                 what: str = 'model archive',  # named in the error
+                ) -> Path:
+    "The archive file `path` names; `FileNotFoundError` naming it when there is none."
+    p = Path(path)
+    if p.is_dir(): p = p / 'wts.h5.zip'
+    elif not p.is_file() and Path(f"{p}.zip").is_file(): p = Path(f"{p}.zip")
+    if not p.is_file(): raise FileNotFoundError(f"{what} not found: {p}")
+    return p
+
 def check_archive_file(path,  # a model archive, or the folder holding its wts.h5.zip (None: nothing to check)
                        what: str = 'model archive',  # named in the error
                       ) -> Path | None:
     "The archive's path once it is a zip with a manifest (no torch: a command answers a wrong file at once; the loader checks the rest)."
     import zipfile
     if path is None: return None
-    p = Path(path)
-    if p.is_dir(): p = p / 'wts.h5.zip'
-    elif not p.is_file() and Path(f"{p}.zip").is_file(): p = Path(f"{p}.zip")
-    if not p.is_file(): raise FileNotFoundError(f"{what} not found: {p}")
+    p = archive_file(path, what)
     try:
         with zipfile.ZipFile(p) as z: names = set(z.namelist())
     except (zipfile.BadZipFile, OSError) as e: raise ValueError(f"{p}: not a readable {what} ({e}): truncated, or not a wts.h5.zip") from None

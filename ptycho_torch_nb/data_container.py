@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['torch', 'log', 'PtychoDataContainerTorch', 'subsample', 'PtychoDataset', 'collate_batch', 'scan_groups',
            'scan_nphotons', 'grouped_container', 'inference_container', 'check_truth', 'constant_over_scan',
-           'scan_truth']
+           'scan_truth', 'usable_truth']
 
 # %% ../nbs/02_data_container.ipynb #0fe20f72
 def _channel_first(a, dtype=None):
@@ -294,11 +294,18 @@ def scan_truth(raw,  # the scan (RawDataTorch)
     "The truth to score `raw` against, decided before any work: `truth` (checked), else the scan's objectGuess where it holds the scan and is not flat, else None."
     positions = np.column_stack([raw.xcoords, raw.ycoords])
     if truth is not None: check_truth(truth, positions); return truth
-    guess = getattr(raw, 'objectGuess', None)
+    return usable_truth(getattr(raw, 'objectGuess', None), positions, np.shape(raw.diff3d)[-1] / 2, where)
+
+def usable_truth(guess,  # an objectGuess, or None
+                 positions,  # [..., 2] absolute [x, y] positions it is scored at
+                 half: float = 0.0,  # how far beyond the positions the scored region reaches (half a pattern)
+                 where: str = 'scan',  # named in the warning
+                ):
+    "`guess` where it can be scored: it holds every position and is not one constant value over them; else None, with a warning."
     if guess is None: return None
-    try: check_truth(guess, positions)
+    try: check_truth(guess, positions)   # a crop, or an object in another frame, would be scored against zeros
     except ValueError as e: log.warning("%s: not scored: its objectGuess is no truth for it (%s)", where, e); return None
-    if constant_over_scan(guess, positions, np.shape(raw.diff3d)[-1] / 2):
+    if constant_over_scan(guess, positions, half):
         z = np.asarray(guess).flat[0]
         log.warning("%s: not scored: its objectGuess is one constant value over the scanned region (amplitude %.3g, phase "
                     "%.3g rad); it looks like an initial guess, not a truth", where, abs(z), np.angle(z))

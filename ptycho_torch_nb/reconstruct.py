@@ -8,7 +8,7 @@ import copy, dataclasses, json, math, os, sys, tempfile, time, warnings
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
-from .core import require_torch, atomic_path, jsonable, prepare_output_dir
+from .core import require_torch, atomic_path, jsonable, prepare_output_dir, archive_file
 torch = require_torch()
 from . import physics, params
 from .config import ModelConfig, TrainingConfig, ScanOptions, POLISH_STARTS, update_legacy_dict, validate_run, validate_run_options
@@ -83,9 +83,7 @@ def merge_canvas_size(containers, N: int, gridsize: int) -> int:
 
 def _load_for_finetune(init_from, N: int, gridsize: int):
     "The LightningModule of an archive (autoencoder view), checked against the scan's N and gridsize."
-    p = Path(os.fspath(init_from))
-    if p.is_dir(): p = p / 'wts.h5.zip'
-    if not (p.is_file() or Path(f"{p}.zip").is_file()): raise FileNotFoundError(f"archive to fine-tune from not found: {p}")
+    p = archive_file(os.fspath(init_from), 'archive to fine-tune from')
     models, _ = load_torch_bundle(p, restore_params=False)
     model = models.get('autoencoder') or next(iter(models.values()))
     m = model.model

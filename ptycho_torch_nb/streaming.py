@@ -7,9 +7,9 @@ from __future__ import annotations
 import json, logging, math, os, signal, sys, threading, time, warnings
 from pathlib import Path
 import numpy as np
-from .core import require_torch, atomic_path, prepare_output_dir
+from .core import require_torch, atomic_path, prepare_output_dir, archive_file
 from .raw_data import MAX_SCAN_EXTENT, check_span, normalization_factor, RawDataTorch
-from .hdf5_data import HDF5Scan, iter_hdf5_chunks
+from .hdf5_data import HDF5Scan, iter_hdf5_chunks, is_hdf5
 from .stitching import stitch_geometry
 torch = require_torch()
 from torch import nn
@@ -35,10 +35,7 @@ def _lightning(model):
     "A LightningModule (or PtychoPINN) from a module, an archive path or an archive's folder."
     if isinstance(model, nn.Module): return model
     from ptycho_torch_nb.persistence import load_torch_bundle  # the stable archive API
-    p = Path(os.fspath(model))
-    if p.is_dir(): p = p / 'wts.h5.zip'
-    if not (p.is_file() or Path(f"{p}.zip").is_file()): raise FileNotFoundError(f"model archive not found: {p}")
-    models, _ = load_torch_bundle(p, restore_params=False)
+    models, _ = load_torch_bundle(archive_file(os.fspath(model)), restore_params=False)
     return models.get('autoencoder') or next(iter(models.values()))
 
 def pattern_generator(model,  # archive (wts.h5.zip or its folder), a LightningModule or a PtychoPINN
@@ -448,11 +445,11 @@ def open_source(path,  # .npz or HDF5 scan file
     "(`FileSource`, patterns expected or None); a complete file is opened, and its positions checked, before streaming."
     path = Path(path)
     if follow:
-        if path.suffix.lower() == '.npz': raise ValueError(f"{path}: following needs an HDF5 source (an NPZ file is never appended to)")
+        if not is_hdf5(path): raise ValueError(f"{path}: following needs an HDF5 source (an NPZ file is never appended to)")
         return FileSource(path, lambda need: poll_hdf5(path, chunk=chunk, poll_s=poll_s, idle_timeout_s=idle_timeout_s,
                                                        expected=expected, N=need, **options)), expected
     if not path.is_file(): raise FileNotFoundError(f"scan file not found: {path}")
-    if path.suffix.lower() == '.npz':   # the data contract refuses positions spanning too much or one pixel
+    if not is_hdf5(path):   # an NPZ, as every loader reads it (`hdf5_data.load_scan`): the data contract refuses positions spanning too much or one pixel
         raw = RawDataTorch.from_file(path, **options)   # --data, --diffraction_layout
         return FileSource(path, lambda need: paced(array_chunks(raw.diff3d, raw.xcoords, raw.ycoords, chunk), rate), int(raw.diff3d.shape[-1])), len(raw.xcoords)
     with HDF5Scan(path, swmr=False, **options) as scan: total, N, (x, y) = len(scan), scan.N, scan.positions()   # reads no frame

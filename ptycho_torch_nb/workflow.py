@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_workflow.ipynb #1f443b47
 from __future__ import annotations
-import dataclasses, logging, os, time
+import dataclasses, os, time
 from pathlib import Path
 import numpy as np
 from .core import require_torch, prepare_output_dir
@@ -13,7 +13,7 @@ import lightning as L
 from . import params
 from .config import update_legacy_dict, validate_run
 from .raw_data import RawDataTorch
-from .data_container import PtychoDataContainerTorch, constant_over_scan, check_truth
+from .data_container import PtychoDataContainerTorch, usable_truth
 from .simulation import make_run1084_datasets
 from .model import PtychoPINN_Lightning
 from .stitching import patch_positions, stitch_patches
@@ -160,15 +160,7 @@ def _ground_truth_object(test_data, container, positions):
     gt = getattr(container, 'objectGuess', None) if container is not None else None
     if gt is None and test_data is not None and not isinstance(test_data, (str, os.PathLike)):
         gt = getattr(test_data, 'objectGuess', None)
-    if gt is None: return None
-    try: check_truth(gt, positions)   # a crop, or an object in another frame, would be scored against zeros
-    except ValueError as e:
-        logging.getLogger(__name__).warning("test data: not scored: its objectGuess is no truth for it (%s)", e)
-        return None
-    if constant_over_scan(gt):   # a flat start (one value throughout) is no truth
-        logging.getLogger(__name__).warning("test data: not scored: its objectGuess is one constant value, an initial guess")
-        return None
-    return gt
+    return usable_truth(gt, positions, where='test data')   # as infer and reconstruct score (`scan_truth`)
 
 def save_model_bundle(results: dict, config, output_dir) -> Path:
     "Archive the trained models as `output_dir/wts.h5.zip` (`persistence.save_torch_bundle`); returns its path."
