@@ -171,6 +171,9 @@ def test_cli_answers_without_importing_torch(cmd, tmp_path):
                  'reconstruct': [str(good), '--output_dir', str(used)]}.get(cmd)
     cases = [([cmd, '--help'], 0, None), ([cmd, *bad_args], 2, "'xcoords'" if cmd != 'pretrain' else '')]
     if used_args: cases.append(([cmd, *used_args], 2, 'holds a previous run (metrics.json)'))
+    if cmd == 'reconstruct': cases += [([cmd, str(tmp_path), '--output_dir', str(tmp_path / 'o')], 2, 'is a folder; name the file in it'),
+                                       ([cmd, str(good), '--n_filters_scale', '17', '--output_dir', str(tmp_path / 'o')], 2,
+                                        'ptycho-torch-reconstruct: error: n_filters_scale=17 is invalid: allowed an int in 1..16')]
     if cmd == 'train': cases.append(([cmd, '--train_data_file', str(good), '--batch_size', '3'], 2, 'batch_size=3 is invalid'))
     if cmd == 'infer': cases.append(([cmd, '--model_path', str(tmp_path / 'broken'), '--test_data', str(good)], 2, 'not a readable model archive'))
     for argv, want_rc, says in cases:

@@ -391,6 +391,19 @@ def test_resume_refuses_a_changed_run(tmp_path):
         PT.pretrain(train.parent, steps=3, resume=True, **TINY)
 
 
+def test_a_stopped_corpus_build_drops_its_queued_scans(monkeypatch):
+    "Ctrl-C or SIGTERM (`core.Terminated`, a KeyboardInterrupt) while the scans are simulated: the queued scans are cancelled, not awaited."
+    import concurrent.futures as cf
+    shutdowns = []
+    class Stopped(cf.ProcessPoolExecutor):
+        def map(self, *a, **k): raise KeyboardInterrupt
+        def shutdown(self, wait=True, *, cancel_futures=False):
+            shutdowns.append(cancel_futures); super().shutdown(wait=wait, cancel_futures=cancel_futures)
+    monkeypatch.setattr(cf, 'ProcessPoolExecutor', Stopped)
+    with pytest.raises(KeyboardInterrupt): PT.build_corpus(64, n=8, workers=2)
+    assert shutdowns[0] is True
+
+
 DDP_STOP = '''
 import os, sys
 from ptycho_torch_nb import pretrain as PT

@@ -128,6 +128,15 @@ def test_errors_surface_clearly(trained, tmp_path):
     with pytest.raises(ValueError, match='trained on 64x64'): ptn.reconstruct_scan(_raw32(ri), root / 'out')
 
 
+def test_reconstruct_scan_gates_the_config_it_builds(trained, monkeypatch):
+    "The InferenceConfig built from an archive's parameters passes the one gate: neighbor_count=0 is refused before grouping."
+    rec, ri, truth, root, _ = trained
+    load = ptn.load_model
+    monkeypatch.setattr(ptn, 'load_model', lambda p: (lambda m, params: (m, {**params, 'neighbor_count': 0}))(*load(p)))
+    with pytest.raises(ValueError, match=r'InferenceConfig\.neighbor_count=0 is invalid: allowed a value > 0'):
+        ptn.reconstruct_scan(ptn.raw_data_from_reconstruct_input(ri), root / 'out')
+
+
 def _raw32(ri):
     from ptycho_torch_nb.raw_data import RawDataTorch
     a = ptn.arrays_from_reconstruct_input(ri)

@@ -345,6 +345,17 @@ def test_used_output_folder_refused_unless_overwrite(tmp_path):
     with pytest.raises(NotADirectoryError, match='notes.txt'): prepare_output_dir(out / 'notes.txt')
 
 
+def test_overwrite_says_where_the_previous_run_went(tmp_path, caplog):
+    from ptycho_torch_nb.core import prepare_output_dir
+    out = tmp_path / 'run'; out.mkdir(); (out / 'metrics.json').write_text('{"run": 1}')
+    prepare_output_dir(out, overwrite=True)
+    assert f"{out}: the previous run (metrics.json) is set aside in {out / '.previous_run'}" in caplog.text
+    assert 'removed' not in caplog.text
+    (out / 'metrics.json').write_text('{"run": 2}'); caplog.clear()
+    prepare_output_dir(out, overwrite=True)
+    assert 'the one set aside before it is removed' in caplog.text and (out / '.previous_run' / 'metrics.json').read_text() == '{"run": 2}'
+
+
 def _train_cli(train, out, *extra):
     from ptycho_torch_nb import cli
     return cli.train_main(['--train_data_file', str(train), '--output_dir', str(out), '--accelerator', 'cpu', '--quiet',
