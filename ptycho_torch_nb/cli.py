@@ -11,7 +11,7 @@ from .config import ScanOptions, GENERATOR_MODES, POLISH_STARTS, POLISH_EPOCHS, 
 from .core import (refuse_pretrained, OneLineParser, run_command, quiet_libraries, positive_int, non_negative_int, positive_float,
                                   HelpFormatter, atomic_path, prepare_output_dir, output_folder, folder_path,
                                   check_archive_file)
-from .hdf5_data import add_hdf5_arguments, is_hdf5, load_scan, scan_facts, scan_options  # numpy/h5py: --help stays torch-free
+from .hdf5_data import add_hdf5_arguments, is_hdf5, load_scan, scan_facts, file_options  # numpy/h5py: --help stays torch-free
 
 # %% auto #0
 __all__ = ['ACCELERATORS', 'COMMANDS', 'CLIError', 'train_parser', 'build_train_configs', 'train_main', 'infer_parser',
@@ -164,7 +164,7 @@ def _check_scan(path, what, args=None, loaded: bool = False):
     (`--data`, `--diffraction_layout`); else its path."""
     _check_file(path, what)
     if path is None: return None
-    try: raw = load_scan(path, **(opts := scan_options(args, path) if args is not None else {}))   # an NPZ: --data, --diffraction_layout
+    try: raw = load_scan(path, **(opts := file_options(args, path) if args is not None else {}))   # an NPZ: --data, --diffraction_layout
     except ValueError as e: raise CLIError(str(e)) from None
     return raw if loaded or is_hdf5(path) or any(v is not None for v in opts.values()) else path   # flags applied: the loaded scan
 
@@ -549,7 +549,7 @@ def _stream(argv):
     prepare_output_dir(args.output_dir, args.overwrite, reads=(args.model,))   # used: refused
     from ptycho_torch_nb import streaming as S
     try:
-        opts = scan_options(args, args.source)   # an NPZ: --data, --diffraction_layout
+        opts = file_options(args, args.source)   # an NPZ: --data, --diffraction_layout
         source, total = S.open_source(args.source, args.follow, args.rate, args.chunk, args.poll_s, args.idle_timeout_s,
                                       args.expected, **opts)
         if args.threads: S.torch.set_num_threads(args.threads)

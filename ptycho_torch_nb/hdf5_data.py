@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'DATA_KINDS', 'UNITS', 'HDF5_DEFAULTS', 'HDF5_ONLY', 'HDF5_SUFFIXES', 'counts_to_amplitude',
            'object_pixel_size', 'positions_to_pixels', 'read_positions_csv', 'HDF5Scan', 'iter_hdf5_chunks',
-           'add_hdf5_arguments', 'hdf5_options', 'npz_options', 'scan_options', 'is_hdf5', 'load_scan', 'scan_facts']
+           'add_hdf5_arguments', 'hdf5_options', 'npz_options', 'file_options', 'is_hdf5', 'load_scan', 'scan_facts']
 
 # %% ../nbs/02d_hdf5_data.ipynb #fa488be4
 DATA_KINDS = ('counts', 'amplitude', 'intensity')
@@ -388,7 +388,7 @@ def npz_options(args) -> dict:
     kind = None if data is None else 'counts' if data == 'counts' else data != 'amplitude'   # counts: whole numbers, checked
     return dict(diffraction_is_intensity=kind, diffraction_layout=getattr(args, 'diffraction_layout', None))
 
-def scan_options(args, path) -> dict:
+def file_options(args, path) -> dict:
     "The loader's keyword arguments for `path` from parsed flags: `hdf5_options` for an HDF5 file, `npz_options` for an NPZ."
     return hdf5_options(args) if is_hdf5(path) else npz_options(args)
 
@@ -400,7 +400,7 @@ def is_hdf5(path) -> bool:
     return Path(path).suffix.lower() in HDF5_SUFFIXES
 
 def load_scan(path,  # .npz (data contract) or HDF5 detector file
-              **options,  # HDF5: `RawDataTorch.from_hdf5`'s (diffraction, positions, probe, units, ...); NPZ: `from_file`'s (`scan_options`)
+              **options,  # HDF5: `RawDataTorch.from_hdf5`'s (diffraction, positions, probe, units, ...); NPZ: `from_file`'s (`file_options`)
              ) -> RawDataTorch:
     "The scan in `path` as a `RawDataTorch`; `FileNotFoundError`/`ValueError` naming the file (and dataset) otherwise."
     p = Path(path)

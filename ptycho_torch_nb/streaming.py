@@ -440,7 +440,7 @@ def open_source(path,  # .npz or HDF5 scan file
                 follow: bool = False,  # the HDF5 file is still being written: `poll_hdf5`
                 rate: float | None = None,  # replay a complete file at this many patterns/s
                 chunk: int = 64, poll_s: float = 0.2, idle_timeout_s: float = 10.0, expected: int | None = None,
-                **options,  # the file's loader options (`hdf5_data.scan_options`): HDF5Scan's, or RawDataTorch.from_file's for an NPZ
+                **options,  # the file's loader options (`hdf5_data.file_options`): HDF5Scan's, or RawDataTorch.from_file's for an NPZ
                ) -> tuple:
     "(`FileSource`, patterns expected or None); a complete file is opened, and its positions checked, before streaming."
     path = Path(path)
