@@ -45,7 +45,7 @@ def test_bf16_mixed_trains(run1084):
     sim = _data(run1084, gridsize=2)
     lm = PtychoPINN_Lightning(dict(gridsize=2, n_filters_scale=1), intensity_scale=S0, probe=run1084[1], learning_rate=3e-3)
     before = _loss(lm, sim)
-    tr = _fit(lm, sim, steps=12, precision='bf16-mixed')
+    tr = _fit(lm, sim, steps=24, precision='bf16-mixed')   # 12 steps: drops of 21k-118k over seeds 0-9; 24: 94k-132k
     assert torch.isfinite(tr.callback_metrics['train_loss'])
     assert _loss(lm, sim) < before   # bf16 training lowers the (float32) loss
     obj = lm.diffraction_to_obj(sim['X'], sim['coords_relative'])
@@ -116,7 +116,7 @@ def test_supervised_path(run1084):
     torch.manual_seed(0)
     lm = PtychoPINN_Lightning(dict(gridsize=2, n_filters_scale=1, model_type='supervised'), intensity_scale=S0, learning_rate=3e-3)
     before = _loss(lm, sim)
-    tr = _fit(lm, sim, steps=12)
+    tr = _fit(lm, sim, steps=24)   # 12 steps left seed 7 at 0.93 of the start; 24: 0.48-0.64 over seeds 0-9
     assert torch.isfinite(tr.callback_metrics['train_loss'])
     assert _loss(lm, sim) < 0.9 * before   # the supervised MAE falls
     with pytest.raises(ValueError, match="'Y'"):
