@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
 from .core import atomic_path, pretrained_card, prepare_output_dir
-from .config import POLISH_EPOCHS
+from .config import POLISH_EPOCHS, validate_run_options
 
 logger = logging.getLogger(__name__)
 
@@ -21,11 +21,11 @@ __all__ = ['logger', 'PTYCHODUS_INSTALL_HINT', 'SUPPORTED_PTYCHODUS', 'PTYCHODUS
            'RECONSTRUCT_ENTRY_POINT', 'TRAIN_ENTRY_POINT', 'LIBRARY_NAME', 'SLOTS', 'ptychodus_version',
            'check_ptychodus_version', 'simulate_reconstruct_input', 'arrays_from_reconstruct_input',
            'raw_data_from_reconstruct_input', 'grid_anchor', 'object_from_stitched', 'output_product',
-           'ReconstructorSettings', 'training_files', 'losses_from_history', 'train_model', 'resolve_archive',
-           'archive_history', 'load_model', 'reconstruct_scan', 'reconstruct_product', 'pretrained_product',
-           'export_training_data', 'copy_model', 'PtychoPINNTorchReconstructor', 'ReconstructPayload', 'TrainPayload',
-           'run_reconstruct', 'run_train', 'build_subprocess_reconstructor', 'PtychoTorchNBLibrary', 'enable',
-           'install', 'main']
+           'ReconstructorSettings', 'check_settings', 'training_files', 'losses_from_history', 'train_model',
+           'resolve_archive', 'archive_history', 'load_model', 'reconstruct_scan', 'reconstruct_product',
+           'pretrained_product', 'export_training_data', 'copy_model', 'PtychoPINNTorchReconstructor',
+           'ReconstructPayload', 'TrainPayload', 'run_reconstruct', 'run_train', 'build_subprocess_reconstructor',
+           'PtychoTorchNBLibrary', 'enable', 'install', 'main']
 
 # %% ../nbs/06b_ptychodus.ipynb #9a50f160
 PTYCHODUS_INSTALL_HINT = "pip install 'ptycho_torch_nb[ptychodus]'  (installs the supported ptychodus==1.7.0)"
@@ -35,8 +35,7 @@ def ptychodus_version() -> str:
     "Installed ptychodus version, or `RuntimeError` saying how to install it."
     try: return _dist_version('ptychodus')
     except PackageNotFoundError as e:
-        raise RuntimeError(f"ptycho_torch_nb.ptychodus needs ptychodus, which is not installed. Install it with: "
-                           f"{PTYCHODUS_INSTALL_HINT}") from e
+        raise RuntimeError(f"ptycho_torch_nb.ptychodus needs ptychodus, which is not installed. Install it with: {PTYCHODUS_INSTALL_HINT}") from e
 
 def check_ptychodus_version(installed: Optional[str] = None  # version string to check (default: the installed one)
                            ) -> str:
@@ -45,8 +44,8 @@ def check_ptychodus_version(installed: Optional[str] = None  # version string to
     try: major_minor = tuple(int(p) for p in v.split('.')[:2])
     except ValueError: major_minor = None
     if major_minor not in SUPPORTED_PTYCHODUS:
-        ok = ', '.join(f'{a}.{b}.x' for a, b in SUPPORTED_PTYCHODUS)
-        raise RuntimeError(f"ptychodus {v} is not supported by ptycho_torch_nb.ptychodus (supported: {ok}); its "
+        raise RuntimeError(f"ptychodus {v} is not supported by ptycho_torch_nb.ptychodus (supported: "
+                           f"{', '.join(f'{a}.{b}.x' for a, b in SUPPORTED_PTYCHODUS)}); its "
                            f"reconstructor API differs. Install the supported version: {PTYCHODUS_INSTALL_HINT}")
     return v
 
@@ -100,11 +99,8 @@ def simulate_reconstruct_input(n_positions: int = 64,        # scan points
     intensity = assembled.get_patterns()
     intensity = intensity * (nphotons / intensity.sum((1, 2)).mean())
     counts = rng.poisson(intensity).astype(np.uint32)                          # (n, N, N) detector counts
-    bad = np.zeros((N, N), bool)
-    if n_bad_pixels:
-        flat = rng.choice(N * N, n_bad_pixels, replace=False)
-        bad.flat[flat] = True
-        counts[:, bad] = 0
+    bad = np.zeros((N, N), bool); bad.flat[rng.choice(N * N, n_bad_pixels, replace=False)] = True   # the last draw: none follows
+    counts[:, bad] = 0
     modes = [probe] + [0.3 ** k * np.roll(probe, 3 * k, axis=-1) for k in range(1, probe_modes)]
     guess = Product(metadata, positions, ProbeSequence(np.stack(modes), None, pixel),
                     Object(np.ones((H, W), np.complex64), pixel, ObjectCenter(0.0, 0.0)), [])
@@ -144,11 +140,14 @@ def arrays_from_reconstruct_input(parameters: ReconstructInput  # what ptychodus
         raise ValueError(f"ReconstructInput: the object's pixels ({op.width_m:.4g} x {op.height_m:.4g} m) differ from the probe's "
                          f"({pp.width_m:.4g} x {pp.height_m:.4g} m); this backend images on the probe's pixel grid: size the "
                          "object guess with the probe's pixel geometry")
-    geometry = product.object_.get_geometry()
-    return dict(
-        xcoords=np.array(geometry.map_probe_positions_to_object_x_px(positions), dtype=np.float64),  # copies:
-        ycoords=np.array(geometry.map_probe_positions_to_object_y_px(positions), dtype=np.float64),  # ptychodus' are read-only
-        diff3d=amplitude, probeGuess=modes[0].astype(np.complex64),
+    geometry, (H, W) = product.object_.get_geometry(), np.shape(product.object_.get_layer(0))[-2:]
+    x = np.array(geometry.map_probe_positions_to_object_x_px(positions), dtype=np.float64)   # copies: ptychodus' are read-only
+    y = np.array(geometry.map_probe_positions_to_object_y_px(positions), dtype=np.float64)
+    if (off := int(np.sum((x < 0) | (x > W - 1) | (y < 0) | (y > H - 1)))) and off == len(x):
+        raise ValueError(f"ReconstructInput: no probe position lies on the object (x {x.min():.0f}..{x.max():.0f} px, y {y.min():.0f}.."
+                         f"{y.max():.0f} px; the object is {W} x {H} px): build the object guess over the scan")
+    if off: logger.warning("%d of %d probe positions lie off the object (%d x %d px): what they image is left out", off, len(x), W, H)
+    return dict(xcoords=x, ycoords=y, diff3d=amplitude, probeGuess=modes[0].astype(np.complex64),
         objectGuess=np.asarray(product.object_.get_layer(0)).astype(np.complex64),
         scan_index=np.zeros(len(patterns), np.int64),
         photons_per_pattern=float(intensity.sum((1, 2)).mean()))
@@ -194,8 +193,7 @@ def object_from_stitched(stitched,                  # [P, P] complex stitched im
     canvas_row, canvas_col = geo.object_to_canvas(cols - PTYCHODUS_HALF_PIXEL, rows - PTYCHODUS_HALF_PIXEL)  # whole with `grid_anchor`
     sample = lambda img: map_coordinates(img, [canvas_row, canvas_col], order=1, mode='constant', cval=0.0)
     coverage = np.clip(weights, 0.0, 1.0)   # edge pixels (0 < w < 1) blend the image with the background
-    blended = stitched * coverage
-    image = sample(blended.real) + 1j * sample(blended.imag)
+    image = sample((stitched * coverage).real) + 1j * sample((stitched * coverage).imag)
     out = (image + (1.0 - sample(coverage)) * np.asarray(object_in.get_layer(0))).astype(np.complex64)  # [H, W]
     return Object(out, object_in.get_pixel_geometry(), object_in.get_center(), layer_spacing_m=[])
 
@@ -226,6 +224,16 @@ class ReconstructorSettings:
     pretrained: str = 'shipped'         # with no model loaded: this pretrained model folder ('shipped': data/pretrained_N64; 'none': refuse)
     polish_epochs: int = POLISH_EPOCHS  # solver passes after the pretrained network (0: its image alone)
 
+def check_settings(s: ReconstructorSettings) -> ReconstructorSettings:
+    "The settings `s` once each knob is in its range, before any scan is read or model loaded (`ValueError` naming the first that is not; M is the stitch_crop)."
+    validate_run_options('ReconstructorSettings', gridsize=s.gridsize, n_groups=s.n_groups, nphotons=s.nphotons, nepochs=s.nepochs,
+                         batch_size=s.batch_size, n_filters_scale=s.n_filters_scale, seed=s.seed, M=s.stitch_crop)
+    if s.model_type != 'pinn': raise ValueError(f"ReconstructorSettings.model_type={s.model_type!r} is not offered: ptychodus' "
+                                                "training data hold no ground truth (their object is the initial guess); allowed 'pinn'")
+    if not (isinstance(s.polish_epochs, int) and s.polish_epochs >= 0):
+        raise ValueError(f"ReconstructorSettings.polish_epochs={s.polish_epochs!r} is invalid: allowed an int >= 0 (0: the network's image alone)")
+    return s
+
 ARCHIVE_NAME = 'wts.h5.zip'
 PROGRESS_GOAL = 1   # each call yields one output, when done; ptychodus' batch mode names it by progress (product.000001.h5, as its own slots)
 HISTORY_MEMBER = 'ptychodus/training_history.json'   # losses, added to the archive so products can report them
@@ -236,13 +244,11 @@ def training_files(input_path) -> tuple:
     p = Path(input_path)
     if p.is_file(): return [p], None
     if not p.is_dir(): raise FileNotFoundError(f"training data not found: {p}")
-    if (p / 'train_data.npz').is_file():
-        test = p / 'test_data.npz'
-        return [p / 'train_data.npz'], (test if test.is_file() else None)
+    test = p / 'test_data.npz' if (p / 'test_data.npz').is_file() else None
+    if (p / 'train_data.npz').is_file(): return [p / 'train_data.npz'], test
     files = sorted(f for f in p.glob('*.npz') if f.name != 'test_data.npz')
     if not files: raise FileNotFoundError(f"no training data (*.npz, e.g. from ptychodus' Export Training Data) in {p}")
-    test = p / 'test_data.npz'
-    return files, (test if test.is_file() else None)
+    return files, test
 
 def _load_scans(files):
     from ptycho_torch_nb.raw_data import RawDataTorch
@@ -263,9 +269,7 @@ def _load_scans(files):
                                                cat(np.full(len(s), i) for i, s in enumerate(scans)))
 
 def _training_config(settings: ReconstructorSettings, train, output_dir):
-    from ptycho_torch_nb.config import ModelConfig, TrainingConfig, validate_run_options
-    validate_run_options('ReconstructorSettings', gridsize=settings.gridsize, n_groups=settings.n_groups,
-                         nphotons=settings.nphotons)   # gridsize and n_groups feed arithmetic below
+    from ptycho_torch_nb.config import ModelConfig, TrainingConfig   # `check_settings` has passed: gridsize and n_groups feed arithmetic below
     nphotons = settings.nphotons
     if nphotons is None:   # the measured counts: (amplitude)^2 summed per pattern, averaged
         nphotons = float(np.mean(np.sum(np.asarray(train.diff3d, np.float64) ** 2, axis=(1, 2))))
@@ -293,6 +297,7 @@ def train_model(input_path,                                  # training NPZ file
     from ptycho_torch_nb.config import PyTorchExecutionConfig
     from ptycho_torch_nb.config import validate_run
     from ptycho_torch_nb.persistence import save_torch_bundle
+    check_settings(settings)   # before any file is read
     files, test_file = training_files(input_path)
     train = _load_scans(files)
     test = _load_scans([test_file]) if test_file is not None else None
@@ -379,6 +384,7 @@ def reconstruct_product(parameters: ReconstructInput,   # what ptychodus passes 
                        ) -> Product:
     "The whole ptychodus-side reconstruction: convert the input, run the model (none loaded: `pretrained_product`), return the output `Product`."
     if model_path is None: return pretrained_product(parameters, settings)
+    check_settings(settings)
     if pretrained_card(model_path) is not None:   # a pretrained network: its route adopts the scan's probe (its archive's is a stand-in)
         return pretrained_product(parameters, dataclasses.replace(settings, pretrained=str(resolve_archive(model_path).parent)))
     raw = raw_data_from_reconstruct_input(parameters)
@@ -392,7 +398,7 @@ def pretrained_product(parameters: ReconstructInput,     # what ptychodus passes
                       ) -> Product:
     "With no model loaded: the pretrained network and the solver from its image (`route`), where the pretrained model fits the scan."
     from ptycho_torch_nb.route import fitting_model, amortised_reconstruct
-    raw = raw_data_from_reconstruct_input(parameters)
+    check_settings(settings); raw = raw_data_from_reconstruct_input(parameters)
     raw.objectGuess = None                               # the input's guess is no truth to score against
     named = None if settings.pretrained == 'shipped' else settings.pretrained
     got, why = (None, "settings.pretrained is 'none'") if named == 'none' else fitting_model(raw, named)
@@ -529,8 +535,7 @@ def _settings_from_ptychodus(model_core, base: ReconstructorSettings):
     "A callable reading epochs / batch size from ptychodus' PtychoPINN-Torch training settings (fallback: `base`)."
     training = getattr(getattr(model_core, 'ptychopinn_torch_reconstructor_library', None), 'training_settings', None)
     def read():
-        try: return dataclasses.replace(base, nepochs=int(training.epochs.get_value()),
-                                        batch_size=int(training.batch_size.get_value()))
+        try: return dataclasses.replace(base, nepochs=int(training.epochs.get_value()), batch_size=int(training.batch_size.get_value()))
         except Exception: return base
     return read if training is not None else (lambda: base)
 
@@ -553,14 +558,11 @@ def enable(model_core,                          # a ptychodus `ModelCore`
     get = (lambda: settings) if settings is not None else _settings_from_ptychodus(model_core, ReconstructorSettings())
     reconstructor = (build_subprocess_reconstructor('Unsupervised', get) if subprocess
                      else PtychoPINNTorchReconstructor('Unsupervised', get()))
-    if slot == 'library':
-        library = next((l for l in libraries if getattr(l, 'name', None) == LIBRARY_NAME), None)
-        if library is None:
-            library = PtychoTorchNBLibrary([])
-            library.get_logger().addHandler(log_handler)
-            libraries = list(libraries) + [library]
-    else:
-        library = torch_slot
+    library = torch_slot if slot != 'library' else next((l for l in libraries if getattr(l, 'name', None) == LIBRARY_NAME), None)
+    if library is None:   # the first call: our library joins ptychodus' list
+        library = PtychoTorchNBLibrary([])
+        library.get_logger().addHandler(log_handler)
+        libraries = list(libraries) + [library]
     stale = {key_of(library.name, r.name) for r in library}
     library._reconstructors[:] = [reconstructor]
     new_table = {k: v for k, v in table.items() if k not in stale}
