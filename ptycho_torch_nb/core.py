@@ -107,6 +107,7 @@ def atomic_path(final_path,  # where the file (or folder) should end up
                ):
     "Yield a temporary path next to `final_path` (mode from the umask); on success rename it onto `final_path`, on error delete it."
     final_path = Path(final_path)
+    if (f := next((p for p in final_path.parents if p.is_file()), None)): raise NotADirectoryError(f"cannot write {final_path}: {f} is a file, not a folder")
     final_path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(final_path)   # what a killed earlier writer left behind
     fd, tmp = tempfile.mkstemp(prefix=f'.{final_path.name}.{os.getpid()}.', suffix=suffix + '.tmp', dir=final_path.parent)

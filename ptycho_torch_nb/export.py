@@ -105,6 +105,7 @@ def export_generator(archive,  # wts.h5.zip (or its folder), or a loaded Lightni
                     ) -> dict:
     "Export the per-pattern generator; returns {'path', 'format', 'N', 'max_rel_diff'} after checking it against eager."
     if format not in FORMATS: raise ValueError(f"format={format!r} is not one of {list(FORMATS)}")
+    if not (isinstance(rtol, (int, float)) and 0 <= rtol < float('inf')): raise ValueError(f"rtol={rtol!r} is invalid: allowed a finite number >= 0")
     path = Path(path)
     if path.is_dir(): raise IsADirectoryError(f"{path}: is a folder; give the exported file's name, e.g. {path / 'generator.pt'}")
     named = {'.pt': 'torchscript', '.pt2': 'pt2', '.onnx': 'onnx'}.get(path.suffix.lower(), format)   # another suffix: any format

@@ -333,11 +333,14 @@ def _raw_from_file(path,  # an .npz file following the data contract
     "Load and validate one scan from an NPZ file."
     return _load_raw(RawDataTorch, path, diffraction_is_intensity, diffraction_layout)
 
-def _raw_to_file(self, path  # destination .npz (written atomically: temp name + rename)
+def _raw_to_file(self, path,  # destination .npz (written atomically: temp name + rename)
+                 overwrite: bool = False,  # replace a file already there (by default never: it may be a measurement)
                 ) -> Path:
     "Write the scan as an NPZ following the data contract (`diff3d` amplitude, (M,N,N)); return the path."
     from ptycho_torch_nb.core import atomic_path
     path = Path(path)
+    if path.is_dir(): raise IsADirectoryError(f"{path} is a folder; name the .npz file to write in it")
+    if path.exists() and not overwrite: raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     arrays = dict(xcoords=self.xcoords, ycoords=self.ycoords, xcoords_start=self.xcoords_start,
                   ycoords_start=self.ycoords_start, probeGuess=self.probeGuess, scan_index=self.scan_index)
     if self.diff3d is not None: arrays['diff3d'] = self.diff3d

@@ -195,7 +195,7 @@ def _scan_file(tmp_path, seed=0):
     gx, gy = np.meshgrid(np.arange(10) * 4.0 + 20, np.arange(10) * 4.0 + 20)
     p = tmp_path / 'scan.npz'
     RawDataTorch(gx.ravel() + rng.uniform(-1, 1, 100), gy.ravel(), diff3d=rng.random((100, 16, 16)).astype(np.float32),
-                 probeGuess=np.ones((16, 16), np.complex64), objectGuess=rng.random((80, 80)).astype(np.complex64)).to_file(p)
+                 probeGuess=np.ones((16, 16), np.complex64), objectGuess=rng.random((80, 80)).astype(np.complex64)).to_file(p, overwrite=True)
     return p
 
 
