@@ -8,15 +8,15 @@ import logging, math
 import numpy as np
 from .core import require_torch
 from typing import Optional
-from .raw_data import RawDataTorch, grouped_from_indices, intensity_scale as closed_form_intensity_scale
+from .raw_data import RawDataTorch, grouped_from_indices, validate_raw_arrays, intensity_scale as closed_form_intensity_scale
 
 torch = require_torch()
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['torch', 'log', 'PtychoDataContainerTorch', 'subsample', 'PtychoDataset', 'collate_batch', 'scan_groups',
-           'scan_nphotons', 'grouped_container', 'inference_container', 'check_truth', 'constant_over_scan',
-           'scan_truth', 'usable_truth']
+           'scan_nphotons', 'grouped_container', 'inference_container', 'check_finite', 'check_scan', 'check_truth',
+           'constant_over_scan', 'scan_truth', 'usable_truth']
 
 # %% ../nbs/02_data_container.ipynb #0fe20f72
 def _channel_first(a, dtype=None):
@@ -259,11 +259,36 @@ def inference_container(raw, N: int, gridsize: int, nphotons: float, radius: Opt
     "The cover: each pattern predicted (about) once."
     return grouped_container(raw, N, gridsize, nphotons, cover=True, radius=radius)
 
+# %% ../nbs/02_data_container.ipynb #336ac621
+def check_finite(a,  # an array (real or complex) or a CPU tensor
+                 name: str,  # named in the error: 'truth', 'init', "results['stitched_obj']"
+                 where: str = '',  # the entry point, named first
+                 why: str = 'it must be finite',  # what a NaN/Inf value there would do
+                ) -> None:
+    "`ValueError` naming `name`, the count of its NaN/Inf values and the index of the first, unless every value of `a` is finite."
+    a = np.asarray(a)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{where + ': ' if where else ''}{name} holds {int(bad.sum())} non-finite value(s) of {a.size}, "
+                         f"first at index {first}: {why}")
+
+def check_scan(raw,  # the scan (RawDataTorch, or anything with its arrays), perhaps edited since it was built
+               where: str = 'scan',  # the entry point, named in the error
+              ) -> None:
+    "`ValueError` naming the key and index where `raw` breaks the data contract: `validate_raw_arrays`, the check its constructor ran, on its arrays as they are now."
+    src = f"{where}: scan {getattr(raw, 'source', None) or '<memory>'}"
+    if getattr(raw, 'diff3d', None) is None: raise ValueError(f"{src}: key 'diff3d' is missing: there is no diffraction to reconstruct")
+    validate_raw_arrays(*(getattr(raw, k, None) for k in ('xcoords', 'ycoords', 'xcoords_start', 'ycoords_start', 'diff3d',
+                                                          'probeGuess', 'scan_index', 'objectGuess', 'Y')), src=src)
+
 # %% ../nbs/02_data_container.ipynb #0554eb56
 def check_truth(object_guess,  # the true object, [H, W] complex, in the scan's frame (object pixels)
                 positions,  # [..., 2] absolute [x, y] scan positions
+                where: str = '',  # the entry point, named in the error
                ) -> None:
-    "`ValueError` unless the truth holds every scan position (a truth in another frame, or cropped, would score against zeros)."
+    "`ValueError` unless the truth is finite and holds every scan position (a truth in another frame, or cropped, would score against zeros)."
+    check_finite(object_guess, 'truth', where, 'a truth with NaN/Inf pixels leaves nothing to score against')
     H, W = np.shape(np.asarray(object_guess).squeeze())[-2:]
     x, y = np.asarray(positions, np.float64).reshape(-1, 2).T
     out = (x < 0) | (x > W - 1) | (y < 0) | (y > H - 1)
@@ -293,7 +318,7 @@ def scan_truth(raw,  # the scan (RawDataTorch)
               ):
     "The truth to score `raw` against, decided before any work: `truth` (checked), else the scan's objectGuess where it holds the scan and is not flat, else None."
     positions = np.column_stack([raw.xcoords, raw.ycoords])
-    if truth is not None: check_truth(truth, positions); return truth
+    if truth is not None: check_truth(truth, positions, where); return truth
     return usable_truth(getattr(raw, 'objectGuess', None), positions, np.shape(raw.diff3d)[-1] / 2, where)
 
 def usable_truth(guess,  # an objectGuess, or None

@@ -38,6 +38,7 @@ __all__ = ['demo_parser', 'write_demo_data', 'demo_figure', 'run_demo', 'main']
 def write_demo_data(output_dir,  # folder (created)
                     n: int = 256,  # positions of the single scan
                     seed: int = 0,
+                    overwrite: bool = False,  # replace those files where an earlier demo left them
                    ):
     "Simulate and write `scan.npz`, `train.npz` and `test.npz`; returns (the scan as a RawDataTorch, {name: path})."
     from ptycho_torch_nb.simulation import simulated_scan, make_run1084_datasets
@@ -45,7 +46,7 @@ def write_demo_data(output_dir,  # folder (created)
     raw = simulated_scan(n=n, seed=seed)
     train, test = make_run1084_datasets(512, 256, nphotons=1e9, seed=seed + 42)
     paths = {name: out / name for name in ('scan.npz', 'train.npz', 'test.npz')}
-    for data, name in ((raw, 'scan.npz'), (train, 'train.npz'), (test, 'test.npz')): data.to_file(paths[name])
+    for data, name in ((raw, 'scan.npz'), (train, 'train.npz'), (test, 'test.npz')): data.to_file(paths[name], overwrite=overwrite)
     return raw, paths
 
 # %% ../nbs/06d_demo.ipynb #1f8aa79c
@@ -117,7 +118,7 @@ def run_demo(output_dir='demo_outputs',  # where everything goes
     from ptycho_torch_nb.core import quiet_libraries
     quiet_libraries(verbose)
     t0 = time.perf_counter()
-    raw, paths = write_demo_data(out, n, seed)
+    raw, paths = write_demo_data(out, n, seed, overwrite)
     res = reconstruct_scan(raw, time_budget_s=time_budget_s, output_dir=out, progress=not quiet, seed=seed, overwrite=overwrite)
     paths.update(res['paths'])
     t1 = time.perf_counter()

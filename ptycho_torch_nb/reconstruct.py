@@ -4,7 +4,7 @@
 
 # %% ../nbs/05a_reconstruct.ipynb #0e2a8f78
 from __future__ import annotations
-import copy, dataclasses, json, math, os, sys, tempfile, time, warnings
+import contextlib, copy, dataclasses, json, math, numbers, os, sys, tempfile, time, warnings
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
@@ -13,7 +13,8 @@ torch = require_torch()
 from . import physics, params
 from .config import ModelConfig, TrainingConfig, ScanOptions, POLISH_STARTS, update_legacy_dict, validate_run, validate_run_options
 from .raw_data import RawDataTorch
-from .data_container import PtychoDataContainerTorch, grouped_container, inference_container, scan_nphotons, scan_truth
+from .data_container import (PtychoDataContainerTorch, grouped_container, inference_container, scan_nphotons, scan_truth,
+                                            check_scan, check_finite)
 from .simulation import extract_patches_torch
 from .model import PtychoPINN_Lightning
 from .stitching import stitch_scan, reassemble_position, stitch_geometry
@@ -103,14 +104,14 @@ def scan_model(config, opts: ScanOptions, train_c, P, execution_config, init_fro
     return model
 
 # %% ../nbs/05a_reconstruct.ipynb #36ea1c9d
-def _load_scan(data):
-    "RawDataTorch from an NPZ path or a RawDataTorch."
+def _load_scan(data, where: str = 'reconstruct_scan', name: str = 'data'):
+    "RawDataTorch from an NPZ path (checked as it is read) or a RawDataTorch (checked again: `check_scan`, it may have been edited)."
     if isinstance(data, (str, os.PathLike)):
         p = Path(data)
-        if not p.is_file(): raise FileNotFoundError(f"scan file not found: {p}")
+        if not p.is_file(): raise FileNotFoundError(f"{where}: scan file not found: {p}")
         return RawDataTorch.from_file(p)
-    if hasattr(data, 'diff3d') and hasattr(data, 'xcoords'): return data
-    raise TypeError(f"data must be an NPZ path or a RawDataTorch, got {type(data).__name__}")
+    if hasattr(data, 'diff3d') and hasattr(data, 'xcoords'): check_scan(data, where); return data
+    raise TypeError(f"{where}: {name} must be an NPZ path or a RawDataTorch, got {type(data).__name__}")
 
 def scan_setup(raw, config=None, parity: bool = False, output_dir=None, **options) -> tuple:
     "`(TrainingConfig, ScanOptions)` of a run on `raw`: `scan_defaults` (or the explicit `config`), one group per position."
@@ -152,11 +153,11 @@ def fit_scan(model, train_c, config, opts: ScanOptions, execution_config, time_b
     clock = TrainingClock(time_budget_s, steps_per_epoch * max_epochs if not time_budget_s else None, float(opts.learning_rate),
                           float(opts.warmup_fraction), float(opts.lr_min_ratio), snapshot_at_s, on_snapshot, progress)
     hist = LossHistory(n_train=len(train_c) * int(train_c.X.shape[1]))
-    root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix='ptycho_reconstruct_'))
     logger = ec.logger_backend is not None and str(ec.logger_backend).lower() != 'none'
-    trainer = build_trainer(ec, root, max_epochs, 'train_loss', False, [clock, hist], **({} if logger else {'logger': False}))
     model.train()
-    with warnings.catch_warnings():
+    with (contextlib.nullcontext(root) if root is not None else   # no folder given: a scratch one, removed when done
+          tempfile.TemporaryDirectory(prefix='ptycho_reconstruct_', ignore_cleanup_errors=True)) as root, warnings.catch_warnings():
+        trainer = build_trainer(ec, Path(root), max_epochs, 'train_loss', False, [clock, hist], **({} if logger else {'logger': False}))
         warnings.filterwarnings('ignore', message='.*(does not have many workers|LightningDataModule|GPU available).*')
         trainer.fit(model, datamodule=ContainerDataModule(train_c, None, int(config.batch_size), True, ec, seed))
     model.to(inference_device(ec.accelerator))   # Lightning leaves a fitted model on the CPU: back where it trained (a GPU)
@@ -397,7 +398,14 @@ def _on_grid(obj, grid):
         raise ValueError(f"init has shape {tuple(o.shape)}, expected the solver grid {tuple(grid['shape'])}")
     return o
 
-def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positions, probeGuess)
+def _check_solver_start(where: str, score_every, **starts):
+    "`ValueError` for a negative or fractional `score_every`, or a start (`init`, `velocity`) with NaN/Inf values (they would spread over the whole object)."
+    if not (isinstance(score_every, numbers.Integral) and not isinstance(score_every, bool) and score_every >= 0):
+        raise ValueError(f"{where}: score_every={score_every!r} is invalid: allowed an int >= 0 (0: score only at the end)")
+    for name, a in starts.items():
+        if a is not None: check_finite(a, name, where, 'a solver start must be finite (one NaN spreads over the whole object)')
+
+def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positions, probeGuess) or its NPZ path
                         epochs: int = 200,  # passes over the scan (at most, with a time budget)
                         batch_size: int = 32,  # patterns per update
                         step: float = 1.0,  # β of `pie_step`
@@ -414,8 +422,10 @@ def iterative_reference(raw,  # RawDataTorch scan (diff3d = sqrt(counts), positi
                         velocity=None,  # the momentum an earlier run ended with (its 'velocity'; `init` its object, kept at its scale): go on
                        ) -> dict:
     "Free-object reconstruction with the scan's own probe (momentum-accelerated regularised PIE): {'object', 'stitched_obj', 'metrics', 'snapshots', 'seconds', ...}, a product `save_scan_outputs` writes."
-    validate_run_options('iterative_reference', nepochs=epochs, batch_size=batch_size, step=step, alpha=alpha, momentum=momentum,
-                         time_budget_s=time_budget_s)   # the one validator (config.RUN_OPTION_RULES)
+    raw = _load_scan(raw, 'iterative_reference', 'raw')   # a path, or a scan checked again (edited since it was built?)
+    validate_run_options('iterative_reference', N=int(raw.diff3d.shape[-1]), nepochs=epochs, batch_size=batch_size, step=step,
+                         alpha=alpha, momentum=momentum, M=M, seed=seed, time_budget_s=time_budget_s)   # the one validator (config.RUN_OPTION_RULES)
+    _check_solver_start('iterative_reference', score_every, init=init, velocity=velocity)
     grid, probe, amplitude, s2, obj = _solver_inputs(raw, init, rescale=velocity is None)
     ox, oy = grid['ox'], grid['oy']
     truth = scan_truth(raw, truth, 'iterative_reference') if score or truth is not None else None   # decided before the passes
@@ -512,7 +522,8 @@ def polish(raw,  # the scan (RawDataTorch or NPZ path)
     if not isinstance(results, dict) or any(k not in results for k in need):
         got = sorted(results) if isinstance(results, dict) else type(results).__name__
         raise TypeError(f"polish: results must be a reconstruct_scan or zero-shot result (a dict with {', '.join(need)}); got {got}")
-    raw, t0 = _load_scan(raw), time.perf_counter()
+    check_finite(results['stitched_obj'], "results['stitched_obj']", 'polish', 'the start must be finite (one NaN spreads over the whole object)')
+    raw, t0 = _load_scan(raw, 'polish', 'raw'), time.perf_counter()
     race = {k: kw[k] for k in ('batch_size', 'step', 'alpha', 'momentum') if k in kw}
     if budget is not None: race['time_budget_s'] = budget / 2   # the race's two runs share the budget with the rest
     init, chosen, misfit, won = polish_start(raw, results, start, kw.get('seed', 0), min(RACE_PASSES, epochs - 1), **race)

@@ -197,3 +197,71 @@ def test_a_guess_that_is_no_truth_never_loses_the_run(scan, tmp_path, caplog):
     with pytest.raises(ValueError, match='does not hold the scan'):          # an explicit truth is still checked, first
         R.reconstruct_scan(p, truth=scan.objectGuess[:60, :60], nepochs=1, output_dir=tmp_path / 'out2', progress=False, **TINY)
     assert not (tmp_path / 'out2').exists()
+
+
+def _edited(scan, key, edit):
+    "A copy of `scan` with one array edited in place after construction (as a user would, without a new RawDataTorch)."
+    import copy
+    raw = copy.deepcopy(scan)
+    edit(getattr(raw, key))
+    return raw
+
+EDITS = [('diff3d', lambda a: a.__setitem__((3, 10, 10), np.nan), "key 'diff3d' contains 1 NaN/Inf value(s), first at index (3, 10, 10)"),
+         ('diff3d', lambda a: a.__isub__(5.0), "key 'diff3d' has negative values"),
+         ('xcoords', lambda a: a.__setitem__(2, np.nan), "key 'xcoords' contains 1 NaN/Inf value(s), first at index (2,)")]
+
+@pytest.mark.parametrize('key,edit,message', EDITS, ids=['diff3d-nan', 'diff3d-negative', 'xcoords-nan'])
+def test_a_scan_edited_after_construction_is_checked_again(scan, key, edit, message):
+    "The entry points re-run the constructor's data check on the scan they are given, before any work (no all-NaN image)."
+    raw = _edited(scan, key, edit)
+    with pytest.raises(ValueError, match=r'^reconstruct_scan: scan .*' + message.replace('(', r'\(').replace(')', r'\)')):
+        R.reconstruct_scan(raw, nepochs=1, progress=False, **TINY)
+    with pytest.raises(ValueError, match=r'^iterative_reference: scan .*' + message.replace('(', r'\(').replace(')', r'\)')):
+        R.iterative_reference(raw, epochs=2)
+
+def test_a_non_finite_start_is_refused(trained, scan):
+    _, res = trained
+    bad = dict(res, stitched_obj=res['stitched_obj'].copy()); bad['stitched_obj'][5, 7] = np.nan
+    with pytest.raises(ValueError, match=r"polish: results\['stitched_obj'\] holds 1 non-finite value\(s\) of \d+, first at index \(5, 7\)"):
+        R.polish(scan, bad, epochs=5)
+    g = R.solver_grid(scan)
+    init = np.ones(g['shape'], np.complex64); init[3, 4] = np.nan
+    with pytest.raises(ValueError, match=r'iterative_reference: init holds 1 non-finite value\(s\)'):
+        R.iterative_reference(scan, epochs=2, init=init)
+    with pytest.raises(ValueError, match=r'iterative_reference: velocity holds 1 non-finite value\(s\)'):
+        R.iterative_reference(scan, epochs=2, init=np.ones(g['shape'], np.complex64), velocity=init - 1)
+
+def test_a_non_finite_truth_is_refused_before_training(scan, tmp_path):
+    truth = np.full(scan.objectGuess.shape, np.nan, np.complex64)
+    with pytest.raises(ValueError, match=rf'reconstruct_scan: truth holds {truth.size} non-finite value\(s\)'):
+        R.reconstruct_scan(scan, truth=truth, nepochs=1, output_dir=tmp_path / 'out', progress=False, **TINY)
+    assert not (tmp_path / 'out').exists()   # refused before the folder is made or anything trains
+    with pytest.raises(ValueError, match=r'iterative_reference: truth holds 1 non-finite'):
+        t = scan.objectGuess.copy(); t[0, 0] = np.inf
+        R.iterative_reference(scan, epochs=2, truth=t)
+
+def test_no_scratch_folder_is_left_behind(scan, tmp_path, monkeypatch):
+    "Without output_dir the trainer's scratch folder is removed when the run ends (one was left per call)."
+    import tempfile
+    scratch = tmp_path / 'tmp'; scratch.mkdir()
+    monkeypatch.setattr(tempfile, 'tempdir', str(scratch))   # this test's own temp root: other runs cannot interfere
+    for _ in range(2): R.reconstruct_scan(scan, nepochs=1, progress=False, **TINY)
+    assert list(scratch.iterdir()) == []
+
+def test_iterative_reference_reads_a_path(scan_file):
+    for p in (scan_file, str(scan_file)):
+        assert np.isfinite(R.iterative_reference(p, epochs=1, score=False)['stitched_obj']).all()
+    with pytest.raises(TypeError, match='iterative_reference: raw must be an NPZ path or a RawDataTorch, got int'):
+        R.iterative_reference(3)
+
+@pytest.mark.parametrize('kw,message', [(dict(M=47), 'M=47 is invalid: allowed an even int in 2..N'),
+                                        (dict(M=80), 'M=80 is invalid: allowed an even int in 2..N=64'),
+                                        (dict(M=0), 'M=0 is invalid'), (dict(seed=-1), 'seed=-1 is invalid'),
+                                        (dict(score_every=-1), 'score_every=-1 is invalid: allowed an int >= 0')])
+def test_iterative_reference_checks_its_options_first(scan, kw, message):
+    "Refused before the passes: 10**6 of them would take hours, so a late check would time out rather than pass."
+    import time
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match='iterative_reference: ' + message.replace('.', r'\.')):
+        R.iterative_reference(scan, epochs=10 ** 6, time_budget_s=3, **kw)
+    assert time.perf_counter() - t < 2
