@@ -10,9 +10,10 @@ from typing import Optional
 import numpy as np
 import torch
 import lightning as L
-from .core import MODEL_CARD, atomic_path, output_folder, repo_root, release_memory, stopped_run
+from .core import MODEL_CARD, atomic_path, output_folder, prepare_output_dir, repo_root, release_memory, stopped_run
 from .config import ModelConfig, TrainingConfig, ScanOptions, PATTERN_SIZES, validate_run_options
 from .data_container import grouped_container, scan_nphotons, scan_truth
+from .raw_data import validate_raw_arrays
 from .hdf5_data import load_scan
 from .simulation import probe_diameter
 from .corpus import check_families, corpus_spec, grouped_corpus_scan
@@ -268,7 +269,7 @@ def _finished(training: dict, steps, time_budget_s) -> bool:
 def _target_text(steps, time_budget_s) -> str:
     return f"{time_budget_s:g} s of training" if time_budget_s else f"{steps or 1000} steps"
 
-def _check_output_dir(out: Path, resume: bool, overwrite: bool, run: dict, target: tuple = (None, None)):
+def _check_output_dir(out: Path, resume: bool, overwrite: bool, run: dict, target: tuple = (None, None), init_from=None):
     "Refuse a used folder unasked, a resume with nothing to resume, or one that would change what defines the run (`run`)."
     output_folder(out)
     if (out / 'wts.h5.zip').exists() and not (resume or overwrite):
@@ -280,6 +281,8 @@ def _check_output_dir(out: Path, resume: bool, overwrite: bool, run: dict, targe
     if stopped_run(out) and not (resume or overwrite):   # a plain rerun would replace its checkpoint
         raise FileExistsError(f"{out}: holds an unfinished run (checkpoints/last.ckpt, no wts.h5.zip); pass resume=True (--resume) to "
                               "continue it, overwrite=True (--overwrite) to start afresh, or choose another output_dir")
+    if not resume and L.pytorch.utilities.rank_zero_only.rank == 0:   # DDP's other ranks start once rank 0 has made checkpoints/
+        prepare_output_dir(out, overwrite, reads=(init_from,))   # another run's products: refused, or set aside (overwrite)
     if resume and not (out / 'checkpoints' / 'last.ckpt').exists():
         raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
     if resume: check_checkpoint(out / 'checkpoints' / 'last.ckpt')   # a corrupt one is refused before the corpus is simulated
@@ -341,6 +344,14 @@ def _start_from(net, start, init_from) -> Optional[dict]:
         raise ValueError(f"{init_from}: its network does not match this one (N, n_filters_scale): {' '.join(str(e).split())[:300]}") from None
     return dict(path=str(init_from), sha256=start[1]['sha256'], steps=start[1]['training']['steps'])
 
+def _check_steps_and_clip(steps, gradient_clip):
+    "`ValueError` naming `steps` (an int >= 1, or None) or `gradient_clip` (a finite number >= 0, or None) out of range."
+    real = lambda v: isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+    if steps is not None and not (real(steps) and int(steps) == steps and steps >= 1):
+        raise ValueError(f"pretrain: steps={steps!r} is invalid: allowed an int >= 1 (None: time_budget_s, else 1000 steps)")
+    if gradient_clip is not None and not (real(gradient_clip) and math.isfinite(gradient_clip) and gradient_clip >= 0):
+        raise ValueError(f"pretrain: gradient_clip={gradient_clip!r} is invalid: allowed a finite number >= 0 (None or 0: no clipping)")
+
 def _training_record(trainer, clock, watch, spread: float, **kw) -> dict:
     "The card's `training` entry (`kw`: the run's settings and timings)."
     m = trainer.callback_metrics
@@ -376,10 +387,10 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
     "Pretrain the single-scan model on a simulated corpus; returns {'archive', 'card', 'model', 'corpus', ...}."
     validate_run_options('pretrain', N=N, seed=seed, time_budget_s=time_budget_s, batch_size=batch_size, learning_rate=learning_rate,
                          label_weight=label_weight, n_filters_scale=n_filters_scale)
-    check_families(families)   # a bad name is refused before any model is loaded or scan simulated
+    _check_steps_and_clip(steps, gradient_clip); check_families(families)   # refused before any model is loaded or scan simulated
     out, start = Path(output_dir), _load_start(init_from, resume)
     run_args = _check_output_dir(out, resume, overwrite, dict(n_scans=n_scans, N=N, n=n, seed=seed, families=families, batch_size=batch_size,
-                                 learning_rate=learning_rate, n_filters_scale=n_filters_scale, label_weight=label_weight), (steps, time_budget_s))
+                                 learning_rate=learning_rate, n_filters_scale=n_filters_scale, label_weight=label_weight), (steps, time_budget_s), init_from)
     steps = 1000 if steps is None and time_budget_s is None else steps; t0 = time.perf_counter(); torch.manual_seed(seed)
     cfg, opts = scan_configs(N, n_filters_scale=n_filters_scale, batch_size=batch_size, learning_rate=learning_rate)
     corpus = build_corpus(n_scans, N, n, seed, families, int(cfg.model.gridsize), int(cfg.neighbor_count), cfg.model.probe_scale, workers,
@@ -547,10 +558,13 @@ def reconstruct_zero_shot(pretrained,         # model_card.json / its folder / a
     "Stitched object of `scan` from the pretrained network alone: {'stitched_obj', 'amplitude', 'phase', 'weights', 'seconds', 'metrics'}."
     t0, device = time.perf_counter(), inference_device(accelerator)   # a bad accelerator is refused before any loading
     if isinstance(scan, (str, os.PathLike)): scan = load_scan(scan)
-    validate_run_options('reconstruct_zero_shot', N=int(np.shape(scan.diff3d)[-1]), M=M, batch_size=batch_size, seed=seed)
+    validate_run_options('reconstruct_zero_shot', M=M, batch_size=batch_size, seed=seed)   # M against N once the model fits
+    validate_raw_arrays(scan.xcoords, scan.ycoords, scan.xcoords_start, scan.ycoords_start, scan.diff3d, scan.probeGuess,
+                        scan.scan_index, src=getattr(scan, 'source', '<memory>'))   # the scan as it is now (edited after loading too)
     truth = scan_truth(scan, truth, 'reconstruct_zero_shot')     # decided before inference
+    if isinstance(pretrained, tuple) and len(pretrained) != 2: raise TypeError(f"pretrained: a tuple of {len(pretrained)}; expected (model, card) from load_pretrained")
     model, card = pretrained if isinstance(pretrained, tuple) else load_pretrained(pretrained)
-    check_fits(card, scan); use_scan(model, scan); model.to(device)
+    check_fits(card, scan); validate_run_options('reconstruct_zero_shot', N=int(card['N']), M=M); use_scan(model, scan); model.to(device)
     m = model.model
     c = grouped_container(scan, m.N, m.gridsize, scan_nphotons(scan), K=int(model.tc['neighbor_count']), seed=seed,
                           truth=False)                     # no label patches: inference needs none

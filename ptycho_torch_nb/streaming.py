@@ -11,6 +11,7 @@ from .core import require_torch, atomic_path, prepare_output_dir, archive_file
 from .raw_data import MAX_SCAN_EXTENT, check_span, normalization_factor, RawDataTorch
 from .hdf5_data import HDF5Scan, iter_hdf5_chunks, is_hdf5
 from .stitching import stitch_geometry
+from .config import validate_run_options
 torch = require_torch()
 from torch import nn
 log = logging.getLogger(__name__)
@@ -182,13 +183,14 @@ class StreamingReconstructor:
                  block: int = 256,  # canvas growth step (px)
                  compile: bool = True,  # run the generator through `torch.compile` (one static shape; eager if that fails)
                 ):
+        validate_run_options('StreamingReconstructor', M=M)   # M=0 too: refused before the model is loaded (None: the default)
         self.generator = pattern_generator(model).to(device)
         self.N, self.device, self.batch_size = self.generator.N, device, int(batch_size)
         if self.batch_size < 1: raise ValueError(f"batch_size={batch_size}: expected a positive number of patterns")
+        self.M = _default_M(self.generator.pinn) if M is None else int(M)
+        validate_run_options('StreamingReconstructor', N=self.N, M=self.M)   # before compiling
         self.forward = compiled_generator(self.generator, self.batch_size, device) if compile else self.generator
         self.compiled = self.forward is not self.generator
-        self.M = int(M or _default_M(self.generator.pinn))
-        if self.M > self.N: raise ValueError(f"M={self.M} is larger than the pattern size N={self.N}")
         self.canvas = (IncrementalCanvas.for_positions(positions, self.M, block=block) if positions is not None
                        else IncrementalCanvas(self.M, block=block))
         self.scale = None if scale is None else float(scale)
@@ -247,6 +249,20 @@ def _within_extent(box,  # (x min, x max, y min, y max) of the positions stitche
         else: keep[i] = False
     return keep, (x0, x1, y0, y1)
 
+def _checked_chunk(self, amplitude, x, y) -> tuple:
+    "(amplitude, x [k] float64, y [k] float64) of a chunk: real float amplitudes [k, N, N] (complex or integer refused), positions [k] (scalars: one pattern)."
+    a = amplitude if torch.is_tensor(amplitude) else np.asarray(amplitude)
+    kind = ('c' if a.is_complex() else 'f' if a.is_floating_point() else 'i') if torch.is_tensor(a) else a.dtype.kind
+    if kind == 'c': raise ValueError(f"chunk is complex ({a.dtype}); expected real amplitudes (the modulus of the far field, sqrt of the counts)")
+    if kind != 'f': raise ValueError(f"chunk has {'integer ' if kind in 'iu' else ''}dtype {a.dtype}" + (" (photon counts?)" if kind in 'iu' else '')
+                                     + "; expected real float amplitudes: pass np.sqrt(counts) (float32) for counts")
+    if a.ndim != 3 or tuple(a.shape[1:]) != (self.N, self.N):
+        raise ValueError(f"chunk of patterns has shape {tuple(a.shape)}, expected [k, {self.N}, {self.N}]")
+    x, y = (np.atleast_1d(np.asarray(v, np.float64)) for v in (x, y))
+    if x.ndim != 1 or y.ndim != 1: raise ValueError(f"positions x {x.shape}, y {y.shape}: expected [k] each (scalars for a one-pattern chunk)")
+    if len(a) != len(x) or len(x) != len(y): raise ValueError(f"chunk has {len(a)} patterns but {len(x)} x and {len(y)} y positions")
+    return a, x, y
+
 def _update(self, amplitude,  # [k, N, N] diffraction amplitudes
             x, y,  # [k] positions (object pixels, x = column)
             arrived_at: float | None = None,  # time.perf_counter() when the chunk arrived (default: now)
@@ -254,9 +270,7 @@ def _update(self, amplitude,  # [k, N, N] diffraction amplitudes
     "Infer and stitch one chunk; returns its latency (s) from arrival to the canvas updated."
     t0 = time.perf_counter() if arrived_at is None else arrived_at
     if self.t_first is None: self.t_first = t0
-    if len(amplitude) != len(x) or len(x) != len(y):
-        raise ValueError(f"chunk has {len(amplitude)} patterns but {len(x)} x and {len(y)} y positions")
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    amplitude, x, y = _checked_chunk(self, amplitude, x, y)
     keep, box = _within_extent(self.box, x, y, usable_patterns(amplitude, x, y))   # a unit slip or a glitch never grows the canvas past memory
     if self.n_patterns == 0 and keep.sum() > 1: check_span(max(box[1] - box[0], box[3] - box[2]), int(keep.sum()), 'stream (first chunk)')
     if not keep.all():   # a bad or dark frame is dropped, not stitched: one NaN would spread over the live image
@@ -511,6 +525,10 @@ def _run(self, source,  # iterable of (amplitude [k, N, N], x [k], y [k]) chunks
         ) -> dict:
     "Consume a stream to its end (or Ctrl-C, SIGTERM); returns the final stats, paths, complex object and weights."
     if fmt not in ('npz', 'h5'): raise ValueError(f"fmt={fmt!r}: expected 'npz' or 'h5'")
+    one_chunk = isinstance(source, (tuple, list)) and len(source) > 0 and hasattr(source[0], 'shape')   # (amplitude, x, y) itself
+    if isinstance(source, (str, bytes, os.PathLike)) or not hasattr(source, '__iter__') or one_chunk:
+        raise TypeError(f"source must be an iterable of (amplitude, x, y) chunks, not {type(source).__name__}; for a file use open_source(path), "
+                        "for arrays in memory array_chunks(amplitude, x, y)")
     if hasattr(source, 'expect'): source.expect(self.N)   # a `FileSource` of another pattern size: refused before the first chunk
     made = output_dir is not None and not Path(output_dir).exists()   # a folder this run makes: removed if it ends up empty
     if output_dir is not None:   # a folder holding any run (a stream's live.*, a training) is refused; overwrite sets it aside

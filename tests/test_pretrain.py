@@ -533,3 +533,46 @@ def test_a_path_that_is_no_model_says_what_is_expected(tmp_path):
     (tmp_path / 'random.bin').write_bytes(b'\0' * 16)
     with pytest.raises(FileNotFoundError, match=r"random.bin: no model card .*; expected a pretrained model's folder or its model_card.json"):
         PT.load_pretrained(tmp_path / 'random.bin')
+
+
+def test_steps_and_gradient_clip_are_refused_before_the_corpus(tmp_path, monkeypatch):
+    "steps <= 0 (or not an int) and a negative or non-finite gradient_clip are refused by name before any scan is simulated."
+    def no_corpus(*a, **k): raise AssertionError('the corpus was simulated before the arguments were checked')
+    monkeypatch.setattr(PT, 'build_corpus', no_corpus)
+    for bad, says in ((dict(steps=0), r'pretrain: steps=0 is invalid: allowed an int >= 1'), (dict(steps=-5), 'steps=-5 is invalid'),
+                      (dict(steps=2.5), 'steps=2.5 is invalid'), (dict(gradient_clip=-1), r'gradient_clip=-1 is invalid: allowed a finite number >= 0'),
+                      (dict(gradient_clip=float('nan')), 'gradient_clip=nan is invalid')):
+        with pytest.raises(ValueError, match=says): PT.pretrain(tmp_path / 'm', **{**TINY, **bad})
+    assert not (tmp_path / 'm').exists()
+
+
+@pytest.mark.filterwarnings('ignore:pretrain.*collapsed')   # one step of a tiny model: not a prior, not the point
+def test_a_folder_of_another_run_is_refused(tmp_path):
+    "A folder holding another command's products (a zero-shot reconstruction: no wts.h5.zip) is refused unasked, set aside with overwrite."
+    out = tmp_path / 'used'; out.mkdir()
+    for name in ('reconstruct.json', 'metrics.json', 'reconstruction.npz'): (out / name).write_text('{}')
+    with pytest.raises(FileExistsError, match=r'used: holds a previous run \(metrics.json, reconstruction.npz, reconstruct.json\)'):
+        PT.pretrain(out, steps=1, **TINY)
+    assert sorted(p.name for p in out.iterdir()) == ['metrics.json', 'reconstruct.json', 'reconstruction.npz']   # nothing beside them
+    PT.pretrain(out, steps=1, overwrite=True, **TINY)
+    assert (out / 'wts.h5.zip').is_file() and sorted(p.name for p in (out / '.previous_run').iterdir()) == ['metrics.json', 'reconstruct.json', 'reconstruction.npz']
+
+
+def test_zero_shot_rechecks_the_scan_it_is_given(pretrained, held_out_scan):
+    "A scan edited after it was made (a NaN pixel, negative amplitudes, a NaN position) is refused by key and index, not imaged as NaN."
+    import copy
+    out, _ = pretrained
+    for key, edit, says in (('diff3d', lambda a: a.__setitem__((3, 10, 10), np.nan), r"key 'diff3d' contains 1 NaN/Inf value\(s\), first at index \(3, 10, 10\)"),
+                            ('diff3d', lambda a: a.__isub__(5.0), "key 'diff3d' has negative values"),
+                            ('xcoords', lambda a: a.__setitem__(2, np.nan), r"key 'xcoords' contains 1 NaN/Inf value\(s\), first at index \(2,\)")):
+        scan = copy.copy(held_out_scan); setattr(scan, key, getattr(held_out_scan, key).copy()); edit(getattr(scan, key))
+        with pytest.raises(ValueError, match=says): PT.reconstruct_zero_shot(out, scan)
+
+
+def test_zero_shot_names_the_pattern_size_before_M(pretrained):
+    "A 32x32 scan under the N=64 model: the pattern size is the error (the user passed no M)."
+    out, _ = pretrained
+    small = sample_scan(np.random.default_rng(5), N=32, n=8)
+    with pytest.raises(ValueError, match='patterns are 32x32 but the pretrained model is for N=64; no model of this package'):
+        PT.reconstruct_zero_shot(out, small)
+    with pytest.raises(TypeError, match=r'a tuple of 1; expected \(model, card\)'): PT.reconstruct_zero_shot((None,), small)

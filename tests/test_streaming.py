@@ -116,6 +116,40 @@ def test_bad_chunks(model, data):
     with pytest.raises(ValueError, match=r'expected \[k, 64, 64\]'): sr.update(amp[:2, :32, :32], xy[:2, 0], xy[:2, 1])
     with pytest.raises(ValueError, match='2 patterns but 3 x'): sr.update(amp[:2], xy[:3, 0], xy[:3, 1])
 
+def test_complex_and_integer_chunks_are_refused(model, data):
+    "A complex chunk (first or later) and integer photon counts are refused, never cast to amplitudes; nothing is stitched."
+    amp, xy = data
+    first, later = S.StreamingReconstructor(model, compile=False), S.StreamingReconstructor(model, compile=False)
+    later.update(amp[:8], xy[:8, 0], xy[:8, 1])
+    for sr in (first, later):
+        with pytest.raises(ValueError, match=r'chunk is complex \(complex64\); expected real amplitudes'):
+            sr.update(amp[8:].astype(np.complex64), xy[8:, 0], xy[8:, 1])
+        with pytest.raises(ValueError, match=r'chunk is complex'): sr.update(torch.as_tensor(amp[8:]) * (1 + 1j), xy[8:, 0], xy[8:, 1])
+        with pytest.raises(ValueError, match=r'integer dtype int32 \(photon counts\?\); expected real float amplitudes'):
+            sr.update(np.round(amp[8:] ** 2).astype(np.int32), xy[8:, 0], xy[8:, 1])
+    assert (first.n_patterns, later.n_patterns, first.scale) == (0, 8, None)
+
+def test_scalar_positions_and_bad_M(model, data):
+    "A one-pattern chunk takes scalar positions; positions of another shape, and M=0 or M > N, are refused by name."
+    amp, xy = data
+    sr = S.StreamingReconstructor(model, compile=False)
+    sr.update(amp[:1], xy[0, 0], xy[0, 1]); sr.update(amp[1:2], float(xy[1, 0]), float(xy[1, 1]))
+    assert sr.n_patterns == 2
+    with pytest.raises(ValueError, match=r'positions x \(2, 1\), y \(2, 1\): expected \[k\] each'): sr.update(amp[:2], xy[:2, :1], xy[:2, :1])
+    with pytest.raises(ValueError, match='chunk has 2 patterns but 1 x'): sr.update(amp[:2], xy[0, 0], xy[0, 1])
+    for M, says in ((0, 'M=0 is invalid'), (80, r'M=80 is invalid: allowed an even int in 2\.\.N=64'), (47, 'M=47 is invalid')):
+        with pytest.raises(ValueError, match=says): S.StreamingReconstructor(model, M=M, compile=False)
+
+def test_run_refuses_a_file_or_a_single_chunk(model, data, tmp_path):
+    "`run` takes an iterable of chunks: a path (str or Path) or one (amplitude, x, y) tuple is a TypeError that names the fix."
+    amp, xy = data
+    for wrong in (str(tmp_path / 'scan.npz'), tmp_path / 'scan.npz', (amp, xy[:, 0], xy[:, 1]), [amp, xy[:, 0], xy[:, 1]], 3):
+        with pytest.raises(TypeError, match=r'source must be an iterable of \(amplitude, x, y\) chunks.*for a file use open_source\(path\)'):
+            S.StreamingReconstructor(model, compile=False).run(wrong, tmp_path / 'out', progress=False)
+    assert not (tmp_path / 'out').exists()
+    res = S.StreamingReconstructor(model, compile=False).run([(amp[:8], xy[:8, 0], xy[:8, 1])], progress=False)   # a list of chunks is fine
+    assert res['stats']['n_patterns'] == 8
+
 class CtrlCDuringThirdChunk(S.StreamingReconstructor):
     def patches(self, amplitude):
         if self.n_patterns == 16: os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C while chunk 2 is being inferred
