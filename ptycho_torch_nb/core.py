@@ -117,6 +117,7 @@ def atomic_path(final_path,  # where the file (or folder) should end up
     try:
         yield tmp
         fault_point(f'before-rename:{final_path.name}')
+        if final_path.is_dir() and not tmp.is_dir(): raise IsADirectoryError(f"cannot write {final_path}: a folder is there; name the file to write in it")
         os.replace(tmp, final_path)
     except BaseException:
         if tmp.is_dir():
