@@ -13,7 +13,7 @@ import lightning as L
 from . import params
 from .config import update_legacy_dict, validate_run
 from .raw_data import RawDataTorch
-from .data_container import PtychoDataContainerTorch, usable_truth
+from .data_container import PtychoDataContainerTorch, usable_truth, check_scan
 from .simulation import make_run1084_datasets
 from .model import PtychoPINN_Lightning
 from .stitching import patch_positions, stitch_patches
@@ -48,6 +48,7 @@ def as_container(data,          # NPZ path, RawDataTorch or PtychoDataContainerT
     "Group `data` into a `PtychoDataContainerTorch` (passthrough when it already is one)."
     if data is None or _is_container(data): return data
     if isinstance(data, (str, os.PathLike)): data = load_raw(data, f'{role} data')
+    elif hasattr(data, 'diff3d'): check_scan(data, f'{role} data')   # in memory: perhaps edited since it was built
     if not hasattr(data, 'diff3d'):
         raise TypeError(f"{role} data must be an NPZ path, a RawDataTorch or a PtychoDataContainerTorch, got {type(data).__name__}")
     if role == 'test' and hasattr(config, 'n_groups'):
