@@ -10,7 +10,7 @@ import numpy as np
 import json
 from .core import atomic_path, jsonable
 from .stitching import stitch_geometry, object_region
-from .data_container import check_truth
+from .data_container import check_truth, check_finite
 
 # %% auto #0
 __all__ = ['MS_SSIM_WEIGHTS', 'IMAGE_STYLE', 'METRICS_SCHEMA', 'METRICS_CONVENTIONS', 'LOSS_MEANING', 'as_image', 'trim_border',
@@ -160,16 +160,15 @@ def eval_reconstruction(stitched,  # reconstruction, complex [H, W] (or [H,W,1],
     if recon.shape != truth.shape:
         raise ValueError(f"stitched has shape {recon.shape} but ground_truth has shape {truth.shape}; "
                          "they must cover the same region (cut it with stitching.object_region)")
-    if phase_align_method not in ('plane', 'mean'):
-        raise ValueError(f"phase_align_method={phase_align_method!r}: expected 'plane' or 'mean'")
+    if phase_align_method not in ('plane', 'mean'): raise ValueError(f"phase_align_method={phase_align_method!r}: expected 'plane' or 'mean'")
     amp_target = trim_border(np.abs(truth), offset)            # float32, like the reference's tf.cast
     amp_pred = trim_border(np.abs(recon), offset)
     if min(amp_target.shape) < 7:
         raise ValueError(f"stitched has shape {recon.shape}: after trimming it is {amp_target.shape}, "
                          "too small for SSIM (needs at least 7 x 7)")
-    if not np.isfinite(recon).all(): raise ValueError("stitched contains NaN or infinite values")
-    scale = np.mean(amp_target) / np.mean(amp_pred)
-    amp_pred = amp_pred * scale
+    check_finite(recon, 'stitched', 'eval_reconstruction'); check_finite(truth, 'ground_truth', 'eval_reconstruction')
+    if not amp_target.max() > 0: raise ValueError("eval_reconstruction: ground_truth is zero over the scored region: nothing to score against")
+    amp_pred = amp_pred * (scale := np.mean(amp_target) / np.mean(amp_pred))
     phi_target_raw, phi_pred_raw = trim_border(np.angle(truth), offset), trim_border(np.angle(recon), offset)
     if phase_align_method == 'plane':
         phi_target, phi_pred = fit_and_remove_plane(phi_target_raw), fit_and_remove_plane(phi_pred_raw)
@@ -193,8 +192,7 @@ def eval_reconstruction(stitched,  # reconstruction, complex [H, W] (or [H,W,1],
         'ssim': (float(structural_similarity(amp_target, amp_pred, data_range=amp_range)),
                  float(structural_similarity(phi_target_01, phi_pred_01, data_range=1.0))),
         'ms_ssim': (ms_ssim(amp_target, amp_pred, sigma=ms_ssim_sigma), ms_ssim(phi_target_01, phi_pred_01)),
-        'frc50': (frc_amp[1], frc_phi[1]),
-        'frc1over7': (frc_amp[2], frc_phi[2]),
+        'frc50': (frc_amp[1], frc_phi[1]), 'frc1over7': (frc_amp[2], frc_phi[2]),
         'frc': (frc_amp[0], frc_phi[0]),
         'amp_scale': float(scale),
     }
@@ -268,8 +266,10 @@ def align_and_score(recon, truth,  # [H, W] complex images of the same region
     rows, cols = np.nonzero(mask)
     if rows.size == 0: raise ValueError("mask selects no pixels")
     r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    if min(r1 - r0, c1 - c0) < 7:
-        raise ValueError(f"mask covers a {r1 - r0} x {c1 - c0} box; SSIM needs at least 7 x 7")
+    if min(r1 - r0, c1 - c0) < 7: raise ValueError(f"mask covers a {r1 - r0} x {c1 - c0} box; SSIM needs at least 7 x 7")
+    for name, img in (('recon', recon), ('truth', truth)):   # one NaN would make every score NaN; a zero truth, a perfect one
+        check_finite(img[mask], name, 'align_and_score', 'the scored region must be finite')
+        if not np.abs(img[mask]).max() > 0: raise ValueError(f"align_and_score: {name} is zero over the scored region: nothing to align or score")
     phase0 = float(np.angle(np.sum(recon[mask] * np.conj(truth[mask]))))
     recon = recon * np.exp(-1j * phase0)
     diff = np.angle(recon * np.conj(truth))
@@ -287,8 +287,7 @@ def align_and_score(recon, truth,  # [H, W] complex images of the same region
         return float(smap[mask[box]].mean())
     return {'ssim_amp': score(amp_r, amp_t), 'ssim_phase': score(phi_r, phi_t),
             'mae_amp': float(np.abs(amp_r - amp_t)[mask].mean()), 'mae_phase': float(np.abs(phi_r - phi_t)[mask].mean()),
-            'rmse_amp': float(np.sqrt(((amp_r - amp_t) ** 2)[mask].mean())),
-            'rmse_phase': float(np.sqrt(((phi_r - phi_t) ** 2)[mask].mean())),
+            'rmse_amp': float(np.sqrt(((amp_r - amp_t) ** 2)[mask].mean())), 'rmse_phase': float(np.sqrt(((phi_r - phi_t) ** 2)[mask].mean())),
             'amp_scale': scale, 'global_phase': phase0, 'phase_plane': (float(a), float(b), float(c)),
             'shift': shift, 'n_pixels': int(mask.sum()), 'recon_aligned': recon.astype(np.complex64),
             'truth': truth.astype(np.complex64), 'mask': mask}
@@ -431,6 +430,7 @@ def evaluate_reconstruction(stitched_obj,  # [P, P] complex stitched reconstruct
                             weights=None,  # [P, P] stitch weights: score only the rectangle they cover (None: the whole canvas)
                            ) -> tuple:
     "`(metrics, truth, box)`: reference metrics of the stitched image vs the truth, on a rectangle the patches cover (metrics None, with a warning, where none is large enough)."
+    check_truth(object_guess, positions, 'evaluate_reconstruction')   # a truth that does not hold the scan would score zeros
     gt = ground_truth_on_canvas(object_guess, positions, M)
     box = covered_box(weights) if weights is not None else (slice(None), slice(None))
     need = 7 + 4   # eval_reconstruction's 7 x 7 SSIM window inside the 2 pixels a side it trims

@@ -136,8 +136,25 @@ def test_eval_shape_errors_name_argument():
     with pytest.raises(ValueError, match='offset=3'):
         ev.eval_reconstruction(gt, gt, offset=3)
     bad = gt.copy(); bad[3, 3] = np.nan
-    with pytest.raises(ValueError, match='NaN'):
+    with pytest.raises(ValueError, match=r'stitched holds 1 non-finite value\(s\) of 1024, first at index \(3, 3\)'):
         ev.eval_reconstruction(bad, gt)
+    with pytest.raises(ValueError, match='ground_truth holds 1 non-finite'): ev.eval_reconstruction(gt, bad)
+    with pytest.raises(ValueError, match='ground_truth is zero over the scored region'): ev.eval_reconstruction(gt, 0 * gt)
+
+
+def test_scores_refuse_what_would_score_nonsense():
+    "A NaN pixel made every score NaN; a zero truth scored as perfect (the amplitude scale went to 0); a truth that does not hold the positions scored zeros."
+    rng = np.random.default_rng(0)
+    truth = (1 + rng.random((40, 40))).astype(np.complex64)
+    bad = truth.copy(); bad[5, 6] = np.nan
+    with pytest.raises(ValueError, match=r'align_and_score: recon holds 1 non-finite value\(s\)'): ev.align_and_score(bad, truth)
+    with pytest.raises(ValueError, match='align_and_score: truth holds 1 non-finite'): ev.align_and_score(truth, bad)
+    with pytest.raises(ValueError, match='align_and_score: truth is zero over the scored region'): ev.align_and_score(truth, 0 * truth)
+    with pytest.raises(ValueError, match='align_and_score: recon is zero'): ev.align_and_score(0 * truth, truth)
+    assert ev.align_and_score(truth, truth)['ssim_amp'] > 0.999
+    pos = np.array([[20.0, 20.0], [24.0, 20.0], [520.0, 20.0]])   # the last far outside the 40 x 40 truth
+    with pytest.raises(ValueError, match='does not hold the scan: 1 of 3 positions lie outside it'):
+        ev.evaluate_reconstruction(np.ones((100, 100), np.complex64), pos, truth, M=20)
 
 
 def test_eval_accepts_torch_and_reference_layouts():
