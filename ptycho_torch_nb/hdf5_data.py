@@ -4,7 +4,7 @@
 
 # %% ../nbs/02d_hdf5_data.ipynb #7eb099ad
 from __future__ import annotations
-import csv, logging
+import csv, logging, numbers
 from pathlib import Path
 import numpy as np
 from .raw_data import RawDataTorch, read_npz, check_whole_counts
@@ -151,8 +151,11 @@ def _crop_window(shape, crop, centre, path):
     if crop is None:
         if H != W: raise ValueError(f"{path}: frames are {H}x{W}, not square; pass crop=N (and centre=(row, col))")
         return 0, 0, H
+    if not (isinstance(crop, numbers.Integral) and 1 <= crop <= min(H, W)):
+        raise ValueError(f"{path}: crop={crop!r} is invalid: allowed an int in 1..{min(H, W)} (the frames are {H}x{W})")
     n = int(crop)
     r, c = (H / 2, W / 2) if centre is None else centre
+    if not (np.isfinite(r) and np.isfinite(c)): raise ValueError(f"{path}: centre=({r}, {c}) is invalid: allowed a finite (row, col) in the {H}x{W} frame")
     r0, c0 = int(round(r)) - n // 2, int(round(c)) - n // 2
     if r0 < 0 or c0 < 0 or r0 + n > H or c0 + n > W:
         raise ValueError(f"{path}: a {n}x{n} crop around the beam centre (row {r:.1f}, col {c:.1f}) leaves the {H}x{W} frame")
@@ -256,6 +259,7 @@ HDF5Scan.__len__ = lambda self: min(self.n_frames, self._n_positions())
 def _read(self, start: int, stop: int) -> tuple:
     "(amplitude (k, N, N) float32, x (k,), y (k,)) of patterns start..stop (only those frames are read)."
     r0, c0, n = self.window
+    if not 0 <= start < stop <= len(self): raise ValueError(f"{self.path}: frames [{start}:{stop}] are invalid: allowed 0 <= start < stop <= {len(self)}")
     try: frames = self._ds[start:stop, r0:r0 + n, c0:c0 + n]
     except (OSError, RuntimeError) as e:   # a damaged (compressed) chunk: h5py names neither file nor frames
         raise ValueError(f"{self.path}: cannot read frames [{start}:{stop}] of '{self.key}' (damaged file?): {e}") from None
@@ -284,7 +288,9 @@ def _refresh(self) -> int:
 
 def _chunks(self, size: int = 64, start: int = 0, stop: int | None = None):
     "Iterate `(amplitude, x, y)` blocks of `size` patterns; never more than one block in memory."
+    if not (isinstance(size, numbers.Integral) and size >= 1): raise ValueError(f"{self.path}: chunk={size!r} is invalid: allowed an int >= 1")
     stop = len(self) if stop is None else min(stop, len(self))
+    if not 0 <= start < stop: raise ValueError(f"{self.path}: patterns [{start}:{stop}] are invalid: allowed 0 <= start < stop <= {len(self)}")
     for s in range(start, stop, size): yield self.read(s, min(s + size, stop))
 
 def _all_positions(self) -> tuple:

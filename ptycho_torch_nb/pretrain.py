@@ -75,6 +75,7 @@ def build_corpus(n_scans: int,            # scans to simulate
                 ) -> Corpus:
     "Simulate `n_scans` corpus scans (scan i from its own stream `SeedSequence(seed).spawn`) and group each like `reconstruct_scan` does."
     if n_scans < 1: raise ValueError(f"n_scans={n_scans}: expected at least one scan")
+    if N not in PATTERN_SIZES: raise ValueError(f"build_corpus: N={N} is invalid: allowed one of {list(PATTERN_SIZES)} (a corpus no model takes)")
     families = check_families(families)   # before any process starts
     workers = corpus_workers(n_scans) if workers is None else int(workers)
     if not 1 <= workers <= 2 * max(os.cpu_count() or 1, 1):

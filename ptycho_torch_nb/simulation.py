@@ -8,6 +8,8 @@ import math, logging
 import numpy as np
 from .core import require_torch, data_path
 from .raw_data import RawDataTorch
+from .config import validate_run_options
+from .data_container import check_finite
 from . import physics
 
 torch = require_torch()
@@ -66,6 +68,8 @@ def simulate_diffraction(obj,                 # (H, W) complex object
     x = np.asarray(xcoords, np.float64).ravel(); y = np.asarray(ycoords, np.float64).ravel()
     if len(x) != len(y): raise ValueError(f"xcoords has {len(x)} positions but ycoords has {len(y)}")
     if not (np.isfinite(x).all() and np.isfinite(y).all()): raise ValueError("positions contain NaN/Inf")
+    validate_run_options('simulate_diffraction', nphotons=nphotons, batch_size=batch_size)   # before any work: a named error
+    for name, t in (('obj', obj_t), ('probe', probe_t)): check_finite(t.cpu(), name, 'simulate_diffraction', 'a NaN spreads over every pattern it touches')
     M = len(x)
     gen = torch.Generator(device=probe_t.device)
     gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
@@ -262,6 +266,7 @@ def simulated_scan(n: int = 256,  # scan positions
     "A `RawDataTorch` scan of uniformly random positions over a known object (kept as `objectGuess`)."
     if not 0 <= overlap < 1: raise ValueError(f"overlap={overlap}: expected 0 <= overlap < 1")
     if n < 1: raise ValueError(f"n={n}: expected at least one scan position")
+    if probe is not None and np.shape(probe) != (N, N): raise ValueError(f"probe has shape {np.shape(probe)} but N={N}: pass N={np.shape(probe)[-1]} or an (N, N) probe")
     probe = fit_probe(load_run1084()['probeGuess'], N) if probe is None else np.asarray(probe, np.complex64)
     D = probe_diameter(probe)
     step = (1 - overlap) * D

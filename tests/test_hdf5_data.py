@@ -225,3 +225,17 @@ def test_a_damaged_block_names_the_file_and_its_frames(scan_file):
         s._ds = Damaged()
         with pytest.raises(ValueError, match=r"scan\.h5: cannot read frames \[4:8\] of 'entry/data/data' \(damaged file\?\)"):
             s.read(4, 8)
+
+
+def test_crop_centre_and_ranges_are_named(scan_file):
+    "A crop, centre, chunk size or pattern range out of bounds is named with its allowed range (were: numpy's errors, or nothing read)."
+    p, _ = scan_file   # 12 frames of 40 x 40
+    for crop in (-4, 0, 41, 2.5):
+        with pytest.raises(ValueError, match=rf'crop={crop!r} is invalid: allowed an int in 1\.\.40'): HDF5Scan(p, positions=XY, crop=crop)
+    with pytest.raises(ValueError, match=r'centre=\(nan, 8\) is invalid'): HDF5Scan(p, positions=XY, crop=8, centre=(float('nan'), 8))
+    with HDF5Scan(p, positions=XY, crop=32) as scan:
+        for start, stop in ((6, 2), (-3, 2), (100, None)):
+            with pytest.raises(ValueError, match=r'are invalid: allowed 0 <= start < stop <= 12'): list(scan.chunks(4, start, stop))
+        with pytest.raises(ValueError, match='chunk=0 is invalid: allowed an int >= 1'): list(scan.chunks(0))
+        with pytest.raises(ValueError, match=r'frames \[6:2\] are invalid'): scan.read(6, 2)
+        assert sum(len(a) for a, _, _ in scan.chunks(5)) == 12   # the valid ranges still read every pattern

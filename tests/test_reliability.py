@@ -618,3 +618,19 @@ def test_cli_never_prints_a_traceback(exc, tiny_files, tmp_path, capsys, monkeyp
     if isinstance(exc, OSError): assert '/data/x.npz' in line
     else: assert type(exc).__name__ in line and '--debug' in line
     with pytest.raises(type(exc)): cli.train_main(argv + ['--debug'])
+
+
+def test_simulation_and_corpus_arguments_are_named():
+    "A probe of another size than N, photons out of range, a NaN in the object and a pattern size no model takes: named before any work."
+    from ptycho_torch_nb.simulation import simulated_scan, simulate_diffraction
+    from ptycho_torch_nb.pretrain import build_corpus
+    with pytest.raises(ValueError, match=r'probe has shape \(64, 64\) but N=32'):   # was: N ignored, 64x64 patterns returned
+        simulated_scan(n=8, N=32, probe=np.ones((64, 64), np.complex64))
+    obj, probe = np.ones((96, 96), np.complex64), np.ones((16, 16), np.complex64)
+    for bad in (-1, 0, float('nan'), float('inf')):   # were: a math domain error, a torch error, a NaN diff3d, 'all zero'
+        with pytest.raises(ValueError, match=f'simulate_diffraction: nphotons={bad!r} is invalid'):
+            simulate_diffraction(obj, probe, [40.0], [40.0], nphotons=bad)
+    o = obj.copy(); o[45, 45] = np.nan   # was: 'the illuminated object has zero energy'
+    with pytest.raises(ValueError, match=r'simulate_diffraction: obj holds 1 non-finite value\(s\)'):
+        simulate_diffraction(o, probe, [40.0], [40.0])
+    with pytest.raises(ValueError, match='build_corpus: N=50 is invalid'): build_corpus(1, N=50)   # was: a 50x50 corpus
