@@ -12,8 +12,7 @@ import torch
 import lightning as L
 from .core import MODEL_CARD, atomic_path, output_folder, prepare_output_dir, repo_root, release_memory, stopped_run
 from .config import ModelConfig, TrainingConfig, ScanOptions, PATTERN_SIZES, validate_run_options
-from .data_container import grouped_container, scan_nphotons, scan_truth
-from .raw_data import validate_raw_arrays
+from .data_container import grouped_container, scan_nphotons, scan_truth, check_scan
 from .hdf5_data import load_scan
 from .simulation import probe_diameter
 from .corpus import check_families, corpus_spec, grouped_corpus_scan
@@ -560,8 +559,7 @@ def reconstruct_zero_shot(pretrained,         # model_card.json / its folder / a
     t0, device = time.perf_counter(), inference_device(accelerator)   # a bad accelerator is refused before any loading
     if isinstance(scan, (str, os.PathLike)): scan = load_scan(scan)
     validate_run_options('reconstruct_zero_shot', M=M, batch_size=batch_size, seed=seed)   # M against N once the model fits
-    validate_raw_arrays(scan.xcoords, scan.ycoords, scan.xcoords_start, scan.ycoords_start, scan.diff3d, scan.probeGuess,
-                        scan.scan_index, src=getattr(scan, 'source', '<memory>'))   # the scan as it is now (edited after loading too)
+    check_scan(scan, 'reconstruct_zero_shot')   # the scan as it is now (edited after loading too)
     truth = scan_truth(scan, truth, 'reconstruct_zero_shot')     # decided before inference
     if isinstance(pretrained, tuple) and len(pretrained) != 2: raise TypeError(f"pretrained: a tuple of {len(pretrained)}; expected (model, card) from load_pretrained")
     model, card = pretrained if isinstance(pretrained, tuple) else load_pretrained(pretrained)
