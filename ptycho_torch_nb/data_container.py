@@ -287,14 +287,15 @@ def check_truth(object_guess,  # the true object, [H, W] complex, in the scan's 
                 positions,  # [..., 2] absolute [x, y] scan positions
                 where: str = '',  # the entry point, named in the error
                ) -> None:
-    "`ValueError` unless the truth is finite and holds every scan position (a truth in another frame, or cropped, would score against zeros)."
-    check_finite(object_guess, 'truth', where, 'a truth with NaN/Inf pixels leaves nothing to score against')
+    "`ValueError` unless the truth holds every scan position and is finite over them (a truth in another frame, or cropped, would score against zeros; NaN pixels elsewhere are not scored)."
     H, W = np.shape(np.asarray(object_guess).squeeze())[-2:]
     x, y = np.asarray(positions, np.float64).reshape(-1, 2).T
     out = (x < 0) | (x > W - 1) | (y < 0) | (y > H - 1)
     if out.any():
         raise ValueError(f"the truth ({H}x{W}) does not hold the scan: {int(out.sum())} of {len(x)} positions lie outside it "
                          f"(x {x.min():.1f}..{x.max():.1f}, y {y.min():.1f}..{y.max():.1f}); pass the object in the scan's own frame")
+    box = np.asarray(object_guess).squeeze()[..., int(y.min()):int(np.ceil(y.max())) + 1, int(x.min()):int(np.ceil(x.max())) + 1]
+    check_finite(box, 'truth (over the scanned box)', where, 'a truth with NaN/Inf pixels where the scan is leaves nothing to score against')
 
 def constant_over_scan(obj,  # complex object [H, W] in the scan's frame
                        positions=None,  # [..., 2] absolute [x, y] scan positions (None: the whole object)

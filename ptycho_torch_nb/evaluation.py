@@ -166,7 +166,7 @@ def eval_reconstruction(stitched,  # reconstruction, complex [H, W] (or [H,W,1],
     if min(amp_target.shape) < 7:
         raise ValueError(f"stitched has shape {recon.shape}: after trimming it is {amp_target.shape}, "
                          "too small for SSIM (needs at least 7 x 7)")
-    check_finite(recon, 'stitched', 'eval_reconstruction'); check_finite(truth, 'ground_truth', 'eval_reconstruction')
+    check_finite(recon, 'stitched', 'eval_reconstruction'); check_finite(trim_border(truth, offset), 'ground_truth', 'eval_reconstruction')
     if not amp_target.max() > 0: raise ValueError("eval_reconstruction: ground_truth is zero over the scored region: nothing to score against")
     amp_pred = amp_pred * (scale := np.mean(amp_target) / np.mean(amp_pred))
     phi_target_raw, phi_pred_raw = trim_border(np.angle(truth), offset), trim_border(np.angle(recon), offset)

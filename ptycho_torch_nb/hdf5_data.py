@@ -151,7 +151,7 @@ def _crop_window(shape, crop, centre, path):
     if crop is None:
         if H != W: raise ValueError(f"{path}: frames are {H}x{W}, not square; pass crop=N (and centre=(row, col))")
         return 0, 0, H
-    if not (isinstance(crop, numbers.Integral) and 1 <= crop <= min(H, W)):
+    if not (isinstance(crop, numbers.Real) and float(crop).is_integer() and 1 <= crop <= min(H, W)):
         raise ValueError(f"{path}: crop={crop!r} is invalid: allowed an int in 1..{min(H, W)} (the frames are {H}x{W})")
     n = int(crop)
     r, c = (H / 2, W / 2) if centre is None else centre
@@ -290,7 +290,7 @@ def _chunks(self, size: int = 64, start: int = 0, stop: int | None = None):
     "Iterate `(amplitude, x, y)` blocks of `size` patterns; never more than one block in memory."
     if not (isinstance(size, numbers.Integral) and size >= 1): raise ValueError(f"{self.path}: chunk={size!r} is invalid: allowed an int >= 1")
     stop = len(self) if stop is None else min(stop, len(self))
-    if not 0 <= start < stop: raise ValueError(f"{self.path}: patterns [{start}:{stop}] are invalid: allowed 0 <= start < stop <= {len(self)}")
+    if start < 0 or stop < min(start, len(self)): raise ValueError(f"{self.path}: patterns [{start}:{stop}] are invalid: allowed 0 <= start <= stop (past the end: nothing)")
     for s in range(start, stop, size): yield self.read(s, min(s + size, stop))
 
 def _all_positions(self) -> tuple:

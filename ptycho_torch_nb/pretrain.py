@@ -269,7 +269,7 @@ def _finished(training: dict, steps, time_budget_s) -> bool:
 def _target_text(steps, time_budget_s) -> str:
     return f"{time_budget_s:g} s of training" if time_budget_s else f"{steps or 1000} steps"
 
-def _check_output_dir(out: Path, resume: bool, overwrite: bool, run: dict, target: tuple = (None, None), init_from=None):
+def _check_output_dir(out: Path, resume: bool, overwrite: bool, run: dict, target: tuple = (None, None)):
     "Refuse a used folder unasked, a resume with nothing to resume, or one that would change what defines the run (`run`)."
     output_folder(out)
     if (out / 'wts.h5.zip').exists() and not (resume or overwrite):
@@ -282,7 +282,7 @@ def _check_output_dir(out: Path, resume: bool, overwrite: bool, run: dict, targe
         raise FileExistsError(f"{out}: holds an unfinished run (checkpoints/last.ckpt, no wts.h5.zip); pass resume=True (--resume) to "
                               "continue it, overwrite=True (--overwrite) to start afresh, or choose another output_dir")
     if not resume and L.pytorch.utilities.rank_zero_only.rank == 0:   # DDP's other ranks start once rank 0 has made checkpoints/
-        prepare_output_dir(out, overwrite, reads=(init_from,))   # another run's products: refused, or set aside (overwrite)
+        prepare_output_dir(out, overwrite)   # another run's products: refused, or set aside (overwrite; a start model in it is already loaded)
     if resume and not (out / 'checkpoints' / 'last.ckpt').exists():
         raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/last.ckpt)")
     if resume: check_checkpoint(out / 'checkpoints' / 'last.ckpt')   # a corrupt one is refused before the corpus is simulated
@@ -390,7 +390,7 @@ def pretrain(output_dir,                      # folder for wts.h5.zip, model_car
     _check_steps_and_clip(steps, gradient_clip); check_families(families)   # refused before any model is loaded or scan simulated
     out, start = Path(output_dir), _load_start(init_from, resume)
     run_args = _check_output_dir(out, resume, overwrite, dict(n_scans=n_scans, N=N, n=n, seed=seed, families=families, batch_size=batch_size,
-                                 learning_rate=learning_rate, n_filters_scale=n_filters_scale, label_weight=label_weight), (steps, time_budget_s), init_from)
+                                 learning_rate=learning_rate, n_filters_scale=n_filters_scale, label_weight=label_weight), (steps, time_budget_s))
     steps = 1000 if steps is None and time_budget_s is None else steps; t0 = time.perf_counter(); torch.manual_seed(seed)
     cfg, opts = scan_configs(N, n_filters_scale=n_filters_scale, batch_size=batch_size, learning_rate=learning_rate)
     corpus = build_corpus(n_scans, N, n, seed, families, int(cfg.model.gridsize), int(cfg.neighbor_count), cfg.model.probe_scale, workers,

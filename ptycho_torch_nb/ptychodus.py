@@ -4,7 +4,7 @@
 
 # %% ../nbs/06b_ptychodus.ipynb #aa2c5bb6
 from __future__ import annotations
-import dataclasses, json, logging, math, shutil, sys, zipfile
+import dataclasses, json, logging, math, numbers, shutil, sys, zipfile
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version as _dist_version
 from pathlib import Path
@@ -230,7 +230,7 @@ def check_settings(s: ReconstructorSettings) -> ReconstructorSettings:
                          batch_size=s.batch_size, n_filters_scale=s.n_filters_scale, seed=s.seed, M=s.stitch_crop)
     if s.model_type != 'pinn': raise ValueError(f"ReconstructorSettings.model_type={s.model_type!r} is not offered: ptychodus' "
                                                 "training data hold no ground truth (their object is the initial guess); allowed 'pinn'")
-    if not (isinstance(s.polish_epochs, int) and s.polish_epochs >= 0):
+    if not (isinstance(s.polish_epochs, numbers.Integral) and s.polish_epochs >= 0):
         raise ValueError(f"ReconstructorSettings.polish_epochs={s.polish_epochs!r} is invalid: allowed an int >= 0 (0: the network's image alone)")
     return s
 

@@ -400,7 +400,8 @@ def _on_grid(obj, grid):
 
 def _check_solver_start(where: str, score_every, **starts):
     "`ValueError` for a negative or fractional `score_every`, or a start (`init`, `velocity`) with NaN/Inf values (they would spread over the whole object)."
-    if not (isinstance(score_every, numbers.Integral) and not isinstance(score_every, bool) and score_every >= 0):
+    if not (score_every is None or (isinstance(score_every, numbers.Real) and not isinstance(score_every, bool)   # None: 0
+                                    and float(score_every).is_integer() and score_every >= 0)):
         raise ValueError(f"{where}: score_every={score_every!r} is invalid: allowed an int >= 0 (0: score only at the end)")
     for name, a in starts.items():
         if a is not None: check_finite(a, name, where, 'a solver start must be finite (one NaN spreads over the whole object)')

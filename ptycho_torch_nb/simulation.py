@@ -68,6 +68,7 @@ def simulate_diffraction(obj,                 # (H, W) complex object
     x = np.asarray(xcoords, np.float64).ravel(); y = np.asarray(ycoords, np.float64).ravel()
     if len(x) != len(y): raise ValueError(f"xcoords has {len(x)} positions but ycoords has {len(y)}")
     if not (np.isfinite(x).all() and np.isfinite(y).all()): raise ValueError("positions contain NaN/Inf")
+    nphotons, batch_size = (v.item() if np.ndim(v) == 0 and hasattr(v, 'item') else v for v in (nphotons, batch_size))   # 0-d arrays, tensors
     validate_run_options('simulate_diffraction', nphotons=nphotons, batch_size=batch_size)   # before any work: a named error
     for name, t in (('obj', obj_t), ('probe', probe_t)): check_finite(t.cpu(), name, 'simulate_diffraction', 'a NaN spreads over every pattern it touches')
     M = len(x)
@@ -256,7 +257,7 @@ def natural_object(size: int,  # side of the square object (px)
     return ((a0 + (a1 - a0) * amp) * np.exp(1j * phase_range * (2 * phi - 1))).astype(np.complex64)
 
 def simulated_scan(n: int = 256,  # scan positions
-                   N: int = 64,  # pattern size
+                   N: int | None = None,  # pattern size (None: the probe's, else 64)
                    overlap: float = 0.6,  # linear overlap: one position per step² of area, step = (1 - overlap) x probe diameter
                    nphotons: float = 1e9,  # photons per pattern (Poisson noise)
                    seed: int = 0,  # positions and noise
@@ -266,6 +267,7 @@ def simulated_scan(n: int = 256,  # scan positions
     "A `RawDataTorch` scan of uniformly random positions over a known object (kept as `objectGuess`)."
     if not 0 <= overlap < 1: raise ValueError(f"overlap={overlap}: expected 0 <= overlap < 1")
     if n < 1: raise ValueError(f"n={n}: expected at least one scan position")
+    N = (np.shape(probe)[-1] if probe is not None else 64) if N is None else N
     if probe is not None and np.shape(probe) != (N, N): raise ValueError(f"probe has shape {np.shape(probe)} but N={N}: pass N={np.shape(probe)[-1]} or an (N, N) probe")
     probe = fit_probe(load_run1084()['probeGuess'], N) if probe is None else np.asarray(probe, np.complex64)
     D = probe_diameter(probe)

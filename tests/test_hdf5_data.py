@@ -230,12 +230,14 @@ def test_a_damaged_block_names_the_file_and_its_frames(scan_file):
 def test_crop_centre_and_ranges_are_named(scan_file):
     "A crop, centre, chunk size or pattern range out of bounds is named with its allowed range (were: numpy's errors, or nothing read)."
     p, _ = scan_file   # 12 frames of 40 x 40
-    for crop in (-4, 0, 41, 2.5):
+    for crop in (-4, 0, 41, 2.5):   # a whole-number float (32.0) is a crop
         with pytest.raises(ValueError, match=rf'crop={crop!r} is invalid: allowed an int in 1\.\.40'): HDF5Scan(p, positions=XY, crop=crop)
     with pytest.raises(ValueError, match=r'centre=\(nan, 8\) is invalid'): HDF5Scan(p, positions=XY, crop=8, centre=(float('nan'), 8))
     with HDF5Scan(p, positions=XY, crop=32) as scan:
-        for start, stop in ((6, 2), (-3, 2), (100, None)):
-            with pytest.raises(ValueError, match=r'are invalid: allowed 0 <= start < stop <= 12'): list(scan.chunks(4, start, stop))
+        for start, stop in ((6, 2), (-3, 2)):   # were: nothing read, and the last frames by negative indexing
+            with pytest.raises(ValueError, match=r'are invalid: allowed 0 <= start <= stop'): list(scan.chunks(4, start, stop))
+        assert list(scan.chunks(4, 12)) == [] and list(scan.chunks(4, 100)) == []   # past the end: nothing (a resume at the end)
         with pytest.raises(ValueError, match='chunk=0 is invalid: allowed an int >= 1'): list(scan.chunks(0))
         with pytest.raises(ValueError, match=r'frames \[6:2\] are invalid'): scan.read(6, 2)
         assert sum(len(a) for a, _, _ in scan.chunks(5)) == 12   # the valid ranges still read every pattern
+    with HDF5Scan(p, positions=XY, crop=32.0) as scan: assert scan.window[2] == 32

@@ -233,12 +233,14 @@ def test_a_non_finite_start_is_refused(trained, scan):
 
 def test_a_non_finite_truth_is_refused_before_training(scan, tmp_path):
     truth = np.full(scan.objectGuess.shape, np.nan, np.complex64)
-    with pytest.raises(ValueError, match=rf'reconstruct_scan: truth holds {truth.size} non-finite value\(s\)'):
+    with pytest.raises(ValueError, match=r'reconstruct_scan: truth \(over the scanned box\) holds \d+ non-finite value\(s\)'):
         R.reconstruct_scan(scan, truth=truth, nepochs=1, output_dir=tmp_path / 'out', progress=False, **TINY)
     assert not (tmp_path / 'out').exists()   # refused before the folder is made or anything trains
-    with pytest.raises(ValueError, match=r'iterative_reference: truth holds 1 non-finite'):
-        t = scan.objectGuess.copy(); t[0, 0] = np.inf
+    t = scan.objectGuess.copy(); t[int(scan.ycoords[0]), int(scan.xcoords[0])] = np.inf   # under a scan position
+    with pytest.raises(ValueError, match=r'iterative_reference: truth \(over the scanned box\) holds 1 non-finite'):
         R.iterative_reference(scan, epochs=2, truth=t)
+    t = scan.objectGuess.copy(); t[0, 0] = np.nan   # a NaN corner the scan never reaches: scored as before, not refused
+    assert R.iterative_reference(scan, epochs=2, truth=t)['metrics'] is not None
 
 def test_no_scratch_folder_is_left_behind(scan, tmp_path, monkeypatch):
     "Without output_dir the trainer's scratch folder is removed when the run ends (one was left per call)."
