@@ -8,7 +8,7 @@ import logging, math
 import numpy as np
 from .core import require_torch
 from typing import Optional
-from .raw_data import RawDataTorch, grouped_from_indices, validate_raw_arrays, intensity_scale as closed_form_intensity_scale
+from .raw_data import RawDataTorch, grouped_from_indices, validate_raw_arrays, non_finite, intensity_scale as closed_form_intensity_scale
 
 torch = require_torch()
 log = logging.getLogger(__name__)
@@ -266,12 +266,9 @@ def check_finite(a,  # an array (real or complex) or a CPU tensor
                  why: str = 'it must be finite',  # what a NaN/Inf value there would do
                 ) -> None:
     "`ValueError` naming `name`, the count of its NaN/Inf values and the index of the first, unless every value of `a` is finite."
-    a = np.asarray(a)
-    bad = ~np.isfinite(a)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{where + ': ' if where else ''}{name} holds {int(bad.sum())} non-finite value(s) of {a.size}, "
-                         f"first at index {first}: {why}")
+    if nf := non_finite(a := np.asarray(a)):
+        raise ValueError(f"{where + ': ' if where else ''}{name} holds {nf[0]} non-finite value(s) of {a.size}, "
+                         f"first at index {nf[1]}: {why}")
 
 def check_scan(raw,  # the scan (RawDataTorch, or anything with its arrays), perhaps edited since it was built
                where: str = 'scan',  # the entry point, named in the error

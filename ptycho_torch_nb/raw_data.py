@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'REQUIRED_KEYS', 'DIFFRACTION_KEYS', 'OPTIONAL_KEYS', 'CONTRACT_KEYS', 'MAX_SCAN_EXTENT', 'check_span',
-           'check_whole_counts', 'validate_raw_arrays', 'RawDataTorch', 'read_npz', 'intensity_evidence',
+           'non_finite', 'check_whole_counts', 'validate_raw_arrays', 'RawDataTorch', 'read_npz', 'intensity_evidence',
            'normalization_factor', 'pattern_energy', 'normalize_data', 'intensity_scale', 'extract_patches',
            'group_indices', 'grouped_from_indices', 'generate_grouped_data']
 
@@ -62,12 +62,15 @@ def check_span(span: float,  # max - min of the positions on their wider axis (o
         raise ValueError(f"{src}: all {n} positions lie within one object pixel ({span:.3g} px): positions in metres or microns read as "
                          "object pixels? Give their unit and the object pixel size (--units m|mm|um|nm --pixel_size METRES)")
 
+def non_finite(a) -> tuple | None:
+    "`(count, index of the first)` of the NaN/Inf values of `a` (an array or a CPU tensor), or None when every value is finite."
+    bad = ~np.isfinite(np.asarray(a))
+    if not bad.any(): return None
+    return int(bad.sum()), tuple(int(i) for i in np.unravel_index(int(bad.argmax()), bad.shape))   # the first, as argwhere's
+
 def _check_finite(a, src, key):
-    if a.dtype.kind in 'fc':
-        ok = np.isfinite(a)
-        if not ok.all():
-            bad = np.argwhere(~ok)
-            raise _bad(src, key, f"contains {len(bad)} NaN/Inf value(s), first at index {tuple(int(i) for i in bad[0])}")
+    if a.dtype.kind in 'fc' and (nf := non_finite(a)):
+        raise _bad(src, key, f"contains {nf[0]} NaN/Inf value(s), first at index {nf[1]}")
 
 def check_whole_counts(x,  # float patterns said to be photon counts
                        src: str,  # named in the error (a file, a file and key)
