@@ -10,12 +10,12 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['TORCH_INSTALL_HINT', 'RUN1084_FILE', 'FAULT_ENV', 'MODEL_CARD', 'RUN_ARTIFACTS', 'USER_ERRORS', 'STOPPED_KEEPS',
-           'LIBRARY_MODULES', 'require_torch', 'in_test', 'repo_root', 'data_path', 'fixtures_path', 'process_umask',
-           'fault_point', 'pid_alive', 'clean_stale_temps', 'glob_escape', 'atomic_path', 'output_folder',
-           'pretrained_card', 'refuse_pretrained', 'archive_file', 'check_archive_file', 'prepare_output_dir',
-           'stopped_run', 'set_aside', 'jsonable', 'OneLineParser', 'Terminated', 'sigterm_unwinds', 'run_command',
-           'stopped_by_sigterm', 'end_process_group', 'folder_path', 'positive_int', 'non_negative_int',
-           'positive_float', 'HelpFormatter', 'release_memory', 'quiet_libraries']
+           'LIBRARY_MODULES', 'require_torch', 'in_test', 'repo_root', 'data_path', 'fixtures_path', 'file_in_the_way',
+           'process_umask', 'fault_point', 'pid_alive', 'clean_stale_temps', 'glob_escape', 'atomic_path',
+           'output_folder', 'pretrained_card', 'refuse_pretrained', 'archive_file', 'check_archive_file',
+           'prepare_output_dir', 'stopped_run', 'set_aside', 'jsonable', 'OneLineParser', 'Terminated',
+           'sigterm_unwinds', 'run_command', 'stopped_by_sigterm', 'end_process_group', 'folder_path', 'positive_int',
+           'non_negative_int', 'positive_float', 'HelpFormatter', 'release_memory', 'quiet_libraries']
 
 # %% ../nbs/00_core.ipynb #4360d238
 TORCH_INSTALL_HINT = "pip install 'torch>=2.2'"
@@ -58,6 +58,10 @@ def fixtures_path(name: str = ''  # fixture file name inside nbs/fixtures
     return p
 
 # %% ../nbs/00_core.ipynb #7b93be9a
+def file_in_the_way(path) -> Path | None:
+    "The nearest of `path`'s parents that is a file, so that nothing can be made below it; None when there is none."
+    return next((p for p in Path(path).parents if p.is_file()), None)
+
 def process_umask() -> int:
     "The process umask (read by setting and restoring it): new files get mode `0o666 & ~umask`, folders `0o777 & ~umask`."
     mask = os.umask(0o022); os.umask(mask); return mask
@@ -107,7 +111,7 @@ def atomic_path(final_path,  # where the file (or folder) should end up
                ):
     "Yield a temporary path next to `final_path` (mode from the umask); on success rename it onto `final_path`, on error delete it."
     final_path = Path(final_path)
-    if (f := next((p for p in final_path.parents if p.is_file()), None)): raise NotADirectoryError(f"cannot write {final_path}: {f} is a file, not a folder")
+    if f := file_in_the_way(final_path): raise NotADirectoryError(f"cannot write {final_path}: {f} is a file, not a folder")
     final_path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temps(final_path)   # what a killed earlier writer left behind
     fd, tmp = tempfile.mkstemp(prefix=f'.{final_path.name}.{os.getpid()}.', suffix=suffix + '.tmp', dir=final_path.parent)
@@ -132,8 +136,7 @@ def output_folder(path,  # where a run writes its products
     if not str(path).strip(): raise ValueError("output folder: an empty name; name a folder (it is made if needed)")
     out = Path(path)
     if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{out}: output folder exists and is not a folder")
-    if not out.exists() and out.parent.exists() and not out.parent.is_dir():
-        raise NotADirectoryError(f"{out}: cannot be made, {out.parent} is a file")
+    if not out.exists() and (f := file_in_the_way(out)): raise NotADirectoryError(f"{out}: cannot be made, {f} is a file")
     base = next((p for p in (out, *out.parents) if p.is_dir()), None)   # where the first write (or mkdir) will happen
     try:
         fd, probe = tempfile.mkstemp(prefix='.write_check.', dir=base)
