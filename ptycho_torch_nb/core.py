@@ -172,7 +172,7 @@ def archive_file(path,  # a model archive, its name without '.zip', or the folde
     p = Path(path)
     if p.is_dir(): p = p / 'wts.h5.zip'
     elif not p.is_file() and Path(f"{p}.zip").is_file(): p = Path(f"{p}.zip")
-    if not p.is_file(): raise FileNotFoundError(f"{what} not found: {p}")
+    if not p.is_file(): raise FileNotFoundError(f"{what} not found: {p} (expected a wts.h5.zip file or a folder holding one)")
     return p
 
 def check_archive_file(path,  # a model archive, or the folder holding its wts.h5.zip (None: nothing to check)

@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version as _dist_version
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
-from .core import atomic_path, pretrained_card, prepare_output_dir
+from .core import archive_file, atomic_path, pretrained_card, prepare_output_dir
 from .config import POLISH_EPOCHS, validate_run_options
 
 logger = logging.getLogger(__name__)
@@ -323,11 +323,9 @@ def train_model(input_path,                                  # training NPZ file
 # %% ../nbs/06b_ptychodus.ipynb #5b4cad18
 def resolve_archive(model_path) -> Path:
     "The `wts.h5.zip` archive a model path means: the file itself, or `<folder>/wts.h5.zip`."
-    p = Path(model_path)
-    if p.is_dir(): p = p / ARCHIVE_NAME
-    if p.suffix == '.ckpt': raise ValueError(f"{p} is a Lightning training checkpoint; open the model archive {ARCHIVE_NAME} of the same run instead")
-    if not p.is_file(): raise FileNotFoundError(f"model archive not found: {p} (expected a {ARCHIVE_NAME} file or a folder holding one)")
-    return p
+    if Path(model_path).suffix == '.ckpt':
+        raise ValueError(f"{model_path} is a Lightning training checkpoint; open the model archive {ARCHIVE_NAME} of the same run instead")
+    return archive_file(model_path)   # the one resolution of an archive path (core)
 
 def archive_history(archive) -> dict:
     "The training history stored in an archive by `train_model` ({} when absent)."
