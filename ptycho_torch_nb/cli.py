@@ -581,8 +581,8 @@ def export_parser() -> argparse.ArgumentParser:
 def _export(argv):
     args = export_parser().parse_args(argv)
     check_archive_file(args.model); refuse_pretrained(args.model, 'ptycho-torch-export')
-    if args.output.is_file() and not args.overwrite: raise CLIError(f"{args.output}: exists (use --overwrite)")
-    output_folder(args.output.parent)   # a folder that cannot be written: refused before the model is loaded   # a folder: export_generator says so
+    if args.output.is_file() and not args.overwrite: raise CLIError(f"{args.output}: exists (use --overwrite)")   # a folder: export_generator says so
+    output_folder(args.output.parent)   # a folder that cannot be written: refused before the model is loaded
     from ptycho_torch_nb.export import export_generator
     res = export_generator(args.model, args.output, args.format, overwrite=args.overwrite)  # checked to 1e-5 against eager
     print(f"{res['format']} generator (N={res['N']}) written to {res['path']}; max relative difference to eager {res['max_rel_diff']:.2g}")
