@@ -634,3 +634,21 @@ def test_simulation_and_corpus_arguments_are_named():
     with pytest.raises(ValueError, match=r'simulate_diffraction: obj holds 1 non-finite value\(s\)'):
         simulate_diffraction(o, probe, [40.0], [40.0])
     with pytest.raises(ValueError, match='build_corpus: N=50 is invalid'): build_corpus(1, N=50)   # was: a 50x50 corpus
+
+
+def test_a_file_in_the_way_of_an_output_folder_is_named(tmp_path):
+    "A file where a folder of the output path must be made, next to it or further up, is named before any work."
+    from ptycho_torch_nb.core import output_folder
+    (tmp_path / 'notes.txt').write_text('x')
+    for out in (tmp_path / 'notes.txt' / 'run', tmp_path / 'notes.txt' / 'a' / 'run'):   # the second was found only at mkdir
+        with pytest.raises(NotADirectoryError, match=f"cannot be made, {tmp_path / 'notes.txt'} is a file"): output_folder(out)
+
+
+def test_check_scan_names_a_scan_without_diffraction():
+    from ptycho_torch_nb.data_container import check_scan
+    from ptycho_torch_nb.simulation import simulated_scan, simulate_diffraction
+    raw = simulated_scan(n=4, seed=0); raw.diff3d = None
+    with pytest.raises(ValueError, match="reconstruct_scan: scan <memory>: key 'diff3d' is missing"): check_scan(raw, 'reconstruct_scan')
+    probe = np.ones((16, 16), np.complex64); probe[2, 3] = np.nan
+    with pytest.raises(ValueError, match=r'simulate_diffraction: probe holds 1 non-finite value\(s\) of 256, first at index \(2, 3\)'):
+        simulate_diffraction(np.ones((96, 96), np.complex64), probe, [40.0], [40.0])
